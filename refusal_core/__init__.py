@@ -1,0 +1,1 @@
+"""Refusal Atlas engine: find, inspect, ablate and export refusal directions."""

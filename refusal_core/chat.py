@@ -1,0 +1,126 @@
+"""Chat formatting with the model's own template, and the post-instruction token positions.
+
+The post-instruction positions are the template tokens that follow the user's text (for
+ChatML: ``<|im_end|>``, newline, ``<|im_start|>``, ``assistant``, newline). Arditi et al.
+read refusal directions there. They are found from the rendered template itself, via the
+tokenizer's character offsets, so no per-model table is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "ChatFormat",
+    "FALLBACK_TEMPLATE",
+    "TemplateError",
+    "format_prompts",
+    "format_with_reply",
+    "post_instruction_count",
+    "tokenize_prompts",
+]
+
+# Used only by tokenizers without a chat template (e.g. GPT-2 or a tiny test tokenizer).
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+_PROBE = "Describe the colour of the sky on a clear day"
+
+
+class TemplateError(ValueError):
+    """The chat template does not place the instruction where it can be found."""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How instructions become model input: optional system prompt and template override."""
+
+    system_prompt: str | None = None
+    template: str | None = None
+
+    def messages(self, instruction: str, reply: str | None = None) -> list[dict[str, str]]:
+        messages = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": instruction})
+        if reply is not None:
+            messages.append({"role": "assistant", "content": reply})
+        return messages
+
+    def template_for(self, tokenizer) -> str:
+        return self.template or getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+
+    def identity(self, tokenizer) -> dict[str, str | None]:
+        """What determines the formatted text, for cache keys."""
+        return {"system_prompt": self.system_prompt, "template": self.template_for(tokenizer)}
+
+
+def format_prompts(tokenizer, instructions: Sequence[str], chat: ChatFormat | None = None) -> list[str]:
+    """Render each instruction as a user turn followed by the generation prompt."""
+    chat = chat or ChatFormat()
+    template = chat.template_for(tokenizer)
+    return [
+        tokenizer.apply_chat_template(
+            chat.messages(text), chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        for text in instructions
+    ]
+
+
+def format_with_reply(tokenizer, instruction: str, reply: str, chat: ChatFormat | None = None) -> tuple[str, str]:
+    """(prompt text, prompt + reply text) for supervised training on the reply tokens."""
+    chat = chat or ChatFormat()
+    template = chat.template_for(tokenizer)
+    prompt = tokenizer.apply_chat_template(chat.messages(instruction), chat_template=template, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(chat.messages(instruction, reply), chat_template=template, tokenize=False)
+    return prompt, full
+
+
+def post_instruction_count(tokenizer, chat: ChatFormat | None = None) -> int:
+    """Number of template tokens after the user's text, found on a probe instruction.
+
+    Tokens that start at or after the end of the instruction's characters are
+    post-instruction tokens. A template that repeats or rewrites the instruction text
+    cannot be analysed this way and raises TemplateError.
+    """
+    chat = chat or ChatFormat()
+    text = format_prompts(tokenizer, [_PROBE], chat)[0]
+    end = text.rfind(_PROBE)
+    if end < 0:
+        raise TemplateError("The chat template does not contain the user's text verbatim; pass a ChatFormat(template=...) that does.")
+    end += len(_PROBE)
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        count = sum(1 for start, _ in offsets if start >= end)
+    else:
+        # Slow tokenizers have no offsets; the suffix tokenized alone is the best estimate.
+        count = len(tokenizer(text[end:], add_special_tokens=False)["input_ids"])
+    if count == 0:
+        raise TemplateError("The chat template puts no tokens after the user's text; choose a template with an assistant header.")
+    return count
+
+
+def tokenize_prompts(tokenizer, texts: Sequence[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Left-padded batch with ``position_ids`` that ignore the padding.
+
+    Left padding keeps the post-instruction tokens at the same negative indices in every
+    row; explicit position ids make a padded row compute exactly what it computes alone.
+    Formatted texts already contain the template's special tokens, so none are added.
+    """
+    tokenizer.padding_side = "left"
+    batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = batch["attention_mask"]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": position_ids.to(device),
+    }

@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny random models (fast) and an isolated cache directory per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tiny import tiny_model
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch, request):
+    """Each fast test gets its own cache root; slow tests share the real one (built models)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("REFUSAL_ATLAS_CACHE", str(tmp_path / "cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return tiny_model("llama")
