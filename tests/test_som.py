@@ -1,0 +1,113 @@
+"""SOM refusal directions: the 1x1 map is DIM, and the map's bookkeeping is consistent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from refusal_core.directions import dim_directions
+from refusal_core.som import SomSettings, neuron_prompts, som_direction_set, train_som
+
+D = 32
+
+
+def _data(seed: int = 0, n: int = 60, m: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Harmful prompts in three offset groups, harmless ones around the origin."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randn(3, D, generator=generator) * 4
+    harmful = offsets[torch.arange(n) % 3] + torch.randn(n, D, generator=generator)
+    harmless = torch.randn(m, D, generator=generator)
+    return harmful, harmless
+
+
+SMALL = SomSettings(iterations=300)
+
+
+def test_one_by_one_som_is_dim():
+    harmful, harmless = _data()
+    result = train_som(harmful, harmless, SomSettings(x=1, y=1))
+    som = result.directions()[0].double()
+    dim = dim_directions(harmful, harmless).double()
+    assert torch.nn.functional.cosine_similarity(som, dim, dim=0) > 0.9999
+    assert (som.norm() - dim.norm()).abs() / dim.norm() < 1e-3
+    assert math.isnan(result.topographic_error)
+    assert result.edges == ()
+
+
+def test_directions_are_consistent_and_ordered_by_hits():
+    harmful, harmless = _data()
+    result = train_som(harmful, harmless, SMALL)
+    assert result.weights.shape == (9, D) and result.weights.dtype == torch.float32
+    assert int(result.hits.sum()) == harmful.shape[0]
+    assert torch.equal(torch.bincount(result.winners, minlength=9), result.hits)
+    assert result.quantization_error > 0 and 0 <= result.topographic_error <= 1
+    directions = som_direction_set(result, {"model": "test", "layer": 1, "position": -1, "data_hash": "x"})
+    assert len(directions) == 9 and directions.d_model == D
+    assert torch.isfinite(directions.vectors).all()
+    hits = [record["hits"] for record in directions.provenance]
+    assert hits == sorted(hits, reverse=True)
+    first = directions.provenance[0]
+    assert first["method"] == "som" and first["layer"] == 1 and first["params"]["x"] == 3
+    assert directions.names[0] == "som/{}-{}".format(*first["grid"])
+    neuron = first["neuron"]
+    assert torch.allclose(directions.vectors[0], result.weights[neuron] - harmless.mean(0), atol=1e-5)
+
+
+def test_same_seed_same_map_and_other_seed_differs():
+    harmful, harmless = _data()
+    first = train_som(harmful, harmless, SMALL)
+    again = train_som(harmful, harmless, SMALL)
+    other = train_som(harmful, harmless, SomSettings(iterations=300, seed=1))
+    assert torch.equal(first.weights, again.weights) and torch.equal(first.winners, again.winners)
+    assert not torch.equal(first.weights, other.weights)
+
+
+@pytest.mark.parametrize(("topology", "n_edges"), [("rectangular", 12), ("hexagonal", 16)])
+def test_grid_edges(topology, n_edges):
+    harmful, harmless = _data()
+    result = train_som(harmful, harmless, SomSettings(iterations=50, topology=topology))
+    assert len(result.edges) == n_edges
+    assert all(0 <= a < b < 9 for a, b in result.edges)
+    lengths = [float((result.coordinates[a] - result.coordinates[b]).norm()) for a, b in result.edges]
+    assert lengths == pytest.approx([1.0] * n_edges)
+    degrees = torch.bincount(torch.tensor(result.edges).reshape(-1), minlength=9)
+    centre = 4  # grid cell (1, 1) has a full neighbourhood in both topologies
+    assert int(degrees[centre]) == (4 if topology == "rectangular" else 6)
+
+
+def test_neuron_prompts_cover_every_prompt_once():
+    harmful, harmless = _data(n=30)
+    result = train_som(harmful, harmless, SMALL)
+    instructions = [f"prompt {i}" for i in range(30)]
+    categories = ["a", "b", "c"] * 10
+    groups = neuron_prompts(result, instructions, categories)
+    assert set(groups) == set(range(9))
+    listed = [item for members in groups.values() for item in members]
+    assert sorted(listed) == sorted(zip(instructions, categories))
+    assert [len(groups[k]) for k in range(9)] == result.hits.tolist()
+    with pytest.raises(ValueError, match="instructions"):
+        neuron_prompts(result, instructions[:-1], None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(x=0), dict(y=-1), dict(sigma=0.0), dict(learning_rate=float("nan")), dict(iterations=0),
+     dict(topology="torus"), dict(neighborhood="cone"), dict(seed=-1)],
+)
+def test_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        SomSettings(**kwargs)
+
+
+def test_bad_data():
+    harmful, harmless = _data()
+    with pytest.raises(ValueError, match="Widths differ"):
+        train_som(harmful, harmless[:, :-1], SMALL)
+    with pytest.raises(ValueError, match="NaN"):
+        train_som(harmful.clone().fill_(float("nan")), harmless, SMALL)
+    with pytest.raises(ValueError, match="non-empty"):
+        train_som(harmful[:0], harmless, SMALL)
+    with pytest.raises(ValueError, match="order"):
+        som_direction_set(train_som(harmful, harmless, SomSettings(x=1, y=1)), {}, order="size")
