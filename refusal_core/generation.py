@@ -1,0 +1,241 @@
+"""Batched chat generation, with several interventions side by side in one ``generate`` call.
+
+Side-by-side generation puts every (prompt, variant) pair in its own batch row and gives
+each row its own intervention through ``row_interventions``, so comparing a baseline with
+two ablations costs one batched call per chunk instead of three. Greedy results equal
+running each variant alone, because left padding, the attention mask and position ids
+derived from it make a padded row compute what it computes unpadded.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from refusal_core.chat import ChatFormat, format_prompts, format_with_reply, tokenize_prompts
+from refusal_core.interventions import Intervention, row_interventions
+from refusal_core.models import LoadedModel, model_lock
+
+__all__ = [
+    "Completion",
+    "GenerationSettings",
+    "Progress",
+    "end_of_turn_ids",
+    "generate_completions",
+    "generate_side_by_side",
+]
+
+Progress = Callable[[int, int], None]
+
+# A reply whose last character cannot merge with what the template puts after it.
+_PROBE_INSTRUCTION = "Say hello."
+_PROBE_REPLY = "Hello there."
+
+
+def end_of_turn_ids(tokenizer, chat: ChatFormat | None = None) -> list[int]:
+    """Token ids that end an assistant turn: the template's turn-end token plus EOS.
+
+    A conversation with an assistant reply is rendered through the chat template, and the
+    first token that starts after the reply text is taken (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``...). It counts only if it is a special (added) token: templates that
+    end a turn with plain text, such as a newline, would otherwise stop every reply at its
+    first line break.
+    """
+    _, full = format_with_reply(tokenizer, _PROBE_INSTRUCTION, _PROBE_REPLY, chat)
+    ids: list[int] = []
+    turn_end = _first_token_after(tokenizer, full, full.rfind(_PROBE_REPLY))
+    if turn_end is not None and _is_special(tokenizer, turn_end):
+        ids.append(turn_end)
+    eos = tokenizer.eos_token_id
+    for token in eos if isinstance(eos, list) else [eos]:
+        if token is not None and token not in ids:
+            ids.append(int(token))
+    if not ids:
+        raise ValueError("The tokenizer has no end-of-sequence token and its chat template no turn-end token.")
+    return ids
+
+
+def _first_token_after(tokenizer, text: str, reply_start: int) -> int | None:
+    """Id of the first token of ``text`` that starts at or after the end of the reply."""
+    if reply_start < 0:
+        return None
+    end = reply_start + len(_PROBE_REPLY)
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            if start >= end:
+                return int(token)
+        return None
+    # Slow tokenizers have no offsets; special tokens tokenize the same on their own.
+    suffix = tokenizer(text[end:], add_special_tokens=False)["input_ids"]
+    return int(suffix[0]) if suffix else None
+
+
+def _is_special(tokenizer, token_id: int) -> bool:
+    if token_id in tokenizer.all_special_ids:
+        return True
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(token_id)
+    return bool(added is not None and getattr(added, "special", False))
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How replies are decoded. Greedy by default, so results are reproducible.
+
+    ``max_new_tokens``: cap on generated tokens per reply.
+    ``do_sample``: sample instead of taking the most likely token.
+    ``temperature``, ``top_p``: sampling only; ``top_p=1`` keeps the whole distribution.
+    ``seed``: seeds sampling per chunk (sampled text depends on how rows are chunked).
+    ``batch_size``: batch rows per ``generate`` call, counted as (prompt, variant) pairs.
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One reply. ``n_tokens`` counts reply tokens before the end of turn; ``stopped`` says
+    whether the model ended its turn (False: it ran into ``max_new_tokens``)."""
+
+    instruction: str
+    variant: str
+    text: str
+    n_tokens: int
+    stopped: bool
+
+
+def generate_completions(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    intervention: Intervention | None = None,
+    settings: GenerationSettings = GenerationSettings(),
+    chat: ChatFormat | None = None,
+    progress: Progress | None = None,
+) -> list[Completion]:
+    """Replies to ``instructions`` under one intervention (default: none), in input order."""
+    variant = intervention or Intervention()
+    return generate_side_by_side(loaded, instructions, [variant], settings, chat, progress)[variant.name]
+
+
+def generate_side_by_side(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    variants: Sequence[Intervention],
+    settings: GenerationSettings = GenerationSettings(),
+    chat: ChatFormat | None = None,
+    progress: Progress | None = None,
+) -> dict[str, list[Completion]]:
+    """Replies to every instruction under every variant: variant name -> completions.
+
+    Rows are (prompt, variant) pairs, prompt-major, cut into chunks of
+    ``settings.batch_size`` rows; each chunk is one ``model.generate`` call with row i
+    under its own intervention. ``progress(done, total)`` counts rows.
+    """
+    names = [variant.name for variant in variants]
+    if not variants:
+        raise ValueError("Give at least one variant (Intervention() is the unmodified model).")
+    if len(set(names)) != len(names):
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
+    prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    stop_ids = end_of_turn_ids(loaded.tokenizer, chat)
+    rows = [(p, v) for p in range(len(prompts)) for v in range(len(variants))]
+    results: dict[tuple[int, int], Completion] = {}
+    for start in range(0, len(rows), settings.batch_size):
+        chunk = rows[start : start + settings.batch_size]
+        replies = _generate_chunk(
+            loaded,
+            [prompts[p] for p, _ in chunk],
+            [variants[v] for _, v in chunk],
+            settings,
+            stop_ids,
+            seed=settings.seed + start // settings.batch_size,
+        )
+        for (p, v), (text, n_tokens, stopped) in zip(chunk, replies):
+            results[p, v] = Completion(instructions[p], names[v], text, n_tokens, stopped)
+        if progress:
+            progress(start + len(chunk), len(rows))
+    return {name: [results[p, v] for p in range(len(prompts))] for v, name in enumerate(names)}
+
+
+def _generate_chunk(
+    loaded: LoadedModel,
+    prompts: list[str],
+    per_row: list[Intervention],
+    settings: GenerationSettings,
+    stop_ids: list[int],
+    seed: int,
+) -> list[tuple[str, int, bool]]:
+    """One batched ``generate`` call; (text, n_tokens, stopped) per row."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    batch = tokenize_prompts(tokenizer, prompts, loaded.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    # The lock spans the whole call: hooks are shared module state, and another session's
+    # intervention must never be in place while these rows are decoded.
+    with model_lock(model), row_interventions(model, per_row), _seeded(seed, settings.do_sample):
+        output = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pad_token_id=pad_id,
+            eos_token_id=stop_ids,
+            **_decoding_kwargs(settings),
+        )
+    generated = output[:, batch["input_ids"].shape[1] :].tolist()
+    return [_cut_reply(tokenizer, tokens, stop_ids) for tokens in generated]
+
+
+def _decoding_kwargs(settings: GenerationSettings) -> dict:
+    """Decoding options that override whatever the model's ``generation_config`` ships.
+
+    Hub models often set sampling defaults (top_k, temperature) or a repetition penalty;
+    the settings object alone should decide how text is produced.
+    """
+    kwargs: dict = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": settings.do_sample,
+        "repetition_penalty": 1.0,
+    }
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        # Unset sampling knobs so greedy decoding does not warn about ignored values.
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+@contextmanager
+def _seeded(seed: int, active: bool) -> Iterator[None]:
+    """Seed sampling for one call without disturbing the caller's global random state."""
+    if not active:
+        yield
+        return
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _cut_reply(tokenizer, tokens: list[int], stop_ids: list[int]) -> tuple[str, int, bool]:
+    """Reply text up to the first end-of-turn token, without special tokens."""
+    stops = set(stop_ids)
+    end = next((i for i, token in enumerate(tokens) if token in stops), None)
+    reply = tokens if end is None else tokens[:end]
+    return tokenizer.decode(reply, skip_special_tokens=True), len(reply), end is not None
