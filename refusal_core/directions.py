@@ -181,16 +181,24 @@ def dim_direction_set(
     """Every (position, layer) DIM candidate as a named set: ``dim/pos{p}/layer{l}``.
 
     ``harmful_acts`` and ``harmless_acts`` are ``[n_prompts, n_positions, n_layers, d]``;
-    ``positions`` and ``layers`` label their axes 1 and 2.
+    ``positions`` and ``layers`` label their axes 1 and 2. A candidate with zero norm is
+    left out and listed in ``meta["dropped"]``: at layer 0 a template token's residual is
+    its embedding alone, the same for every prompt, so its difference in means is exactly 0.
     """
     directions = dim_directions(harmful_acts, harmless_acts)
-    vectors, names, records = [], [], []
+    vectors, names, records, dropped = [], [], [], []
     for pos_index, position in enumerate(positions):
         for layer_index, layer in enumerate(layers):
+            if not directions[pos_index, layer_index].norm() > 0:
+                dropped.append(f"dim/pos{position}/layer{layer}")
+                continue
             vectors.append(directions[pos_index, layer_index])
             names.append(f"dim/pos{position}/layer{layer}")
             records.append({**provenance, "layer": int(layer), "position": int(position), "method": "dim"})
-    return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=dict(provenance))
+    if not vectors:
+        raise DirectionError("Every difference-in-means candidate is zero: the two prompt sets give identical activations.")
+    meta = {**provenance, "method": "dim", "dropped": dropped}
+    return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=meta)
 
 
 def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,16 @@ def test_dim_direction_set_names_and_provenance():
     assert torch.allclose(directions.vectors[4], dim_directions(harmful, harmless)[1, 1])
 
 
+def test_zero_candidates_are_dropped_and_listed():
+    harmful, harmless = torch.randn(4, 1, 2, 8), torch.randn(4, 1, 2, 8)
+    harmful[:, :, 0] = harmless[:, :, 0] = torch.ones(8)  # layer 0: the same embedding for every prompt
+    directions = dim_direction_set(harmful, harmless, positions=[-1], layers=[0, 1], provenance={"model": "m"})
+    assert directions.names == ("dim/pos-1/layer1",)
+    assert directions.meta["dropped"] == ["dim/pos-1/layer0"]
+    with pytest.raises(DirectionError, match="identical"):
+        dim_direction_set(harmless, harmless, positions=[-1], layers=[0, 1], provenance={})
+
+
 def test_save_load_round_trip(tmp_path):
     directions = _random_set()
     directions.save(tmp_path / "set")

