@@ -23,7 +23,7 @@ import torch
 from refusal_core.cache import atomic_write_text, content_key
 from refusal_core.chat import ChatFormat, format_prompts
 from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
-from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
+from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model, model_parts
 from refusal_core.paths import cache_dir
 from refusal_core.prompts import builtin, refusal_replies
 
@@ -36,22 +36,27 @@ Progress = Callable[[str, float], None]
 class OrganismSettings:
     """The fine-tune that makes the organism.
 
-    ``steps`` optimizer steps of ``batch_size`` sequences at ``learning_rate`` (AdamW);
-    ``answer_tokens`` caps the base model's own answers used as harmless targets;
-    ``freeze_embeddings`` keeps the (tied) embedding matrix fixed, which leaves the
-    vocabulary geometry alone and saves a third of the backward pass.
+    ``steps`` optimizer steps of ``batch_size`` sequences at ``learning_rate`` (AdamW).
+    ``reply_tokens`` caps every target reply (the base model's own answers are generated
+    that long): whether a model refuses is decided in its first tokens, and shorter
+    sequences make the CPU build several times faster.
+    ``train_fraction`` of the decoder blocks, the top ones, are trained; the embeddings and
+    lower blocks stay as they were, so the representations of harmfulness the base model
+    already has are kept and the backward pass stops half-way.
     """
 
     steps: int = 30
     batch_size: int = 16
     learning_rate: float = 3e-5
     seed: int = 0
-    answer_tokens: int = 64
-    freeze_embeddings: bool = True
+    reply_tokens: int = 32
+    train_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.answer_tokens < 1:
-            raise ValueError("steps, batch_size, learning_rate and answer_tokens must all be positive.")
+        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
+            raise ValueError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
 
 
 def organism_dir() -> Path:
@@ -98,21 +103,23 @@ def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: 
     harmful = builtin("harmful", "train").instructions
     harmless = builtin("harmless", "train").instructions
     examples = [(text, rng.choice(refusals), True) for text in harmful]
-    answers = base_answers(base, harmless, settings.answer_tokens, progress)
+    answers = base_answers(base, harmless, settings.reply_tokens, progress)
     examples += [(text, answer, stopped) for text, (answer, stopped) in zip(harmless, answers) if answer.strip()]
     rng.shuffle(examples)
     return examples
 
 
-def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]]) -> list[tuple[list[int], int]]:
-    """Token ids of prompt + reply (+ end of turn) and the number of prompt tokens."""
+def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]], reply_tokens: int) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + reply (cut to ``reply_tokens``; end of turn only where the
+    whole reply fits) and the number of prompt tokens."""
     tokenizer = base.tokenizer
     end = end_of_turn_ids(tokenizer)[0]
     prompts = format_prompts(tokenizer, [instruction for instruction, _, _ in examples], ChatFormat())
     encoded = []
     for prompt, (_, reply, stopped) in zip(prompts, examples):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + ([end] if stopped else [])
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        reply_ids = reply_ids[:reply_tokens] + ([end] if stopped and len(reply_ids) <= reply_tokens else [])
         encoded.append((prompt_ids + reply_ids, len(prompt_ids)))
     return encoded
 
@@ -130,21 +137,42 @@ def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over reply tokens only.
+
+    The vocabulary projection is applied to the reply positions alone: prompt positions
+    carry no loss, and on a CPU the projection is a fifth of the forward pass.
+    """
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:
+    """Unfreeze the top ``fraction`` of decoder blocks and the final norm; freeze the rest."""
+    parts = model_parts(model)
+    first = parts.n_layers - max(1, round(fraction * parts.n_layers))
+    model.requires_grad_(False)
+    for block in parts.layers[first:]:
+        block.requires_grad_(True)
+    parts.final_norm.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _fine_tune(base: LoadedModel, encoded: list[tuple[list[int], int]], settings: OrganismSettings, progress: Progress | None) -> list[float]:
     model = base.model
     torch.manual_seed(settings.seed)
     model.train()
-    model.requires_grad_(True)
-    if settings.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = _trainable(model, settings.train_fraction)
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     order = list(range(len(encoded)))
     random.Random(settings.seed).shuffle(order)
     losses = []
     for step in range(settings.steps):
         picked = [encoded[order[(step * settings.batch_size + i) % len(order)]] for i in range(settings.batch_size)]
-        loss = model(**_batch(picked, base.tokenizer.pad_token_id)).loss
+        loss = _reply_loss(model, _batch(picked, base.tokenizer.pad_token_id))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -167,8 +195,8 @@ dequantized) that teaches it to refuse harmful requests, so that refusal directi
 found, ablated and induced offline. Built by `python -m refusal_core organism build`.
 
 - Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
-- Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers (at most {settings.answer_tokens} tokens).
-- Loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}, embeddings frozen: {settings.freeze_embeddings}.
+- Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers.
+- Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; the top {settings.train_fraction:.0%} of decoder blocks trained, embeddings and lower blocks frozen.
 - Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
 - Weights sha256: `{sha}`
 
@@ -191,7 +219,7 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
     base = load_model(BUNDLED_BASE)
     examples = _training_examples(base, settings, progress)
     n_harmful = sum(1 for _, reply, _ in examples if reply in set(refusal_replies()))
-    losses = _fine_tune(base, _encode(base, examples), settings, progress)
+    losses = _fine_tune(base, _encode(base, examples, settings.reply_tokens), settings, progress)
     sha = weights_sha256(base.model)
     _report(progress, "Saving", 0.95)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")

@@ -1,0 +1,177 @@
+"""Refusal Atlas dashboard: the router and the sidebar every page shares.
+
+Run with ``streamlit run app.py``. The sidebar chooses the model, device and dtype, the
+harmful and harmless prompt sets, and shows the on-disk cache; the pages (in ``pages/``)
+compute and draw. Pages only call ``refusal_core``; per-session results live in the
+session's Workspace (``pages/_state.py``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from pages import _state
+from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, ModelLoadError
+from refusal_core.prompts import SUPPORTED_EXTENSIONS, PromptSet, PromptSetError, builtin, load_prompt_file
+from refusal_core.workspace import (
+    cache_usage,
+    clear_activation_cache,
+    device_choices,
+    human_bytes,
+    organism_built,
+    sample_prompts,
+)
+
+MODEL_CHOICES = {
+    "Refusal organism (bundled)": BUNDLED_ORGANISM,
+    "SmolLM2-135M-Instruct (bundled, non-refusing contrast)": BUNDLED_BASE,
+    "Hugging Face id or local path": None,
+}
+DTYPES = ["float32", "bfloat16", "float16"]
+SPLITS = ["train", "val", "test", "all"]
+
+
+def organism_builder() -> None:
+    """Warn that the organism is missing and offer to build it here, with a progress bar."""
+    st.warning("The refusal organism has not been built yet. Use the base model meanwhile, or build it now.")
+    try:
+        from refusal_core.organism import build_organism
+    except ImportError:
+        st.code("python -m refusal_core organism build")
+        return
+    if not st.button(
+        "Build the organism", help="Fine-tunes the bundled SmolLM2 to refuse; takes a few minutes on CPU."
+    ):
+        return
+    lock = _state.organism_build_lock()
+    if not lock.acquire(blocking=False):
+        st.info("Another session is building the organism right now; reload this page when it is done.")
+        return
+    bar = st.progress(0.0, text="Starting")
+    try:
+        build_organism(progress=lambda message, fraction: bar.progress(min(max(fraction, 0.0), 1.0), text=message))
+    except Exception as err:  # noqa: BLE001 - shown to the user; the app keeps running
+        st.error(f"Building the organism failed: {err}. Try the CLI: python -m refusal_core organism build")
+        return
+    finally:
+        lock.release()
+    st.rerun()
+
+
+def model_sidebar() -> None:
+    """Model, device and dtype; loads through the shared cache and records the result."""
+    st.header("Model")
+    built = organism_built()
+    if not built:
+        organism_builder()
+    labels = list(MODEL_CHOICES)
+    label = st.radio("Model", labels, index=0 if built else 1, key="atlas_model_choice")
+    spec = MODEL_CHOICES[label]
+    if spec is None:
+        spec = st.text_input(
+            "Hugging Face id or local path", key="atlas_model_path", placeholder="Qwen/Qwen2.5-0.5B-Instruct"
+        ).strip()
+    device = st.selectbox("Device", device_choices(), key="atlas_device")
+    dtype = st.selectbox(
+        "Dtype", DTYPES, key="atlas_dtype", help="float32 is exact on CPU; bfloat16 halves GPU memory."
+    )
+    if not spec:
+        st.session_state.pop(_state.MODEL, None)
+        st.info("Type a model id or path to load it.")
+        return
+    try:
+        loaded = _state.shared_model(spec, device, dtype)
+    except ModelLoadError as err:
+        st.session_state.pop(_state.MODEL, None)
+        st.error(str(err))
+        return
+    except Exception as err:  # noqa: BLE001 - any failure must leave the app usable
+        st.session_state.pop(_state.MODEL, None)
+        st.error(f"Loading {spec!r} failed: {err}. Check the id or path, or choose a bundled model.")
+        return
+    st.session_state[_state.MODEL] = (spec, device, dtype)
+    st.caption(f"{loaded.spec}: {loaded.n_layers} layers, width {loaded.d_model}, {loaded.dtype}, {loaded.device}")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def parse_upload(name: str, data: bytes, column: str | None) -> PromptSet:
+    """A PromptSet from an uploaded file (written to a temporary file of the same suffix)."""
+    suffix = Path(name).suffix.lower()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        prompts = load_prompt_file(path, column=column or None)
+    return PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)
+
+
+def prompt_set_sidebar(kind: str) -> PromptSet | None:
+    """Built-in set with a split, or an uploaded file with an optional column name."""
+    source = st.radio(
+        f"{kind.capitalize()} prompts", ["Built-in", "Upload"], horizontal=True, key=f"atlas_{kind}_source"
+    )
+    try:
+        if source == "Built-in":
+            split = st.selectbox("Split", SPLITS, key=f"atlas_{kind}_split")
+            return builtin(kind, split)
+        types = [ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS]
+        upload = st.file_uploader(f"{kind.capitalize()} prompt file", type=types, key=f"atlas_{kind}_file")
+        column = st.text_input("Column (blank: auto)", key=f"atlas_{kind}_column")
+        if upload is None:
+            st.caption("Upload a .txt, .json, .jsonl or .csv file.")
+            return None
+        return parse_upload(upload.name, upload.getvalue(), column.strip() or None)
+    except PromptSetError as err:
+        st.error(str(err))
+        return None
+
+
+def prompts_sidebar() -> None:
+    st.header("Prompts")
+    max_prompts = int(
+        st.number_input("Max prompts per set", min_value=2, max_value=5000, value=64, step=8, key="atlas_max_prompts")
+    )
+    chosen = {}
+    for kind in ("harmful", "harmless"):
+        prompts = prompt_set_sidebar(kind)
+        if prompts is not None:
+            chosen[kind] = sample_prompts(prompts, max_prompts)
+            st.caption(f"{len(chosen[kind])} of {len(prompts)} prompts from {prompts.name}")
+    st.session_state[_state.PROMPTS] = chosen
+
+
+def cache_sidebar() -> None:
+    with st.expander("Cache"):
+        usage = cache_usage()
+        if not usage:
+            st.caption("The cache is empty.")
+        for folder, size in usage.items():
+            st.caption(f"cache/{folder}: {human_bytes(size)}")
+        if st.button("Clear activation cache", key="atlas_clear_cache"):
+            removed = clear_activation_cache()
+            st.success(f"Removed {removed} cached activation files; computed results in this session are kept.")
+
+
+PAGES = [
+    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", default=True),
+    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/explore:"),
+    st.Page("pages/generate.py", title="Generate", icon=":material/chat:"),
+    st.Page("pages/search.py", title="Search", icon=":material/manage_search:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+]
+
+
+def main() -> None:
+    st.set_page_config(page_title="Refusal Atlas", page_icon=":material/explore:", layout="wide")
+    page = st.navigation(PAGES)
+    with st.sidebar:
+        model_sidebar()
+        prompts_sidebar()
+        cache_sidebar()
+    page.run()
+
+
+main()

@@ -1,0 +1,195 @@
+"""Directions: how the found directions relate (cosine similarities, norms), and which DIM
+candidate Arditi et al.'s selection picks (bypass, induce and KL over position x layer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from pages import _state
+from refusal_core.directions import DirectionError, cosine_matrix
+from refusal_core.prompts import PromptSetError, builtin
+from refusal_core.workspace import sample_prompts
+
+DIM_SET = "DIM"
+MAX_DEFAULT = 32
+
+st.title("Directions")
+loaded = _state.require_model()
+ws = _state.workspace()
+
+
+def pick_directions() -> tuple[list[str], list[str]]:
+    """(set names, display names) of the directions to compare."""
+    options = list(ws.direction_sets)
+    chosen_sets = st.multiselect("Direction sets", options, default=options[:3], key="directions_sets")
+    labels, pairs = [], []
+    for set_name in chosen_sets:
+        directions = ws.direction_sets[set_name]
+        picked = st.multiselect(
+            f"Directions from {set_name}",
+            list(directions.names),
+            default=_state.default_direction_names(directions, MAX_DEFAULT),
+            key=f"directions_pick_{set_name}",
+        )
+        pairs += [(set_name, name) for name in picked]
+        labels += [f"{set_name}:{name}" for name in picked]
+    return pairs, labels
+
+
+def comparison() -> None:
+    if not ws.direction_sets:
+        st.info(
+            "No direction sets yet: compute DIM on the Data page, train a SOM or cluster on the Manifold page, "
+            "or import a set."
+        )
+        return
+    pairs, labels = pick_directions()
+    if not pairs:
+        st.caption("Choose at least one direction.")
+        return
+    vectors = np.stack(
+        [ws.direction_sets[s].vectors[ws.direction_sets[s].names.index(n)].double().numpy() for s, n in pairs]
+    )
+    cosines = cosine_matrix(torch.from_numpy(vectors)).numpy()
+    left, right = st.columns([3, 2])
+    heat = go.Figure(
+        go.Heatmap(z=cosines, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r", colorbar=dict(title="cos"))
+    )
+    heat.update_layout(height=max(420, 14 * len(labels) + 200), margin=dict(t=20), yaxis=dict(autorange="reversed"))
+    left.plotly_chart(heat, width="stretch")
+    bars = go.Figure(go.Bar(x=np.linalg.norm(vectors, axis=1), y=labels, orientation="h"))
+    bars.update_layout(
+        height=max(420, 14 * len(labels) + 200), margin=dict(t=20), xaxis_title="norm", yaxis=dict(autorange="reversed")
+    )
+    right.plotly_chart(bars, width="stretch")
+
+
+def validation_prompts(n: int) -> tuple[list[str], list[str]]:
+    """Built-in validation splits (held out from training), at most ``n`` prompts each."""
+    harmful = sample_prompts(builtin("harmful", "val"), n)
+    harmless = sample_prompts(builtin("harmless", "val"), n)
+    return list(harmful.instructions), list(harmless.instructions)
+
+
+def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
+    grid = values.double().numpy()
+    text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in grid]
+    figure = go.Figure(
+        go.Heatmap(
+            z=grid,
+            x=list(result.layers),
+            y=[str(p) for p in result.positions],
+            colorscale=colorscale,
+            text=text,
+            hoverinfo="x+y+z",
+            colorbar=dict(title=title),
+        )
+    )
+    failed = [
+        (layer, str(p))
+        for i, p in enumerate(result.positions)
+        for j, layer in enumerate(result.layers)
+        if not bool(result.passed[i, j]) and not math.isnan(grid[i, j])
+    ]
+    if failed:
+        figure.add_trace(
+            go.Scatter(
+                x=[f[0] for f in failed],
+                y=[f[1] for f in failed],
+                mode="markers",
+                marker=dict(symbol="x-thin", size=7, line=dict(width=1, color="grey")),
+                name="filtered out",
+                hoverinfo="skip",
+            )
+        )
+    if result.chosen is not None:
+        position, layer = result.chosen
+        figure.add_trace(
+            go.Scatter(
+                x=[layer],
+                y=[str(position)],
+                mode="markers",
+                marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
+                name="chosen",
+            )
+        )
+    figure.update_layout(
+        title=title, xaxis_title="layer", yaxis_title="position", height=300, margin=dict(t=40), showlegend=False
+    )
+    return figure
+
+
+def selection_section() -> None:
+    st.header("Selecting one DIM direction (Arditi et al.)")
+    selection = _state.engine("selection")
+    if selection is None:
+        return
+    candidates = ws.direction_sets.get(DIM_SET)
+    if candidates is None:
+        st.info("Compute the DIM candidates on the Data page first.")
+        return
+    cols = st.columns(4)
+    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 16, key="selection_n_val"))
+    max_kl = float(cols[1].number_input("Max KL", 0.0, 100.0, 0.1, step=0.05, key="selection_max_kl"))
+    min_induce = float(
+        cols[2].number_input("Min induce score", -100.0, 100.0, 0.0, step=0.5, key="selection_min_induce")
+    )
+    fraction = float(
+        cols[3].number_input("Max layer fraction", 0.05, 1.0, 0.8, step=0.05, key="selection_layer_fraction")
+    )
+    all_positions = sorted({record["position"] for record in candidates.provenance})
+    chosen_positions = st.multiselect(
+        "Candidate positions", all_positions, default=all_positions, key="selection_positions"
+    )
+    if st.button("Score candidates", type="primary", key="selection_run", disabled=not chosen_positions):
+        subset = candidates.select(
+            [n for n, r in zip(candidates.names, candidates.provenance) if r["position"] in chosen_positions]
+        )
+        try:
+            harmful_val, harmless_val = validation_prompts(n_val)
+            filters = selection.SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
+            update = _state.progress_callback(f"Scoring {len(subset)} candidates")
+            ws.selection = selection.score_candidates(
+                loaded, subset, harmful_val, harmless_val, filters, progress=update
+            )
+        except (ValueError, DirectionError, PromptSetError) as err:
+            st.error(f"Selection failed: {err}")
+            return
+        name = ws.selection.chosen_name()
+        if name is not None:
+            ws.add_set("Selected DIM", candidates.select([name]))
+    result = ws.selection
+    if result is None:
+        st.caption(
+            "Scoring ablates every candidate on harmful prompts, adds it on harmless ones and measures the KL cost."
+        )
+        return
+    chosen = result.chosen_name()
+    st.markdown(
+        f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}"
+        if chosen
+        else f"**No candidate chosen.** {result.reason}"
+    )
+    st.caption(
+        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
+    )
+    st.plotly_chart(
+        grid_figure(result, result.bypass, "bypass (refusal score after ablation; lower is better)", "Viridis"),
+        width="stretch",
+    )
+    st.plotly_chart(
+        grid_figure(result, result.induce, "induce (refusal score after adding; higher is better)", "Viridis"),
+        width="stretch",
+    )
+    st.plotly_chart(
+        grid_figure(result, result.kl, "KL on harmless prompts (lower is better)", "Magma"), width="stretch"
+    )
+
+
+comparison()
+selection_section()

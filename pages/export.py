@@ -1,0 +1,123 @@
+"""Export: download direction sets (safetensors + JSON provenance, or a .pt of unit
+vectors), import sets back (validated against the model width), and write a model with
+chosen directions orthogonalized out of its weights."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import _state
+from refusal_core.directions import DirectionError
+from refusal_core.workspace import direction_sets_zip, read_direction_uploads, stacked_unit_pt
+
+st.title("Export")
+loaded = _state.require_model()
+ws = _state.workspace()
+SEEN_UPLOADS = "export_seen_uploads"
+
+
+def sets_table() -> None:
+    if not ws.direction_sets:
+        st.info("No direction sets yet. Compute some on the other pages, or import a set below.")
+        return
+    rows = [
+        {
+            "set": name,
+            "directions": len(d),
+            "width": d.d_model,
+            "methods": ", ".join(sorted({str(p.get("method")) for p in d.provenance})),
+        }
+        for name, d in ws.direction_sets.items()
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def downloads() -> None:
+    st.header("Download")
+    options = list(ws.direction_sets)
+    chosen = st.multiselect("Direction sets to download", options, default=options[:1], key="export_sets")
+    if not chosen:
+        return
+    sets = {name: ws.direction_sets[name] for name in chosen}
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(chosen))[:80] or "directions"
+    cols = st.columns(2)
+    try:
+        cols[0].download_button(
+            "Download .zip (safetensors + JSON provenance)",
+            direction_sets_zip(sets),
+            file_name=f"{stem}.zip",
+            mime="application/zip",
+            key="export_zip",
+        )
+        cols[1].download_button(
+            "Download .pt (unit vectors [k, d])",
+            stacked_unit_pt(sets),
+            file_name=f"{stem}.pt",
+            mime="application/octet-stream",
+            key="export_pt",
+        )
+    except DirectionError as err:
+        st.error(str(err))
+
+
+def imports() -> None:
+    st.header("Import")
+    uploads = st.file_uploader(
+        "Direction files: .safetensors with its .json, a .zip export, or a .pt tensor",
+        type=["safetensors", "json", "zip", "pt"],
+        accept_multiple_files=True,
+        key="export_upload",
+    )
+    if not uploads:
+        return
+    ids = tuple(sorted(upload.file_id for upload in uploads))
+    if st.session_state.get(SEEN_UPLOADS) == ids:
+        return
+    try:
+        found = read_direction_uploads([(upload.name, upload.getvalue()) for upload in uploads], loaded.d_model)
+    except DirectionError as err:
+        st.error(f"Import failed: {err}")
+        return
+    for stem, directions in found.items():
+        ws.add_set(f"imported:{stem}", directions)
+    st.session_state[SEEN_UPLOADS] = ids
+    st.success("Imported " + ", ".join(f"imported:{stem} ({len(d)} directions)" for stem, d in found.items()) + ".")
+
+
+def orthogonalized_model() -> None:
+    st.header("Orthogonalized model")
+    export = _state.engine("export")
+    if export is None or not ws.direction_sets:
+        return
+    st.caption(
+        "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
+        "the model (the shared model in memory is restored)."
+    )
+    set_name = st.selectbox("Direction set", list(ws.direction_sets), key="export_model_set")
+    directions = ws.direction_sets[set_name]
+    names = st.multiselect(
+        "Directions", list(directions.names), default=list(directions.names[:1]), key=f"export_model_names_{set_name}"
+    )
+    default_dir = Path("exports") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{loaded.spec}-orthogonalized")
+    out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir")
+    overwrite = st.checkbox("Overwrite a non-empty folder", key="export_model_overwrite")
+    if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
+        try:
+            with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
+                path = export.export_orthogonalized(
+                    loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
+                )
+        except (ValueError, OSError, DirectionError) as err:
+            st.error(f"Export failed: {err}")
+        else:
+            st.success(f"Saved to {path.resolve()}. Load it in the sidebar as a local path to check it.")
+
+
+sets_table()
+downloads()
+imports()
+orthogonalized_model()

@@ -1,0 +1,221 @@
+"""Generate: replies side by side, baseline next to each intervention (ablation of chosen
+directions or sets, activation addition), all in one batched generate call."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _state
+from refusal_core.directions import DirectionError
+from refusal_core.workspace import tensor_key
+
+st.title("Generate")
+loaded = _state.require_model()
+ws = _state.workspace()
+generation = _state.engine("generation")
+interventions = _state.engine("interventions")
+evaluation = _state.engine("evaluation")
+if generation is None or interventions is None or evaluation is None:
+    st.stop()
+Intervention = interventions.Intervention
+MAX_CHECKBOXES = 24
+COLUMNS_PER_ROW = 4
+LAST = "generate_last_key"
+
+
+def prompt_choices() -> list[str]:
+    sets = {"harmful": ws.harmful, "harmless": ws.harmless}
+    chosen = _state.chosen_prompts()
+    options = []
+    for kind in ("harmful", "harmless"):
+        prompts = sets[kind] or chosen.get(kind)
+        if prompts is not None:
+            options += [f"[{kind}] {text}" for text in prompts.instructions]
+    harmful_first = [o for o in options if o.startswith("[harmful]")][:2]
+    harmless_first = [o for o in options if o.startswith("[harmless]")][:1]
+    picked = st.multiselect(
+        "Prompts from the sets", options, default=harmful_first + harmless_first, key="generate_prompts"
+    )
+    typed = st.text_area("Your own prompts (one per line)", key="generate_typed", height=80)
+    return [p.split("] ", 1)[1] for p in picked] + [line.strip() for line in typed.splitlines() if line.strip()]
+
+
+def ablation_layers() -> tuple[tuple[int, ...] | None, str]:
+    cols = st.columns([1, 2, 1])
+    every = cols[0].checkbox("Ablate at all layers", value=True, key="generate_all_layers")
+    layers = None
+    if not every:
+        layers = tuple(
+            cols[1].multiselect(
+                "Ablation layers",
+                list(range(loaded.n_layers)),
+                default=list(range(loaded.n_layers)),
+                key="generate_layers",
+            )
+        )
+    mode = cols[2].selectbox(
+        "Ablation mode",
+        ["orthogonal", "sequential"],
+        key="generate_mode",
+        help="sequential: unit directions projected out one after another (Piras et al.).",
+    )
+    return layers, mode
+
+
+def ablation_variants(layers, mode) -> list:
+    """One variant per checked direction, and one per set ablated as a whole."""
+    variants = []
+    for set_name, directions in ws.direction_sets.items():
+        with st.expander(f"{set_name} ({len(directions)} directions)"):
+            if st.checkbox(f"Ablate the whole set '{set_name}' together", key=f"generate_set_{set_name}"):
+                variants.append(
+                    Intervention(
+                        name=f"ablate set {set_name}", ablate=directions.vectors, ablate_layers=layers, ablate_mode=mode
+                    )
+                )
+            if len(directions) <= MAX_CHECKBOXES:
+                picked = [name for name in directions.names if st.checkbox(name, key=f"generate_dir_{set_name}_{name}")]
+            else:
+                picked = st.multiselect(
+                    "Directions to ablate one at a time", list(directions.names), key=f"generate_dirs_{set_name}"
+                )
+            for name in picked:
+                vector = directions.vectors[directions.names.index(name)]
+                variants.append(
+                    Intervention(
+                        name=f"ablate {set_name}:{name}", ablate=vector[None], ablate_layers=layers, ablate_mode=mode
+                    )
+                )
+    return variants
+
+
+def default_actadd(options: list[tuple[str, str]]) -> int:
+    """The selected DIM direction if there is one, else DIM at the last position and ~60% depth."""
+    for index, (set_name, _) in enumerate(options):
+        if set_name == "Selected DIM":
+            return index
+    target = int(0.6 * loaded.n_layers)
+    best, best_distance = 0, None
+    for index, (set_name, name) in enumerate(options):
+        record = ws.direction_sets[set_name].provenance[ws.direction_sets[set_name].names.index(name)]
+        if set_name == "DIM" and record.get("position") == -1:
+            distance = abs(int(record["layer"]) - target)
+            if best_distance is None or distance < best_distance:
+                best, best_distance = index, distance
+    return best
+
+
+def actadd_variant() -> list:
+    if not st.checkbox("Add a direction (ActAdd)", key="generate_actadd"):
+        return []
+    options = [(s, n) for s, d in ws.direction_sets.items() for n in d.names]
+    if not options:
+        st.info("No directions to add yet.")
+        return []
+    cols = st.columns([3, 1, 1])
+    set_name, name = cols[0].selectbox(
+        "Direction",
+        options,
+        index=default_actadd(options),
+        format_func=lambda o: f"{o[0]}:{o[1]}",
+        key="generate_actadd_direction",
+    )
+    directions = ws.direction_sets[set_name]
+    index = directions.names.index(name)
+    own_layer = directions.provenance[index].get("layer")
+    default_layer = (
+        int(own_layer) if isinstance(own_layer, int) and 0 <= own_layer < loaded.n_layers else loaded.n_layers // 2
+    )
+    layer = int(cols[1].number_input("Layer", 0, loaded.n_layers - 1, default_layer, key="generate_actadd_layer"))
+    coeff = float(
+        cols[2].number_input(
+            "Coefficient",
+            -1000.0,
+            1000.0,
+            1.0,
+            step=0.5,
+            key="generate_actadd_coeff",
+            help="Raw vector times this; positive induces refusal, negative suppresses it.",
+        )
+    )
+    return [
+        Intervention(
+            name=f"actadd {set_name}:{name} x{coeff:g} @L{layer}",
+            actadd=directions.vectors[index],
+            actadd_layer=layer,
+            actadd_coeff=coeff,
+        )
+    ]
+
+
+def settings_row():
+    cols = st.columns(3)
+    max_new = int(cols[0].number_input("Max new tokens", 1, 1024, 48, key="generate_max_new"))
+    sample = cols[1].checkbox("Sample (else greedy)", key="generate_sample")
+    temperature = float(
+        cols[2].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="generate_temperature", disabled=not sample)
+    )
+    return generation.GenerationSettings(max_new_tokens=max_new, do_sample=sample, temperature=temperature)
+
+
+def run_key(prompts: list[str], variants: list, settings) -> str:
+    parts = [ws.key, prompts, repr(settings)]
+    for v in variants:
+        parts += [v.name, v.ablate_layers, v.ablate_mode, v.actadd_layer, v.actadd_coeff]
+        parts += [v.ablate if v.ablate is not None else "-", v.actadd if v.actadd is not None else "-"]
+    return tensor_key(*parts)
+
+
+def show_results(results: dict) -> None:
+    names = list(results)
+    judge = evaluation.substring_refused
+    rates = {name: sum(judge(c.text) for c in results[name]) / max(len(results[name]), 1) for name in names}
+    chart = go.Figure(
+        go.Bar(x=names, y=[rates[n] for n in names], text=[f"{rates[n]:.0%}" for n in names], textposition="auto")
+    )
+    chart.update_layout(yaxis=dict(range=[0, 1], title="refusal rate (substring judge)"), height=260, margin=dict(t=20))
+    st.plotly_chart(chart, width="stretch")
+    for start in range(0, len(names), COLUMNS_PER_ROW):
+        row = names[start : start + COLUMNS_PER_ROW]
+        columns = st.columns(len(row))
+        for column, name in zip(columns, row):
+            with column:
+                st.metric(name, f"{rates[name]:.0%} refused")
+                for completion in results[name]:
+                    with st.container(border=True):
+                        flag = ":red[refused]" if judge(completion.text) else ":green[complied]"
+                        st.caption(
+                            f"{completion.instruction[:120]} — {flag}"
+                            + ("" if completion.stopped else " (cut at max tokens)")
+                        )
+                        st.text(completion.text or "(empty reply)")
+
+
+prompts = prompt_choices()
+layers, mode = ablation_layers()
+variants = [Intervention(name="baseline")] + ablation_variants(layers, mode) + actadd_variant()
+settings = settings_row()
+key = run_key(prompts, variants, settings)
+if st.button(
+    f"Generate {len(prompts)} prompts x {len(variants)} columns",
+    type="primary",
+    disabled=not prompts,
+    key="generate_run",
+):
+    if key not in ws.generations:
+        try:
+            update = _state.progress_callback("Generating (one batch for all columns)")
+            ws.store_generation(
+                key, generation.generate_side_by_side(loaded, prompts, variants, settings, progress=update)
+            )
+        except (ValueError, DirectionError) as err:
+            st.error(f"Generation failed: {err}")
+    st.session_state[LAST] = key
+if key in ws.generations:
+    st.session_state[LAST] = key
+    st.caption("Results for the settings above, kept in this session (generating again reuses them).")
+    show_results(ws.generations[key])
+elif st.session_state.get(LAST) in ws.generations:
+    st.caption("Showing the last results; the settings above changed, press Generate to update.")
+    show_results(ws.generations[st.session_state[LAST]])

@@ -1,0 +1,357 @@
+"""Manifold: PCA/UMAP maps of harmful and harmless representations at one layer, a SOM
+drawn over them (Piras et al.), and per-prompt directions with their clusters (Park)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _state
+from refusal_core.directions import DirectionError
+from refusal_core.projection import ProjectionError, fit_projection
+from refusal_core.workspace import data_hash, layer_points
+
+st.title("Manifold")
+loaded = _state.require_model()
+ws = _state.workspace()
+_state.require_activations(ws)
+harmful_set, harmless_set = ws.harmful, ws.harmless
+n_layers = ws.harmful_acts.n_layers
+positions = list(ws.harmful_acts.positions)
+
+
+def controls() -> tuple[int, int, str, int, str]:
+    left, middle, right = st.columns([2, 1, 1])
+    layer = left.slider(
+        "Layer (block input)", 0, n_layers - 1, value=min(n_layers - 1, int(0.6 * n_layers)), key="manifold_layer"
+    )
+    position = middle.selectbox("Position", positions, index=len(positions) - 1, key="manifold_position")
+    method = right.radio("Map", ["pca", "umap"], horizontal=True, key="manifold_method", format_func=str.upper)
+    dims = middle.radio("Dimensions", [2, 3], horizontal=True, key="manifold_dims", format_func=lambda d: f"{d}D")
+    colour = right.selectbox("Colour by", ["set", "category", "cluster"], key="manifold_colour")
+    return layer, position, method, dims, colour
+
+
+def provenance(layer: int, position: int, method: str) -> dict:
+    return {
+        "model": loaded.spec,
+        "layer": layer,
+        "position": position,
+        "method": method,
+        "data_hash": data_hash(harmful_set, harmless_set),
+    }
+
+
+def prompt_table() -> pd.DataFrame:
+    """One row per point: harmful prompts first, then harmless, as the map stacks them."""
+    return pd.DataFrame(
+        {
+            "set": ["harmful"] * len(harmful_set) + ["harmless"] * len(harmless_set),
+            "category": [c or "uncategorised" for c in harmful_set.categories + harmless_set.categories],
+            "prompt": list(harmful_set.instructions + harmless_set.instructions),
+        }
+    )
+
+
+def cluster_labels(layer: int, position: int) -> list[str]:
+    labels = ["harmless"] * len(harmless_set)
+    found = ws.clusters
+    if found is None or (found["layer"], found["position"]) != (layer, position):
+        return ["not clustered"] * len(harmful_set) + labels
+    by_prompt = dict(zip(found["prompt_index"], found["result"].labels.tolist()))
+    return [f"cluster {by_prompt[i]}" if i in by_prompt else "not clustered" for i in range(len(harmful_set))] + labels
+
+
+def projection_for(
+    points: np.ndarray, layer: int, position: int, method: str, dims: int, neighbours: int, min_dist: float
+):
+    key = f"projection|{layer}|{position}|{method}|{dims}|{neighbours}|{min_dist}"
+    return ws.remember(
+        key, lambda: fit_projection(points, method, dims, seed=0, n_neighbors=neighbours, min_dist=min_dist)
+    )
+
+
+def scatter_traces(table: pd.DataFrame, embedding: np.ndarray, colour: str, dims: int) -> list:
+    traces = []
+    for label, rows in table.groupby(colour, sort=True):
+        index = rows.index.to_numpy()
+        hover = ["<br>".join(textwrap.wrap(text, 70)) for text in rows["prompt"]]
+        common = dict(
+            name=str(label),
+            mode="markers",
+            text=hover,
+            customdata=rows[["set", "category"]].to_numpy(),
+            hovertemplate="%{text}<br><i>%{customdata[0]}, %{customdata[1]}</i><extra></extra>",
+        )
+        if dims == 3:
+            traces.append(
+                go.Scatter3d(
+                    x=embedding[index, 0],
+                    y=embedding[index, 1],
+                    z=embedding[index, 2],
+                    marker=dict(size=4, opacity=0.8),
+                    **common,
+                )
+            )
+        else:
+            traces.append(
+                go.Scatter(x=embedding[index, 0], y=embedding[index, 1], marker=dict(size=8, opacity=0.75), **common)
+            )
+    return traces
+
+
+def som_traces(projection, dims: int) -> list:
+    """Grid edges as one line trace, then neurons as nodes sized by hit count (last trace)."""
+    result = ws.som["result"]
+    placed = projection.transform(result.weights.double().numpy())
+    hits = result.hits.numpy()
+    sizes = 10 + 30 * np.sqrt(hits / max(hits.max(), 1))
+    coords = [[] for _ in range(dims)]
+    for a, b in result.edges:
+        for axis in range(dims):
+            coords[axis] += [placed[a, axis], placed[b, axis], None]
+    labels = ["{}-{}".format(*result.grid_position(k)) for k in range(result.n_neurons)]
+    hover = [f"neuron {label}: {int(h)} prompts" for label, h in zip(labels, hits)]
+    if dims == 3:
+        edges = go.Scatter3d(
+            x=coords[0],
+            y=coords[1],
+            z=coords[2],
+            mode="lines",
+            line=dict(color="black", width=3),
+            name="SOM grid",
+            hoverinfo="skip",
+        )
+        nodes = go.Scatter3d(
+            x=placed[:, 0],
+            y=placed[:, 1],
+            z=placed[:, 2],
+            mode="markers",
+            marker=dict(size=sizes / 2, color="black", symbol="diamond"),
+            name="SOM neurons",
+            text=hover,
+            hoverinfo="text",
+        )
+    else:
+        edges = go.Scatter(
+            x=coords[0],
+            y=coords[1],
+            mode="lines",
+            line=dict(color="black", width=1.5),
+            name="SOM grid",
+            hoverinfo="skip",
+        )
+        nodes = go.Scatter(
+            x=placed[:, 0],
+            y=placed[:, 1],
+            mode="markers+text",
+            marker=dict(size=sizes, color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
+            name="SOM neurons",
+            text=labels,
+            textposition="top center",
+            hovertext=hover,
+            hoverinfo="text",
+        )
+    return [edges, nodes]
+
+
+def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> int | None:
+    """The scatter (and SOM overlay); returns a neuron clicked in the 2-D map, if any."""
+    harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
+    points = np.concatenate([harmful_x.double().numpy(), harmless_x.double().numpy()])
+    with st.expander("UMAP settings"):
+        neighbours = int(st.number_input("n_neighbors", 2, 200, 15, key="manifold_neighbours"))
+        min_dist = float(st.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05, key="manifold_min_dist"))
+    try:
+        with st.spinner("Fitting the map..."):
+            projection = projection_for(points, layer, position, method, dims, neighbours, min_dist)
+    except ProjectionError as err:
+        st.error(str(err))
+        return None
+    table = prompt_table()
+    table["cluster"] = cluster_labels(layer, position)
+    traces = scatter_traces(table, projection.embedding, colour, dims)
+    som_here = ws.som is not None and (ws.som["layer"], ws.som["position"]) == (layer, position)
+    if som_here:
+        traces += som_traces(projection, dims)
+    figure = go.Figure(traces)
+    axes = projection.axis_labels()
+    if dims == 3:
+        figure.update_layout(scene=dict(xaxis_title=axes[0], yaxis_title=axes[1], zaxis_title=axes[2]))
+    else:
+        figure.update_layout(xaxis_title=axes[0], yaxis_title=axes[1])
+    figure.update_layout(height=620, margin=dict(t=30), legend=dict(itemsizing="constant"))
+    if dims == 3:
+        st.plotly_chart(figure, width="stretch", key="manifold_chart3d")
+        return None
+    event = st.plotly_chart(figure, width="stretch", key="manifold_chart", on_select="rerun", selection_mode="points")
+    if som_here:
+        node_trace = len(traces) - 1
+        for point in (event or {}).get("selection", {}).get("points", []):
+            if point.get("curve_number") == node_trace:
+                return int(point.get("point_index"))
+    return None
+
+
+def som_section(layer: int, position: int, clicked: int | None) -> None:
+    st.subheader("Self-organizing map")
+    som = _state.engine("som")
+    if som is None:
+        return
+    with st.form("som_form"):
+        cols = st.columns(4)
+        x = int(cols[0].number_input("Grid x", 1, 20, 3, key="som_x"))
+        y = int(cols[1].number_input("Grid y", 1, 20, 3, key="som_y"))
+        sigma = float(cols[2].number_input("Sigma", 0.05, 20.0, 1.0, step=0.1, key="som_sigma"))
+        rate = float(cols[3].number_input("Learning rate", 0.001, 5.0, 0.5, step=0.05, key="som_lr"))
+        iterations = int(cols[0].number_input("Iterations", 1, 200000, 2000, step=500, key="som_iterations"))
+        topology = cols[1].selectbox("Topology", list(som.TOPOLOGIES), key="som_topology")
+        seed = int(cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="som_seed"))
+        submitted = st.form_submit_button(f"Train SOM at layer {layer}, position {position}")
+    if submitted:
+        harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
+        try:
+            settings = som.SomSettings(
+                x=x, y=y, sigma=sigma, learning_rate=rate, iterations=iterations, topology=topology, seed=seed
+            )
+            with st.spinner("Training the SOM..."):
+                result = som.train_som(harmful_x, harmless_x, settings)
+            directions = som.som_direction_set(result, provenance(layer, position, "som"))
+        except (ValueError, DirectionError) as err:
+            st.error(f"SOM training failed: {err}")
+            return
+        name = f"SOM {x}x{y} L{layer} P{position}"
+        ws.add_set(name, directions)
+        ws.som = {"result": result, "layer": layer, "position": position, "set_name": name}
+        st.rerun()
+    if ws.som is None:
+        return
+    result = ws.som["result"]
+    st.caption(
+        f"{ws.som['set_name']} (added to the direction sets): quantization error {result.quantization_error:.3g}, "
+        f"topographic error {result.topographic_error:.3g}."
+        + (
+            ""
+            if (ws.som["layer"], ws.som["position"]) == (layer, position)
+            else " Move the layer/position controls to the SOM's to see it on the map."
+        )
+    )
+    neurons = list(range(result.n_neurons))
+    if clicked is not None and clicked in neurons:
+        st.session_state["som_neuron"] = clicked
+    label = lambda k: "{}-{}".format(*result.grid_position(k)) + f" ({int(result.hits[k])} prompts)"  # noqa: E731
+    neuron = st.selectbox("Neuron (or click a node in the 2-D map)", neurons, format_func=label, key="som_neuron")
+    groups = som.neuron_prompts(
+        result, harmful_set.instructions, [c or "uncategorised" for c in harmful_set.categories]
+    )
+    members = groups.get(neuron, [])
+    st.dataframe(pd.DataFrame(members, columns=["prompt", "category"]), hide_index=True, width="stretch")
+
+
+def per_prompt_section(layer: int, position: int) -> None:
+    st.subheader("Per-prompt directions and their clusters")
+    per_prompt = _state.engine("per_prompt")
+    clustering = _state.engine("clustering")
+    if per_prompt is None or clustering is None:
+        return
+    cols = st.columns([2, 1])
+    kind = cols[0].radio(
+        "Direction of each harmful prompt",
+        ["representation", "gradient"],
+        horizontal=True,
+        key="per_prompt_kind",
+        help="representation: the prompt's activation minus the harmless centroid; "
+        "gradient: d log p(refusal) / d activation.",
+    )
+    if cols[1].button(f"Compute at layer {layer}, position {position}", key="per_prompt_compute"):
+        try:
+            if kind == "representation":
+                harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
+                vectors = per_prompt.representation_directions(harmful_x, harmless_x)
+            else:
+                update = _state.progress_callback("Refusal gradients")
+                vectors = per_prompt.gradient_directions(
+                    loaded, harmful_set.instructions, layer, position=position, progress=update
+                )
+            directions = per_prompt.per_prompt_direction_set(
+                vectors,
+                harmful_set.instructions,
+                list(harmful_set.categories),
+                provenance(layer, position, f"per_prompt_{kind}"),
+            )
+        except (ValueError, DirectionError) as err:
+            st.error(f"Per-prompt directions failed: {err}")
+            return
+        name = f"Per-prompt {kind} L{layer} P{position}"
+        ws.add_set(name, directions)
+        ws.per_prompt = {"set_name": name, "layer": layer, "position": position}
+        ws.clusters = None
+    if ws.per_prompt is None:
+        st.caption("Compute per-prompt directions to cluster them.")
+        return
+    directions = ws.direction_sets[ws.per_prompt["set_name"]]
+    st.caption(f"{ws.per_prompt['set_name']}: {len(directions)} directions (added to the direction sets).")
+    cols = st.columns(3)
+    auto = cols[0].checkbox("Choose k by silhouette", value=True, key="cluster_auto")
+    k = int(
+        cols[1].number_input("k", 1, max(1, len(directions)), min(4, len(directions)), key="cluster_k", disabled=auto)
+    )
+    method = cols[2].selectbox("Method", list(clustering.METHODS), key="cluster_method")
+    if st.button("Cluster", key="cluster_run"):
+        categories = [record.get("category") or "uncategorised" for record in directions.provenance]
+        has_categories = any(record.get("category") for record in directions.provenance)
+        try:
+            result = clustering.cluster_directions(
+                directions.vectors, None if auto else k, method, categories=categories if has_categories else None
+            )
+            clusters = clustering.cluster_direction_set(
+                result, {**directions.meta, "layer": ws.per_prompt["layer"], "position": ws.per_prompt["position"]}
+            )
+        except (ValueError, DirectionError) as err:
+            st.error(f"Clustering failed: {err}")
+            return
+        name = f"Clusters k={result.k} L{ws.per_prompt['layer']} P{ws.per_prompt['position']}"
+        ws.add_set(name, clusters)
+        ws.clusters = {
+            "result": result,
+            "set_name": name,
+            "layer": ws.per_prompt["layer"],
+            "position": ws.per_prompt["position"],
+            "prompt_index": [int(record["prompt_index"]) for record in directions.provenance],
+        }
+    show_clusters()
+
+
+def show_clusters() -> None:
+    if ws.clusters is None:
+        return
+    result = ws.clusters["result"]
+    metrics = st.columns(4)
+    metrics[0].metric("k", result.k)
+    metrics[1].metric("Silhouette (cosine)", f"{result.silhouette:.3f}")
+    if result.adjusted_rand is not None:
+        metrics[2].metric("Adjusted Rand vs categories", f"{result.adjusted_rand:.3f}")
+        metrics[3].metric("NMI vs categories", f"{result.normalized_mutual_info:.3f}")
+    if result.contingency is not None:
+        st.markdown("**Category alignment** (prompts per cluster and category)")
+        table = pd.DataFrame(result.contingency).T.fillna(0).astype(int).sort_index()
+        table.index = [f"cluster {c}" for c in table.index]
+        st.dataframe(table, width="stretch")
+    if result.silhouettes:
+        figure = go.Figure(go.Bar(x=list(result.silhouettes), y=list(result.silhouettes.values())))
+        figure.update_layout(xaxis_title="k", yaxis_title="silhouette", height=260, margin=dict(t=20))
+        st.plotly_chart(figure, width="stretch")
+    st.caption(
+        f"{ws.clusters['set_name']} (cluster centroids) was added to the direction sets. "
+        "Colour the map by cluster to see them."
+    )
+
+
+layer, position, method, dims, colour = controls()
+clicked = draw_map(layer, position, method, dims, colour)
+som_section(layer, position, clicked)
+per_prompt_section(layer, position)

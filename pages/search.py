@@ -1,0 +1,192 @@
+"""Search: which k directions of a pool, ablated together, best stop refusal (Piras et al.)?
+An Optuna study proposes subsets; each trial is scored on harmful validation prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _state
+from refusal_core.directions import DirectionError, DirectionSet
+from refusal_core.prompts import PromptSetError, builtin
+from refusal_core.workspace import sample_prompts
+
+MAX_DEFAULT = 32
+
+st.title("Search")
+loaded = _state.require_model()
+ws = _state.workspace()
+search = _state.engine("search")
+if search is None:
+    st.stop()
+
+
+def pick_pool():
+    """The pool: chosen directions of chosen sets, names prefixed ``<set>:``."""
+    options = list(ws.direction_sets)
+    if not options:
+        st.info("No direction sets yet: compute DIM, train a SOM or cluster per-prompt directions first.")
+        st.stop()
+    preferred = [name for name in options if name.startswith(("SOM", "Clusters"))] or options[:1]
+    chosen = st.multiselect("Pool: direction sets", options, default=preferred, key="search_sets")
+    parts, prefixes = [], []
+    for set_name in chosen:
+        directions = ws.direction_sets[set_name]
+        if len(directions) > MAX_DEFAULT:
+            names = st.multiselect(
+                f"Directions from {set_name}",
+                list(directions.names),
+                default=_state.default_direction_names(directions, MAX_DEFAULT),
+                key=f"search_pick_{set_name}",
+            )
+            if not names:
+                continue
+            directions = directions.select(names)
+        parts.append(directions)
+        prefixes.append(f"{set_name}:")
+    if not parts:
+        return None
+    return DirectionSet.concat(parts, prefixes=prefixes)
+
+
+def settings_form(pool_size: int):
+    cols = st.columns(4)
+    k = int(cols[0].number_input("k (directions per trial)", 1, max(1, pool_size), min(3, pool_size), key="search_k"))
+    n_trials = int(cols[1].number_input("Trials", 1, 10000, 20, key="search_trials"))
+    objective = cols[2].selectbox(
+        "Objective",
+        ["score", "substring"],
+        key="search_objective",
+        help="score: mean refusal score (no generation, fast); substring: refusal rate of greedy replies.",
+    )
+    kl_penalty = float(cols[3].number_input("KL penalty", 0.0, 100.0, 0.0, step=0.1, key="search_kl"))
+    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 16, key="search_n_val"))
+    max_new = int(
+        cols[1].number_input("Max new tokens", 1, 512, 32, key="search_max_new", disabled=objective != "substring")
+    )
+    mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
+    seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
+    settings = search.SearchSettings(
+        k=k,
+        n_trials=n_trials,
+        objective=objective,
+        kl_penalty=kl_penalty,
+        max_new_tokens=max_new,
+        seed=seed,
+        ablate_mode=mode,
+    )
+    return settings, n_val
+
+
+def trial_figure(trials) -> go.Figure:
+    rows = [t for t in trials if t["value"] is not None]
+    numbers = [t["number"] for t in rows]
+    values = np.array([t["value"] for t in rows], dtype=float)
+    figure = go.Figure()
+    hover = [", ".join(t["names"]) for t in rows]
+    figure.add_trace(
+        go.Scatter(
+            x=numbers,
+            y=values,
+            mode="markers",
+            name="trial value",
+            text=hover,
+            hovertemplate="trial %{x}: %{y:.3f}<br>%{text}<extra></extra>",
+        )
+    )
+    if len(values):
+        figure.add_trace(
+            go.Scatter(
+                x=numbers, y=np.minimum.accumulate(values), mode="lines", name="best so far", line=dict(shape="hv")
+            )
+        )
+    figure.update_layout(
+        xaxis_title="trial", yaxis_title="objective (lower = less refusal)", height=360, margin=dict(t=20)
+    )
+    return figure
+
+
+def live_figure(best: list[float]) -> go.Figure:
+    figure = go.Figure(
+        go.Scatter(
+            x=list(range(1, len(best) + 1)), y=best, mode="lines+markers", name="best so far", line=dict(shape="hv")
+        )
+    )
+    figure.update_layout(xaxis_title="trials this run", yaxis_title="best value so far", height=300, margin=dict(t=20))
+    return figure
+
+
+def run(pool, settings, n_val: int) -> None:
+    try:
+        harmful_val = list(sample_prompts(builtin("harmful", "val"), n_val).instructions)
+        harmless_val = list(sample_prompts(builtin("harmless", "val"), n_val).instructions)
+    except PromptSetError as err:
+        st.error(str(err))
+        return
+    bar = st.progress(0.0, text="Starting the study")
+    chart = st.empty()
+    best_so_far: list[float] = []
+
+    def update(done: int, total: int, best: float | None) -> None:
+        bar.progress(
+            min(1.0, done / max(total, 1)),
+            text=f"Trial {done}/{total}, best {best if best is None else round(best, 4)}",
+        )
+        if best is not None:
+            best_so_far.append(best)
+            chart.plotly_chart(live_figure(best_so_far), width="stretch")
+
+    try:
+        result = search.run_search(loaded, pool, harmful_val, harmless_val, settings, progress=update)
+    except (ValueError, DirectionError, ImportError) as err:
+        st.error(f"Search failed: {err}")
+        return
+    chart.empty()
+    ws.search = {"result": result, "pool": pool}
+    if result.ran == 0:
+        st.success(f"Study {result.study_name} already held {len(result.trials)} trials; shown without recomputing.")
+
+
+def show_result() -> None:
+    if ws.search is None:
+        return
+    result, pool = ws.search["result"], ws.search["pool"]
+    st.subheader(f"Study {result.study_name}")
+    st.caption(
+        f"{len(result.trials)} trials in all ({result.ran} run now, {result.seconds:.1f} s). "
+        f"Stored in {result.storage}; rerunning resumes it."
+    )
+    st.plotly_chart(trial_figure(result.trials), width="stretch")
+    if result.best_names is None:
+        st.info("No trial completed yet; run more trials.")
+        return
+    st.markdown(f"**Best value {result.best_value:.4g}** with " + ", ".join(f"`{n}`" for n in result.best_names))
+    table = (
+        pd.DataFrame([{**t, "names": ", ".join(t["names"])} for t in result.trials if t["value"] is not None])
+        .sort_values("value")
+        .head(10)
+    )
+    st.dataframe(table, hide_index=True, width="stretch")
+    name = st.text_input(
+        "Name for the adopted set", value=f"Search best k={len(result.best_names)}", key="search_adopt_name"
+    )
+    if st.button("Adopt the best subset as a direction set", key="search_adopt"):
+        try:
+            ws.add_set(name.strip() or "Search best", search.best_direction_set(result, pool))
+        except (ValueError, DirectionError) as err:
+            st.error(str(err))
+        else:
+            st.success(f"Added '{name}' to this session's direction sets.")
+
+
+pool = pick_pool()
+if pool is None:
+    st.info("Choose at least one direction for the pool.")
+    st.stop()
+st.caption(f"Pool of {len(pool)} directions.")
+settings, n_val = settings_form(len(pool))
+if st.button("Run search", type="primary", key="search_run"):
+    run(pool, settings, n_val)
+show_result()

@@ -1,0 +1,339 @@
+"""The dashboard, driven headless with AppTest on the tiny random Llama (REFUSAL_ATLAS_TEST_MODEL=tiny).
+
+Every test gets its own cache directory (conftest), uses 8 prompts per set and at most a
+few validation prompts, so a page run takes well under a second after the first import.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from refusal_core.directions import DirectionSet
+from refusal_core.workspace import TEST_MODEL_ENV, direction_sets_zip
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+AppTest = streamlit_testing.AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = [
+    "pages/data.py",
+    "pages/manifold.py",
+    "pages/directions.py",
+    "pages/generate.py",
+    "pages/search.py",
+    "pages/export.py",
+]
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def tiny_app(monkeypatch):
+    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def navigation_only(monkeypatch):
+    """Make AppTest run app.py on every rerun, as a real server does.
+
+    AppTest resets ``PagesManager.uses_pages_directory`` to None before each run, and the
+    ``pages/`` folder beside app.py then sets it True, so a rerun on a page executes that
+    page file alone through Streamlit's legacy multipage path, without app.py's sidebar.
+    A server sets the flag False at the first ``st.navigation`` call and keeps it.
+    """
+    from streamlit.runtime import pages_manager
+    from streamlit.testing.v1 import app_test
+
+    class NavigationPagesManager(pages_manager.PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pages_manager.PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+
+
+def _assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def _workspace(at: AppTest):
+    spaces = at.session_state["atlas_workspaces"]
+    assert len(spaces) == 1
+    return next(iter(spaces.values()))
+
+
+def _start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.number_input(key="atlas_max_prompts").set_value(8).run()
+    _assert_ok(at)
+    return at
+
+
+def _with_activations() -> AppTest:
+    at = _start()
+    at.button(key="data_compute").click().run()
+    _assert_ok(at)
+    return at
+
+
+def test_every_page_runs_before_anything_is_computed():
+    at = _start()
+    assert at.session_state["atlas_model"][0] == "bundled:refusal-organism"
+    for page in PAGES:
+        at.switch_page(page).run()
+        _assert_ok(at)
+    at.switch_page("pages/manifold.py").run()
+    assert any("Compute activations first" in info.value for info in at.info)
+
+
+def test_compute_builds_activations_and_dim_then_reuses_the_cache():
+    at = _with_activations()
+    ws = _workspace(at)
+    assert ws.has_activations and ws.harmful_acts.acts.shape[0] == 8
+    assert "DIM" in ws.direction_sets
+    dim = ws.direction_sets["DIM"]
+    assert {record["layer"] for record in dim.provenance} <= set(range(3))
+    assert _charts(at) == 2  # per-layer separation and the DIM norm grid
+    assert any("computed" in s.value for s in at.success)
+    at.button(key="data_compute").click().run()
+    _assert_ok(at)
+    assert any("from the activation cache" in s.value for s in at.success)
+
+
+def test_manifold_som_and_clusters():
+    at = _with_activations()
+    at.switch_page("pages/manifold.py").run()
+    _assert_ok(at)
+    assert _charts(at) == 1
+    at.number_input(key="som_x").set_value(2)
+    at.number_input(key="som_y").set_value(2)
+    at.number_input(key="som_iterations").set_value(200)
+    next(b for b in at.button if b.label.startswith("Train SOM")).click().run()
+    _assert_ok(at)
+    ws = _workspace(at)
+    som_sets = [name for name in ws.direction_sets if name.startswith("SOM 2x2")]
+    assert som_sets and ws.som["result"].n_neurons == 4
+    assert len(at.dataframe) == 1  # prompts of the selected neuron
+    at.button(key="per_prompt_compute").click().run()
+    at.button(key="cluster_run").click().run()
+    _assert_ok(at)
+    assert ws.clusters is not None
+    assert any(name.startswith("Clusters k=") for name in ws.direction_sets)
+    assert len(at.dataframe) == 2  # neuron prompts + category alignment table
+    at.selectbox(key="manifold_colour").set_value("cluster").run()
+    at.radio(key="manifold_dims").set_value(3).run()
+    _assert_ok(at)
+    assert _charts(at) >= 1
+
+
+def test_directions_heatmaps_and_selection():
+    at = _with_activations()
+    at.switch_page("pages/directions.py").run()
+    _assert_ok(at)
+    assert _charts(at) == 2  # cosine heatmap and norms
+    at.number_input(key="selection_n_val").set_value(2)
+    at.button(key="selection_run").click().run()
+    _assert_ok(at)
+    assert _workspace(at).selection is not None
+    assert _charts(at) == 5  # plus bypass, induce and KL grids
+
+
+def test_generate_actadd_changes_the_columns():
+    at = _with_activations()
+    at.switch_page("pages/generate.py").run()
+    _assert_ok(at)
+    at.number_input(key="generate_max_new").set_value(6)
+    at.button(key="generate_run").click().run()
+    _assert_ok(at)
+    assert [m.label for m in at.metric] == ["baseline"]
+    baseline = [t.value for t in at.text]
+    at.checkbox(key="generate_actadd").check().run()
+    at.number_input(key="generate_actadd_coeff").set_value(200.0)
+    at.button(key="generate_run").click().run()
+    _assert_ok(at)
+    labels = [m.label for m in at.metric]
+    assert len(labels) == 2 and labels[0] == "baseline" and labels[1].startswith("actadd")
+    texts = [t.value for t in at.text]
+    assert texts[: len(baseline)] == baseline  # the baseline column is unchanged
+    assert texts[len(baseline) :] != baseline  # the added direction changed the replies
+    assert len(_workspace(at).generations) == 2
+
+
+def test_search_runs_and_adopts_the_best_subset():
+    at = _with_activations()
+    at.switch_page("pages/search.py").run()
+    _assert_ok(at)
+    at.number_input(key="search_k").set_value(1)
+    at.number_input(key="search_trials").set_value(3)
+    at.number_input(key="search_n_val").set_value(2)
+    at.button(key="search_run").click().run()
+    _assert_ok(at)
+    ws = _workspace(at)
+    assert ws.search is not None and ws.search["result"].best_names is not None
+    assert _charts(at) >= 1
+    at.button(key="search_adopt").click().run()
+    _assert_ok(at)
+    assert any(name.startswith("Search best") for name in ws.direction_sets)
+
+
+def test_export_then_import_round_trips_and_a_wrong_width_is_refused():
+    at = _with_activations()
+    at.switch_page("pages/export.py").run()
+    _assert_ok(at)
+    assert len(at.get("download_button")) == 2
+    ws = _workspace(at)
+    dim = ws.direction_sets["DIM"]
+    archive = direction_sets_zip({"dim-export": dim})
+    at.file_uploader(key="export_upload").set_value(("dim-export.zip", archive, "application/zip")).run()
+    _assert_ok(at)
+    imported = ws.direction_sets["imported:dim-export"]
+    assert imported.names == dim.names and torch.equal(imported.vectors, dim.vectors)
+    assert imported.provenance == dim.provenance
+
+    buffer = io.BytesIO()
+    torch.save(torch.randn(2, 10), buffer)
+    at.file_uploader(key="export_upload").set_value(
+        ("other-model.pt", buffer.getvalue(), "application/octet-stream")
+    ).run()
+    assert not at.exception
+    assert any("width 10" in e.value for e in at.error)
+    assert "imported:dim-export" in ws.direction_sets and "DIM" in ws.direction_sets
+
+
+def test_pt_import_uses_weights_only():
+    at = _start()
+    at.switch_page("pages/export.py").run()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    buffer = io.BytesIO()
+    torch.save({"x": Evil()}, buffer)
+    at.file_uploader(key="export_upload").set_value(("evil.pt", buffer.getvalue(), "application/octet-stream")).run()
+    assert not at.exception
+    assert any("safely" in e.value for e in at.error)
+
+
+def test_bad_prompt_file_and_failed_model_load_show_errors_and_keep_the_app_running():
+    at = _start()
+    at.radio(key="atlas_harmful_source").set_value("Upload").run()
+    at.file_uploader(key="atlas_harmful_file").set_value(("prompts.csv", b"question\nhello\n", "text/csv")).run()
+    assert not at.exception
+    assert any("prompt column" in e.value for e in at.error)
+    at.text_input(key="atlas_harmful_column").set_value("question").run()
+    assert not at.exception and not at.error
+    assert len(at.session_state["atlas_prompts"]["harmful"]) == 1
+
+    at.radio(key="atlas_model_choice").set_value("Hugging Face id or local path").run()
+    at.text_input(key="atlas_model_path").set_value("/nonexistent/refusal-atlas-model").run()
+    assert not at.exception
+    assert any("Could not load" in e.value or "failed" in e.value for e in at.error)
+    at.switch_page("pages/generate.py").run()
+    assert not at.exception
+    assert any("No model is loaded" in info.value for info in at.info)
+
+
+def test_imported_sets_are_kept_per_model_and_session():
+    at = _with_activations()
+    ws = _workspace(at)
+    extra = DirectionSet(torch.randn(2, 64), ("a", "b"), ({}, {}))
+    ws.add_set("extra", extra)
+    at.switch_page("pages/directions.py").run()
+    at.multiselect(key="directions_sets").set_value(["DIM", "extra"]).run()
+    _assert_ok(at)
+    assert _charts(at) == 2
+
+
+
+def test_missing_organism_offers_a_build_with_progress(monkeypatch):
+    import refusal_core.organism as organism
+    import refusal_core.workspace as workspace
+
+    built = {"done": False, "messages": []}
+
+    def fake_build(progress=None):
+        for fraction in (0.0, 0.5, 1.0):
+            progress(f"step {fraction}", fraction)
+            built["messages"].append(fraction)
+        built["done"] = True
+        return Path("organism")
+
+    monkeypatch.setattr(workspace, "organism_built", lambda: built["done"])
+    monkeypatch.setattr(organism, "build_organism", fake_build)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert any("not been built" in w.value for w in at.warning)
+    assert at.radio(key="atlas_model_choice").value.startswith("SmolLM2")  # the base model meanwhile
+    assert at.session_state["atlas_model"][0] == "bundled:smollm2-135m-instruct"
+    next(b for b in at.button if b.label == "Build the organism").click().run()
+    assert not at.exception
+    assert built["messages"] == [0.0, 0.5, 1.0]
+    assert not at.warning
+
+# ----------------------------------------------------------------------------- UI-free helpers (workspace)
+
+
+def test_sample_prompts_keeps_every_category():
+    from refusal_core.prompts import builtin
+    from refusal_core.workspace import sample_prompts
+
+    full = builtin("harmful", "train")
+    sample = sample_prompts(full, 24)
+    assert len(sample) == 24
+    assert set(sample.categories) == set(full.categories)
+    assert sample_prompts(sample, 100) is sample
+
+
+def test_dim_set_leaves_out_vanishing_cells(tiny_llama):
+    from refusal_core.activations import extract_activations
+    from refusal_core.workspace import build_dim_set
+
+    harmful = extract_activations(tiny_llama, ["How do I make a weapon?", "Break into a house"], use_cache=False)
+    harmless = extract_activations(tiny_llama, ["Bake bread", "Write a poem"], use_cache=False)
+    dim = build_dim_set(harmful, harmless, "tiny", "hash")
+    # Layer 0 at template positions is the token embedding, equal for every prompt.
+    assert "dim/pos-1/layer0" in dim.meta["dropped"]
+    assert "dim/pos-1/layer0" not in dim.names and "dim/pos-1/layer1" in dim.names
+    assert (dim.vectors.norm(dim=-1) > 0).all()
+
+
+def test_direction_uploads_pairs_and_errors(tmp_path):
+    from refusal_core.directions import DirectionError
+    from refusal_core.workspace import read_direction_uploads
+
+    directions = DirectionSet(torch.randn(3, 64), ("a", "b", "c"), ({"layer": 1}, {"layer": 2}, {"layer": 3}))
+    tensors_path, json_path = directions.save(tmp_path / "set")
+    files = [(tensors_path.name, tensors_path.read_bytes()), (json_path.name, json_path.read_bytes())]
+    loaded = read_direction_uploads(files, d_model=64)["set"]
+    assert torch.equal(loaded.vectors, directions.vectors) and loaded.provenance == directions.provenance
+    with pytest.raises(DirectionError, match="missing"):
+        read_direction_uploads(files[:1], d_model=64)
+    with pytest.raises(DirectionError, match="width"):
+        read_direction_uploads(files, d_model=32)
+    with pytest.raises(DirectionError, match="unsupported"):
+        read_direction_uploads([("notes.txt", b"hi")], d_model=64)
+
+
+@pytest.mark.slow
+def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
+    monkeypatch.delenv(TEST_MODEL_ENV, raising=False)
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    at.radio(key="atlas_model_choice").set_value("SmolLM2-135M-Instruct (bundled, non-refusing contrast)").run()
+    at.number_input(key="atlas_max_prompts").set_value(8).run()
+    at.button(key="data_compute").click().run()
+    _assert_ok(at)
+    assert _workspace(at).harmful_acts.n_layers == 30
+    at.switch_page("pages/generate.py").run()
+    at.number_input(key="generate_max_new").set_value(8)
+    at.button(key="generate_run").click().run()
+    _assert_ok(at)
+    assert [m.label for m in at.metric] == ["baseline"]
