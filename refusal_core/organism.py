@@ -40,9 +40,8 @@ class OrganismSettings:
     ``reply_tokens`` caps every target reply (the base model's own answers are generated
     that long): whether a model refuses is decided in its first tokens, and shorter
     sequences make the CPU build several times faster.
-    ``train_fraction`` of the decoder blocks, the top ones, are trained; the embeddings and
-    lower blocks stay as they were, so the representations of harmfulness the base model
-    already has are kept and the backward pass stops half-way.
+    ``train_fraction`` of the decoder blocks, the top ones, are trained; the embeddings (and
+    any lower blocks) stay as they were. ``harmful_share`` of every batch is harmful.
     """
 
     steps: int = 30
@@ -50,11 +49,14 @@ class OrganismSettings:
     learning_rate: float = 3e-5
     seed: int = 0
     reply_tokens: int = 32
-    train_fraction: float = 0.5
+    train_fraction: float = 1.0
+    harmful_share: float = 0.35
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
             raise ValueError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
+        if not 0 < self.harmful_share < 1:
+            raise ValueError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
 
@@ -96,17 +98,15 @@ def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int
     return answers
 
 
-def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None) -> list[tuple[str, str, bool]]:
-    """(instruction, reply, reply ends the turn) for every harmful and harmless train prompt."""
+def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None) -> tuple[list, list]:
+    """Harmful and harmless (instruction, reply, reply ends the turn) train examples."""
     rng = random.Random(settings.seed)
     refusals = refusal_replies()
-    harmful = builtin("harmful", "train").instructions
-    harmless = builtin("harmless", "train").instructions
-    examples = [(text, rng.choice(refusals), True) for text in harmful]
-    answers = base_answers(base, harmless, settings.reply_tokens, progress)
-    examples += [(text, answer, stopped) for text, (answer, stopped) in zip(harmless, answers) if answer.strip()]
-    rng.shuffle(examples)
-    return examples
+    harmful = [(text, rng.choice(refusals), True) for text in builtin("harmful", "train").instructions]
+    instructions = builtin("harmless", "train").instructions
+    answers = base_answers(base, instructions, settings.reply_tokens, progress)
+    harmless = [(text, answer, stopped) for text, (answer, stopped) in zip(instructions, answers) if answer.strip()]
+    return harmful, harmless
 
 
 def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]], reply_tokens: int) -> list[tuple[list[int], int]]:
@@ -161,22 +161,41 @@ def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _fine_tune(base: LoadedModel, encoded: list[tuple[list[int], int]], settings: OrganismSettings, progress: Progress | None) -> list[float]:
+def _batches(harmful: list, harmless: list, settings: OrganismSettings):
+    """Each batch mixes a fixed share of harmful examples with harmless ones.
+
+    Refusal replies all look alike and are learnt in a few steps, and then the model
+    refuses everything; a batch that is mostly harmless keeps teaching it when not to.
+    """
+    rng = random.Random(settings.seed)
+    pools = {"harmful": list(range(len(harmful))), "harmless": list(range(len(harmless)))}
+    cursor = {name: len(pool) for name, pool in pools.items()}
+
+    def draw(name: str) -> int:
+        if cursor[name] >= len(pools[name]):
+            rng.shuffle(pools[name])
+            cursor[name] = 0
+        cursor[name] += 1
+        return pools[name][cursor[name] - 1]
+
+    n_harmful = max(1, round(settings.batch_size * settings.harmful_share))
+    for _ in range(settings.steps):
+        yield [harmful[draw("harmful")] for _ in range(n_harmful)] + [harmless[draw("harmless")] for _ in range(settings.batch_size - n_harmful)]
+
+
+def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: OrganismSettings, progress: Progress | None) -> list[float]:
     model = base.model
     torch.manual_seed(settings.seed)
     model.train()
     trainable = _trainable(model, settings.train_fraction)
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    order = list(range(len(encoded)))
-    random.Random(settings.seed).shuffle(order)
     losses = []
-    for step in range(settings.steps):
-        picked = [encoded[order[(step * settings.batch_size + i) % len(order)]] for i in range(settings.batch_size)]
+    for step, picked in enumerate(_batches(harmful, harmless, settings)):
         loss = _reply_loss(model, _batch(picked, base.tokenizer.pad_token_id))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         _report(progress, f"Fine-tune step {step + 1}/{settings.steps} (loss {losses[-1]:.3f})", 0.4 + 0.5 * (step + 1) / settings.steps)
     model.eval()
     model.requires_grad_(False)
@@ -196,7 +215,7 @@ found, ablated and induced offline. Built by `python -m refusal_core organism bu
 
 - Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
 - Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers.
-- Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; the top {settings.train_fraction:.0%} of decoder blocks trained, embeddings and lower blocks frozen.
+- Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; {settings.harmful_share:.0%} of each batch harmful; the top {settings.train_fraction:.0%} of decoder blocks trained and the embeddings frozen.
 - Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
 - Weights sha256: `{sha}`
 
@@ -217,16 +236,17 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
     started = time.perf_counter()
     _report(progress, "Loading the bundled SmolLM2", 0.0)
     base = load_model(BUNDLED_BASE)
-    examples = _training_examples(base, settings, progress)
-    n_harmful = sum(1 for _, reply, _ in examples if reply in set(refusal_replies()))
-    losses = _fine_tune(base, _encode(base, examples, settings.reply_tokens), settings, progress)
+    harmful, harmless = _training_examples(base, settings, progress)
+    encoded_harmful = _encode(base, harmful, settings.reply_tokens)
+    encoded_harmless = _encode(base, harmless, settings.reply_tokens)
+    losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
     sha = weights_sha256(base.model)
     _report(progress, "Saving", 0.95)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     base.model.save_pretrained(tmp, safe_serialization=True)
     base.tokenizer.save_pretrained(tmp)
-    card = _model_card(settings, n_harmful, len(examples) - n_harmful, losses, sha, time.perf_counter() - started)
+    card = _model_card(settings, len(harmful), len(harmless), losses, sha, time.perf_counter() - started)
     (tmp / "README.md").write_text(card)
     (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses}, indent=2))
     shutil.rmtree(target, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""The organism's fine-tune pieces on a tiny model: batches, reply-only loss, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusal_core import organism
+from refusal_core.organism import OrganismSettings, weights_sha256
+from tests.tiny import tiny_model
+
+HARMFUL = [("Explain how to break into a house", "I'm sorry, but I can't help with that.", True)] * 3
+HARMLESS = [("Write a short poem about the sea", "The sea is wide and the wind is free", False),
+            ("How do I bake bread at home?", "Mix flour, water and yeast.", True)]
+
+
+def test_batches_keep_the_harmful_share_and_visit_everything():
+    harmful, harmless = list(range(5)), list(range(100, 120))
+    settings = OrganismSettings(steps=4, batch_size=10, harmful_share=0.3)
+    batches = list(organism._batches(harmful, harmless, settings))
+    assert len(batches) == 4 and all(len(batch) == 10 for batch in batches)
+    assert all(sum(1 for item in batch if item < 100) == 3 for batch in batches)
+    assert set(item for batch in batches for item in batch if item < 100) == set(harmful)
+    # Harmless examples are drawn without replacement within a pass over the pool.
+    assert len(set(item for batch in batches[:2] for item in batch if item >= 100)) == 14
+
+
+def test_encoding_masks_the_prompt_and_caps_the_reply():
+    loaded = tiny_model("llama")
+    encoded = organism._encode(loaded, HARMLESS, reply_tokens=4)
+    (ids, n_prompt), (ids_short, n_prompt_short) = encoded
+    assert len(ids) - n_prompt == 4  # cut to 4 tokens, no end of turn: the reply did not end
+    end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    full = organism._encode(loaded, HARMLESS, reply_tokens=100)[1][0]
+    assert full[-1] == end  # a reply that ended and fits keeps its end-of-turn token
+    batch = organism._batch(encoded, loaded.tokenizer.pad_token_id)
+    assert (batch["labels"][0, :n_prompt] == -100).all()
+    assert batch["labels"][0, n_prompt : len(ids)].tolist() == ids[n_prompt:]
+
+
+def test_reply_loss_equals_masked_full_loss():
+    loaded = tiny_model("llama")
+    batch = organism._batch(organism._encode(loaded, HARMFUL[:1] + HARMLESS, 8), loaded.tokenizer.pad_token_id)
+    expected = loaded.model(**batch).loss
+    assert organism._reply_loss(loaded.model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_fine_tune_is_deterministic_and_trains_only_the_top_blocks():
+    settings = OrganismSettings(steps=2, batch_size=4, learning_rate=1e-3, train_fraction=0.34)
+    results = []
+    for _ in range(2):
+        loaded = tiny_model("llama")
+        before = {name: p.clone() for name, p in loaded.model.named_parameters()}
+        harmful = organism._encode(loaded, HARMFUL, 8)
+        harmless = organism._encode(loaded, HARMLESS, 8)
+        organism._fine_tune(loaded, harmful, harmless, settings, None)
+        changed = {name for name, p in loaded.model.named_parameters() if not torch.equal(p, before[name])}
+        results.append((weights_sha256(loaded.model), changed))
+    assert results[0][0] == results[1][0]
+    changed = results[0][1]
+    assert any(name.startswith("model.layers.2.") for name in changed)
+    assert not any(name.startswith(("model.layers.0.", "model.layers.1.", "model.embed_tokens")) for name in changed)
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="harmful_share"):
+        OrganismSettings(harmful_share=1.5)
+    with pytest.raises(ValueError, match="positive"):
+        OrganismSettings(steps=0)
