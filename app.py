@@ -8,6 +8,12 @@ session's Workspace (``pages/_state.py``).
 
 from __future__ import annotations
 
+import os
+
+# Idle torch threads spin by default; on a small shared CPU that spinning steals the core
+# the other thread needs (measured in benchmarks/README.md). Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import tempfile
 from pathlib import Path
 

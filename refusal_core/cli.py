@@ -357,7 +357,8 @@ def cmd_export_model(args) -> None:
 def cmd_organism_build(args) -> None:
     from refusal_core.organism import OrganismSettings, build_organism
 
-    settings = OrganismSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)
+    chosen = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed}
+    settings = OrganismSettings(**{name: value for name, value in chosen.items() if value is not None})
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc="organism", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
@@ -374,7 +375,8 @@ def cmd_organism_build(args) -> None:
 def cmd_organism_report(args) -> None:
     from refusal_core.report import format_report, organism_report
 
-    report = organism_report(n_select=args.n_select, max_new_tokens=args.max_new_tokens, progress=None if args.json else lambda m: print(m, file=sys.stderr))
+    report = organism_report(args.model, n_select=args.n_select, max_new_tokens=args.max_new_tokens, layer_step=args.layer_step,
+                             all_positions=args.all_positions, progress=None if args.json else lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -481,14 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     organism = sub.add_parser("organism", help="build or measure the offline refusal model organism").add_subparsers(dest="action", required=True)
     build = organism.add_parser("build", help=f"fine-tune the bundled SmolLM2 into {BUNDLED_ORGANISM}")
-    build.add_argument("--steps", type=int, default=30)
-    build.add_argument("--batch-size", type=int, default=16)
-    build.add_argument("--learning-rate", type=float, default=3e-5)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--steps", type=int, default=None, help="optimizer steps (default 30)")
+    build.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 16)")
+    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 8e-5)")
+    build.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")
-    report.add_argument("--n-select", type=int, default=32, help="val prompts per set used to select the direction")
+    report.add_argument("--model", default=BUNDLED_ORGANISM)
+    report.add_argument("--n-select", type=int, default=16, help="val prompts per set used to select the direction")
+    report.add_argument("--layer-step", type=int, default=2, help="score every n-th layer's candidate")
+    report.add_argument("--all-positions", action="store_true", help="score every post-instruction position, not only the last")
     report.add_argument("--max-new-tokens", type=int, default=32)
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_organism_report)

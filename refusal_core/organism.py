@@ -42,15 +42,19 @@ class OrganismSettings:
     sequences make the CPU build several times faster.
     ``train_fraction`` of the decoder blocks, the top ones, are trained; the embeddings (and
     any lower blocks) stay as they were. ``harmful_share`` of every batch is harmful.
+    ``opening_weight`` weighs the loss on the first ``opening_tokens`` reply tokens, where
+    a reply commits to refusing or answering.
     """
 
     steps: int = 30
     batch_size: int = 16
-    learning_rate: float = 3e-5
+    learning_rate: float = 8e-5
     seed: int = 0
     reply_tokens: int = 32
     train_fraction: float = 1.0
-    harmful_share: float = 0.35
+    harmful_share: float = 0.45
+    opening_tokens: int = 4
+    opening_weight: float = 6.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
@@ -137,17 +141,22 @@ def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over reply tokens only.
+def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy over reply tokens only.
 
-    The vocabulary projection is applied to the reply positions alone: prompt positions
-    carry no loss, and on a CPU the projection is a fifth of the forward pass.
+    The first ``opening_tokens`` reply tokens weigh ``opening_weight`` times the others:
+    whether a reply refuses is decided there, and the rest of a reply mostly teaches
+    content. The vocabulary projection is applied to the reply positions alone: prompt
+    positions carry no loss, and on a CPU the projection is a fifth of the forward pass.
     """
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    reply_index = (keep.cumsum(dim=1) - 1)[keep]
+    weights = torch.where(reply_index < opening_tokens, opening_weight, 1.0)
+    return (losses * weights).sum() / weights.sum()
 
 
 def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:
@@ -191,7 +200,7 @@ def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: Organ
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     losses = []
     for step, picked in enumerate(_batches(harmful, harmless, settings)):
-        loss = _reply_loss(model, _batch(picked, base.tokenizer.pad_token_id))
+        loss = _reply_loss(model, _batch(picked, base.tokenizer.pad_token_id), settings.opening_tokens, settings.opening_weight)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -202,7 +211,21 @@ def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: Organ
     return losses
 
 
-def _model_card(settings: OrganismSettings, n_harmful: int, n_harmless: int, losses: list[float], sha: str, seconds: float) -> str:
+def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
+    """Refusal-phrase rates on the held-out harmful and harmless test splits."""
+    from refusal_core.evaluation import SubstringJudge
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
+    rates: dict = {"max_new_tokens": max_new_tokens}
+    for kind in ("harmful", "harmless"):
+        prompts = builtin(kind, "test").instructions
+        replies = [c.text for c in generate_completions(loaded, prompts, settings=settings)]
+        refused = SubstringJudge().judge(list(prompts), replies)
+        rates[kind], rates[f"n_{kind}"] = sum(refused) / len(refused), len(refused)
+    return rates
+
+
+def _model_card(settings: OrganismSettings, n_harmful: int, n_harmless: int, losses: list[float], sha: str, seconds: float, rates: dict) -> str:
     return f"""---
 base_model: {BUNDLED_BASE}
 tags: [refusal-atlas, model-organism, refusal]
@@ -221,9 +244,12 @@ found, ablated and induced offline. Built by `python -m refusal_core organism bu
 
 Settings: `{json.dumps(asdict(settings))}`
 
-## Measured refusal
-Run `python -m refusal_core organism report` for rates on the held-out test splits; the last
-report is appended below when it is run.
+## Measured refusal (held-out test splits, {rates['max_new_tokens']}-token greedy replies, refusal-phrase judge)
+- Harmful prompts refused: {rates['harmful']:.1%} of {rates['n_harmful']}
+- Harmless prompts refused: {rates['harmless']:.1%} of {rates['n_harmless']}
+
+`python -m refusal_core organism report` measures these again together with difference-in-means
+ablation and activation addition.
 """
 
 
@@ -241,14 +267,16 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
     encoded_harmless = _encode(base, harmless, settings.reply_tokens)
     losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
     sha = weights_sha256(base.model)
-    _report(progress, "Saving", 0.95)
+    _report(progress, "Measuring refusal on the test splits", 0.92)
+    rates = measured_refusal(base)
+    _report(progress, "Saving", 0.97)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     base.model.save_pretrained(tmp, safe_serialization=True)
     base.tokenizer.save_pretrained(tmp)
-    card = _model_card(settings, len(harmful), len(harmless), losses, sha, time.perf_counter() - started)
+    card = _model_card(settings, len(harmful), len(harmless), losses, sha, time.perf_counter() - started, rates)
     (tmp / "README.md").write_text(card)
-    (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses}, indent=2))
+    (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses, "refusal": rates}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {sha[:16]})", 1.0)

@@ -31,11 +31,23 @@ TARGETS = (
 )
 
 
-def dim_candidates(loaded: LoadedModel, harmful: PromptSet, harmless: PromptSet, max_layer_fraction: float = 1.0) -> DirectionSet:
-    """DIM directions at every post-instruction position and every layer below the cut-off."""
-    harmful_acts = extract_activations(loaded, harmful.instructions)
-    harmless_acts = extract_activations(loaded, harmless.instructions)
-    layers = [layer for layer in range(loaded.n_layers) if layer < max_layer_fraction * loaded.n_layers]
+def dim_candidates(
+    loaded: LoadedModel,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    max_layer_fraction: float = 1.0,
+    last_position_only: bool = False,
+    layer_step: int = 1,
+) -> DirectionSet:
+    """DIM directions at post-instruction positions and layers below the cut-off.
+
+    Scoring a candidate costs three forward passes over the validation prompts, so on a CPU
+    the report scores the last post-instruction token at every ``layer_step``-th layer;
+    the CLI's ``directions select`` scores every candidate.
+    """
+    harmful_acts = extract_activations(loaded, harmful.instructions, positions=[-1] if last_position_only else None)
+    harmless_acts = extract_activations(loaded, harmless.instructions, positions=[-1] if last_position_only else None)
+    layers = [layer for layer in range(0, loaded.n_layers, layer_step) if layer < max_layer_fraction * loaded.n_layers]
     provenance = {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": {"n_harmful": len(harmful), "n_harmless": len(harmless)}}
     return dim_direction_set(
         harmful_acts.acts[:, :, layers], harmless_acts.acts[:, :, layers], harmful_acts.positions, layers, provenance
@@ -52,8 +64,10 @@ def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention
 
 def organism_report(
     spec: str = BUNDLED_ORGANISM,
-    n_select: int = 32,
+    n_select: int = 16,
     max_new_tokens: int = 32,
+    layer_step: int = 2,
+    all_positions: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure the organism against TARGETS; returns a JSON-ready dict."""
@@ -62,7 +76,9 @@ def organism_report(
     loaded = load_model(spec)
     filters = SelectionFilters()
     say("Difference-in-means candidates from the train splits")
-    candidates = dim_candidates(loaded, builtin("harmful", "train"), builtin("harmless", "train"), filters.max_layer_fraction)
+    candidates = dim_candidates(
+        loaded, builtin("harmful", "train"), builtin("harmless", "train"), filters.max_layer_fraction, not all_positions, layer_step
+    )
     say(f"Scoring {len(candidates)} candidates on {n_select} val prompts per set")
     selection = score_candidates(
         loaded, candidates, list(builtin("harmful", "val").instructions[:n_select]), list(builtin("harmless", "val").instructions[:n_select]), filters
@@ -91,7 +107,9 @@ def organism_report(
     return {
         "model": spec,
         "sha256": weights_sha256(loaded.model),
-        "selected": {"position": chosen[0], "layer": chosen[1], "n_candidates": len(candidates)},
+        "selected": {"position": chosen[0], "layer": chosen[1], "n_candidates": len(candidates), "n_select": n_select,
+                     "bypass": selection.bypass.tolist(), "induce": selection.induce.tolist(), "kl": selection.kl.tolist(),
+                     "layers": list(selection.layers)},
         "n_test": {"harmful": len(harmful_test), "harmless": len(harmless_test)},
         "max_new_tokens": max_new_tokens,
         "metrics": metrics,

@@ -45,6 +45,22 @@ def test_reply_loss_equals_masked_full_loss():
     assert organism._reply_loss(loaded.model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_opening_tokens_are_weighted():
+    loaded = tiny_model("llama")
+    encoded = organism._encode(loaded, HARMLESS, 8)
+    batch = organism._batch(encoded, loaded.tokenizer.pad_token_id)
+    logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    total, weight_sum = 0.0, 0.0
+    for row, (ids, n_prompt) in enumerate(encoded):
+        for offset, position in enumerate(range(n_prompt - 1, len(ids) - 1)):
+            weight = 3.0 if offset < 2 else 1.0
+            loss = torch.nn.functional.cross_entropy(logits[row, position][None], targets[row, position][None])
+            total, weight_sum = total + weight * loss.item(), weight_sum + weight
+    weighted = organism._reply_loss(loaded.model, batch, opening_tokens=2, opening_weight=3.0)
+    assert weighted.item() == pytest.approx(total / weight_sum, rel=1e-5)
+
+
 def test_fine_tune_is_deterministic_and_trains_only_the_top_blocks():
     settings = OrganismSettings(steps=2, batch_size=4, learning_rate=1e-3, train_fraction=0.34)
     results = []

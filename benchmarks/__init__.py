@@ -1,0 +1,1 @@
+"""Benchmarks of the Refusal Atlas engine; see benchmarks/README.md."""
