@@ -2,6 +2,8 @@
 # Installs Refusal Atlas into .venv and builds the bundled refusal model organism once.
 # Safe to re-run: each step is skipped or fast when already done.
 set -euo pipefail
+# Idle torch threads spin by default, which starves the other thread on a busy 2-core machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -185,15 +185,22 @@ def cmd_directions_dim(args) -> None:
     _emit(args, payload, human)
 
 
-def cmd_directions_som(args) -> None:
-    from refusal_core.som import SomSettings, som_direction_set, train_som
-
+def _layer_representations(args):
+    """The model, both prompt sets and their ``[n, d]`` residuals at ``--layer``/``--position``."""
     loaded = _load(args)
     _check_layer(args.layer, loaded.n_layers)
     harmful, harmful_acts = _activations_for(args, loaded, "harmful")
     harmless, harmless_acts = _activations_for(args, loaded, "harmless")
+    return (loaded, harmful, harmless, harmful_acts.block_input(args.layer, args.position),
+            harmless_acts.block_input(args.layer, args.position))
+
+
+def cmd_directions_som(args) -> None:
+    from refusal_core.som import SomSettings, som_direction_set, train_som
+
+    loaded, harmful, harmless, harmful_layer, harmless_layer = _layer_representations(args)
     settings = SomSettings(x=args.x, y=args.y, sigma=args.sigma, learning_rate=args.learning_rate, iterations=args.iterations, topology=args.topology, seed=args.seed)
-    result = train_som(harmful_acts.block_input(args.layer, args.position), harmless_acts.block_input(args.layer, args.position), settings)
+    result = train_som(harmful_layer, harmless_layer, settings)
     provenance = {**_provenance(loaded, harmful, harmless), "layer": args.layer, "position": args.position}
     directions = som_direction_set(result, provenance)
     directions.save(args.out)
@@ -216,14 +223,11 @@ def cmd_directions_cluster(args) -> None:
     from refusal_core.clustering import cluster_direction_set, cluster_directions
     from refusal_core.per_prompt import gradient_directions, representation_directions
 
-    loaded = _load(args)
-    _check_layer(args.layer, loaded.n_layers)
-    harmful, harmful_acts = _activations_for(args, loaded, "harmful")
-    harmless, harmless_acts = _activations_for(args, loaded, "harmless")
+    loaded, harmful, harmless, harmful_layer, harmless_layer = _layer_representations(args)
     if args.source == "gradient":
         vectors = gradient_directions(loaded, harmful.instructions, args.layer, position=args.position, chat=_chat(args), progress=_progress("gradients", args.json))
     else:
-        vectors = representation_directions(harmful_acts.block_input(args.layer, args.position), harmless_acts.block_input(args.layer, args.position))
+        vectors = representation_directions(harmful_layer, harmless_layer)
     categories = [c or "none" for c in harmful.categories]
     result = cluster_directions(vectors, k=args.k, method=args.method, seed=args.seed, categories=categories)
     provenance = {**_provenance(loaded, harmful, harmless), "layer": args.layer, "position": args.position, "method": f"per_prompt_{args.source}"}
@@ -483,9 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     organism = sub.add_parser("organism", help="build or measure the offline refusal model organism").add_subparsers(dest="action", required=True)
     build = organism.add_parser("build", help=f"fine-tune the bundled SmolLM2 into {BUNDLED_ORGANISM}")
-    build.add_argument("--steps", type=int, default=None, help="optimizer steps (default 30)")
+    build.add_argument("--steps", type=int, default=None, help="optimizer steps (default 45)")
     build.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 16)")
-    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 8e-5)")
+    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 6e-5)")
     build.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
     build.set_defaults(func=cmd_organism_build)
