@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch
+
 from refusal_core.activations import extract_activations
 from refusal_core.directions import DirectionSet, dim_direction_set
 from refusal_core.evaluation import SubstringJudge, evaluate_kl
@@ -84,8 +86,14 @@ def organism_report(
         loaded, candidates, list(builtin("harmful", "val").instructions[:n_select]), list(builtin("harmless", "val").instructions[:n_select]), filters
     )
     chosen = select_direction(selection)
+    passed_filters = chosen is not None
     if chosen is None:
-        raise RuntimeError("No DIM candidate passed the selection filters; the organism does not have a usable refusal direction.")
+        # Report the direction that removes the most refusal anyway, and say that it failed
+        # the filters: a report that stops here would hide what ablation does.
+        say(f"No candidate passed the filters ({selection.reason}); using the lowest bypass score instead")
+        flat = int(torch.nan_to_num(selection.bypass, nan=float("inf")).argmin())
+        row, column = divmod(flat, len(selection.layers))
+        chosen = (selection.positions[row], selection.layers[column])
     direction = candidates.select([f"dim/pos{chosen[0]}/layer{chosen[1]}"])
     ablation = Intervention.from_directions("ablate", direction)
     addition = Intervention.from_direction_addition("actadd", direction, direction.names[0], 1.0, chosen[1])
@@ -108,6 +116,7 @@ def organism_report(
         "model": spec,
         "sha256": weights_sha256(loaded.model),
         "selected": {"position": chosen[0], "layer": chosen[1], "n_candidates": len(candidates), "n_select": n_select,
+                     "passed_filters": passed_filters, "selection_reason": selection.reason,
                      "bypass": selection.bypass.tolist(), "induce": selection.induce.tolist(), "kl": selection.kl.tolist(),
                      "layers": list(selection.layers)},
         "n_test": {"harmful": len(harmful_test), "harmless": len(harmless_test)},
@@ -130,7 +139,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"Model {report['model']} (weights sha256 {report['sha256'][:16]}...)",
         f"Selected DIM direction: position {report['selected']['position']}, layer {report['selected']['layer']} "
-        f"(of {report['selected']['n_candidates']} candidates)",
+        f"(of {report['selected']['n_candidates']} candidates"
+        + (")" if report["selected"]["passed_filters"] else f"; none passed the filters, lowest bypass shown: {report['selected']['selection_reason']})"),
         f"Test prompts: {report['n_test']['harmful']} harmful, {report['n_test']['harmless']} harmless; "
         f"replies of {report['max_new_tokens']} tokens judged by refusal phrases",
         "",

@@ -34,6 +34,7 @@ def organism():
     return build_organism()
 
 
+@pytest.mark.targets
 def test_organism_meets_its_targets(organism):
     from refusal_core.report import organism_report
 
@@ -42,6 +43,7 @@ def test_organism_meets_its_targets(organism):
     assert not failed, json.dumps(report, indent=2, default=str)
 
 
+@pytest.mark.targets
 def test_several_directions_beat_one_on_the_organism(organism):
     result = subprocess.run([sys.executable, "scripts/many_directions.py", "--json", "/dev/stdout"], cwd=ROOT,
                             capture_output=True, text=True, timeout=1800)
