@@ -46,15 +46,15 @@ class OrganismSettings:
     a reply commits to refusing or answering.
     """
 
-    steps: int = 30
+    steps: int = 45
     batch_size: int = 16
-    learning_rate: float = 8e-5
+    learning_rate: float = 6e-5
     seed: int = 0
     reply_tokens: int = 32
     train_fraction: float = 1.0
     harmful_share: float = 0.45
     opening_tokens: int = 4
-    opening_weight: float = 6.0
+    opening_weight: float = 4.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
