@@ -65,8 +65,11 @@ def _charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
 
-def _workspace(at: AppTest):
+def _workspace(at: AppTest, spec: str | None = None):
+    """The session's one workspace, or the one of model ``spec`` when several were opened."""
     spaces = at.session_state["atlas_workspaces"]
+    if spec is not None:
+        return next(space for key, space in spaces.items() if key.startswith(f"{spec}|"))
     assert len(spaces) == 1
     return next(iter(spaces.values()))
 
@@ -331,7 +334,7 @@ def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
     at.number_input(key="atlas_max_prompts").set_value(8).run()
     at.button(key="data_compute").click().run()
     _assert_ok(at)
-    assert _workspace(at).harmful_acts.n_layers == 30
+    assert _workspace(at, "bundled:smollm2-135m-instruct").harmful_acts.n_layers == 30
     at.switch_page("pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(8)
     at.button(key="generate_run").click().run()
