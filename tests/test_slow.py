@@ -43,7 +43,6 @@ def test_organism_meets_its_targets(organism):
     assert not failed, json.dumps(report, indent=2, default=str)
 
 
-@pytest.mark.targets
 def test_several_directions_beat_one_on_the_organism(organism):
     result = subprocess.run([sys.executable, "scripts/many_directions.py", "--n-prompts", "30", "--max-k", "4", "--layers", "4:24:4"], cwd=ROOT,
                             capture_output=True, text=True, timeout=1800)
