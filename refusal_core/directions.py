@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# Relative norm under which a difference in means counts as zero (no direction).
+VANISHING = 1e-6
 
 
 class DirectionError(ValueError):
@@ -181,15 +183,17 @@ def dim_direction_set(
     """Every (position, layer) DIM candidate as a named set: ``dim/pos{p}/layer{l}``.
 
     ``harmful_acts`` and ``harmless_acts`` are ``[n_prompts, n_positions, n_layers, d]``;
-    ``positions`` and ``layers`` label their axes 1 and 2. A candidate with zero norm is
-    left out and listed in ``meta["dropped"]``: at layer 0 a template token's residual is
-    its embedding alone, the same for every prompt, so its difference in means is exactly 0.
+    ``positions`` and ``layers`` label their axes 1 and 2. A candidate whose norm vanishes
+    (at most ``VANISHING`` times the largest) is left out and listed in ``meta["dropped"]``:
+    at layer 0 a template token's residual is its embedding alone, the same for every
+    prompt, so its difference in means is 0 up to rounding.
     """
     directions = dim_directions(harmful_acts, harmless_acts)
+    norms = directions.norm(dim=-1)
     vectors, names, records, dropped = [], [], [], []
     for pos_index, position in enumerate(positions):
         for layer_index, layer in enumerate(layers):
-            if not directions[pos_index, layer_index].norm() > 0:
+            if not norms[pos_index, layer_index] > VANISHING * norms.max():
                 dropped.append(f"dim/pos{position}/layer{layer}")
                 continue
             vectors.append(directions[pos_index, layer_index])

@@ -16,7 +16,6 @@ bundled specs, so the dashboard can be driven headless in seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from refusal_core.activations import Activations
-from refusal_core.directions import DirectionError, DirectionSet, dim_direction_set, dim_directions, load_direction_set
+from refusal_core.directions import DirectionError, DirectionSet, dim_direction_set, load_direction_set
 from refusal_core.models import BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
 from refusal_core.paths import cache_dir
 
@@ -62,8 +61,6 @@ __all__ = [
 TEST_MODEL_ENV = "REFUSAL_ATLAS_TEST_MODEL"
 # Uploaded archives are read in memory; anything larger is not a direction set.
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-# A DIM cell this small against the largest one is rounding noise, not a direction.
-_VANISHING = 1e-6
 
 
 # ----------------------------------------------------------------------------- models
@@ -193,28 +190,9 @@ def build_dim_set(harmful: Activations, harmless: Activations, model: str, hash_
         "data_hash": hash_of_data,
         "params": {"n_harmful": int(harmful.acts.shape[0]), "n_harmless": int(harmless.acts.shape[0])},
     }
-    norms = dim_directions(harmful.acts[:, :, :n_layers], harmless.acts[:, :, :n_layers]).norm(dim=-1)
-    keep = norms > _VANISHING * norms.max()
-    parts, dropped = [], []
-    for index, position in enumerate(harmful.positions):
-        layers = [layer for layer in range(n_layers) if keep[index, layer]]
-        dropped += [f"dim/pos{position}/layer{layer}" for layer in range(n_layers) if not keep[index, layer]]
-        if layers:
-            parts.append(
-                dim_direction_set(
-                    harmful.acts[:, index : index + 1, layers],
-                    harmless.acts[:, index : index + 1, layers],
-                    [position],
-                    layers,
-                    provenance,
-                )
-            )
-    if not parts:
-        raise DirectionError(
-            "Harmful and harmless activations have the same means everywhere; use different prompt sets."
-        )
-    combined = DirectionSet.concat(parts)
-    return dataclasses.replace(combined, meta={**provenance, "method": "dim", "dropped": dropped})
+    return dim_direction_set(
+        harmful.acts[:, :, :n_layers], harmless.acts[:, :, :n_layers], harmful.positions, range(n_layers), provenance
+    )
 
 
 def layer_points(
