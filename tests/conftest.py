@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.tiny import tiny_model
 
@@ -18,3 +19,13 @@ def isolated_cache(tmp_path, monkeypatch, request):
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the tiny model gains nothing from more, and on a shared
+    machine competing threads made these tests several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

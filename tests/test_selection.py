@@ -42,14 +42,7 @@ LAYERS = (1, 2, 3)
 OPEN = SelectionFilters(max_kl=math.inf, min_induce=-math.inf, max_layer_fraction=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a shared
-    machine competing threads made these tests several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- synthetic table
