@@ -13,6 +13,7 @@ import torch
 from pages import _state
 from refusal_core.directions import DirectionError, cosine_matrix
 from refusal_core.prompts import PromptSetError, builtin
+from refusal_core.sinks import massive_activations, massive_share
 from refusal_core.workspace import sample_prompts
 
 DIM_SET = "DIM"
@@ -67,6 +68,34 @@ def comparison() -> None:
         height=max(420, 14 * len(labels) + 200), margin=dict(t=20), xaxis_title="norm", yaxis=dict(autorange="reversed")
     )
     right.plotly_chart(bars, width="stretch")
+    massive_section(vectors, labels)
+
+
+def massive_section(vectors: np.ndarray, labels: list[str]) -> None:
+    """How much of each direction lies on the model's massive residual coordinates."""
+    with st.expander("Massive activations: why ablating a direction can cost more KL than it should"):
+        prompts = list(builtin("harmless", "val").instructions[:8])
+        massive = ws.remember("massive", lambda: massive_activations(loaded, prompts))
+        if not massive.coordinates:
+            st.caption(f"No residual coordinate reaches {massive.ratio:g} x the median |h| ({massive.median:.2f}) on 8 harmless prompts.")
+            return
+        found = ", ".join(
+            f"{c} (peak {float(massive.peak[c]):,.0f} at layer {massive.where[c][0]}, token {massive.where[c][1]})"
+            for c in massive.coordinates
+        )
+        st.caption(
+            f"Massive coordinates (>= {massive.ratio:g} x median |h| {massive.median:.2f}): {found}. "
+            "Ablation projects a direction out at every token, the attention-sink token included, so a direction "
+            "with weight here moves that token by thousands of units. `organism report` also measures the same "
+            "direction with these coordinates zeroed, and the KL that random directions cost."
+        )
+        shares = massive_share(torch.from_numpy(vectors), massive.coordinates).numpy()
+        figure = go.Figure(go.Bar(x=shares, y=labels, orientation="h"))
+        figure.update_layout(
+            height=max(300, 14 * len(labels) + 120), margin=dict(t=20), xaxis=dict(title="share of squared norm", range=[0, 1]),
+            yaxis=dict(autorange="reversed"),
+        )
+        st.plotly_chart(figure, width="stretch")
 
 
 def validation_prompts(n: int) -> tuple[list[str], list[str]]:
@@ -163,6 +192,10 @@ def selection_section() -> None:
         name = ws.selection.chosen_name()
         if name is not None:
             ws.add_set("Selected DIM", candidates.select([name]))
+        else:
+            closest, rule = selection.select_relaxing(ws.selection)
+            if closest is not None:
+                ws.add_set("Closest DIM", candidates.select([f"dim/pos{closest[0]}/layer{closest[1]}"]))
     result = ws.selection
     if result is None:
         st.caption(
@@ -170,11 +203,17 @@ def selection_section() -> None:
         )
         return
     chosen = result.chosen_name()
-    st.markdown(
-        f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}"
-        if chosen
-        else f"**No candidate chosen.** {result.reason}"
-    )
+    if chosen:
+        st.markdown(f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}")
+    else:
+        closest, rule = selection.select_relaxing(result)
+        st.markdown(
+            f"**No candidate chosen.** {result.reason}"
+            + (f" The closest, with the {rule.replace(' dropped', '')} dropped: `dim/pos{closest[0]}/layer{closest[1]}` "
+               "(added as the set *Closest DIM*)." if closest is not None and rule != "no filter" else "")
+            + (f" The lowest bypass of all, ignoring every filter: `dim/pos{closest[0]}/layer{closest[1]}` "
+               "(added as the set *Closest DIM*)." if closest is not None and rule == "no filter" else "")
+        )
     st.caption(
         f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
     )

@@ -92,9 +92,10 @@ def ablation_variants(layers, mode) -> list:
 
 def default_actadd(options: list[tuple[str, str]]) -> int:
     """The selected DIM direction if there is one, else DIM at the last position and ~60% depth."""
-    for index, (set_name, _) in enumerate(options):
-        if set_name == "Selected DIM":
-            return index
+    for wanted in ("Selected DIM", "Closest DIM"):
+        for index, (set_name, _) in enumerate(options):
+            if set_name == wanted:
+                return index
     target = int(0.6 * loaded.n_layers)
     best, best_distance = 0, None
     for index, (set_name, name) in enumerate(options):

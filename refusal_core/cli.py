@@ -153,15 +153,14 @@ def cmd_activations(args) -> None:
 
 
 def cmd_directions_dim(args) -> None:
-    from refusal_core.directions import cosine_matrix, dim_direction_set
+    from refusal_core.directions import cosine_matrix, dim_from_activations
 
     loaded = _load(args)
     harmful, harmful_acts = _activations_for(args, loaded, "harmful")
     harmless, harmless_acts = _activations_for(args, loaded, "harmless")
     layers = list(range(harmful_acts.n_layers))
-    directions = dim_direction_set(
-        harmful_acts.acts[:, :, :-1], harmless_acts.acts[:, :, :-1], harmful_acts.positions, layers,
-        _provenance(loaded, harmful, harmless, n_harmful=len(harmful), n_harmless=len(harmless)),
+    directions = dim_from_activations(
+        harmful_acts, harmless_acts, _provenance(loaded, harmful, harmless, n_harmful=len(harmful), n_harmless=len(harmless))
     )
     tensors_path, json_path = directions.save(args.out)
     # The last post-instruction token, layer by layer: the usual place to read a direction.
@@ -248,7 +247,7 @@ def cmd_directions_cluster(args) -> None:
 
 
 def cmd_directions_select(args) -> None:
-    from refusal_core.selection import SelectionFilters, score_candidates, select_direction
+    from refusal_core.selection import SelectionFilters, score_candidates, select_direction, select_relaxing
 
     loaded = _load(args)
     candidates = _load_directions(args.dirs, loaded.d_model)
@@ -262,14 +261,26 @@ def cmd_directions_select(args) -> None:
     if chosen is not None and args.save_direction:
         candidates.select([f"dim/pos{chosen[0]}/layer{chosen[1]}"]).save(args.save_direction)
     payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
+
+    def scores(cell) -> dict:
+        p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
+        return {"bypass": float(result.bypass[p, l]), "induce": float(result.induce[p, l]), "kl": float(result.kl[p, l])}
+
     if chosen is not None:
-        p, l = result.positions.index(chosen[0]), result.layers.index(chosen[1])
-        payload.update(bypass=float(result.bypass[p, l]), induce=float(result.induce[p, l]), kl=float(result.kl[p, l]))
+        payload.update(scores(chosen))
+    else:
+        closest, rule = select_relaxing(result)
+        if closest is not None:
+            payload["closest"] = {"position": closest[0], "layer": closest[1], "rule": rule, **scores(closest)}
 
     def human() -> None:
         print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")
         if chosen is None:
             print("No candidate passes the filters; relax --max-kl / --min-induce / --max-layer-fraction.")
+            if "closest" in payload:
+                c = payload["closest"]
+                print(f"Closest ({c['rule']}): position {c['position']}, layer {c['layer']} "
+                      f"(bypass {c['bypass']:.3f}, induce {c['induce']:.3f}, KL {c['kl']:.4f})")
         else:
             print(f"Chosen: position {chosen[0]}, layer {chosen[1]} (bypass {payload['bypass']:.3f}, induce {payload['induce']:.3f}, KL {payload['kl']:.4f})")
 

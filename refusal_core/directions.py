@@ -205,6 +205,24 @@ def dim_direction_set(
     return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=meta)
 
 
+def dim_from_activations(harmful, harmless, provenance: dict, layers: Sequence[int] | None = None) -> DirectionSet:
+    """DIM candidates from two ``Activations`` (harmful, harmless) taken at the same positions.
+
+    ``layers`` are block inputs (default: every block ``0..n_layers-1``, as in Arditi et
+    al.); the final block output that ``Activations`` also records is never a candidate.
+    The CLI, the report, the dashboard and the many-directions script all build their
+    candidate sets here.
+    """
+    if tuple(harmful.positions) != tuple(harmless.positions):
+        raise DirectionError("Harmful and harmless activations were taken at different positions; recompute both.")
+    n_layers = harmful.n_layers
+    chosen = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+    if bad or not chosen:
+        raise DirectionError(f"Layers {bad or chosen} are not block inputs of this model; use layers in 0..{n_layers - 1}.")
+    return dim_direction_set(harmful.acts[:, :, chosen], harmless.acts[:, :, chosen], harmful.positions, chosen, provenance)
+
+
 def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine similarities of ``[n, d]`` vectors, ``[n, n]`` in float64."""
     unit = vectors.double() / vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-30)

@@ -159,7 +159,27 @@ def _load_pretrained(loader, model_id_or_path: str, device: str):
     return tokenizer, model
 
 
-class ClassifierJudge:
+class _LoadsOnce:
+    """A judge whose model loads on first use, once even when threads ask together."""
+
+    _loaded: tuple | None = None
+    _lock: threading.Lock
+
+    def _init_loading(self) -> None:
+        self._loaded = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> tuple:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._build()
+            return self._loaded
+
+    def _build(self) -> tuple:
+        raise NotImplementedError
+
+
+class ClassifierJudge(_LoadsOnce):
     """A Hugging Face sequence classifier reading "instruction [SEP] reply" pairs.
 
     The pair goes through the tokenizer's pair encoding, so each model gets its own
@@ -180,22 +200,17 @@ class ClassifierJudge:
         self.refusal_label = refusal_label
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
         self.name = f"classifier:{model_id_or_path}"
-        self._loaded: tuple | None = None
-        self._lock = threading.Lock()
+        self._init_loading()
 
-    def _load(self) -> tuple:
-        """(tokenizer, model, refusal label index), loaded once even across threads."""
-        with self._lock:
-            if self._loaded is None:
-                from transformers import AutoModelForSequenceClassification
+    def _build(self) -> tuple:
+        """(tokenizer, model, refusal label index)."""
+        from transformers import AutoModelForSequenceClassification
 
-                loader = AutoModelForSequenceClassification
-                tokenizer, model = _load_pretrained(loader, self.model_id_or_path, self.device)
-                # Right padding starts every row at position 0, which encoder classifiers need;
-                # decoder classifiers find the last non-pad token on either side.
-                tokenizer.padding_side = "right"
-                self._loaded = (tokenizer, model, self._label_index(model.config))
-            return self._loaded
+        tokenizer, model = _load_pretrained(AutoModelForSequenceClassification, self.model_id_or_path, self.device)
+        # Right padding starts every row at position 0, which encoder classifiers need;
+        # decoder classifiers find the last non-pad token on either side.
+        tokenizer.padding_side = "right"
+        return tokenizer, model, self._label_index(model.config)
 
     def _label_index(self, config) -> int:
         labels = {int(i): str(name) for i, name in config.id2label.items()}
@@ -259,7 +274,7 @@ def answer_is_safe(text: str) -> bool:
     return _first_word(text) == "safe"
 
 
-class ChatJudge:
+class ChatJudge(_LoadsOnce):
     """A chat or guard model that reads each pair and answers in a few tokens.
 
     With ``prompt_template`` (default DEFAULT_JUDGE_PROMPT; ``{instruction}`` and
@@ -287,16 +302,13 @@ class ChatJudge:
         self.max_new_tokens, self.max_length = max_new_tokens, max_length
         self.device, self.batch_size = device, batch_size
         self.name = f"chat:{model_id_or_path}"
-        self._loaded: tuple | None = None
-        self._lock = threading.Lock()
+        self._init_loading()
 
-    def _load(self) -> tuple:
-        with self._lock:
-            if self._loaded is None:
-                from transformers import AutoModelForCausalLM
+    def _build(self) -> tuple:
+        """(tokenizer, model)."""
+        from transformers import AutoModelForCausalLM
 
-                self._loaded = _load_pretrained(AutoModelForCausalLM, self.model_id_or_path, self.device)
-            return self._loaded
+        return _load_pretrained(AutoModelForCausalLM, self.model_id_or_path, self.device)
 
     def _templated(self, tokenizer) -> bool:
         return self.use_chat_template and bool(getattr(tokenizer, "chat_template", None))

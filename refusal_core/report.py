@@ -10,16 +10,15 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import torch
-
 from refusal_core.activations import extract_activations
-from refusal_core.directions import DirectionSet, dim_direction_set
+from refusal_core.directions import DirectionSet, dim_from_activations
 from refusal_core.evaluation import SubstringJudge, evaluate_kl
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions import Intervention
 from refusal_core.models import BUNDLED_ORGANISM, LoadedModel, load_model
 from refusal_core.prompts import PromptSet, builtin
-from refusal_core.selection import SelectionFilters, score_candidates, select_direction
+from refusal_core.selection import SelectionFilters, score_candidates, select_relaxing
+from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
 
 __all__ = ["TARGETS", "dim_candidates", "format_report", "organism_report", "refusal_rates"]
 
@@ -51,9 +50,7 @@ def dim_candidates(
     harmless_acts = extract_activations(loaded, harmless.instructions, positions=[-1] if last_position_only else None)
     layers = [layer for layer in range(0, loaded.n_layers, layer_step) if layer < max_layer_fraction * loaded.n_layers]
     provenance = {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": {"n_harmful": len(harmful), "n_harmless": len(harmless)}}
-    return dim_direction_set(
-        harmful_acts.acts[:, :, layers], harmless_acts.acts[:, :, layers], harmful_acts.positions, layers, provenance
-    )
+    return dim_from_activations(harmful_acts, harmless_acts, provenance, layers)
 
 
 def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int) -> dict[str, float]:
@@ -85,24 +82,37 @@ def organism_report(
     selection = score_candidates(
         loaded, candidates, list(builtin("harmful", "val").instructions[:n_select]), list(builtin("harmless", "val").instructions[:n_select]), filters
     )
-    chosen = select_direction(selection)
-    passed_filters = chosen is not None
+    chosen, rule = select_relaxing(selection)
     if chosen is None:
-        # Report the direction that removes the most refusal anyway, and say that it failed
-        # the filters: a report that stops here would hide what ablation does.
-        say(f"No candidate passed the filters ({selection.reason}); using the lowest bypass score instead")
-        flat = int(torch.nan_to_num(selection.bypass, nan=float("inf")).argmin())
-        row, column = divmod(flat, len(selection.layers))
-        chosen = (selection.positions[row], selection.layers[column])
+        raise ValueError(f"No DIM candidate could be scored on {spec}; check the prompt sets and the model.")
+    if rule != "all filters":
+        # Report the closest candidate anyway, and say which filters it fails: a report
+        # that stopped here would hide what ablation does.
+        say(f"No candidate passed the filters ({selection.reason}); chosen with {rule}")
     direction = candidates.select([f"dim/pos{chosen[0]}/layer{chosen[1]}"])
     ablation = Intervention.from_directions("ablate", direction)
     addition = Intervention.from_direction_addition("actadd", direction, direction.names[0], 1.0, chosen[1])
     harmful_test, harmless_test = builtin("harmful", "test"), builtin("harmless", "test")
+    say("Looking for massive activations")
+    massive = massive_activations(loaded, harmless_test.instructions[:8])
+    stripped_vector = direction.vectors.clone()
+    stripped_vector[:, list(massive.coordinates)] = 0
+    # The direction without the massive coordinates (none when there are none, or it lies wholly on them).
+    stripped = Intervention(name="stripped", ablate=stripped_vector) if massive.coordinates and stripped_vector.abs().sum() > 0 else None
     say("Generating on the harmful test split (baseline and ablated)")
-    harmful_rates = refusal_rates(loaded, harmful_test.instructions, [Intervention(), ablation], max_new_tokens)
+    harmful_variants = [Intervention(), ablation] + ([stripped] if stripped is not None else [])
+    harmful_rates = refusal_rates(loaded, harmful_test.instructions, harmful_variants, max_new_tokens)
     say("Generating on the harmless test split (baseline and actadd)")
     harmless_rates = refusal_rates(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens)
     kl = evaluate_kl(loaded, harmless_test.instructions, ablation).summary["mean"]
+    say("Diagnostics: the same direction without the massive coordinates, and random directions")
+    diagnostics = {
+        "massive_activations": massive.as_dict(),
+        "selected_massive_share": float(massive_share(direction.vectors, massive.coordinates)[0]),
+        "stripped_harmful_refusal": harmful_rates.get("stripped"),
+        "stripped_harmless_kl": evaluate_kl(loaded, harmless_test.instructions, stripped).summary["mean"] if stripped is not None else None,
+        "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions),
+    }
     from refusal_core.organism import weights_sha256
 
     metrics = {
@@ -116,12 +126,13 @@ def organism_report(
         "model": spec,
         "sha256": weights_sha256(loaded.model),
         "selected": {"position": chosen[0], "layer": chosen[1], "n_candidates": len(candidates), "n_select": n_select,
-                     "passed_filters": passed_filters, "selection_reason": selection.reason,
+                     "passed_filters": rule == "all filters", "rule": rule, "selection_reason": selection.reason,
                      "bypass": selection.bypass.tolist(), "induce": selection.induce.tolist(), "kl": selection.kl.tolist(),
                      "layers": list(selection.layers)},
         "n_test": {"harmful": len(harmful_test), "harmless": len(harmless_test)},
         "max_new_tokens": max_new_tokens,
         "metrics": metrics,
+        "diagnostics": diagnostics,
         "targets": [
             {"metric": name, "op": op, "threshold": threshold, "value": metrics[name], "pass": _passes(metrics[name], op, threshold)}
             for name, op, threshold in TARGETS
@@ -134,13 +145,35 @@ def _passes(value: float, op: str, threshold: float) -> bool:
     return value >= threshold if op == ">=" else value <= threshold
 
 
+def _diagnostic_lines(diagnostics: dict | None) -> list[str]:
+    """What the KL means: massive activations, and the floor that random directions pay."""
+    if not diagnostics:
+        return []
+    massive = diagnostics["massive_activations"]
+    floor = diagnostics["random_direction_kl"]
+    lines = ["", "Diagnostics"]
+    if massive["coordinates"]:
+        peaks = ", ".join(f"{c} (peak {p:g} at layer {w[0]}, token {w[1]})" for c, p, w in zip(massive["coordinates"], massive["peaks"], massive["where"]))
+        lines.append(f"  massive residual coordinates (>= {massive['ratio']:g} x median |h| {massive['median']:.2f}): {peaks}")
+        lines.append(f"  selected direction's squared norm on them: {diagnostics['selected_massive_share']:.1%}")
+        if diagnostics["stripped_harmless_kl"] is not None:
+            lines.append(
+                f"  the same direction with those coordinates zeroed: harmful refusal {diagnostics['stripped_harmful_refusal']:.1%}, "
+                f"harmless KL {diagnostics['stripped_harmless_kl']:.4f}"
+            )
+    else:
+        lines.append(f"  no massive residual coordinates (>= {massive['ratio']:g} x median |h|)")
+    lines.append(f"  harmless KL of ablating one random unit direction: {', '.join(f'{v:.4f}' for v in floor)} (mean {sum(floor) / len(floor):.4f})")
+    return lines
+
+
 def format_report(report: dict) -> str:
     """A plain-text table of the report."""
     lines = [
         f"Model {report['model']} (weights sha256 {report['sha256'][:16]}...)",
         f"Selected DIM direction: position {report['selected']['position']}, layer {report['selected']['layer']} "
         f"(of {report['selected']['n_candidates']} candidates"
-        + (")" if report["selected"]["passed_filters"] else f"; none passed the filters, lowest bypass shown: {report['selected']['selection_reason']})"),
+        + (")" if report["selected"]["passed_filters"] else f"; none passed the filters, chosen with {report['selected'].get('rule', 'no filter')}: {report['selected']['selection_reason']})"),
         f"Test prompts: {report['n_test']['harmful']} harmful, {report['n_test']['harmless']} harmless; "
         f"replies of {report['max_new_tokens']} tokens judged by refusal phrases",
         "",
@@ -150,5 +183,6 @@ def format_report(report: dict) -> str:
         value = target["value"]
         shown = f"{value:8.4f}" if target["metric"].endswith("kl") else f"{value:8.1%}"
         lines.append(f"{target['metric']:26s} {shown}  {target['op']} {target['threshold']:g}  {'PASS' if target['pass'] else 'FAIL'}")
+    lines += _diagnostic_lines(report.get("diagnostics"))
     lines.append(f"\n({report['seconds']} s)")
     return "\n".join(lines)

@@ -250,6 +250,27 @@ def select_direction(result: SelectionResult) -> tuple[int, int] | None:
     return _choose(result.bypass, result.passed, result.positions, result.layers)
 
 
+def select_relaxing(result: SelectionResult) -> tuple[tuple[int, int] | None, str]:
+    """Arditi et al.'s choice, or, when no candidate passes, the closest one to it.
+
+    Returns ``((position, layer), rule)``. ``rule`` is ``"all filters"`` when a candidate
+    passed them; else ``"KL filter dropped"``: the lowest bypass among candidates that
+    still pass the layer and induce filters (a direction that removes refusal and also
+    induces it, whatever it costs in KL); else ``"no filter"``: the lowest bypass of all.
+    ``(None, "no candidate")`` when nothing was scored.
+    """
+    chosen = select_direction(result)
+    if chosen is not None:
+        return chosen, "all filters"
+    relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
+    passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed)
+    chosen = _choose(result.bypass, passed, result.positions, result.layers)
+    if chosen is not None:
+        return chosen, "KL filter dropped"
+    chosen = _choose(result.bypass, ~torch.isnan(result.bypass.double()), result.positions, result.layers)
+    return (chosen, "no filter") if chosen is not None else (None, "no candidate")
+
+
 # ----------------------------------------------------------------------------- scoring
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from refusal_core.activations import Activations
-from refusal_core.directions import DirectionError, DirectionSet, dim_direction_set, load_direction_set
+from refusal_core.directions import DirectionError, DirectionSet, dim_from_activations, load_direction_set
 from refusal_core.models import BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
 from refusal_core.paths import cache_dir
 
@@ -182,17 +182,12 @@ def build_dim_set(harmful: Activations, harmless: Activations, model: str, hash_
     difference vanishes are left out and listed in ``meta["dropped"]``: at layer 0 a
     template token's residual is its embedding, identical for every prompt.
     """
-    if harmful.positions != harmless.positions:
-        raise DirectionError("Harmful and harmless activations were taken at different positions; recompute both.")
-    n_layers = harmful.n_layers
     provenance = {
         "model": model,
         "data_hash": hash_of_data,
         "params": {"n_harmful": int(harmful.acts.shape[0]), "n_harmless": int(harmless.acts.shape[0])},
     }
-    return dim_direction_set(
-        harmful.acts[:, :, :n_layers], harmless.acts[:, :, :n_layers], harmful.positions, range(n_layers), provenance
-    )
+    return dim_from_activations(harmful, harmless, provenance)
 
 
 def layer_points(

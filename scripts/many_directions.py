@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from refusal_core.activations import extract_activations  # noqa: E402
 from refusal_core.clustering import cluster_direction_set, cluster_directions  # noqa: E402
 from refusal_core.comparison import refusal_by_layer, refusal_vs_count  # noqa: E402
-from refusal_core.directions import dim_direction_set  # noqa: E402
+from refusal_core.directions import dim_from_activations  # noqa: E402
 from refusal_core.models import BUNDLED_ORGANISM, load_model  # noqa: E402
 from refusal_core.per_prompt import representation_directions  # noqa: E402
 from refusal_core.prompts import builtin  # noqa: E402
@@ -46,9 +46,8 @@ def main() -> None:
     harmless_val = list(builtin("harmless", "val").instructions[: args.n_prompts])
     harmful_acts = extract_activations(loaded, harmful_train.instructions)
     harmless_acts = extract_activations(loaded, harmless_train.instructions)
-    layers = list(range(loaded.n_layers))
     provenance = {"model": loaded.spec, "data_hash": f"{harmful_train.content_hash()[:16]}:{harmless_train.content_hash()[:16]}", "params": {}}
-    dim = dim_direction_set(harmful_acts.acts[:, :, :-1], harmless_acts.acts[:, :, :-1], harmful_acts.positions, layers, provenance)
+    dim = dim_from_activations(harmful_acts, harmless_acts, provenance)
 
     scan = {}
     layer = args.layer

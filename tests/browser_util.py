@@ -254,7 +254,7 @@ _SETTLED_JS = """
 (() => {
   const titles = [...document.querySelectorAll("h1")].map(h => h.textContent.trim());
   const busy = document.querySelector(['stStatusWidget', 'stAppSkeleton', 'stSkeleton', 'stSpinner']
-    .map(id => `[data-testid="${id}"]`).join(", "));
+    .map(id => `[data-testid="${id}"]`).join(", ") + ', [data-test-script-state="running"]');
   return {titles: titles, busy: Boolean(busy)};
 })()
 """
@@ -269,6 +269,106 @@ class Rendered:
     seconds: float
 
 
+class BrowserSession:
+    """One headless Chromium tab on the app: one Streamlit session across every step.
+
+    ``goto`` opens a URL (a new Streamlit session), ``click`` presses a button by its label,
+    ``nav`` follows a sidebar link (same session, so computed state carries over),
+    ``wait`` blocks until the page settles, ``screenshot`` and ``dom`` read it.
+    """
+
+    def __init__(self, browser: _DevToolsPipe) -> None:
+        self.browser = browser
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.resize(*(int(n) for n in WINDOW.split(",")))
+
+    def resize(self, width: int, height: int) -> None:
+        """Emulate a window of this size (a taller one shows more of a long page in a screenshot)."""
+        self.browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            self.session,
+        )
+
+    def evaluate(self, expression: str):
+        reply = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, self.session)
+        return reply.get("result", {}).get("value")
+
+    def goto(self, url: str) -> None:
+        self.browser.send("Page.navigate", {"url": url}, self.session)
+
+    def wait(self, title: str, timeout: float = RENDER_TIMEOUT_S) -> bool:
+        """True once ``title`` is an ``<h1>`` and Streamlit is idle, twice in a row (then SETTLE_S more)."""
+        started, ready_polls = time.monotonic(), 0
+        while time.monotonic() - started < timeout:
+            time.sleep(POLL_S)
+            value = self.evaluate(_SETTLED_JS) or {}
+            ready = title in value.get("titles", []) and not value.get("busy", True)
+            ready_polls = ready_polls + 1 if ready else 0
+            if ready_polls >= 2:
+                time.sleep(SETTLE_S)
+                return True
+        return False
+
+    def click(self, label_prefix: str) -> None:
+        """Press the first enabled button whose text starts with ``label_prefix``."""
+        self._click_first("button", label_prefix, "starts", "enabled button starting with")
+
+    def check(self, label_prefix: str) -> None:
+        """Toggle the first checkbox whose label starts with ``label_prefix`` (open a closed expander first)."""
+        self._click_first('[data-testid="stCheckbox"]', label_prefix, "starts", "checkbox (open its expander first) labelled", "input")
+
+    def expand(self, label_part: str) -> None:
+        """Open the first closed expander whose header contains ``label_part`` (Streamlit draws its content then)."""
+        self._click_first('[data-testid="stExpander"] details:not([open]) summary', label_part, "contains", "closed expander with")
+
+    def nav(self, page_title: str) -> None:
+        """Follow the sidebar link to ``page_title`` inside this Streamlit session."""
+        # The link's text starts with its icon's ligature name, so match the end.
+        self._click_first('[data-testid="stSidebarNav"] a', page_title, "ends", "sidebar link to")
+
+    def _click_first(self, selector: str, text: str, how: str, what: str, inner: str | None = None) -> None:
+        arguments = (json.dumps(selector), json.dumps(text), json.dumps(how), json.dumps(inner))
+        if not self.evaluate(_CLICK_FIRST_JS % arguments):
+            raise DevToolsError(f"no {what} {text!r} on the page")
+        time.sleep(2 * POLL_S)  # let Streamlit start the rerun before anyone waits for it to end
+
+    def dom(self) -> str:
+        return self.evaluate("document.documentElement.outerHTML") or ""
+
+    def screenshot(self, png: Path) -> None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        shot = self.browser.send("Page.captureScreenshot", {"format": "png"}, self.session, timeout=60)
+        png.write_bytes(base64.b64decode(shot["data"]))
+
+
+# Click the first element matching a CSS selector whose text starts with / ends with /
+# contains the given text (or the element inside it matching ``inner``); false when there
+# is none or it is disabled.
+_CLICK_FIRST_JS = """
+((selector, text, how, inner) => {
+  const matches = (t) => how === "starts" ? t.startsWith(text) : how === "ends" ? t.endsWith(text) : t.includes(text);
+  const element = [...document.querySelectorAll(selector)].find(e => matches(e.innerText.trim()));
+  const target = element && (inner ? element.querySelector(inner) : element);
+  if (!target || target.disabled) return false;
+  target.click();
+  return true;
+})(%s, %s, %s, %s)
+"""
+
+
+@contextlib.contextmanager
+def browser_session() -> Iterator[BrowserSession]:
+    """A BrowserSession in a fresh headless Chromium, closed afterwards."""
+    with _chromium_devtools() as browser:
+        try:
+            yield BrowserSession(browser)
+        finally:
+            with contextlib.suppress(DevToolsError):
+                browser.send("Browser.close", timeout=5)
+
+
 def render_page(url: str, title: str, png: Path | None = None, timeout: float = RENDER_TIMEOUT_S) -> Rendered:
     """Open ``url`` in headless Chromium, wait until Streamlit has drawn the page, return its DOM.
 
@@ -279,37 +379,12 @@ def render_page(url: str, title: str, png: Path | None = None, timeout: float = 
     Chromium's ``--virtual-time-budget`` does not wait for.
     """
     started = time.monotonic()
-    width, height = (int(n) for n in WINDOW.split(","))
-    with _chromium_devtools() as browser:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        browser.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-            session,
-        )
-        browser.send("Page.navigate", {"url": url}, session)
-        settled, ready_polls = False, 0
-        while time.monotonic() - started < timeout:
-            time.sleep(POLL_S)
-            state = browser.send("Runtime.evaluate", {"expression": _SETTLED_JS, "returnByValue": True}, session)
-            value = state.get("result", {}).get("value") or {}
-            ready = title in value.get("titles", []) and not value.get("busy", True)
-            ready_polls = ready_polls + 1 if ready else 0
-            if ready_polls >= 2:
-                settled = True
-                break
-        if settled:
-            time.sleep(SETTLE_S)
-        dom = browser.send(
-            "Runtime.evaluate", {"expression": "document.documentElement.outerHTML", "returnByValue": True}, session
-        )["result"]["value"]
+    with browser_session() as tab:
+        tab.goto(url)
+        settled = tab.wait(title, timeout)
+        dom = tab.dom()
         if png is not None:
-            png.parent.mkdir(parents=True, exist_ok=True)
-            shot = browser.send("Page.captureScreenshot", {"format": "png"}, session, timeout=60)
-            png.write_bytes(base64.b64decode(shot["data"]))
-        with contextlib.suppress(DevToolsError):
-            browser.send("Browser.close", timeout=5)
+            tab.screenshot(png)
     return Rendered(dom=dom, settled=settled, seconds=time.monotonic() - started)
 
 

@@ -142,12 +142,31 @@ def test_directions_heatmaps_and_selection():
     at = _with_activations()
     at.switch_page("pages/directions.py").run()
     _assert_ok(at)
-    assert _charts(at) == 2  # cosine heatmap and norms
+    massive = _workspace(at).memo["massive"]
+    extra = 1 if massive.coordinates else 0  # the massive-share bars, when the model has massive coordinates
+    assert _charts(at) == 2 + extra  # cosine heatmap and norms
+    assert any("Massive activations" in e.label for e in at.expander)
     at.number_input(key="selection_n_val").set_value(2)
     at.button(key="selection_run").click().run()
     _assert_ok(at)
-    assert _workspace(at).selection is not None
-    assert _charts(at) == 5  # plus bypass, induce and KL grids
+    result = _workspace(at).selection
+    assert result is not None
+    assert _charts(at) == 5 + extra  # plus bypass, induce and KL grids
+    from refusal_core.selection import select_relaxing
+
+    sets = _workspace(at).direction_sets
+    if result.chosen is not None:
+        assert sets["Selected DIM"].names == (result.chosen_name(),) and "Closest DIM" not in sets
+    else:
+        (position, layer), _ = select_relaxing(result)
+        assert sets["Closest DIM"].names == (f"dim/pos{position}/layer{layer}",)
+    # Strict filters nobody passes: the closest candidate is still offered.
+    at.number_input(key="selection_max_kl").set_value(0.0)
+    at.number_input(key="selection_min_induce").set_value(100.0)
+    at.button(key="selection_run").click().run()
+    _assert_ok(at)
+    assert _workspace(at).selection.chosen is None and "Closest DIM" in _workspace(at).direction_sets
+    assert any("No candidate chosen" in m.value for m in at.markdown)
 
 
 def test_generate_actadd_changes_the_columns():

@@ -63,3 +63,31 @@ def test_page_renders(page, app_url, server_log, tmp_path):
     assert not problems, f"{page.script}: {problems}\nserver log:\n{_log_tail(server_log)}"
     assert rendered.settled, f"{page.script}: still running after {rendered.seconds:.0f} s"
     assert png.is_file() and png.stat().st_size > MIN_SCREENSHOT_BYTES, f"{page.script}: screenshot blank or missing"
+
+
+@pytest.mark.slow
+def test_state_carries_across_pages_in_one_session(app_url, server_log):
+    """Compute on Data, follow the sidebar to Generate, add a direction, generate: two columns."""
+    data, generate = PAGES[0], next(page for page in PAGES if page.script.endswith("generate.py"))
+    with browser_util.browser_session() as tab:
+        tab.goto(f"{app_url}/{data.url_path}")
+        assert tab.wait(data.title), _log_tail(server_log)
+        tab.click("Compute activations and DIM directions")
+        assert tab.wait(data.title, 600), _log_tail(server_log)
+        assert "DIM candidates" in tab.dom()
+        tab.nav(generate.title)
+        assert tab.wait(generate.title), _log_tail(server_log)
+        tab.expand("DIM (")
+        tab.check("Add a direction (ActAdd)")
+        assert tab.wait(generate.title), _log_tail(server_log)
+        tab.click("Generate ")
+        assert tab.wait(generate.title, 600), _log_tail(server_log)
+        dom = tab.dom()
+    assert not browser_util.dom_problems(dom, generate.title), _log_tail(server_log)
+    # The button counts the ActAdd column, and each column reports its refusal rate.
+    assert "x 2 columns" in dom and dom.count("% refused") >= 2, dom[-2000:]
+    with pytest.raises(browser_util.DevToolsError, match="no enabled button"):
+        with browser_util.browser_session() as other:
+            other.goto(f"{app_url}/{data.url_path}")
+            other.wait(data.title)
+            other.click("A button this app does not have")

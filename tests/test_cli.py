@@ -86,3 +86,23 @@ def test_som_and_cluster_commands(model_dir, tmp_path, capsys):
                         "--limit", "12", "--out", str(tmp_path / "clusters"), "--json")
     assert code == 0 and json.loads(out)["k"] == 2
     assert len(load_direction_set(tmp_path / "clusters", d_model=64)) == 2
+
+
+def test_select_chooses_or_names_the_closest_candidate(model_dir, tmp_path, capsys):
+    dim = str(tmp_path / "dim")
+    assert _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "6", "--out", dim)[0] == 0
+    common = ["directions", "select", "--model", model_dir, "--dirs", dim, "--limit", "3", "--json"]
+    code, out, _ = _run(capsys, *common, "--out", str(tmp_path / "open.json"), "--max-kl", "1e9", "--min-induce=-1e9",
+                        "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "best"))
+    payload = json.loads(out)
+    assert code == 0 and payload["n_passed"] == payload["n_candidates"] and "closest" not in payload
+    position, layer = payload["chosen"]
+    assert load_direction_set(tmp_path / "best", d_model=64).names == (f"dim/pos{position}/layer{layer}",)
+    code, out, _ = _run(capsys, *common, "--out", str(tmp_path / "strict.json"), "--max-kl", "0", "--min-induce", "1e9",
+                        "--max-layer-fraction", "1")
+    payload = json.loads(out)
+    assert code == 0 and payload["chosen"] is None and payload["n_passed"] == 0
+    assert payload["closest"]["rule"] == "no filter"  # nothing induces a refusal score of 1e9
+    assert payload["closest"]["bypass"] == pytest.approx(
+        min(v for row in json.loads((tmp_path / "strict.json").read_text())["bypass"] for v in row if v is not None)
+    )

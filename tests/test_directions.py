@@ -13,6 +13,7 @@ from refusal_core.directions import (
     cosine_matrix,
     dim_direction_set,
     dim_directions,
+    dim_from_activations,
     load_direction_set,
 )
 
@@ -55,6 +56,26 @@ def test_zero_candidates_are_dropped_and_listed():
     assert directions.meta["dropped"] == ["dim/pos-1/layer0"]
     with pytest.raises(DirectionError, match="identical"):
         dim_direction_set(harmless, harmless, positions=[-1], layers=[0, 1], provenance={})
+
+
+def test_dim_from_activations_takes_block_inputs_only():
+    from refusal_core.activations import Activations
+
+    torch.manual_seed(1)
+    acts = lambda shift: torch.randn(5, 2, 4, 8) + shift  # 3 blocks: block inputs 0..2, then the final output
+    harmful = Activations(acts=acts(1.0), positions=(-2, -1), instructions=("x",) * 5, key="a")
+    harmless = Activations(acts=acts(0.0), positions=(-2, -1), instructions=("y",) * 5, key="b")
+    every = dim_from_activations(harmful, harmless, {"model": "m"})
+    assert len(every) == 6 and "dim/pos-1/layer3" not in every.names
+    assert torch.allclose(every.select(["dim/pos-2/layer2"]).vectors[0], dim_directions(harmful.acts, harmless.acts)[0, 2])
+    some = dim_from_activations(harmful, harmless, {"model": "m"}, layers=[2, 0])
+    assert some.names == ("dim/pos-2/layer2", "dim/pos-2/layer0", "dim/pos-1/layer2", "dim/pos-1/layer0")
+    assert torch.allclose(some.select(["dim/pos-1/layer0"]).vectors[0], every.select(["dim/pos-1/layer0"]).vectors[0])
+    with pytest.raises(DirectionError, match="0..2"):
+        dim_from_activations(harmful, harmless, {}, layers=[3])
+    other = Activations(acts=acts(0.0), positions=(-3, -1), instructions=("z",) * 5, key="c")
+    with pytest.raises(DirectionError, match="different positions"):
+        dim_from_activations(harmful, other, {})
 
 
 def test_save_load_round_trip(tmp_path):

@@ -19,6 +19,7 @@ from refusal_core.selection import (
     score_candidates,
     score_candidates_sequential,
     select_direction,
+    select_relaxing,
 )
 from tests.tiny import assert_no_hooks
 
@@ -95,6 +96,18 @@ def test_select_direction_ties_go_to_the_lower_layer():
 def test_select_direction_is_none_when_nothing_passes():
     induce = torch.full((2, 5), -1.0, dtype=torch.float64)
     assert select_direction(synthetic_result(SYN_BYPASS, induce, SYN_KL)) is None
+
+
+def test_select_relaxing_drops_the_kl_filter_first_then_every_filter():
+    assert select_relaxing(synthetic_result(SYN_BYPASS, SYN_INDUCE, SYN_KL)) == ((-1, 1), "all filters")
+    # Every candidate too costly in KL: the lowest bypass among early, inducing cells, (-1, 3).
+    costly = torch.full((2, 5), 5.0, dtype=torch.float64)
+    assert select_relaxing(synthetic_result(SYN_BYPASS, SYN_INDUCE, costly)) == ((-1, 3), "KL filter dropped")
+    # Nothing induces either: the lowest bypass of all, even at a late layer.
+    induce = torch.full((2, 5), -1.0, dtype=torch.float64)
+    assert select_relaxing(synthetic_result(SYN_BYPASS, induce, costly)) == ((-2, 4), "no filter")
+    empty = torch.full((2, 5), math.nan, dtype=torch.float64)
+    assert select_relaxing(synthetic_result(empty, empty, empty)) == (None, "no candidate")
 
 
 def test_filter_settings_are_validated():

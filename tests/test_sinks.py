@@ -1,0 +1,93 @@
+"""Massive-activation diagnostics and the random-direction KL floor, on a tiny model."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from refusal_core import report
+from refusal_core.chat import ChatFormat, format_prompts
+from refusal_core.evaluation import harmless_kl
+from refusal_core.interventions import Intervention
+from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
+from tests.tiny import assert_no_hooks
+
+PROMPTS = ["Name a colour.", "Give me one short tip for sleeping better tonight, please.", "Count to three."]
+
+
+@contextlib.contextmanager
+def _planted(model, token_id: int, coordinate: int, value: float):
+    """Give token ``token_id`` a huge ``coordinate`` in its embedding (restored afterwards)."""
+    weight = model.get_input_embeddings().weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[token_id, coordinate] += value
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def _first_token(loaded, instruction: str) -> int:
+    text = format_prompts(loaded.tokenizer, [instruction], ChatFormat())[0]
+    return loaded.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+
+
+def test_planted_massive_coordinate_is_found_at_the_first_token(tiny_llama):
+    with _planted(tiny_llama.model, _first_token(tiny_llama, PROMPTS[0]), coordinate=5, value=1e5):
+        found = massive_activations(tiny_llama, PROMPTS)
+    assert found.coordinates == (5,)
+    layer, token = found.where[5]
+    assert token == 0 and layer < 3  # the first token, carried by the residual stream (hidden_states[3] is normed)
+    assert found.peak[5] > 1e4
+    assert 5 not in massive_activations(tiny_llama, PROMPTS).coordinates
+
+
+def test_padding_is_never_counted(tiny_llama):
+    short, long = "Hi.", PROMPTS[1]
+    assert len(tiny_llama.tokenizer(short)["input_ids"]) < len(tiny_llama.tokenizer(long)["input_ids"])
+    with _planted(tiny_llama.model, tiny_llama.tokenizer.pad_token_id, coordinate=7, value=1e5):
+        found = massive_activations(tiny_llama, [short, long])  # the short prompt is left-padded
+    assert 7 not in found.coordinates
+
+
+def test_massive_activations_rejects_bad_input(tiny_llama):
+    with pytest.raises(ValueError, match="at least one"):
+        massive_activations(tiny_llama, [])
+    with pytest.raises(ValueError, match="ratio"):
+        massive_activations(tiny_llama, PROMPTS, ratio=0.5)
+
+
+def test_massive_share_by_hand():
+    vectors = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]])
+    assert massive_share(vectors, [0]).tolist() == pytest.approx([9 / 25, 0.0])
+    assert massive_share(vectors, [0, 1, 2]).tolist() == pytest.approx([1.0, 1.0])
+    assert massive_share(vectors[0], []).tolist() == [0.0]
+
+
+def test_random_direction_kl_is_seeded_and_matches_harmless_kl(tiny_llama):
+    first = random_direction_kl(tiny_llama, PROMPTS, n_directions=2, seed=3)
+    assert first == random_direction_kl(tiny_llama, PROMPTS, n_directions=2, seed=3)
+    assert all(value > 0 for value in first)
+    generator = torch.Generator().manual_seed(3)
+    direction = torch.randn(1, tiny_llama.model.config.hidden_size, generator=generator, dtype=torch.float64)
+    expected = harmless_kl(tiny_llama, PROMPTS, Intervention(name="r", ablate=direction)).mean()
+    assert first[0] == pytest.approx(float(expected), rel=1e-9)
+    assert_no_hooks(tiny_llama.model)
+
+
+def test_organism_report_on_a_tiny_model(tiny_llama, monkeypatch):
+    monkeypatch.setattr(report, "load_model", lambda spec: tiny_llama)
+    result = report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)
+    assert [t["metric"] for t in result["targets"]] == [name for name, _, _ in report.TARGETS]
+    for target in result["targets"]:
+        assert target["pass"] == (target["value"] >= target["threshold"] if target["op"] == ">=" else target["value"] <= target["threshold"])
+    diagnostics = result["diagnostics"]
+    assert 0.0 <= diagnostics["selected_massive_share"] <= 1.0
+    assert len(diagnostics["random_direction_kl"]) == 3
+    text = report.format_report(result)
+    assert "Diagnostics" in text and "random unit direction" in text
+    assert_no_hooks(tiny_llama.model)
