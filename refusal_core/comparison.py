@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from refusal_core.directions import DirectionSet
-from refusal_core.evaluation import Judge, SubstringJudge, harmless_kl
+from refusal_core.evaluation import Judge, SubstringJudge, harmless_kl, next_token_logprobs
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions import Intervention
 from refusal_core.models import LoadedModel
@@ -69,7 +69,11 @@ def refusal_vs_count(
     curves = {family: [rates[v.name] for v in variants if v.name.startswith(f"{family}/")] for family in families}
     kl = {}
     if harmless:
-        kl = {family: [float(harmless_kl(loaded, harmless, v).mean()) for v in variants if v.name.startswith(f"{family}/")] for family in families}
+        base = next_token_logprobs(loaded, harmless)  # once, not once per variant
+        kl = {
+            family: [float(harmless_kl(loaded, harmless, v, base=base).mean()) for v in variants if v.name.startswith(f"{family}/")]
+            for family in families
+        }
     return CountCurve(baseline=rates["baseline"], rates=curves, kl=kl, n_prompts=len(harmful))
 
 

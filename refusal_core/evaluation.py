@@ -477,9 +477,15 @@ def harmless_kl(
     intervention: Intervention,
     chat: ChatFormat | None = None,
     batch_size: int = 16,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL(unmodified || intervened) of the first-token distribution per prompt, ``[n]``."""
-    base = next_token_logprobs(loaded, instructions, None, chat, batch_size)
+    """KL(unmodified || intervened) of the first-token distribution per prompt, ``[n]``.
+
+    ``base``: the unmodified ``next_token_logprobs`` of the same prompts, when a caller
+    compares several interventions and has computed them once already.
+    """
+    if base is None:
+        base = next_token_logprobs(loaded, instructions, None, chat, batch_size)
     other = next_token_logprobs(loaded, instructions, intervention, chat, batch_size)
     return kl_divergence(base, other)
 
@@ -619,9 +625,10 @@ def evaluate_kl(
     intervention: Intervention,
     chat: ChatFormat | None = None,
     batch_size: int = 16,
+    base: torch.Tensor | None = None,
 ) -> EvalResult:
-    """First-token KL(unmodified || intervened) per prompt and its mean (nats)."""
-    divergences = harmless_kl(loaded, instructions, intervention, chat, batch_size)
+    """First-token KL(unmodified || intervened) per prompt and its mean (nats); ``base`` as in harmless_kl."""
+    divergences = harmless_kl(loaded, instructions, intervention, chat, batch_size, base)
     return _mean_result("kl", divergences, _meta(loaded, intervention))
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from refusal_core.activations import extract_activations
 from refusal_core.directions import DirectionSet, dim_from_activations
-from refusal_core.evaluation import SubstringJudge, evaluate_kl
+from refusal_core.evaluation import SubstringJudge, evaluate_kl, next_token_logprobs
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions import Intervention
 from refusal_core.models import BUNDLED_ORGANISM, LoadedModel, load_model
@@ -104,14 +104,18 @@ def organism_report(
     harmful_rates = refusal_rates(loaded, harmful_test.instructions, harmful_variants, max_new_tokens)
     say("Generating on the harmless test split (baseline and actadd)")
     harmless_rates = refusal_rates(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens)
-    kl = evaluate_kl(loaded, harmless_test.instructions, ablation).summary["mean"]
+    # Every KL below compares with the same unmodified first-token distributions.
+    base = next_token_logprobs(loaded, harmless_test.instructions)
+    kl = evaluate_kl(loaded, harmless_test.instructions, ablation, base=base).summary["mean"]
     say("Diagnostics: the same direction without the massive coordinates, and random directions")
     diagnostics = {
         "massive_activations": massive.as_dict(),
         "selected_massive_share": float(massive_share(direction.vectors, massive.coordinates)[0]),
         "stripped_harmful_refusal": harmful_rates.get("stripped"),
-        "stripped_harmless_kl": evaluate_kl(loaded, harmless_test.instructions, stripped).summary["mean"] if stripped is not None else None,
-        "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions),
+        "stripped_harmless_kl": (
+            evaluate_kl(loaded, harmless_test.instructions, stripped, base=base).summary["mean"] if stripped is not None else None
+        ),
+        "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions, base=base),
     }
     from refusal_core.organism import weights_sha256
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from refusal_core.chat import ChatFormat, format_prompts, tokenize_prompts
-from refusal_core.evaluation import kl_divergence, next_token_logprobs
+from refusal_core.evaluation import harmless_kl, next_token_logprobs
 from refusal_core.interventions import Intervention
 from refusal_core.models import LoadedModel, model_lock
 
@@ -98,17 +98,24 @@ def massive_share(vectors: torch.Tensor, coordinates: Sequence[int]) -> torch.Te
 
 
 def random_direction_kl(
-    loaded: LoadedModel, instructions: Sequence[str], n_directions: int = 3, seed: int = 0, chat: ChatFormat | None = None
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    n_directions: int = 3,
+    seed: int = 0,
+    chat: ChatFormat | None = None,
+    base: torch.Tensor | None = None,
 ) -> list[float]:
-    """Mean harmless first-token KL of ablating each of ``n_directions`` seeded random unit directions."""
+    """Mean harmless first-token KL of ablating each of ``n_directions`` seeded random unit
+    directions; ``base`` as in ``evaluation.harmless_kl``."""
     if n_directions < 1:
         raise ValueError("n_directions must be at least 1.")
     width = int(loaded.model.get_input_embeddings().weight.shape[-1])
     generator = torch.Generator().manual_seed(seed)
-    base = next_token_logprobs(loaded, instructions, None, chat)
+    if base is None:
+        base = next_token_logprobs(loaded, instructions, None, chat)
     means = []
     for index in range(n_directions):
         direction = torch.randn(1, width, generator=generator, dtype=torch.float64)
-        ablated = next_token_logprobs(loaded, instructions, Intervention(name=f"random{index}", ablate=direction), chat)
-        means.append(float(kl_divergence(base, ablated).mean()))
+        random = Intervention(name=f"random{index}", ablate=direction)
+        means.append(float(harmless_kl(loaded, instructions, random, chat, base=base).mean()))
     return means

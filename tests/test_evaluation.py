@@ -250,6 +250,7 @@ def test_next_token_logprobs_and_kl_equal_hand_computation(tiny_llama):
     torch.testing.assert_close(kl_divergence(base, other), by_hand)
     explicit = (base.exp() * (base - other)).sum(-1)
     torch.testing.assert_close(harmless_kl(tiny_llama, PROMPTS, intervention), explicit)
+    torch.testing.assert_close(harmless_kl(tiny_llama, PROMPTS, intervention, base=base), explicit)
     assert (kl_divergence(base, base) == 0).all()
     assert (harmless_kl(tiny_llama, PROMPTS, Intervention()) == 0).all()
     assert (kl_divergence(base, other) > 0).all()
