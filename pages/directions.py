@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from pages import _state
-from refusal_core.directions import DirectionError, cosine_matrix
+from refusal_core.directions import DirectionError, cosine_matrix, dim_name
 from refusal_core.prompts import PromptSetError, builtin
 from refusal_core.sinks import massive_activations, massive_share
 from refusal_core.workspace import sample_prompts
@@ -195,7 +195,7 @@ def selection_section() -> None:
         else:
             closest, rule = selection.select_relaxing(ws.selection)
             if closest is not None:
-                ws.add_set("Closest DIM", candidates.select([f"dim/pos{closest[0]}/layer{closest[1]}"]))
+                ws.add_set("Closest DIM", candidates.select([dim_name(*closest)]))
     result = ws.selection
     if result is None:
         st.caption(
@@ -207,13 +207,11 @@ def selection_section() -> None:
         st.markdown(f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}")
     else:
         closest, rule = selection.select_relaxing(result)
-        st.markdown(
-            f"**No candidate chosen.** {result.reason}"
-            + (f" The closest, with the {rule.replace(' dropped', '')} dropped: `dim/pos{closest[0]}/layer{closest[1]}` "
-               "(added as the set *Closest DIM*)." if closest is not None and rule != "no filter" else "")
-            + (f" The lowest bypass of all, ignoring every filter: `dim/pos{closest[0]}/layer{closest[1]}` "
-               "(added as the set *Closest DIM*)." if closest is not None and rule == "no filter" else "")
-        )
+        offered = ""
+        if closest is not None:
+            how = "The lowest bypass of all, ignoring every filter" if rule == "no filter" else f"The closest, with the {rule}"
+            offered = f" {how}: `{dim_name(*closest)}` (added as the set *Closest DIM*)."
+        st.markdown(f"**No candidate chosen.** {result.reason}{offered}")
     st.caption(
         f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
     )

@@ -153,7 +153,7 @@ def cmd_activations(args) -> None:
 
 
 def cmd_directions_dim(args) -> None:
-    from refusal_core.directions import cosine_matrix, dim_from_activations
+    from refusal_core.directions import cosine_matrix, dim_from_activations, dim_name
 
     loaded = _load(args)
     harmful, harmful_acts = _activations_for(args, loaded, "harmful")
@@ -164,7 +164,7 @@ def cmd_directions_dim(args) -> None:
     )
     tensors_path, json_path = directions.save(args.out)
     # The last post-instruction token, layer by layer: the usual place to read a direction.
-    last = [(layer, directions.names.index(f"dim/pos-1/layer{layer}")) for layer in layers if f"dim/pos-1/layer{layer}" in directions.names]
+    last = [(layer, directions.names.index(dim_name(-1, layer))) for layer in layers if dim_name(-1, layer) in directions.names]
     vectors = directions.vectors[[index for _, index in last]]
     norms = vectors.norm(dim=-1).tolist()
     cosines = cosine_matrix(vectors)
@@ -247,6 +247,7 @@ def cmd_directions_cluster(args) -> None:
 
 
 def cmd_directions_select(args) -> None:
+    from refusal_core.directions import dim_name
     from refusal_core.selection import SelectionFilters, score_candidates, select_direction, select_relaxing
 
     loaded = _load(args)
@@ -259,7 +260,7 @@ def cmd_directions_select(args) -> None:
     result.save(args.out)
     chosen = select_direction(result)
     if chosen is not None and args.save_direction:
-        candidates.select([f"dim/pos{chosen[0]}/layer{chosen[1]}"]).save(args.save_direction)
+        candidates.select([dim_name(*chosen)]).save(args.save_direction)
     payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
 
     def scores(cell) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from refusal_core.directions import DirectionSet
+from refusal_core.directions import DirectionSet, dim_name
 from refusal_core.evaluation import Judge, SubstringJudge, harmless_kl, next_token_logprobs
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions import Intervention
@@ -89,6 +89,6 @@ def refusal_by_layer(
 ) -> dict[int, float]:
     """Refusal rate with the single DIM direction of each layer ablated (one batched run)."""
     judge = judge or SubstringJudge()
-    variants = [Intervention.from_directions(f"layer{layer}", dim, names=[f"dim/pos{position}/layer{layer}"]) for layer in layers]
+    variants = [Intervention.from_directions(f"layer{layer}", dim, names=[dim_name(position, layer)]) for layer in layers]
     rates = _rates(generate_side_by_side(loaded, harmful, variants, settings, progress=progress), harmful, judge)
     return {layer: rates[f"layer{layer}"] for layer in layers}

@@ -21,6 +21,8 @@ __all__ = [
     "cosine_matrix",
     "dim_directions",
     "dim_direction_set",
+    "dim_from_activations",
+    "dim_name",
     "load_direction_set",
 ]
 
@@ -173,6 +175,11 @@ def dim_directions(harmful_acts: torch.Tensor, harmless_acts: torch.Tensor) -> t
     return directions.float()
 
 
+def dim_name(position: int, layer: int) -> str:
+    """The name of the DIM candidate at ``position`` (offset from the prompt's end) and ``layer``."""
+    return f"dim/pos{int(position)}/layer{int(layer)}"
+
+
 def dim_direction_set(
     harmful_acts: torch.Tensor,
     harmless_acts: torch.Tensor,
@@ -194,10 +201,10 @@ def dim_direction_set(
     for pos_index, position in enumerate(positions):
         for layer_index, layer in enumerate(layers):
             if not norms[pos_index, layer_index] > VANISHING * norms.max():
-                dropped.append(f"dim/pos{position}/layer{layer}")
+                dropped.append(dim_name(position, layer))
                 continue
             vectors.append(directions[pos_index, layer_index])
-            names.append(f"dim/pos{position}/layer{layer}")
+            names.append(dim_name(position, layer))
             records.append({**provenance, "layer": int(layer), "position": int(position), "method": "dim"})
     if not vectors:
         raise DirectionError("Every difference-in-means candidate is zero: the two prompt sets give identical activations.")

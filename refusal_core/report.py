@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from refusal_core.activations import extract_activations
-from refusal_core.directions import DirectionSet, dim_from_activations
+from refusal_core.directions import DirectionSet, dim_from_activations, dim_name
 from refusal_core.evaluation import SubstringJudge, evaluate_kl, next_token_logprobs
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions import Intervention
@@ -89,7 +89,7 @@ def organism_report(
         # Report the closest candidate anyway, and say which filters it fails: a report
         # that stopped here would hide what ablation does.
         say(f"No candidate passed the filters ({selection.reason}); chosen with {rule}")
-    direction = candidates.select([f"dim/pos{chosen[0]}/layer{chosen[1]}"])
+    direction = candidates.select([dim_name(*chosen)])
     ablation = Intervention.from_directions("ablate", direction)
     addition = Intervention.from_direction_addition("actadd", direction, direction.names[0], 1.0, chosen[1])
     harmful_test, harmless_test = builtin("harmful", "test"), builtin("harmless", "test")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from refusal_core.activations import extract_activations  # noqa: E402
 from refusal_core.clustering import cluster_direction_set, cluster_directions  # noqa: E402
 from refusal_core.comparison import refusal_by_layer, refusal_vs_count  # noqa: E402
-from refusal_core.directions import dim_from_activations  # noqa: E402
+from refusal_core.directions import dim_from_activations, dim_name  # noqa: E402
 from refusal_core.models import BUNDLED_ORGANISM, load_model  # noqa: E402
 from refusal_core.per_prompt import representation_directions  # noqa: E402
 from refusal_core.prompts import builtin  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
     clusters = cluster_directions(representation_directions(harmful_layer, harmless_layer), k=None, categories=list(harmful_train.categories))
     cluster_set = cluster_direction_set(clusters, {**provenance, "layer": layer, "position": -1, "method": "per_prompt_representation"})
     positions = sorted(harmful_acts.positions, reverse=True)
-    dim_family = dim.select([f"dim/pos{p}/layer{layer}" for p in positions if f"dim/pos{p}/layer{layer}" in dim.names])
+    dim_family = dim.select([dim_name(p, layer) for p in positions if dim_name(p, layer) in dim.names])
     curve = refusal_vs_count(loaded, {"dim": dim_family, "som": som_set, "clusters": cluster_set}, harmful_val, harmless_val, max_k=args.max_k)
     print(curve.table())
     print("\nharmless KL (first token) for the same variants:")
