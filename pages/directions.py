@@ -1,5 +1,6 @@
-"""Directions: how the found directions relate (cosine similarities, norms), and which DIM
-candidate Arditi et al.'s selection picks (bypass, induce and KL over position x layer)."""
+"""Directions: how the found directions relate (cosine similarities, norms), which DIM
+candidate Arditi et al.'s selection picks (bypass, induce and KL over position x layer), and
+one direction learnt by gradient descent from a chosen one (Wollschläger et al.)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from refusal_core.sinks import massive_activations, massive_share
 from refusal_core.workspace import sample_prompts
 
 DIM_SET = "DIM"
+OPTIMIZED_SET = "Optimized"
 MAX_DEFAULT = 32
 
 st.title("Directions")
@@ -228,5 +230,61 @@ def selection_section() -> None:
     )
 
 
+def optimize_section() -> None:
+    st.header("Optimizing one direction (Wollschläger et al.)")
+    optimize = _state.engine("optimize")
+    if optimize is None:
+        return
+    starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() if set_name != OPTIMIZED_SET for name in directions.names]
+    if not starts:
+        st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
+        return
+    preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in ("Selected DIM", "Closest DIM")), 0)
+    start = st.selectbox("Start from", starts, index=preferred, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
+    cols = st.columns(3)
+    steps = int(cols[0].number_input("Steps", 1, 500, 20, key="optimize_steps"))
+    n_train = int(cols[1].number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
+    kl_weight = float(cols[2].number_input("KL weight", 0.0, 1000.0, 10.0, step=1.0, key="optimize_kl_weight"))
+    if st.button("Optimize", type="primary", key="optimize_run"):
+        harmful = list(sample_prompts(builtin("harmful", "train"), n_train).instructions)
+        harmless = list(sample_prompts(builtin("harmless", "train"), n_train).instructions)
+        update = _state.progress_callback(f"Optimizing from {start[1]}")
+        try:
+            result = optimize.optimize_direction(
+                loaded, harmful, harmless, ws.direction_sets[start[0]].select([start[1]]),
+                optimize.OptimizeSettings(steps=steps, kl_weight=kl_weight),
+                progress=lambda done, total, values: update(done, total),
+            )
+        except (ValueError, DirectionError, PromptSetError) as err:
+            st.error(f"Optimization failed: {err}")
+            return
+        ws.add_set(OPTIMIZED_SET, result.directions)
+        ws.optimized = result
+    result = ws.optimized
+    if result is None:
+        st.caption(
+            "Learns the unit direction whose ablation (every layer, every token) pushes the refusal score of harmful "
+            "train prompts below zero while keeping the harmless next-token distribution (KL); only the direction is "
+            "learnt, the model is never changed."
+        )
+        return
+    final, first = result.final, result.history[0]
+    st.markdown(
+        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*): refusal score {first['refusal_score']:+.2f} → "
+        f"{final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → {final['kl']:.4f} on its train prompts; "
+        f"cosine {final['cosine_to_init']:.2f} to the start. Measure it on held-out prompts on the Generate page."
+    )
+    steps_axis = list(range(len(result.history))) + [len(result.history)]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=steps_axis, y=[h["refusal_score"] for h in result.history] + [final["refusal_score"]], name="refusal score (harmful)"))
+    figure.add_trace(go.Scatter(x=steps_axis, y=[h["kl"] for h in result.history] + [final["kl"]], name="KL (harmless)", yaxis="y2"))
+    figure.update_layout(
+        height=320, margin=dict(t=20), xaxis_title="step", yaxis=dict(title="refusal score"),
+        yaxis2=dict(title="KL", overlaying="y", side="right"), legend=dict(orientation="h"),
+    )
+    st.plotly_chart(figure, width="stretch")
+
+
 comparison()
 selection_section()
+optimize_section()

@@ -288,6 +288,34 @@ def cmd_directions_select(args) -> None:
     _emit(args, payload, human)
 
 
+def cmd_directions_optimize(args) -> None:
+    from refusal_core.optimize import OptimizeSettings, optimize_direction
+
+    loaded = _load(args)
+    init = _load_directions(args.init, loaded.d_model)
+    if len(init) != 1:
+        raise CliError(f"--init must name one direction (PATH:name); {args.init} holds {len(init)}: {', '.join(init.names[:6])}"
+                       + (" ..." if len(init) > 6 else "") + ".")
+    harmful = _prompts(args.harmful, args.column, args.limit)
+    harmless = _prompts(args.harmless, args.column, args.limit)
+    settings = OptimizeSettings(steps=args.steps, learning_rate=args.lr, kl_weight=args.kl_weight, margin=args.margin, batch_size=args.batch_size)
+    bar = _progress("steps", args.json)
+    result = optimize_direction(loaded, list(harmful.instructions), list(harmless.instructions), init, settings, chat=_chat(args),
+                                progress=(lambda done, total, values: bar(done, total)) if bar else None)
+    result.directions.save(args.out)
+    payload = {"out": args.out, "name": result.directions.names[0], "start": result.history[0], "final": result.final,
+               "seconds": round(result.seconds, 1)}
+
+    def human() -> None:
+        start, final = result.history[0], result.final
+        print(f"Optimized {init.names[0]} for {settings.steps} steps on {len(harmful)} harmful and {len(harmless)} harmless prompts "
+              f"({result.seconds:.0f} s); written to {args.out} as {payload['name']}")
+        print(f"  refusal score {start['refusal_score']:+.3f} -> {final['refusal_score']:+.3f}; harmless KL {start['kl']:.4f} -> {final['kl']:.4f}; "
+              f"cosine to the start {final['cosine_to_init']:.3f}")
+
+    _emit(args, payload, human)
+
+
 def cmd_directions_search(args) -> None:
     from refusal_core.search import SearchSettings, best_direction_set, run_search
 
@@ -392,7 +420,8 @@ def cmd_organism_report(args) -> None:
     from refusal_core.report import format_report, organism_report
 
     report = organism_report(args.model, n_select=args.n_select, max_new_tokens=args.max_new_tokens, layer_step=args.layer_step,
-                             all_positions=args.all_positions, progress=None if args.json else lambda m: print(m, file=sys.stderr))
+                             all_positions=args.all_positions, progress=None if args.json else lambda m: print(m, file=sys.stderr),
+                             optimize_steps=args.optimize_steps)
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -445,6 +474,16 @@ def _directions_parsers(sub) -> None:
     select.add_argument("--out", required=True, help="JSON score table")
     select.add_argument("--save-direction", default=None, help="also save the chosen direction as a set")
     select.set_defaults(func=cmd_directions_select)
+
+    optimize = directions.add_parser("optimize", help="learn one direction whose ablation removes refusal at low harmless KL (Wollschläger et al.)")
+    _add_model(optimize), _add_sets(optimize)
+    optimize.add_argument("--init", required=True, help="the direction to start from: PATH:name (e.g. the selected DIM candidate)")
+    optimize.add_argument("--steps", type=int, default=30)
+    optimize.add_argument("--lr", type=float, default=0.02)
+    optimize.add_argument("--kl-weight", type=float, default=10.0)
+    optimize.add_argument("--margin", type=float, default=2.0, help="stop pushing a harmful prompt once its refusal score is this far below 0")
+    optimize.add_argument("--out", required=True, help="output path stem (writes .safetensors and .json)")
+    optimize.set_defaults(func=cmd_directions_optimize)
 
     search = directions.add_parser("search", help="Optuna TPE search for the best k directions of a pool (Piras et al.)")
     _add_model(search), _add_sets(search, split="val")
@@ -511,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--layer-step", type=int, default=2, help="score every n-th layer's candidate")
     report.add_argument("--all-positions", action="store_true", help="score every post-instruction position, not only the last")
     report.add_argument("--max-new-tokens", type=int, default=32)
+    report.add_argument("--optimize-steps", type=int, default=0,
+                        help="also learn one direction from the selected one for this many steps and measure it on the test splits")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_organism_report)
     return parser

@@ -37,6 +37,7 @@ __all__ = [
     "ablate",
     "actadd",
     "apply_intervention",
+    "differentiable_ablation",
     "orthogonal_stages",
     "orthogonalize_weights_",
     "orthogonalized_weights",
@@ -442,6 +443,32 @@ def apply_intervention(model: nn.Module, intervention: Intervention) -> Iterator
     """Run every row of every forward pass under ``intervention`` while the block is open."""
     with _hooked(model, [intervention], per_row=False):
         yield
+
+
+@contextmanager
+def differentiable_ablation(model: nn.Module, direction: torch.Tensor) -> Iterator[None]:
+    """Directional ablation of one direction ``[d]`` that gradients flow back through.
+
+    The same hooks as ``apply_intervention(model, Intervention(ablate=direction))``, at
+    every layer, but the direction is used as given (not detached, not re-orthonormalised)
+    so that ``refusal_core.optimize`` can learn it. Pass a unit vector; it is cast to the
+    compute dtype on every call, so open a fresh block after each optimizer step.
+    """
+    if direction.dim() != 1:
+        raise ValueError(f"differentiable_ablation takes one direction of shape [d]; got shape {tuple(direction.shape)}.")
+    with model_lock(model):
+        handles: list = []
+        try:
+            parts = model_parts(model)
+            d_model = _model_width(model)
+            if direction.shape[0] != d_model:
+                raise DirectionError(f"The direction has width {direction.shape[0]} but the model's residual stream has width {d_model}.")
+            stages = _RowTensor(direction[None, None, :, None])  # one stage, shared by every row, rank 1
+            _register(parts, {layer: _LayerEdit(stages=stages) for layer in range(parts.n_layers)}, None, handles)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @contextmanager

@@ -68,8 +68,15 @@ def organism_report(
     layer_step: int = 2,
     all_positions: bool = False,
     progress: Callable[[str], None] | None = None,
+    optimize_steps: int = 0,
 ) -> dict:
-    """Measure the organism against TARGETS; returns a JSON-ready dict."""
+    """Measure the organism against TARGETS; returns a JSON-ready dict.
+
+    ``optimize_steps`` > 0 also learns one direction from the selected DIM candidate
+    (``refusal_core.optimize``, on train prompts) and measures it on the same test prompts:
+    whether a single direction that removes refusal at low harmless KL exists, when the
+    difference in means does not reach the KL target.
+    """
     say = progress or (lambda message: None)
     started = time.perf_counter()
     loaded = load_model(spec)
@@ -117,6 +124,8 @@ def organism_report(
         ),
         "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions, base=base),
     }
+    if optimize_steps > 0:
+        diagnostics["optimized"] = _optimized(loaded, direction, harmful_test, harmless_test, base, optimize_steps, max_new_tokens, say)
     from refusal_core.organism import weights_sha256
 
     metrics = {
@@ -145,6 +154,33 @@ def organism_report(
     }
 
 
+# Train prompts the optimized direction learns from: few harmful ones are enough to push
+# refusal down, and more harmless ones keep the learnt KL from fitting a handful of prompts.
+OPTIMIZE_PROMPTS = {"harmful": 16, "harmless": 64}
+
+
+def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmless_test: PromptSet, base, steps: int,
+               max_new_tokens: int, say: Callable[[str], None]) -> dict:
+    """Learn a direction from the selected DIM candidate on train prompts; measure it on the test prompts."""
+    from refusal_core.optimize import OptimizeSettings, optimize_direction
+
+    harmful = list(builtin("harmful", "train").instructions[: OPTIMIZE_PROMPTS["harmful"]])
+    harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])
+    say(f"Optimizing one direction from the selected one ({steps} steps on {len(harmful)} harmful and {len(harmless)} harmless train prompts)")
+    result = optimize_direction(loaded, harmful, harmless, direction, OptimizeSettings(steps=steps),
+                                progress=lambda done, total, values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
+    learnt = Intervention.from_directions("optimized", result.directions)
+    return {
+        "steps": steps,
+        "n_train": {"harmful": len(harmful), "harmless": len(harmless)},
+        "cosine_to_selected": result.final["cosine_to_init"],
+        "train_kl": result.final["kl"],
+        "harmful_refusal": refusal_rates(loaded, harmful_test.instructions, [learnt], max_new_tokens)["optimized"],
+        "harmless_kl": evaluate_kl(loaded, harmless_test.instructions, learnt, base=base).summary["mean"],
+        "seconds": round(result.seconds, 1),
+    }
+
+
 def _passes(value: float, op: str, threshold: float) -> bool:
     return value >= threshold if op == ">=" else value <= threshold
 
@@ -168,6 +204,13 @@ def _diagnostic_lines(diagnostics: dict | None) -> list[str]:
     else:
         lines.append(f"  no massive residual coordinates (>= {massive['ratio']:g} x median |h|)")
     lines.append(f"  harmless KL of ablating one random unit direction: {', '.join(f'{v:.4f}' for v in floor)} (mean {sum(floor) / len(floor):.4f})")
+    optimized = diagnostics.get("optimized")
+    if optimized:
+        lines.append(
+            f"  one direction optimized from the selected one ({optimized['steps']} steps on {optimized['n_train']['harmful']} harmful and "
+            f"{optimized['n_train']['harmless']} harmless train prompts, cosine {optimized['cosine_to_selected']:.2f} to it): "
+            f"harmful refusal {optimized['harmful_refusal']:.1%}, harmless KL {optimized['harmless_kl']:.4f} (train KL {optimized['train_kl']:.4f})"
+        )
     return lines
 
 

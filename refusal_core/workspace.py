@@ -440,6 +440,7 @@ class Workspace:
     clusters: dict | None = None
     selection: Any = None
     search: Any = None
+    optimized: Any = None  # the last optimize.OptimizedDirection
     generations: OrderedDict = field(default_factory=OrderedDict)
     memo: OrderedDict = field(default_factory=OrderedDict)
     max_memo: int = 6

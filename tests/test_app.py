@@ -169,6 +169,29 @@ def test_directions_heatmaps_and_selection():
     assert any("No candidate chosen" in m.value for m in at.markdown)
 
 
+
+def test_directions_optimize_adds_a_learnt_set():
+    at = _with_activations()
+    at.switch_page("pages/directions.py").run()
+    _assert_ok(at)
+    start = at.selectbox(key="optimize_start")
+    assert start.value[0] == "DIM"  # no selection yet: the first DIM candidate
+    at.number_input(key="optimize_steps").set_value(2)
+    at.number_input(key="optimize_n").set_value(2)
+    before = _charts(at)
+    at.button(key="optimize_run").click().run()
+    _assert_ok(at)
+    result = _workspace(at).optimized
+    learnt = _workspace(at).direction_sets["Optimized"]
+    assert learnt.names == (f"rdo/{start.value[1]}",) and len(result.history) == 2
+    assert abs(float(learnt.vectors[0].norm()) - 1.0) < 1e-5
+    assert _charts(at) == before + 1  # the objective per step
+    assert any("added as the set *Optimized*" in m.value for m in at.markdown)
+    # Starting from the learnt set itself is not offered (it would optimize its own output).
+    options = at.selectbox(key="optimize_start").options
+    assert options and any(str(o).startswith("DIM:") for o in options) and not any(str(o).startswith("Optimized:") for o in options)
+
+
 def test_generate_actadd_changes_the_columns():
     at = _with_activations()
     at.switch_page("pages/generate.py").run()

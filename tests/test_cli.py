@@ -106,3 +106,18 @@ def test_select_chooses_or_names_the_closest_candidate(model_dir, tmp_path, caps
     assert payload["closest"]["bypass"] == pytest.approx(
         min(v for row in json.loads((tmp_path / "strict.json").read_text())["bypass"] for v in row if v is not None)
     )
+
+
+def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_path, capsys):
+    dim = str(tmp_path / "dim")
+    assert _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "4", "--out", dim)[0] == 0
+    out = str(tmp_path / "rdo")
+    code, stdout, _ = _run(capsys, "directions", "optimize", "--model", model_dir, "--init", f"{dim}:dim/pos-1/layer1",
+                           "--limit", "3", "--steps", "2", "--out", out, "--json")
+    payload = json.loads(stdout)
+    assert code == 0 and payload["name"] == "rdo/dim/pos-1/layer1"
+    assert set(payload["final"]) >= {"loss", "refusal_score", "kl", "cosine_to_init"}
+    learnt = load_direction_set(tmp_path / "rdo", d_model=64)
+    assert learnt.provenance[0]["method"] == "rdo" and learnt.vectors[0].norm().item() == pytest.approx(1.0, abs=1e-5)
+    code, _, err = _run(capsys, "directions", "optimize", "--model", model_dir, "--init", dim, "--limit", "3", "--out", out)
+    assert code == 2 and "--init must name one direction" in err

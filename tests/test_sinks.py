@@ -91,3 +91,16 @@ def test_organism_report_on_a_tiny_model(tiny_llama, monkeypatch):
     text = report.format_report(result)
     assert "Diagnostics" in text and "random unit direction" in text
     assert_no_hooks(tiny_llama.model)
+
+
+def test_organism_report_measures_an_optimized_direction_when_asked(tiny_llama, monkeypatch):
+    monkeypatch.setattr(report, "load_model", lambda spec: tiny_llama)
+    monkeypatch.setattr(report, "OPTIMIZE_PROMPTS", {"harmful": 3, "harmless": 3})
+    result = report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1, optimize_steps=2)
+    optimized = result["diagnostics"]["optimized"]
+    assert optimized["steps"] == 2 and optimized["n_train"] == {"harmful": 3, "harmless": 3}
+    assert 0.0 <= optimized["harmful_refusal"] <= 1.0 and optimized["harmless_kl"] >= 0.0
+    assert -1.0 <= optimized["cosine_to_selected"] <= 1.0
+    assert "optimized from the selected one" in report.format_report(result)
+    assert "optimized" not in report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)["diagnostics"]
+    assert_no_hooks(tiny_llama.model)
