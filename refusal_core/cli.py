@@ -259,8 +259,6 @@ def cmd_directions_select(args) -> None:
                               batch_size=args.batch_size, progress=_progress("candidates", args.json), chat=_chat(args))
     result.save(args.out)
     chosen = select_direction(result)
-    if chosen is not None and args.save_direction:
-        candidates.select([dim_name(*chosen)]).save(args.save_direction)
     payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
 
     def scores(cell) -> dict:
@@ -273,6 +271,12 @@ def cmd_directions_select(args) -> None:
         closest, rule = select_relaxing(result)
         if closest is not None:
             payload["closest"] = {"position": closest[0], "layer": closest[1], "rule": rule, **scores(closest)}
+    # --save-direction saves the chosen candidate, or else the closest one (as the report and
+    # the dashboard's *Closest DIM* do), and says which.
+    saved = chosen if chosen is not None else (payload["closest"]["position"], payload["closest"]["layer"]) if "closest" in payload else None
+    if args.save_direction and saved is not None:
+        candidates.select([dim_name(*saved)]).save(args.save_direction)
+        payload["saved"] = {"path": args.save_direction, "name": dim_name(*saved), "closest": chosen is None}
 
     def human() -> None:
         print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")
@@ -284,6 +288,9 @@ def cmd_directions_select(args) -> None:
                       f"(bypass {c['bypass']:.3f}, induce {c['induce']:.3f}, KL {c['kl']:.4f})")
         else:
             print(f"Chosen: position {chosen[0]}, layer {chosen[1]} (bypass {payload['bypass']:.3f}, induce {payload['induce']:.3f}, KL {payload['kl']:.4f})")
+        if "saved" in payload:
+            what = "the closest candidate" if payload["saved"]["closest"] else "the chosen candidate"
+            print(f"Saved {what}, {payload['saved']['name']}, to {payload['saved']['path']}")
 
     _emit(args, payload, human)
 
@@ -472,7 +479,7 @@ def _directions_parsers(sub) -> None:
     select.add_argument("--min-induce", type=float, default=0.0)
     select.add_argument("--max-layer-fraction", type=float, default=0.8)
     select.add_argument("--out", required=True, help="JSON score table")
-    select.add_argument("--save-direction", default=None, help="also save the chosen direction as a set")
+    select.add_argument("--save-direction", default=None, help="also save the chosen direction (or, when none passes the filters, the closest) as a set")
     select.set_defaults(func=cmd_directions_select)
 
     optimize = directions.add_parser("optimize", help="learn one direction whose ablation removes refusal at low harmless KL (Wollschläger et al.)")

@@ -96,13 +96,18 @@ def test_select_chooses_or_names_the_closest_candidate(model_dir, tmp_path, caps
                         "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "best"))
     payload = json.loads(out)
     assert code == 0 and payload["n_passed"] == payload["n_candidates"] and "closest" not in payload
+    assert payload["saved"]["closest"] is False
     position, layer = payload["chosen"]
     assert load_direction_set(tmp_path / "best", d_model=64).names == (f"dim/pos{position}/layer{layer}",)
     code, out, _ = _run(capsys, *common, "--out", str(tmp_path / "strict.json"), "--max-kl", "0", "--min-induce", "1e9",
-                        "--max-layer-fraction", "1")
+                        "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "closest"))
     payload = json.loads(out)
     assert code == 0 and payload["chosen"] is None and payload["n_passed"] == 0
     assert payload["closest"]["rule"] == "no filter"  # nothing induces a refusal score of 1e9
+    # With nothing chosen, --save-direction keeps the closest candidate and says so.
+    closest_name = f"dim/pos{payload['closest']['position']}/layer{payload['closest']['layer']}"
+    assert payload["saved"] == {"path": str(tmp_path / "closest"), "name": closest_name, "closest": True}
+    assert load_direction_set(tmp_path / "closest", d_model=64).names == (closest_name,)
     assert payload["closest"]["bypass"] == pytest.approx(
         min(v for row in json.loads((tmp_path / "strict.json").read_text())["bypass"] for v in row if v is not None)
     )
