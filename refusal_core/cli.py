@@ -265,6 +265,7 @@ def cmd_directions_select(args) -> None:
         p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
         return {"bypass": float(result.bypass[p, l]), "induce": float(result.induce[p, l]), "kl": float(result.kl[p, l])}
 
+    closest = None
     if chosen is not None:
         payload.update(scores(chosen))
     else:
@@ -273,7 +274,7 @@ def cmd_directions_select(args) -> None:
             payload["closest"] = {"position": closest[0], "layer": closest[1], "rule": rule, **scores(closest)}
     # --save-direction saves the chosen candidate, or else the closest one (as the report and
     # the dashboard's *Closest DIM* do), and says which.
-    saved = chosen if chosen is not None else (payload["closest"]["position"], payload["closest"]["layer"]) if "closest" in payload else None
+    saved = chosen if chosen is not None else closest
     if args.save_direction and saved is not None:
         candidates.select([dim_name(*saved)]).save(args.save_direction)
         payload["saved"] = {"path": args.save_direction, "name": dim_name(*saved), "closest": chosen is None}

@@ -416,21 +416,28 @@ def _register(parts: ModelParts, plan: dict[int, _LayerEdit], rows: int | None, 
 
 
 @contextmanager
-def _hooked(model: nn.Module, interventions: Sequence[Intervention], per_row: bool) -> Iterator[None]:
-    """Hold the model lock, install the hooks for ``interventions``, always remove them."""
+def _planned(model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, _LayerEdit]], rows: int | None) -> Iterator[None]:
+    """Hold the model lock, install the hooks of ``make_plan(parts, d_model)``, always remove them."""
     with model_lock(model):
         handles: list = []
         try:
             parts = model_parts(model)
-            d_model = _model_width(model)
-            for item in interventions:
-                _check_fits(item, parts.n_layers, d_model)
-            plan = _plan(interventions, parts.n_layers, d_model)
-            _register(parts, plan, len(interventions) if per_row else None, handles)
+            _register(parts, make_plan(parts, _model_width(model)), rows, handles)
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _hooked(model: nn.Module, interventions: Sequence[Intervention], per_row: bool):
+    """The hooks for ``interventions`` (row ``i`` runs ``interventions[i]`` when ``per_row``)."""
+
+    def make_plan(parts: ModelParts, d_model: int) -> dict[int, _LayerEdit]:
+        for item in interventions:
+            _check_fits(item, parts.n_layers, d_model)
+        return _plan(interventions, parts.n_layers, d_model)
+
+    return _planned(model, make_plan, len(interventions) if per_row else None)
 
 
 # --------------------------------------------------------------------------------------
@@ -456,19 +463,15 @@ def differentiable_ablation(model: nn.Module, direction: torch.Tensor) -> Iterat
     """
     if direction.dim() != 1:
         raise ValueError(f"differentiable_ablation takes one direction of shape [d]; got shape {tuple(direction.shape)}.")
-    with model_lock(model):
-        handles: list = []
-        try:
-            parts = model_parts(model)
-            d_model = _model_width(model)
-            if direction.shape[0] != d_model:
-                raise DirectionError(f"The direction has width {direction.shape[0]} but the model's residual stream has width {d_model}.")
-            stages = _RowTensor(direction[None, None, :, None])  # one stage, shared by every row, rank 1
-            _register(parts, {layer: _LayerEdit(stages=stages) for layer in range(parts.n_layers)}, None, handles)
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+
+    def make_plan(parts: ModelParts, d_model: int) -> dict[int, _LayerEdit]:
+        if direction.shape[0] != d_model:
+            raise DirectionError(f"The direction has width {direction.shape[0]} but the model's residual stream has width {d_model}.")
+        stages = _RowTensor(direction[None, None, :, None])  # one stage, shared by every row, rank 1
+        return {layer: _LayerEdit(stages=stages) for layer in range(parts.n_layers)}
+
+    with _planned(model, make_plan, None):
+        yield
 
 
 @contextmanager

@@ -77,10 +77,6 @@ class OptimizedDirection:
     seconds: float
     settings: OptimizeSettings = field(default_factory=OptimizeSettings)
 
-    def as_dict(self) -> dict:
-        return {"name": self.directions.names[0], "history": self.history, "final": self.final,
-                "seconds": round(self.seconds, 1), "settings": asdict(self.settings)}
-
 
 def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[dict[str, torch.Tensor]]:
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
