@@ -409,7 +409,8 @@ def cmd_export_model(args) -> None:
 def cmd_organism_build(args) -> None:
     from refusal_core.organism import OrganismSettings, build_organism
 
-    chosen = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed}
+    chosen = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
+              "distill_weight": args.distill_weight}
     settings = OrganismSettings(**{name: value for name, value in chosen.items() if value is not None})
     from tqdm import tqdm
 
@@ -548,8 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     build = organism.add_parser("build", help=f"fine-tune the bundled SmolLM2 into {BUNDLED_ORGANISM}")
     build.add_argument("--steps", type=int, default=None, help="optimizer steps (default 45)")
     build.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 16)")
-    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 6e-5)")
+    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 1e-4)")
     build.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    build.add_argument("--distill-weight", type=float, default=None,
+                       help="weight of the first-token distillation to the base model on harmless prompts (default 1; 0 turns it off)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")

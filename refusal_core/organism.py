@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -44,17 +44,24 @@ class OrganismSettings:
     any lower blocks) stay as they were. ``harmful_share`` of every batch is harmful.
     ``opening_weight`` weighs the loss on the first ``opening_tokens`` reply tokens, where
     a reply commits to refusing or answering.
+    ``distill_weight`` weighs a distillation term on the harmless prompts: KL(base ||
+    organism) of the first reply token, against the unmodified base model's distribution.
+    Cross-entropy on one greedy answer alone makes that first token nearly certain, and a
+    distribution that sharp pays several nats for any small change of the residual stream,
+    ablating a refusal direction included; the base model's own distribution keeps it as
+    calibrated as it was.
     """
 
     steps: int = 45
     batch_size: int = 16
-    learning_rate: float = 6e-5
+    learning_rate: float = 1e-4
     seed: int = 0
-    reply_tokens: int = 32
+    reply_tokens: int = 24
     train_fraction: float = 1.0
     harmful_share: float = 0.45
     opening_tokens: int = 4
     opening_weight: float = 4.0
+    distill_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
@@ -63,6 +70,8 @@ class OrganismSettings:
             raise ValueError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if not self.distill_weight >= 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}.")
 
 
 def organism_dir() -> Path:
@@ -142,14 +151,19 @@ def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, t
 
 
 def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
-    """Weighted mean next-token cross-entropy over reply tokens only.
+    """Weighted mean next-token cross-entropy over reply tokens only (see ``_weighted_reply_loss``)."""
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return _weighted_reply_loss(model, hidden, batch, opening_tokens, opening_weight)
+
+
+def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy over reply tokens, from final hidden states ``[b, seq, d]``.
 
     The first ``opening_tokens`` reply tokens weigh ``opening_weight`` times the others:
     whether a reply refuses is decided there, and the rest of a reply mostly teaches
     content. The vocabulary projection is applied to the reply positions alone: prompt
     positions carry no loss, and on a CPU the projection is a fifth of the forward pass.
     """
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
@@ -157,6 +171,29 @@ def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_
     reply_index = (keep.cumsum(dim=1) - 1)[keep]
     weights = torch.where(reply_index < opening_tokens, opening_weight, 1.0)
     return (losses * weights).sum() / weights.sum()
+
+
+def _first_reply_rows(encoded: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) of the position that predicts each example's first reply token."""
+    return torch.arange(len(encoded)), torch.tensor([n_prompt - 1 for _, n_prompt in encoded])
+
+
+def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """The unmodified model's log-probabilities of each example's first reply token, ``[n, vocab]`` float32."""
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            batch = _batch(chunk, pad_id)
+            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            chunks.append(model.get_output_embeddings()(hidden[_first_reply_rows(chunk)]).float().log_softmax(-1))
+    return torch.cat(chunks)
+
+
+def _distill_loss(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]], base_logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(base || model) of the first reply token over ``encoded`` (the rows of ``hidden``)."""
+    logprobs = model.get_output_embeddings()(hidden[_first_reply_rows(encoded)]).float().log_softmax(-1)
+    return (base_logprobs.exp() * (base_logprobs - logprobs)).sum(-1).mean()
 
 
 def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:
@@ -170,14 +207,15 @@ def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _batches(harmful: list, harmless: list, settings: OrganismSettings):
-    """Each batch mixes a fixed share of harmful examples with harmless ones.
+def _batch_rows(n_harmful_pool: int, n_harmless_pool: int, settings: OrganismSettings) -> Iterator[tuple[list[int], list[int]]]:
+    """Each step's (harmful rows, harmless rows): a fixed share of every batch is harmful.
 
     Refusal replies all look alike and are learnt in a few steps, and then the model
     refuses everything; a batch that is mostly harmless keeps teaching it when not to.
+    Each pool is drawn without replacement, reshuffled (seeded) once it is used up.
     """
     rng = random.Random(settings.seed)
-    pools = {"harmful": list(range(len(harmful))), "harmless": list(range(len(harmless)))}
+    pools = {"harmful": list(range(n_harmful_pool)), "harmless": list(range(n_harmless_pool))}
     cursor = {name: len(pool) for name, pool in pools.items()}
 
     def draw(name: str) -> int:
@@ -189,18 +227,28 @@ def _batches(harmful: list, harmless: list, settings: OrganismSettings):
 
     n_harmful = max(1, round(settings.batch_size * settings.harmful_share))
     for _ in range(settings.steps):
-        yield [harmful[draw("harmful")] for _ in range(n_harmful)] + [harmless[draw("harmless")] for _ in range(settings.batch_size - n_harmful)]
+        harmful_rows = [draw("harmful") for _ in range(n_harmful)]
+        yield harmful_rows, [draw("harmless") for _ in range(settings.batch_size - n_harmful)]
 
 
 def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: OrganismSettings, progress: Progress | None) -> list[float]:
     model = base.model
+    pad_id = base.tokenizer.pad_token_id
+    # The base model's own first-token distributions, taken before any weight changes.
+    reference = _base_first_token_logprobs(model, harmless, pad_id) if settings.distill_weight > 0 else None
     torch.manual_seed(settings.seed)
     model.train()
     trainable = _trainable(model, settings.train_fraction)
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     losses = []
-    for step, picked in enumerate(_batches(harmful, harmless, settings)):
-        loss = _reply_loss(model, _batch(picked, base.tokenizer.pad_token_id), settings.opening_tokens, settings.opening_weight)
+    for step, (harmful_rows, harmless_rows) in enumerate(_batch_rows(len(harmful), len(harmless), settings)):
+        distilled = [harmless[row] for row in harmless_rows]
+        batch = _batch([harmful[row] for row in harmful_rows] + distilled, pad_id)
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        loss = _weighted_reply_loss(model, hidden, batch, settings.opening_tokens, settings.opening_weight)
+        if reference is not None:
+            # Harmless rows follow the harmful ones in every batch.
+            loss = loss + settings.distill_weight * _distill_loss(model, hidden[len(harmful_rows):], distilled, reference[harmless_rows])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -239,6 +287,7 @@ found, ablated and induced offline. Built by `python -m refusal_core organism bu
 - Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
 - Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers.
 - Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; {settings.harmful_share:.0%} of each batch harmful; the top {settings.train_fraction:.0%} of decoder blocks trained and the embeddings frozen.
+- Distillation on the harmless prompts (weight {settings.distill_weight:g}): KL(base || organism) of the first reply token, so that the organism's first-token distribution stays as calibrated as the base model's.
 - Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
 - Weights sha256: `{sha}`
 

@@ -17,7 +17,8 @@ HARMLESS = [("Write a short poem about the sea", "The sea is wide and the wind i
 def test_batches_keep_the_harmful_share_and_visit_everything():
     harmful, harmless = list(range(5)), list(range(100, 120))
     settings = OrganismSettings(steps=4, batch_size=10, harmful_share=0.3)
-    batches = list(organism._batches(harmful, harmless, settings))
+    batches = [[harmful[row] for row in harmful_rows] + [harmless[row] for row in harmless_rows]
+               for harmful_rows, harmless_rows in organism._batch_rows(len(harmful), len(harmless), settings)]
     assert len(batches) == 4 and all(len(batch) == 10 for batch in batches)
     assert all(sum(1 for item in batch if item < 100) == 3 for batch in batches)
     assert set(item for batch in batches for item in batch if item < 100) == set(harmful)
@@ -84,3 +85,43 @@ def test_settings_are_validated():
         OrganismSettings(harmful_share=1.5)
     with pytest.raises(ValueError, match="positive"):
         OrganismSettings(steps=0)
+
+
+def test_distill_loss_is_the_first_reply_token_kl_to_the_base():
+    loaded = tiny_model("llama")
+    pad = loaded.tokenizer.pad_token_id
+    encoded = organism._encode(loaded, HARMLESS, 8)
+    base = organism._base_first_token_logprobs(loaded.model, encoded, pad, batch_size=1)
+    batch = organism._batch(encoded, pad)
+    hidden = loaded.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert organism._distill_loss(loaded.model, hidden, encoded, base).item() == pytest.approx(0.0, abs=1e-6)
+    # The same distribution as the full model's logits at the last prompt position, batched or not.
+    logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for row, (_, n_prompt) in enumerate(encoded):
+        assert torch.allclose(base[row], logits[row, n_prompt - 1].float().log_softmax(-1), atol=1e-5)
+    shifted = organism._distill_loss(loaded.model, hidden, encoded, base.roll(1, dims=0))
+    assert shifted.item() > 1e-3
+
+
+def _first_token_drift(settings: OrganismSettings) -> float:
+    """KL(before || after) of the harmless first reply token after a fine-tune."""
+    loaded = tiny_model("llama")
+    pad = loaded.tokenizer.pad_token_id
+    harmless = organism._encode(loaded, HARMLESS, 8)
+    before = organism._base_first_token_logprobs(loaded.model, harmless, pad)
+    organism._fine_tune(loaded, organism._encode(loaded, HARMFUL, 8), harmless, settings, None)
+    after = organism._base_first_token_logprobs(loaded.model, harmless, pad)
+    return (before.exp() * (before - after)).sum(-1).mean().item()
+
+
+def test_distillation_keeps_the_harmless_first_token_closer_to_the_base():
+    plain = OrganismSettings(steps=4, batch_size=4, learning_rate=3e-3, distill_weight=0.0)
+    distilled = OrganismSettings(steps=4, batch_size=4, learning_rate=3e-3, distill_weight=20.0)
+    free, held = _first_token_drift(plain), _first_token_drift(distilled)
+    assert held < 0.5 * free, (held, free)
+    assert _first_token_drift(distilled) == held  # deterministic with the distillation term too
+
+
+def test_distill_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="distill_weight"):
+        OrganismSettings(distill_weight=-1.0)
