@@ -44,7 +44,7 @@ def test_organism_meets_its_targets(organism):
 
 
 def test_organism_met_targets_and_one_optimized_direction(organism):
-    """What CI can hold the organism to while two targets stay open: the three met targets,
+    """What CI can hold the organism to while one target stays open: the four met targets,
     and a single direction (optimized from the selected DIM one) that meets both ablation
     targets on the held-out test prompts. Ablation and optimization are deterministic on one
     machine kind, so the figures are the README's."""
@@ -53,7 +53,7 @@ def test_organism_met_targets_and_one_optimized_direction(organism):
     report = organism_report(optimize_steps=20)
     met = {t["metric"]: t for t in report["targets"]}
     dump = json.dumps(report, indent=2, default=str)[-4000:]
-    for name in ("harmful_refusal", "ablated_harmful_refusal", "actadd_harmless_refusal"):
+    for name in ("harmful_refusal", "harmless_refusal", "ablated_harmful_refusal", "actadd_harmless_refusal"):
         assert met[name]["pass"], dump
     optimized = report["diagnostics"]["optimized"]
     assert optimized["harmful_refusal"] <= 0.10 and optimized["harmless_kl"] <= 0.10, dump
@@ -61,7 +61,7 @@ def test_organism_met_targets_and_one_optimized_direction(organism):
 
 
 def test_several_directions_beat_one_on_the_organism(organism):
-    result = subprocess.run([sys.executable, "scripts/many_directions.py", "--n-prompts", "30", "--max-k", "4", "--layers", "4:24:4"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "scripts/many_directions.py", "--n-prompts", "30", "--max-k", "4"], cwd=ROOT,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Target:" in result.stdout and "PASS" in result.stdout.split("Target:")[1], result.stdout[-3000:]
