@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 1e-4)")
     build.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     build.add_argument("--distill-weight", type=float, default=None,
-                       help="weight of the first-token distillation to the base model on harmless prompts (default 1; 0 turns it off)")
+                       help="weight of the first-token distillation to the base model on harmless prompts (default 0.3; 0 turns it off)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")

@@ -192,8 +192,10 @@ def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[l
 
 def _distill_loss(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]], base_logprobs: torch.Tensor) -> torch.Tensor:
     """Mean KL(base || model) of the first reply token over ``encoded`` (the rows of ``hidden``)."""
+    from refusal_core.evaluation import kl_divergence
+
     logprobs = model.get_output_embeddings()(hidden[_first_reply_rows(encoded)]).float().log_softmax(-1)
-    return (base_logprobs.exp() * (base_logprobs - logprobs)).sum(-1).mean()
+    return kl_divergence(base_logprobs, logprobs).mean()
 
 
 def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:

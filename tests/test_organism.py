@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from refusal_core import organism
+from refusal_core.evaluation import kl_divergence
 from refusal_core.organism import OrganismSettings, weights_sha256
 from tests.tiny import tiny_model
 
@@ -111,7 +112,7 @@ def _first_token_drift(settings: OrganismSettings) -> float:
     before = organism._base_first_token_logprobs(loaded.model, harmless, pad)
     organism._fine_tune(loaded, organism._encode(loaded, HARMFUL, 8), harmless, settings, None)
     after = organism._base_first_token_logprobs(loaded.model, harmless, pad)
-    return (before.exp() * (before - after)).sum(-1).mean().item()
+    return kl_divergence(before, after).mean().item()
 
 
 def test_distillation_keeps_the_harmless_first_token_closer_to_the_base():
