@@ -547,12 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     organism = sub.add_parser("organism", help="build or measure the offline refusal model organism").add_subparsers(dest="action", required=True)
     build = organism.add_parser("build", help=f"fine-tune the bundled SmolLM2 into {BUNDLED_ORGANISM}")
-    build.add_argument("--steps", type=int, default=None, help="optimizer steps (default 45)")
-    build.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 16)")
-    build.add_argument("--learning-rate", type=float, default=None, help="AdamW learning rate (default 1e-4)")
-    build.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    from refusal_core.organism import OrganismSettings
+
+    recipe = OrganismSettings()  # the help texts name the real defaults
+    build.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {recipe.steps})")
+    build.add_argument("--batch-size", type=int, default=None, help=f"sequences per step (default {recipe.batch_size})")
+    build.add_argument("--learning-rate", type=float, default=None, help=f"AdamW learning rate (default {recipe.learning_rate:g})")
+    build.add_argument("--seed", type=int, default=None, help=f"seed (default {recipe.seed})")
     build.add_argument("--distill-weight", type=float, default=None,
-                       help="weight of the first-token distillation to the base model on harmless prompts (default 0.3; 0 turns it off)")
+                       help=f"weight of the first-token distillation to the base model on harmless prompts (default {recipe.distill_weight:g}; 0 turns it off)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")

@@ -54,7 +54,7 @@ class OrganismSettings:
 
     steps: int = 45
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float = 1.5e-4
     seed: int = 0
     reply_tokens: int = 24
     train_fraction: float = 1.0
@@ -150,10 +150,41 @@ def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, t
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
+def shared_prefix(encoded: Sequence[tuple[list[int], int]]) -> int:
+    """Length of the token prefix every example starts with (the chat template's system
+    prompt and user header), leaving at least one token of each example after it."""
+    rows = [ids for ids, _ in encoded]
+    limit = min(len(ids) for ids in rows) - 1
+    length = 0
+    while length < limit and all(ids[length] == rows[0][length] for ids in rows):
+        length += 1
+    return length
+
+
+def _hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: int = 0) -> torch.Tensor:
+    """Final hidden states ``[b, seq, d]`` of a right-padded batch whose rows all start with
+    the same ``prefix`` tokens.
+
+    The prefix runs once, as one row, and the rest of every row attends to its cached keys
+    and values: the same hidden states and gradients as the full batch (up to float
+    rounding) for a third less compute when the prefix is a third of each row. A model
+    whose cache cannot be repeated over the batch runs the full batch instead.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if prefix > 0:
+        head = model.base_model(input_ids=ids[:1, :prefix], use_cache=True)
+        cache = getattr(head, "past_key_values", None)
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(len(ids))
+            positions = torch.arange(prefix, ids.shape[1]).expand(len(ids), -1)
+            tail = model.base_model(input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, position_ids=positions)
+            return torch.cat([head.last_hidden_state.expand(len(ids), -1, -1), tail.last_hidden_state], dim=1)
+    return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0, prefix: int = 0) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over reply tokens only (see ``_weighted_reply_loss``)."""
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return _weighted_reply_loss(model, hidden, batch, opening_tokens, opening_weight)
+    return _weighted_reply_loss(model, _hidden(model, batch, prefix), batch, opening_tokens, opening_weight)
 
 
 def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float) -> torch.Tensor:
@@ -181,11 +212,12 @@ def _first_reply_rows(encoded: Sequence[tuple[list[int], int]]) -> tuple[torch.T
 def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
     """The unmodified model's log-probabilities of each example's first reply token, ``[n, vocab]`` float32."""
     chunks = []
+    prefix = shared_prefix(encoded)
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = _batch(chunk, pad_id)
-            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = _hidden(model, batch, prefix)
             chunks.append(model.get_output_embeddings()(hidden[_first_reply_rows(chunk)]).float().log_softmax(-1))
     return torch.cat(chunks)
 
@@ -238,6 +270,7 @@ def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: Organ
     pad_id = base.tokenizer.pad_token_id
     # The base model's own first-token distributions, taken before any weight changes.
     reference = _base_first_token_logprobs(model, harmless, pad_id) if settings.distill_weight > 0 else None
+    prefix = shared_prefix(list(harmful) + list(harmless))
     torch.manual_seed(settings.seed)
     model.train()
     trainable = _trainable(model, settings.train_fraction)
@@ -246,7 +279,7 @@ def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: Organ
     for step, (harmful_rows, harmless_rows) in enumerate(_batch_rows(len(harmful), len(harmless), settings)):
         distilled = [harmless[row] for row in harmless_rows]
         batch = _batch([harmful[row] for row in harmful_rows] + distilled, pad_id)
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = _hidden(model, batch, prefix)
         loss = _weighted_reply_loss(model, hidden, batch, settings.opening_tokens, settings.opening_weight)
         if reference is not None:
             # Harmless rows follow the harmful ones in every batch.

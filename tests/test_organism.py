@@ -47,6 +47,39 @@ def test_reply_loss_equals_masked_full_loss():
     assert organism._reply_loss(loaded.model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_shared_prefix_is_the_common_template_head():
+    loaded = tiny_model("llama")
+    encoded = organism._encode(loaded, HARMFUL[:1] + HARMLESS, 8)
+    prefix = organism.shared_prefix(encoded)
+    rows = [ids for ids, _ in encoded]
+    assert prefix > 0 and all(ids[:prefix] == rows[0][:prefix] for ids in rows)
+    assert len({ids[prefix] for ids in rows}) > 1  # the next token is where the instructions part
+    assert organism.shared_prefix(encoded[:1] * 2) == len(rows[0]) - 1  # one token always stays in the tail
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "phi3", "gpt2"])
+def test_shared_prefix_forward_equals_the_full_batch_in_values_and_gradients(family):
+    loaded = tiny_model(family)
+    model = loaded.model
+    encoded = organism._encode(loaded, HARMFUL[:1] + HARMLESS, 8)
+    batch = organism._batch(encoded, loaded.tokenizer.pad_token_id)
+    prefix = organism.shared_prefix(encoded)
+    assert prefix > 0
+    model.requires_grad_(True)
+    results = []
+    for used in (0, prefix):
+        model.zero_grad(set_to_none=True)
+        hidden = organism._hidden(model, batch, used)
+        organism._weighted_reply_loss(model, hidden, batch, 2, 3.0).backward()
+        results.append((hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (full, full_grads), (shared, shared_grads) = results
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(shared[real], full[real], atol=1e-5, rtol=1e-4)
+    assert full_grads.keys() == shared_grads.keys() and full_grads
+    for name, grad in full_grads.items():
+        assert torch.allclose(shared_grads[name], grad, atol=1e-6, rtol=1e-3), name
+
+
 def test_opening_tokens_are_weighted():
     loaded = tiny_model("llama")
     encoded = organism._encode(loaded, HARMLESS, 8)

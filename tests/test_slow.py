@@ -35,29 +35,18 @@ def organism():
 
 
 @pytest.mark.targets
-def test_organism_meets_its_targets(organism):
-    from refusal_core.report import organism_report
-
-    report = organism_report()
-    failed = [t for t in report["targets"] if not t["pass"]]
-    assert not failed, json.dumps(report, indent=2, default=str)
-
-
-def test_organism_met_targets_and_one_optimized_direction(organism):
-    """What CI can hold the organism to while one target stays open: the four met targets,
-    and a single direction (optimized from the selected DIM one) that meets both ablation
-    targets on the held-out test prompts. Ablation and optimization are deterministic on one
-    machine kind, so the figures are the README's."""
+def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organism):
+    """Issue 4's five targets on the held-out test prompts, and a single direction optimized
+    from the selected DIM one that meets both ablation targets as well. Building, ablation
+    and optimization are deterministic on one machine kind, so the figures are the README's."""
     from refusal_core.report import organism_report
 
     report = organism_report(optimize_steps=20)
-    met = {t["metric"]: t for t in report["targets"]}
     dump = json.dumps(report, indent=2, default=str)[-4000:]
-    for name in ("harmful_refusal", "harmless_refusal", "ablated_harmful_refusal", "actadd_harmless_refusal"):
-        assert met[name]["pass"], dump
+    failed = [t["metric"] for t in report["targets"] if not t["pass"]]
+    assert not failed, dump
     optimized = report["diagnostics"]["optimized"]
     assert optimized["harmful_refusal"] <= 0.10 and optimized["harmless_kl"] <= 0.10, dump
-    assert optimized["harmless_kl"] < report["metrics"]["ablated_harmless_kl"], dump
 
 
 def test_several_directions_beat_one_on_the_organism(organism):
