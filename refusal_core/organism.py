@@ -182,9 +182,9 @@ def _hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: int 
     return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0, prefix: int = 0) -> torch.Tensor:
+def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over reply tokens only (see ``_weighted_reply_loss``)."""
-    return _weighted_reply_loss(model, _hidden(model, batch, prefix), batch, opening_tokens, opening_weight)
+    return _weighted_reply_loss(model, _hidden(model, batch), batch, opening_tokens, opening_weight)
 
 
 def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float) -> torch.Tensor:
