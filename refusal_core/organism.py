@@ -204,9 +204,11 @@ def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: di
     return (losses * weights).sum() / weights.sum()
 
 
-def _first_reply_rows(encoded: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, position) of the position that predicts each example's first reply token."""
-    return torch.arange(len(encoded)), torch.tensor([n_prompt - 1 for _, n_prompt in encoded])
+def _first_token_logprobs(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]]) -> torch.Tensor:
+    """Log-probabilities ``[n, vocab]`` (float32) of each example's first reply token, from
+    the final hidden states of ``encoded`` (the rows of ``hidden``)."""
+    rows, positions = torch.arange(len(encoded)), torch.tensor([n_prompt - 1 for _, n_prompt in encoded])
+    return model.get_output_embeddings()(hidden[rows, positions]).float().log_softmax(-1)
 
 
 def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
@@ -218,7 +220,7 @@ def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[l
             chunk = encoded[start : start + batch_size]
             batch = _batch(chunk, pad_id)
             hidden = _hidden(model, batch, prefix)
-            chunks.append(model.get_output_embeddings()(hidden[_first_reply_rows(chunk)]).float().log_softmax(-1))
+            chunks.append(_first_token_logprobs(model, hidden, chunk))
     return torch.cat(chunks)
 
 
@@ -226,8 +228,7 @@ def _distill_loss(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequenc
     """Mean KL(base || model) of the first reply token over ``encoded`` (the rows of ``hidden``)."""
     from refusal_core.evaluation import kl_divergence
 
-    logprobs = model.get_output_embeddings()(hidden[_first_reply_rows(encoded)]).float().log_softmax(-1)
-    return kl_divergence(base_logprobs, logprobs).mean()
+    return kl_divergence(base_logprobs, _first_token_logprobs(model, hidden, encoded)).mean()
 
 
 def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:

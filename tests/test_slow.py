@@ -47,6 +47,7 @@ def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organis
     assert not failed, dump
     optimized = report["diagnostics"]["optimized"]
     assert optimized["harmful_refusal"] <= 0.10 and optimized["harmless_kl"] <= 0.10, dump
+    assert optimized["harmless_kl"] < report["metrics"]["ablated_harmless_kl"], dump
 
 
 def test_several_directions_beat_one_on_the_organism(organism):
