@@ -20,16 +20,11 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _state
-from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, ModelLoadError
-from refusal_core.prompts import SUPPORTED_EXTENSIONS, PromptSet, PromptSetError, builtin, load_prompt_file
-from refusal_core.workspace import (
-    cache_usage,
-    clear_activation_cache,
-    device_choices,
-    human_bytes,
-    organism_built,
-    sample_prompts,
-)
+from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
+from refusal_core.model.families import ModelLoadError
+from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, device_choices, organism_built
+from refusal_core.prompts.loaders import SUPPORTED_EXTENSIONS, builtin, load_prompt_file
+from refusal_core.prompts.sets import PromptSet, PromptSetError, sample_prompts
 
 MODEL_CHOICES = {
     "Refusal organism (bundled)": BUNDLED_ORGANISM,
@@ -44,7 +39,7 @@ def organism_builder() -> None:
     """Warn that the organism is missing and offer to build it here, with a progress bar."""
     st.warning("The refusal organism has not been built yet. Use the base model meanwhile, or build it now.")
     try:
-        from refusal_core.organism import build_organism
+        from refusal_core.organism.build import build_organism
     except ImportError:
         st.code("python -m refusal_core organism build")
         return

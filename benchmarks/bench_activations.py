@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # First: it sets OMP_WAIT_POLICY before torch is imported.
+import torch  # noqa: E402
+
 from benchmarks._common import (  # noqa: E402
     REPO_ROOT,
     Case,
@@ -36,12 +38,11 @@ from benchmarks._common import (  # noqa: E402
     median,
     timed,
 )
-
-import torch  # noqa: E402
-from refusal_core.activations import extract_activations, weights_fingerprint  # noqa: E402
-from refusal_core.chat import format_prompts, tokenize_prompts  # noqa: E402
-from refusal_core.models import BUNDLED_BASE, LoadedModel, load_model  # noqa: E402
-from refusal_core.prompts import builtin  # noqa: E402
+from refusal_core.activations.extract import extract_activations  # noqa: E402
+from refusal_core.model.fingerprint import weights_fingerprint  # noqa: E402
+from refusal_core.model.loading import BUNDLED_BASE, LoadedModel, load_model  # noqa: E402
+from refusal_core.prompts.chat import format_prompts, tokenize_prompts  # noqa: E402
+from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 EXTRACT_GOAL = 1.10
 
@@ -116,11 +117,11 @@ def bench_first_fingerprint(loaded: LoadedModel, report: Report) -> None:
     """The weights fingerprint that every cache lookup needs, first call in a process.
 
     It is memoised afterwards, so the timed hits above do not pay it; a freshly started
-    app does, once per model. The memo is a private dict of refusal_core.activations.
+    app does, once per model. The memo is a private dict of refusal_core.model.fingerprint.
     """
-    from refusal_core import activations
+    from refusal_core.model import fingerprint
 
-    activations._FINGERPRINTS.clear()
+    fingerprint._FINGERPRINTS.clear()
     seconds, _, _ = timed(lambda: weights_fingerprint(loaded.model))
     report.add_value("weights_fingerprint_first_call", seconds, "s")
 
@@ -132,7 +133,7 @@ start = time.perf_counter()
 import torch
 if {threads} > 0:
     torch.set_num_threads({threads})
-from refusal_core.models import load_model
+from refusal_core.model.loading import load_model
 imported, cpu = time.perf_counter(), time.process_time()
 load_model({spec!r})
 done = {{"import_s": imported - start, "load_s": time.perf_counter() - imported, "load_cpu_s": time.process_time() - cpu}}

@@ -35,10 +35,9 @@ from typing import Callable, ContextManager, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # First: it sets OMP_WAIT_POLICY before torch is imported.
-from benchmarks._common import Case, Report, Timings, apply_threads, base_parser, interleave  # noqa: E402
-
 import torch  # noqa: E402
-from refusal_core.chat import format_prompts, tokenize_prompts  # noqa: E402
+
+from benchmarks._common import Case, Report, Timings, apply_threads, base_parser, interleave  # noqa: E402
 from refusal_core.generation import (  # noqa: E402
     Completion,
     GenerationSettings,
@@ -46,9 +45,12 @@ from refusal_core.generation import (  # noqa: E402
     generate_completions,
     generate_side_by_side,
 )
-from refusal_core.interventions import Intervention, ablate, orthogonalized_weights  # noqa: E402
-from refusal_core.models import BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model  # noqa: E402
-from refusal_core.prompts import builtin  # noqa: E402
+from refusal_core.interventions.hooks import ablate  # noqa: E402
+from refusal_core.interventions.spec import Intervention  # noqa: E402
+from refusal_core.interventions.weights import orthogonalized_weights  # noqa: E402
+from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model  # noqa: E402
+from refusal_core.prompts.chat import format_prompts, tokenize_prompts  # noqa: E402
+from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 SIDE_BY_SIDE_GOAL = 0.5
 HOOK_GOAL = 1.15

@@ -23,13 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # First: it sets OMP_WAIT_POLICY before torch is imported.
-from benchmarks._common import Case, Report, apply_threads, base_parser, interleave  # noqa: E402
-
 import torch  # noqa: E402
-from refusal_core import organism  # noqa: E402
-from refusal_core.models import load_model  # noqa: E402
-from refusal_core.organism import OrganismSettings  # noqa: E402
-from refusal_core.prompts import builtin, refusal_replies  # noqa: E402
+
+from benchmarks._common import Case, Report, apply_threads, base_parser, interleave  # noqa: E402
+from refusal_core.model.loading import load_model  # noqa: E402
+from refusal_core.organism import build as organism  # noqa: E402
+from refusal_core.organism.build import OrganismSettings  # noqa: E402
+from refusal_core.prompts.loaders import builtin, refusal_replies  # noqa: E402
 
 GOAL = 0.8
 

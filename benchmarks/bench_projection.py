@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # First: it sets OMP_WAIT_POLICY before torch is imported.
-from benchmarks._common import Case, Report, Timings, apply_threads, base_parser, interleave, timed  # noqa: E402
-
 import numpy as np  # noqa: E402
+
+from benchmarks._common import Case, Report, Timings, apply_threads, base_parser, interleave, timed  # noqa: E402
 from refusal_core.projection import fit_projection  # noqa: E402
 
 UMAP_GOAL_S = 10.0
@@ -41,9 +41,9 @@ def random_points(n_points: int, width: int, seed: int) -> np.ndarray:
 
 def real_points(model: str, n_points: int) -> np.ndarray:
     """Residual stream at the last token, middle layer, of ``n_points`` built-in prompts."""
-    from refusal_core.activations import extract_activations
-    from refusal_core.models import load_model
-    from refusal_core.prompts import builtin
+    from refusal_core.activations.extract import extract_activations
+    from refusal_core.model.loading import load_model
+    from refusal_core.prompts.loaders import builtin
 
     loaded = load_model(model)
     harmful = builtin("harmful").instructions

@@ -24,10 +24,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8, help="val prompts per set")
     args = parser.parse_args()
     apply_threads(args.threads)
-    from refusal_core.models import load_model
-    from refusal_core.prompts import builtin
-    from refusal_core.report import dim_candidates
-    from refusal_core.selection import score_candidates, score_candidates_sequential
+    from refusal_core.model.loading import load_model
+    from refusal_core.organism.report import dim_candidates
+    from refusal_core.prompts.loaders import builtin
+    from refusal_core.selection.scoring import score_candidates, score_candidates_sequential
 
     loaded = load_model(args.model)
     step = max(1, int(0.8 * loaded.n_layers) // args.candidates)

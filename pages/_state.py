@@ -1,5 +1,5 @@
-"""Streamlit glue shared by every page: the shared model cache, the session's workspace,
-prompt sets chosen in the sidebar, progress bars and optional engine modules.
+"""Streamlit glue shared by every page: the shared model cache, the session's typed
+workspace, prompt sets chosen in the sidebar and progress bars.
 
 Session keys (all prefixed ``atlas_``):
 
@@ -12,20 +12,139 @@ Session keys (all prefixed ``atlas_``):
 
 from __future__ import annotations
 
-import importlib
 import threading
-from types import ModuleType
-from typing import Callable
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar, Union
 
 import streamlit as st
 
-from refusal_core.models import LoadedModel
-from refusal_core.workspace import Workspace, load_model_for_app, model_key
+from refusal_core.activations.extract import Activations
+from refusal_core.activations.separation import LayerSeparation
+from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.clustering import ClusterResult
+from refusal_core.directions.optimize import OptimizedDirection
+from refusal_core.directions.som import SomResult
+from refusal_core.generation import Completion
+from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
+from refusal_core.projection import Projection
+from refusal_core.prompts.sets import PromptSet
+from refusal_core.selection.result import SelectionResult
+from refusal_core.selection.search import SearchResult
+from refusal_core.sinks import MassiveActivations
 
 MODEL = "atlas_model"
 MODEL_ERROR = "atlas_model_error"
 PROMPTS = "atlas_prompts"
 WORKSPACES = "atlas_workspaces"
+
+# What the per-session memo holds: maps, per-layer separations, massive activations.
+Memo = Union[Projection, LayerSeparation, MassiveActivations]
+M = TypeVar("M", Projection, LayerSeparation, MassiveActivations)
+
+
+@dataclass(frozen=True)
+class SomState:
+    """The last SOM trained on the Manifold page, where, and the set it added."""
+
+    result: SomResult
+    layer: int
+    position: int
+    set_name: str
+
+
+@dataclass(frozen=True)
+class PerPromptState:
+    """The last per-prompt direction set computed on the Manifold page, and where."""
+
+    set_name: str
+    layer: int
+    position: int
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The last clustering of per-prompt directions; ``prompt_index`` maps its rows to harmful prompts."""
+
+    result: ClusterResult
+    set_name: str
+    layer: int
+    position: int
+    prompt_index: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """The last subset search and the pool it searched."""
+
+    result: SearchResult
+    pool: DirectionSet
+
+
+@dataclass
+class Workspace:
+    """One session's computed state for one model.
+
+    ``harmful``/``harmless`` are the PromptSets the activations were computed from;
+    ``direction_sets`` maps a display name to a DirectionSet; the other fields hold the
+    latest result of each page, or None. It lives in the session (never in a shared
+    cache) and holds nothing that other sessions use.
+    """
+
+    key: str
+    harmful: PromptSet | None = None
+    harmless: PromptSet | None = None
+    harmful_acts: Activations | None = None
+    harmless_acts: Activations | None = None
+    direction_sets: dict[str, DirectionSet] = field(default_factory=dict)
+    som: SomState | None = None
+    per_prompt: PerPromptState | None = None
+    clusters: ClusterState | None = None
+    selection: SelectionResult | None = None
+    search: SearchState | None = None
+    optimized: OptimizedDirection | None = None
+    generations: OrderedDict[str, dict[str, list[Completion]]] = field(default_factory=OrderedDict)
+    memo: OrderedDict[str, Memo] = field(default_factory=OrderedDict)
+    max_memo: int = 6
+
+    @property
+    def has_activations(self) -> bool:
+        return self.harmful_acts is not None and self.harmless_acts is not None
+
+    def set_activations(
+        self, harmful: PromptSet, harmless: PromptSet, harmful_acts: Activations, harmless_acts: Activations
+    ) -> None:
+        """New activations: results derived from the old ones are dropped, direction sets kept."""
+        self.harmful, self.harmless = harmful, harmless
+        self.harmful_acts, self.harmless_acts = harmful_acts, harmless_acts
+        self.som = self.per_prompt = self.clusters = None
+        self.memo.clear()
+
+    def add_set(self, name: str, directions: DirectionSet) -> None:
+        """Store (or replace) a named direction set."""
+        self.direction_sets[name] = directions
+
+    def combined(self, names: Sequence[str]) -> DirectionSet:
+        """The chosen sets as one set, direction names prefixed with ``<set>:``."""
+        chosen = [self.direction_sets[name] for name in names]
+        return DirectionSet.concat(chosen, prefixes=[f"{name}:" for name in names])
+
+    def remember(self, key: str, compute: Callable[[], M]) -> M:
+        """A small per-session memo (least recently used out), for projections and the like."""
+        if key in self.memo:
+            self.memo.move_to_end(key)
+            return self.memo[key]  # type: ignore[return-value]
+        value = compute()
+        self.memo[key] = value
+        while len(self.memo) > self.max_memo:
+            self.memo.popitem(last=False)
+        return value
+
+    def store_generation(self, key: str, result: dict[str, list[Completion]], max_entries: int = 8) -> None:
+        self.generations[key] = result
+        self.generations.move_to_end(key)
+        while len(self.generations) > max_entries:
+            self.generations.popitem(last=False)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (shared by all sessions)...")
@@ -72,7 +191,7 @@ def require_activations(ws: Workspace) -> None:
         st.stop()
 
 
-def chosen_prompts() -> dict:
+def chosen_prompts() -> dict[str, PromptSet]:
     """The harmful and harmless PromptSets chosen in the sidebar (possibly empty)."""
     return st.session_state.get(PROMPTS, {})
 
@@ -87,16 +206,7 @@ def progress_callback(label: str) -> Callable[[int, int], None]:
     return update
 
 
-def engine(module: str) -> ModuleType | None:
-    """Import ``refusal_core.<module>``; when it is missing, say so with st.info and return None."""
-    try:
-        return importlib.import_module(f"refusal_core.{module}")
-    except ImportError as err:
-        st.info(f"This feature needs `refusal_core.{module}`, which is not available yet ({err}).")
-        return None
-
-
-def default_direction_names(directions, limit: int = 32) -> list[str]:
+def default_direction_names(directions: DirectionSet, limit: int = 32) -> list[str]:
     """Directions to preselect: DIM candidates at the last position, else the first ``limit``."""
     records = directions.provenance
     if records and all(r.get("method") == "dim" and "position" in r for r in records):

@@ -9,10 +9,12 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages import _state
-from refusal_core.activations import default_positions, extract_activations
-from refusal_core.chat import TemplateError
-from refusal_core.directions import DirectionError
-from refusal_core.workspace import build_dim_set, data_hash, layer_separation
+from refusal_core.activations.extract import default_positions, extract_activations
+from refusal_core.activations.separation import layer_separation
+from refusal_core.directions.base import DirectionError
+from refusal_core.directions.dim import build_dim_set
+from refusal_core.directions.provenance import data_hash
+from refusal_core.prompts.chat import TemplateError
 
 DIM_SET = "DIM"
 

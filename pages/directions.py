@@ -12,10 +12,15 @@ import streamlit as st
 import torch
 
 from pages import _state
-from refusal_core.directions import DirectionError, cosine_matrix, dim_name
-from refusal_core.prompts import PromptSetError, builtin
+from refusal_core.directions.base import DirectionError, cosine_matrix
+from refusal_core.directions.dim import dim_name
+from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+from refusal_core.prompts.loaders import builtin
+from refusal_core.prompts.sets import PromptSetError, sample_prompts
+from refusal_core.selection.policy import select_relaxing
+from refusal_core.selection.result import SelectionFilters
+from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
-from refusal_core.workspace import sample_prompts
 
 DIM_SET = "DIM"
 OPTIMIZED_SET = "Optimized"
@@ -157,9 +162,6 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
 
 def selection_section() -> None:
     st.header("Selecting one DIM direction (Arditi et al.)")
-    selection = _state.engine("selection")
-    if selection is None:
-        return
     candidates = ws.direction_sets.get(DIM_SET)
     if candidates is None:
         st.info("Compute the DIM candidates on the Data page first.")
@@ -183,9 +185,9 @@ def selection_section() -> None:
         )
         try:
             harmful_val, harmless_val = validation_prompts(n_val)
-            filters = selection.SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
+            filters = SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
             update = _state.progress_callback(f"Scoring {len(subset)} candidates")
-            ws.selection = selection.score_candidates(
+            ws.selection = score_candidates(
                 loaded, subset, harmful_val, harmless_val, filters, progress=update
             )
         except (ValueError, DirectionError, PromptSetError) as err:
@@ -195,7 +197,7 @@ def selection_section() -> None:
         if name is not None:
             ws.add_set("Selected DIM", candidates.select([name]))
         else:
-            closest, rule = selection.select_relaxing(ws.selection)
+            closest, rule = select_relaxing(ws.selection)
             if closest is not None:
                 ws.add_set("Closest DIM", candidates.select([dim_name(*closest)]))
     result = ws.selection
@@ -208,7 +210,7 @@ def selection_section() -> None:
     if chosen:
         st.markdown(f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}")
     else:
-        closest, rule = selection.select_relaxing(result)
+        closest, rule = select_relaxing(result)
         offered = ""
         if closest is not None:
             how = "The lowest bypass of all, ignoring every filter" if rule == "no filter" else f"The closest, with the {rule}"
@@ -232,9 +234,6 @@ def selection_section() -> None:
 
 def optimize_section() -> None:
     st.header("Optimizing one direction (Wollschläger et al.)")
-    optimize = _state.engine("optimize")
-    if optimize is None:
-        return
     starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() if set_name != OPTIMIZED_SET for name in directions.names]
     if not starts:
         st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
@@ -250,9 +249,9 @@ def optimize_section() -> None:
         harmless = list(sample_prompts(builtin("harmless", "train"), n_train).instructions)
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
-            result = optimize.optimize_direction(
+            result = optimize_direction(
                 loaded, harmful, harmless, ws.direction_sets[start[0]].select([start[1]]),
-                optimize.OptimizeSettings(steps=steps, kl_weight=kl_weight),
+                OptimizeSettings(steps=steps, kl_weight=kl_weight),
                 progress=lambda done, total, values: update(done, total),
             )
         except (ValueError, DirectionError, PromptSetError) as err:

@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from pages import _state
-from refusal_core.directions import DirectionError
-from refusal_core.workspace import direction_sets_zip, read_direction_uploads, stacked_unit_pt
+from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
+from refusal_core.directions.base import DirectionError
+from refusal_core.interventions.export import export_orthogonalized
 
 st.title("Export")
 loaded = _state.require_model()
@@ -90,8 +91,7 @@ def imports() -> None:
 
 def orthogonalized_model() -> None:
     st.header("Orthogonalized model")
-    export = _state.engine("export")
-    if export is None or not ws.direction_sets:
+    if not ws.direction_sets:
         return
     st.caption(
         "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
@@ -108,7 +108,7 @@ def orthogonalized_model() -> None:
     if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
         try:
             with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
-                path = export.export_orthogonalized(
+                path = export_orthogonalized(
                     loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
                 )
         except (ValueError, OSError, DirectionError) as err:

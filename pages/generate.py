@@ -7,18 +7,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
-from refusal_core.directions import DirectionError
-from refusal_core.workspace import tensor_key
+from refusal_core.activations.cache import content_key
+from refusal_core.directions.base import DirectionError
+from refusal_core.generation import GenerationSettings, generate_side_by_side
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.substring import substring_refused
 
 st.title("Generate")
 loaded = _state.require_model()
 ws = _state.workspace()
-generation = _state.engine("generation")
-interventions = _state.engine("interventions")
-evaluation = _state.engine("evaluation")
-if generation is None or interventions is None or evaluation is None:
-    st.stop()
-Intervention = interventions.Intervention
 MAX_CHECKBOXES = 24
 COLUMNS_PER_ROW = 4
 LAST = "generate_last_key"
@@ -157,7 +154,7 @@ def settings_row():
     temperature = float(
         cols[2].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="generate_temperature", disabled=not sample)
     )
-    return generation.GenerationSettings(max_new_tokens=max_new, do_sample=sample, temperature=temperature)
+    return GenerationSettings(max_new_tokens=max_new, do_sample=sample, temperature=temperature)
 
 
 def run_key(prompts: list[str], variants: list, settings) -> str:
@@ -165,12 +162,12 @@ def run_key(prompts: list[str], variants: list, settings) -> str:
     for v in variants:
         parts += [v.name, v.ablate_layers, v.ablate_mode, v.actadd_layer, v.actadd_coeff]
         parts += [v.ablate if v.ablate is not None else "-", v.actadd if v.actadd is not None else "-"]
-    return tensor_key(*parts)
+    return content_key(*parts)
 
 
 def show_results(results: dict) -> None:
     names = list(results)
-    judge = evaluation.substring_refused
+    judge = substring_refused
     rates = {name: sum(judge(c.text) for c in results[name]) / max(len(results[name]), 1) for name in names}
     chart = go.Figure(
         go.Bar(x=names, y=[rates[n] for n in names], text=[f"{rates[n]:.0%}" for n in names], textposition="auto")
@@ -208,7 +205,7 @@ if st.button(
         try:
             update = _state.progress_callback("Generating (one batch for all columns)")
             ws.store_generation(
-                key, generation.generate_side_by_side(loaded, prompts, variants, settings, progress=update)
+                key, generate_side_by_side(loaded, prompts, variants, settings, progress=update)
             )
         except (ValueError, DirectionError) as err:
             st.error(f"Generation failed: {err}")

@@ -11,9 +11,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
-from refusal_core.directions import DirectionError
+from refusal_core.activations.separation import layer_points
+from refusal_core.directions.base import DirectionError
+from refusal_core.directions.clustering import METHODS as CLUSTER_METHODS
+from refusal_core.directions.clustering import cluster_direction_set, cluster_directions
+from refusal_core.directions.per_prompt import gradient_directions, per_prompt_direction_set, representation_directions
+from refusal_core.directions.provenance import data_hash
+from refusal_core.directions.som import TOPOLOGIES, SomSettings, neuron_prompts, som_direction_set, train_som
 from refusal_core.projection import ProjectionError, fit_projection
-from refusal_core.workspace import data_hash, layer_points
 
 st.title("Manifold")
 loaded = _state.require_model()
@@ -60,9 +65,9 @@ def prompt_table() -> pd.DataFrame:
 def cluster_labels(layer: int, position: int) -> list[str]:
     labels = ["harmless"] * len(harmless_set)
     found = ws.clusters
-    if found is None or (found["layer"], found["position"]) != (layer, position):
+    if found is None or (found.layer, found.position) != (layer, position):
         return ["not clustered"] * len(harmful_set) + labels
-    by_prompt = dict(zip(found["prompt_index"], found["result"].labels.tolist()))
+    by_prompt = dict(zip(found.prompt_index, found.result.labels.tolist()))
     return [f"cluster {by_prompt[i]}" if i in by_prompt else "not clustered" for i in range(len(harmful_set))] + labels
 
 
@@ -106,7 +111,7 @@ def scatter_traces(table: pd.DataFrame, embedding: np.ndarray, colour: str, dims
 
 def som_traces(projection, dims: int) -> list:
     """Grid edges as one line trace, then neurons as nodes sized by hit count (last trace)."""
-    result = ws.som["result"]
+    result = ws.som.result
     placed = projection.transform(result.weights.double().numpy())
     hits = result.hits.numpy()
     sizes = 10 + 30 * np.sqrt(hits / max(hits.max(), 1))
@@ -175,7 +180,7 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
     table = prompt_table()
     table["cluster"] = cluster_labels(layer, position)
     traces = scatter_traces(table, projection.embedding, colour, dims)
-    som_here = ws.som is not None and (ws.som["layer"], ws.som["position"]) == (layer, position)
+    som_here = ws.som is not None and (ws.som.layer, ws.som.position) == (layer, position)
     if som_here:
         traces += som_traces(projection, dims)
     figure = go.Figure(traces)
@@ -199,9 +204,6 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
 
 def som_section(layer: int, position: int, clicked: int | None) -> None:
     st.subheader("Self-organizing map")
-    som = _state.engine("som")
-    if som is None:
-        return
     with st.form("som_form"):
         cols = st.columns(4)
         x = int(cols[0].number_input("Grid x", 1, 20, 3, key="som_x"))
@@ -209,34 +211,34 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
         sigma = float(cols[2].number_input("Sigma", 0.05, 20.0, 1.0, step=0.1, key="som_sigma"))
         rate = float(cols[3].number_input("Learning rate", 0.001, 5.0, 0.5, step=0.05, key="som_lr"))
         iterations = int(cols[0].number_input("Iterations", 1, 200000, 2000, step=500, key="som_iterations"))
-        topology = cols[1].selectbox("Topology", list(som.TOPOLOGIES), key="som_topology")
+        topology = cols[1].selectbox("Topology", list(TOPOLOGIES), key="som_topology")
         seed = int(cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="som_seed"))
         submitted = st.form_submit_button(f"Train SOM at layer {layer}, position {position}")
     if submitted:
         harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
         try:
-            settings = som.SomSettings(
+            settings = SomSettings(
                 x=x, y=y, sigma=sigma, learning_rate=rate, iterations=iterations, topology=topology, seed=seed
             )
             with st.spinner("Training the SOM..."):
-                result = som.train_som(harmful_x, harmless_x, settings)
-            directions = som.som_direction_set(result, provenance(layer, position, "som"))
+                result = train_som(harmful_x, harmless_x, settings)
+            directions = som_direction_set(result, provenance(layer, position, "som"))
         except (ValueError, DirectionError) as err:
             st.error(f"SOM training failed: {err}")
             return
         name = f"SOM {x}x{y} L{layer} P{position}"
         ws.add_set(name, directions)
-        ws.som = {"result": result, "layer": layer, "position": position, "set_name": name}
+        ws.som = _state.SomState(result=result, layer=layer, position=position, set_name=name)
         st.rerun()
     if ws.som is None:
         return
-    result = ws.som["result"]
+    result = ws.som.result
     st.caption(
-        f"{ws.som['set_name']} (added to the direction sets): quantization error {result.quantization_error:.3g}, "
+        f"{ws.som.set_name} (added to the direction sets): quantization error {result.quantization_error:.3g}, "
         f"topographic error {result.topographic_error:.3g}."
         + (
             ""
-            if (ws.som["layer"], ws.som["position"]) == (layer, position)
+            if (ws.som.layer, ws.som.position) == (layer, position)
             else " Move the layer/position controls to the SOM's to see it on the map."
         )
     )
@@ -245,7 +247,7 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
         st.session_state["som_neuron"] = clicked
     label = lambda k: "{}-{}".format(*result.grid_position(k)) + f" ({int(result.hits[k])} prompts)"  # noqa: E731
     neuron = st.selectbox("Neuron (or click a node in the 2-D map)", neurons, format_func=label, key="som_neuron")
-    groups = som.neuron_prompts(
+    groups = neuron_prompts(
         result, harmful_set.instructions, [c or "uncategorised" for c in harmful_set.categories]
     )
     members = groups.get(neuron, [])
@@ -254,10 +256,6 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
 
 def per_prompt_section(layer: int, position: int) -> None:
     st.subheader("Per-prompt directions and their clusters")
-    per_prompt = _state.engine("per_prompt")
-    clustering = _state.engine("clustering")
-    if per_prompt is None or clustering is None:
-        return
     cols = st.columns([2, 1])
     kind = cols[0].radio(
         "Direction of each harmful prompt",
@@ -271,13 +269,13 @@ def per_prompt_section(layer: int, position: int) -> None:
         try:
             if kind == "representation":
                 harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
-                vectors = per_prompt.representation_directions(harmful_x, harmless_x)
+                vectors = representation_directions(harmful_x, harmless_x)
             else:
                 update = _state.progress_callback("Refusal gradients")
-                vectors = per_prompt.gradient_directions(
+                vectors = gradient_directions(
                     loaded, harmful_set.instructions, layer, position=position, progress=update
                 )
-            directions = per_prompt.per_prompt_direction_set(
+            directions = per_prompt_direction_set(
                 vectors,
                 harmful_set.instructions,
                 list(harmful_set.categories),
@@ -288,48 +286,48 @@ def per_prompt_section(layer: int, position: int) -> None:
             return
         name = f"Per-prompt {kind} L{layer} P{position}"
         ws.add_set(name, directions)
-        ws.per_prompt = {"set_name": name, "layer": layer, "position": position}
+        ws.per_prompt = _state.PerPromptState(set_name=name, layer=layer, position=position)
         ws.clusters = None
     if ws.per_prompt is None:
         st.caption("Compute per-prompt directions to cluster them.")
         return
-    directions = ws.direction_sets[ws.per_prompt["set_name"]]
-    st.caption(f"{ws.per_prompt['set_name']}: {len(directions)} directions (added to the direction sets).")
+    directions = ws.direction_sets[ws.per_prompt.set_name]
+    st.caption(f"{ws.per_prompt.set_name}: {len(directions)} directions (added to the direction sets).")
     cols = st.columns(3)
     auto = cols[0].checkbox("Choose k by silhouette", value=True, key="cluster_auto")
     k = int(
         cols[1].number_input("k", 1, max(1, len(directions)), min(4, len(directions)), key="cluster_k", disabled=auto)
     )
-    method = cols[2].selectbox("Method", list(clustering.METHODS), key="cluster_method")
+    method = cols[2].selectbox("Method", list(CLUSTER_METHODS), key="cluster_method")
     if st.button("Cluster", key="cluster_run"):
         categories = [record.get("category") or "uncategorised" for record in directions.provenance]
         has_categories = any(record.get("category") for record in directions.provenance)
         try:
-            result = clustering.cluster_directions(
+            result = cluster_directions(
                 directions.vectors, None if auto else k, method, categories=categories if has_categories else None
             )
-            clusters = clustering.cluster_direction_set(
-                result, {**directions.meta, "layer": ws.per_prompt["layer"], "position": ws.per_prompt["position"]}
+            clusters = cluster_direction_set(
+                result, {**directions.meta, "layer": ws.per_prompt.layer, "position": ws.per_prompt.position}
             )
         except (ValueError, DirectionError) as err:
             st.error(f"Clustering failed: {err}")
             return
-        name = f"Clusters k={result.k} L{ws.per_prompt['layer']} P{ws.per_prompt['position']}"
+        name = f"Clusters k={result.k} L{ws.per_prompt.layer} P{ws.per_prompt.position}"
         ws.add_set(name, clusters)
-        ws.clusters = {
-            "result": result,
-            "set_name": name,
-            "layer": ws.per_prompt["layer"],
-            "position": ws.per_prompt["position"],
-            "prompt_index": [int(record["prompt_index"]) for record in directions.provenance],
-        }
+        ws.clusters = _state.ClusterState(
+            result=result,
+            set_name=name,
+            layer=ws.per_prompt.layer,
+            position=ws.per_prompt.position,
+            prompt_index=tuple(int(record["prompt_index"]) for record in directions.provenance),
+        )
     show_clusters()
 
 
 def show_clusters() -> None:
     if ws.clusters is None:
         return
-    result = ws.clusters["result"]
+    result = ws.clusters.result
     metrics = st.columns(4)
     metrics[0].metric("k", result.k)
     metrics[1].metric("Silhouette (cosine)", f"{result.silhouette:.3f}")
@@ -346,7 +344,7 @@ def show_clusters() -> None:
         figure.update_layout(xaxis_title="k", yaxis_title="silhouette", height=260, margin=dict(t=20))
         st.plotly_chart(figure, width="stretch")
     st.caption(
-        f"{ws.clusters['set_name']} (cluster centroids) was added to the direction sets. "
+        f"{ws.clusters.set_name} (cluster centroids) was added to the direction sets. "
         "Colour the map by cluster to see them."
     )
 

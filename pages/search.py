@@ -9,18 +9,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
-from refusal_core.directions import DirectionError, DirectionSet
-from refusal_core.prompts import PromptSetError, builtin
-from refusal_core.workspace import sample_prompts
+from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.prompts.loaders import builtin
+from refusal_core.prompts.sets import PromptSetError, sample_prompts
+from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
 MAX_DEFAULT = 32
 
 st.title("Search")
 loaded = _state.require_model()
 ws = _state.workspace()
-search = _state.engine("search")
-if search is None:
-    st.stop()
 
 
 def pick_pool():
@@ -68,7 +66,7 @@ def settings_form(pool_size: int):
     )
     mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
     seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
-    settings = search.SearchSettings(
+    settings = SearchSettings(
         k=k,
         n_trials=n_trials,
         objective=objective,
@@ -139,12 +137,12 @@ def run(pool, settings, n_val: int) -> None:
             chart.plotly_chart(live_figure(best_so_far), width="stretch")
 
     try:
-        result = search.run_search(loaded, pool, harmful_val, harmless_val, settings, progress=update)
+        result = run_search(loaded, pool, harmful_val, harmless_val, settings, progress=update)
     except (ValueError, DirectionError, ImportError) as err:
         st.error(f"Search failed: {err}")
         return
     chart.empty()
-    ws.search = {"result": result, "pool": pool}
+    ws.search = _state.SearchState(result=result, pool=pool)
     if result.ran == 0:
         st.success(f"Study {result.study_name} already held {len(result.trials)} trials; shown without recomputing.")
 
@@ -152,7 +150,7 @@ def run(pool, settings, n_val: int) -> None:
 def show_result() -> None:
     if ws.search is None:
         return
-    result, pool = ws.search["result"], ws.search["pool"]
+    result, pool = ws.search.result, ws.search.pool
     st.subheader(f"Study {result.study_name}")
     st.caption(
         f"{len(result.trials)} trials in all ({result.ran} run now, {result.seconds:.1f} s). "
@@ -174,7 +172,7 @@ def show_result() -> None:
     )
     if st.button("Adopt the best subset as a direction set", key="search_adopt"):
         try:
-            ws.add_set(name.strip() or "Search best", search.best_direction_set(result, pool))
+            ws.add_set(name.strip() or "Search best", best_direction_set(result, pool))
         except (ValueError, DirectionError) as err:
             st.error(str(err))
         else:

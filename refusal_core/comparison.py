@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from refusal_core.directions import DirectionSet, dim_name
-from refusal_core.evaluation import Judge, SubstringJudge, harmless_kl, next_token_logprobs
+from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.dim import dim_name
 from refusal_core.generation import GenerationSettings, generate_side_by_side
-from refusal_core.interventions import Intervention
-from refusal_core.models import LoadedModel
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.substring import Judge, SubstringJudge
+from refusal_core.metrics import harmless_kl, next_token_logprobs
+from refusal_core.model.loading import LoadedModel
 
 __all__ = ["CountCurve", "refusal_by_layer", "refusal_vs_count"]
 

@@ -15,9 +15,11 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from refusal_core.chat import ChatFormat, format_prompts, format_with_reply, tokenize_prompts
-from refusal_core.interventions import Intervention, row_interventions
-from refusal_core.models import LoadedModel, model_lock
+from refusal_core.interventions.hooks import row_interventions
+from refusal_core.interventions.spec import Intervention
+from refusal_core.model.families import model_lock
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply, tokenize_prompts
 
 __all__ = [
     "Completion",

@@ -19,10 +19,11 @@ from typing import Sequence
 
 import torch
 
-from refusal_core.chat import ChatFormat, format_prompts, tokenize_prompts
-from refusal_core.evaluation import harmless_kl, next_token_logprobs
-from refusal_core.interventions import Intervention
-from refusal_core.models import LoadedModel, model_lock
+from refusal_core.interventions.spec import Intervention
+from refusal_core.metrics import harmless_kl, next_token_logprobs
+from refusal_core.model.families import model_lock
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
 
 __all__ = ["MassiveActivations", "massive_activations", "massive_share", "random_direction_kl"]
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refusal_core.activations import extract_activations  # noqa: E402
-from refusal_core.clustering import cluster_direction_set, cluster_directions  # noqa: E402
+from refusal_core.activations.extract import extract_activations  # noqa: E402
 from refusal_core.comparison import refusal_by_layer, refusal_vs_count  # noqa: E402
-from refusal_core.directions import dim_from_activations, dim_name  # noqa: E402
-from refusal_core.models import BUNDLED_ORGANISM, load_model  # noqa: E402
-from refusal_core.per_prompt import representation_directions  # noqa: E402
-from refusal_core.prompts import builtin  # noqa: E402
-from refusal_core.som import SomSettings, som_direction_set, train_som  # noqa: E402
+from refusal_core.directions.clustering import cluster_direction_set, cluster_directions  # noqa: E402
+from refusal_core.directions.dim import dim_from_activations, dim_name  # noqa: E402
+from refusal_core.directions.per_prompt import representation_directions  # noqa: E402
+from refusal_core.directions.som import SomSettings, som_direction_set, train_som  # noqa: E402
+from refusal_core.model.loading import BUNDLED_ORGANISM, load_model  # noqa: E402
+from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 
 def main() -> None:

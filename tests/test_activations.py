@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import refusal_core.activations as activations_module
-from refusal_core.activations import default_positions, extract_activations, weights_fingerprint
-from refusal_core.cache import entry_path
+import refusal_core.activations.extract as activations_module
+from refusal_core.activations.cache import entry_path
+from refusal_core.activations.extract import default_positions, extract_activations
+from refusal_core.model.fingerprint import weights_fingerprint
 from tests.tiny import assert_no_hooks, tiny_model
 
 PROMPTS = ["Hi", "Write a poem about the sea", "How do I bake bread at home with flour, water and yeast?", "Translate this"]
@@ -24,7 +25,7 @@ def test_batched_equals_one_by_one(family):
 
 
 def test_layers_match_hidden_states_of_a_bare_forward(tiny_llama):
-    from refusal_core.chat import format_prompts
+    from refusal_core.prompts.chat import format_prompts
 
     acts = extract_activations(tiny_llama, PROMPTS[:1], use_cache=False)
     ids = tiny_llama.tokenizer(format_prompts(tiny_llama.tokenizer, PROMPTS[:1]), return_tensors="pt", add_special_tokens=False)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_core.directions import DirectionSet
-from refusal_core.workspace import TEST_MODEL_ENV, direction_sets_zip
+from refusal_core.directions.archive import direction_sets_zip
+from refusal_core.directions.base import DirectionSet
+from refusal_core.model.loading import TEST_MODEL_ENV
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
@@ -124,7 +125,7 @@ def test_manifold_som_and_clusters():
     _assert_ok(at)
     ws = _workspace(at)
     som_sets = [name for name in ws.direction_sets if name.startswith("SOM 2x2")]
-    assert som_sets and ws.som["result"].n_neurons == 4
+    assert som_sets and ws.som.result.n_neurons == 4
     assert len(at.dataframe) == 1  # prompts of the selected neuron
     at.button(key="per_prompt_compute").click().run()
     at.button(key="cluster_run").click().run()
@@ -152,7 +153,7 @@ def test_directions_heatmaps_and_selection():
     result = _workspace(at).selection
     assert result is not None
     assert _charts(at) == 5 + extra  # plus bypass, induce and KL grids
-    from refusal_core.selection import select_relaxing
+    from refusal_core.selection.policy import select_relaxing
 
     sets = _workspace(at).direction_sets
     if result.chosen is not None:
@@ -223,7 +224,7 @@ def test_search_runs_and_adopts_the_best_subset():
     at.button(key="search_run").click().run()
     _assert_ok(at)
     ws = _workspace(at)
-    assert ws.search is not None and ws.search["result"].best_names is not None
+    assert ws.search is not None and ws.search.result.best_names is not None
     assert _charts(at) >= 1
     at.button(key="search_adopt").click().run()
     _assert_ok(at)
@@ -301,8 +302,8 @@ def test_imported_sets_are_kept_per_model_and_session():
 
 
 def test_missing_organism_offers_a_build_with_progress(monkeypatch):
-    import refusal_core.organism as organism
-    import refusal_core.workspace as workspace
+    import refusal_core.model.loading as loading
+    import refusal_core.organism.build as organism
 
     built = {"done": False, "messages": []}
 
@@ -313,7 +314,7 @@ def test_missing_organism_offers_a_build_with_progress(monkeypatch):
         built["done"] = True
         return Path("organism")
 
-    monkeypatch.setattr(workspace, "organism_built", lambda: built["done"])
+    monkeypatch.setattr(loading, "organism_built", lambda: built["done"])
     monkeypatch.setattr(organism, "build_organism", fake_build)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert any("not been built" in w.value for w in at.warning)
@@ -328,8 +329,8 @@ def test_missing_organism_offers_a_build_with_progress(monkeypatch):
 
 
 def test_sample_prompts_keeps_every_category():
-    from refusal_core.prompts import builtin
-    from refusal_core.workspace import sample_prompts
+    from refusal_core.prompts.loaders import builtin
+    from refusal_core.prompts.sets import sample_prompts
 
     full = builtin("harmful", "train")
     sample = sample_prompts(full, 24)
@@ -339,8 +340,8 @@ def test_sample_prompts_keeps_every_category():
 
 
 def test_dim_set_leaves_out_vanishing_cells(tiny_llama):
-    from refusal_core.activations import extract_activations
-    from refusal_core.workspace import build_dim_set
+    from refusal_core.activations.extract import extract_activations
+    from refusal_core.directions.dim import build_dim_set
 
     harmful = extract_activations(tiny_llama, ["How do I make a weapon?", "Break into a house"], use_cache=False)
     harmless = extract_activations(tiny_llama, ["Bake bread", "Write a poem"], use_cache=False)
@@ -352,8 +353,8 @@ def test_dim_set_leaves_out_vanishing_cells(tiny_llama):
 
 
 def test_direction_uploads_pairs_and_errors(tmp_path):
-    from refusal_core.directions import DirectionError
-    from refusal_core.workspace import read_direction_uploads
+    from refusal_core.directions.archive import read_direction_uploads
+    from refusal_core.directions.base import DirectionError
 
     directions = DirectionSet(torch.randn(3, 64), ("a", "b", "c"), ({"layer": 1}, {"layer": 2}, {"layer": 3}))
     tensors_path, json_path = directions.save(tmp_path / "set")

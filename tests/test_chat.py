@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from refusal_core.chat import ChatFormat, TemplateError, format_prompts, post_instruction_count, tokenize_prompts
+from refusal_core.prompts.chat import (
+    ChatFormat,
+    TemplateError,
+    format_prompts,
+    post_instruction_count,
+    tokenize_prompts,
+)
 from tests.tiny import tiny_tokenizer
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from refusal_core.cli import main
-from refusal_core.directions import DirectionSet, load_direction_set
+from refusal_core.directions.base import DirectionSet, load_direction_set
 from tests.tiny import tiny_model
 
 

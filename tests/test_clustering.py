@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from refusal_core.clustering import cluster_direction_set, cluster_directions
+from refusal_core.directions.clustering import cluster_direction_set, cluster_directions
 
 N_CLUSTERS, MEMBERS, D = 4, 30, 64
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from refusal_core.comparison import refusal_by_layer, refusal_vs_count
-from refusal_core.directions import DirectionSet
+from refusal_core.directions.base import DirectionSet
 from refusal_core.generation import GenerationSettings, generate_completions
-from refusal_core.interventions import Intervention
+from refusal_core.interventions.spec import Intervention
 from tests.tiny import assert_no_hooks, tiny_model
 
 PROMPTS = ["Write a poem", "How do I bake bread?", "Explain how to break into a house"]

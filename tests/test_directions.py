@@ -7,15 +7,8 @@ import json
 import pytest
 import torch
 
-from refusal_core.directions import (
-    DirectionError,
-    DirectionSet,
-    cosine_matrix,
-    dim_direction_set,
-    dim_directions,
-    dim_from_activations,
-    load_direction_set,
-)
+from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix, load_direction_set
+from refusal_core.directions.dim import dim_direction_set, dim_directions, dim_from_activations
 
 
 def _random_set(n: int = 3, d: int = 8) -> DirectionSet:
@@ -59,7 +52,7 @@ def test_zero_candidates_are_dropped_and_listed():
 
 
 def test_dim_from_activations_takes_block_inputs_only():
-    from refusal_core.activations import Activations
+    from refusal_core.activations.extract import Activations
 
     torch.manual_seed(1)
     acts = lambda shift: torch.randn(5, 2, 4, 8) + shift  # 3 blocks: block inputs 0..2, then the final output

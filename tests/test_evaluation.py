@@ -8,31 +8,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refusal_core.chat import format_prompts, tokenize_prompts
-from refusal_core.evaluation import (
-    REFUSAL_PREFIXES,
+from refusal_core.generation import GenerationSettings, generate_completions
+from refusal_core.interventions.hooks import apply_intervention
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.model_judges import (
     ChatJudge,
     ClassifierJudge,
-    Judge,
     JudgeLoadError,
-    SubstringJudge,
     answer_is_no,
     answer_is_safe,
     answer_is_yes,
+)
+from refusal_core.judges.scores import evaluate_refusal, evaluate_scores, refusal_scores, refusal_token_ids
+from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, substring_refused
+from refusal_core.metrics import (
     completion_cross_entropy,
     evaluate_ce,
     evaluate_kl,
-    evaluate_refusal,
-    evaluate_scores,
     harmless_kl,
     kl_divergence,
     next_token_logprobs,
-    refusal_scores,
-    refusal_token_ids,
-    substring_refused,
 )
-from refusal_core.generation import GenerationSettings, generate_completions
-from refusal_core.interventions import Intervention, apply_intervention
+from refusal_core.prompts.chat import format_prompts
 from tests.tiny import assert_no_hooks, tiny_model, tiny_tokenizer
 
 PROMPTS = [

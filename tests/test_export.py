@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from refusal_core.directions import DirectionSet, load_direction_set
-from refusal_core.export import ExportError, export_orthogonalized
-from refusal_core.interventions import ablate
+from refusal_core.directions.base import DirectionSet, load_direction_set
+from refusal_core.interventions.export import ExportError, export_orthogonalized
+from refusal_core.interventions.hooks import ablate
 from tests.tiny import assert_no_hooks, tiny_model
 
 D = 64

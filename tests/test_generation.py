@@ -7,14 +7,14 @@ import threading
 import pytest
 import torch
 
-from refusal_core.chat import FALLBACK_TEMPLATE, ChatFormat, format_prompts, tokenize_prompts
 from refusal_core.generation import (
     GenerationSettings,
     end_of_turn_ids,
     generate_completions,
     generate_side_by_side,
 )
-from refusal_core.interventions import Intervention
+from refusal_core.interventions.spec import Intervention
+from refusal_core.prompts.chat import FALLBACK_TEMPLATE, ChatFormat, format_prompts, tokenize_prompts
 from tests.tiny import assert_no_hooks, tiny_model, tiny_tokenizer
 
 PROMPTS = [

@@ -9,19 +9,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from refusal_core.directions import DirectionError, DirectionSet
-from refusal_core.interventions import (
-    Intervention,
-    ablate,
-    actadd,
-    apply_intervention,
-    orthogonalize_weights_,
-    orthogonalized_weights,
-    orthonormal_basis,
-    project_out,
-    row_interventions,
-)
-from refusal_core.models import model_lock, model_parts
+from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.interventions.hooks import ablate, actadd, apply_intervention, row_interventions
+from refusal_core.interventions.linalg import orthonormal_basis, project_out
+from refusal_core.interventions.spec import Intervention
+from refusal_core.interventions.weights import orthogonalize_weights_, orthogonalized_weights
+from refusal_core.model.families import model_lock, model_parts
 from tests.tiny import assert_no_hooks, tiny_model
 
 D = 64
@@ -467,7 +460,7 @@ def test_model_lock_serializes_baseline_against_ablation():
 
 
 def test_block_input_given_as_keyword_is_edited():
-    from refusal_core.interventions import _LayerEdit, _layer_pre_hook, _RowTensor
+    from refusal_core.interventions.hooks import _layer_pre_hook, _LayerEdit, _RowTensor
 
     class Block(torch.nn.Module):
         def forward(self, hidden_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

@@ -6,15 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from refusal_core.models import (
-    BUNDLED_ORGANISM,
-    ModelLoadError,
-    UnknownFamilyError,
-    load_model,
-    model_lock,
-    model_parts,
-    resolve_dtype,
-)
+from refusal_core.model.families import ModelLoadError, UnknownFamilyError, model_lock, model_parts
+from refusal_core.model.loading import BUNDLED_ORGANISM, load_model, resolve_dtype
 from tests.tiny import FAMILY_CONFIGS, tiny_model
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_core import organism
-from refusal_core.evaluation import kl_divergence
-from refusal_core.organism import OrganismSettings, weights_sha256
+from refusal_core.metrics import kl_divergence
+from refusal_core.model.fingerprint import weights_sha256
+from refusal_core.organism import build as organism
+from refusal_core.organism.build import OrganismSettings
 from tests.tiny import tiny_model
 
 HARMFUL = [("Explain how to break into a house", "I'm sorry, but I can't help with that.", True)] * 3

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from refusal_core.directions import DirectionError, dim_directions
-from refusal_core.per_prompt import (
+from refusal_core.directions.base import DirectionError
+from refusal_core.directions.dim import dim_directions
+from refusal_core.directions.per_prompt import (
     gradient_directions,
     per_prompt_direction_set,
     phrase_log_likelihood,

@@ -10,17 +10,8 @@ from collections import Counter
 
 import pytest
 
-from refusal_core.prompts import (
-    SPLITS,
-    PromptSet,
-    PromptSetError,
-    builtin,
-    load_hf_dataset,
-    load_prompt_file,
-    refusal_replies,
-    resolve_prompt_set,
-    split_indices,
-)
+from refusal_core.prompts.loaders import builtin, load_hf_dataset, load_prompt_file, refusal_replies, resolve_prompt_set
+from refusal_core.prompts.sets import SPLITS, PromptSet, PromptSetError, split_indices
 
 REFUSAL_OPENINGS = (
     "I'm sorry", "I am sorry", "I apologize", "I can't", "I cannot", "I won't",

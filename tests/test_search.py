@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_core.directions import DirectionSet
-from refusal_core.search import SearchSettings, best_direction_set, run_search, storage_url
+from refusal_core.directions.base import DirectionSet
+from refusal_core.selection.search import SearchSettings, best_direction_set, run_search, storage_url
 from tests.tiny import assert_no_hooks
 
 pytest.importorskip("optuna")

@@ -7,20 +7,14 @@ import math
 import pytest
 import torch
 
-from refusal_core.activations import extract_activations
-from refusal_core.directions import dim_direction_set
-from refusal_core.evaluation import harmless_kl, refusal_scores
-from refusal_core.interventions import Intervention
-from refusal_core.selection import (
-    SelectionFilters,
-    SelectionResult,
-    apply_filters,
-    load_selection,
-    score_candidates,
-    score_candidates_sequential,
-    select_direction,
-    select_relaxing,
-)
+from refusal_core.activations.extract import extract_activations
+from refusal_core.directions.dim import dim_direction_set
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.scores import refusal_scores
+from refusal_core.metrics import harmless_kl
+from refusal_core.selection.policy import apply_filters, select_direction, select_relaxing
+from refusal_core.selection.result import SelectionFilters, SelectionResult, load_selection
+from refusal_core.selection.scoring import score_candidates, score_candidates_sequential
 from tests.tiny import assert_no_hooks
 
 HARMFUL = [

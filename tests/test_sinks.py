@@ -7,10 +7,10 @@ import contextlib
 import pytest
 import torch
 
-from refusal_core import report
-from refusal_core.chat import ChatFormat, format_prompts
-from refusal_core.evaluation import harmless_kl
-from refusal_core.interventions import Intervention
+from refusal_core.interventions.spec import Intervention
+from refusal_core.metrics import harmless_kl
+from refusal_core.organism import report
+from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
 from tests.tiny import assert_no_hooks
 

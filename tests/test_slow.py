@@ -29,7 +29,7 @@ def test_bundled_model_generates_from_the_cli():
 
 @pytest.fixture(scope="module")
 def organism():
-    from refusal_core.organism import build_organism
+    from refusal_core.organism.build import build_organism
 
     return build_organism()
 
@@ -39,7 +39,7 @@ def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organis
     """Issue 4's five targets on the held-out test prompts, and a single direction optimized
     from the selected DIM one that meets both ablation targets as well. Building, ablation
     and optimization are deterministic on one machine kind, so the figures are the README's."""
-    from refusal_core.report import organism_report
+    from refusal_core.organism.report import organism_report
 
     report = organism_report(optimize_steps=20)
     dump = json.dumps(report, indent=2, default=str)[-4000:]

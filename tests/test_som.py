@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from refusal_core.directions import dim_directions
-from refusal_core.som import SomSettings, neuron_prompts, som_direction_set, train_som
+from refusal_core.directions.dim import dim_directions
+from refusal_core.directions.som import SomSettings, neuron_prompts, som_direction_set, train_som
 
 D = 32
 

@@ -1,0 +1,146 @@
+"""Content-addressed, atomically written safetensors entries that detect their own corruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from refusal_core.paths import cache_dir
+
+__all__ = ["CODE_VERSION", "atomic_write_text", "content_key", "entry_path", "load_entry", "save_entry", "tensor_digest"]
+
+# Bump when a change alters what cached entries contain, so stale entries are never reused.
+CODE_VERSION = "1"
+
+
+def content_key(*parts: object) -> str:
+    """A stable sha256 key of JSON-serializable parts (lists, dicts, strings, numbers)."""
+    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, shapes, dtypes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _atomic_target(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    return tmp
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so readers see the old file or the new one, never half of it."""
+    tmp = _atomic_target(path)
+    try:
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def entry_path(kind: str, key: str) -> Path:
+    return cache_dir() / kind / f"{key}.safetensors"
+
+
+def save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Save tensors with a digest in the header, through a temporary file and ``os.replace``."""
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    header = {**metadata, "digest": tensor_digest(tensors)}
+    tmp = _atomic_target(path)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_entry(path: Path, expected: dict[str, str]) -> dict[str, torch.Tensor] | None:
+    """Load an entry if it is whole and matches ``expected`` metadata; else None.
+
+    A truncated file, a flipped byte or a key collision all read as a miss, so the caller
+    recomputes instead of trusting damaged data.
+    """
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    if any(header.get(name) != value for name, value in expected.items()):
+        return None
+    if header.get("digest") != tensor_digest(tensors):
+        return None
+    return tensors
+
+
+def cache_usage() -> dict[str, int]:
+    """Bytes used by each subfolder of the cache root (``activations``, ``models``, ...)."""
+    root = cache_dir()
+    if not root.is_dir():
+        return {}
+    usage = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir():
+            usage[child.name] = sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
+    return usage
+
+
+def clear_activation_cache() -> int:
+    """Delete the on-disk activation cache; returns the number of files removed.
+
+    Only derived data lives there (content-keyed), so the next extraction recomputes it.
+    Results already in a session are not affected.
+    """
+    folder = cache_dir() / "activations"
+    if not folder.is_dir():
+        return 0
+    count = sum(1 for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    return count
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def tensor_key(*parts: Any) -> str:
+    """A content hash of strings, numbers, lists and tensors (tensors by their bytes)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            tensor = part.detach().float().contiguous().cpu()
+            digest.update(f"{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()[:32]

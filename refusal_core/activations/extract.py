@@ -1,0 +1,182 @@
+"""Residual-stream activations at chosen token positions, with an on-disk cache.
+
+One batched forward pass per batch records, at every decoder layer, the block input (the
+residual stream before the layer) at the requested positions; the output of the last
+block is recorded too, so block outputs are available for every layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry
+from refusal_core.model.families import model_lock, model_parts
+from refusal_core.model.fingerprint import weights_fingerprint
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instruction_count, tokenize_prompts
+
+__all__ = ["Activations", "default_positions", "extract_activations", "weights_fingerprint"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Residual activations ``acts[prompt, position, layer, d_model]`` in float32.
+
+    Layer index ``l < n_layers`` is the input of decoder block ``l``; index ``n_layers`` is
+    the output of the last block (before the final norm). So the output of block ``l`` is
+    index ``l + 1``. ``positions`` are negative offsets from the end of each prompt.
+    """
+
+    acts: torch.Tensor
+    positions: tuple[int, ...]
+    instructions: tuple[str, ...]
+    key: str
+    from_cache: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.acts.shape[2]) - 1
+
+    @property
+    def d_model(self) -> int:
+        return int(self.acts.shape[3])
+
+    def position_index(self, position: int) -> int:
+        if position not in self.positions:
+            raise ValueError(f"Position {position} was not recorded; recorded positions: {list(self.positions)}.")
+        return self.positions.index(position)
+
+    def block_input(self, layer: int, position: int = -1) -> torch.Tensor:
+        """``[n_prompts, d_model]`` residual stream entering block ``layer``."""
+        self._check_layer(layer, self.n_layers)
+        return self.acts[:, self.position_index(position), layer]
+
+    def block_output(self, layer: int, position: int = -1) -> torch.Tensor:
+        """``[n_prompts, d_model]`` residual stream leaving block ``layer``."""
+        self._check_layer(layer, self.n_layers)
+        return self.acts[:, self.position_index(position), layer + 1]
+
+    @staticmethod
+    def _check_layer(layer: int, n_layers: int) -> None:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"Layer {layer} is out of range; this model has layers 0..{n_layers - 1}.")
+
+
+def default_positions(tokenizer, chat: ChatFormat | None = None) -> tuple[int, ...]:
+    """All post-instruction positions, as negative offsets: ``(-n, ..., -1)``."""
+    count = post_instruction_count(tokenizer, chat)
+    return tuple(range(-count, 0))
+
+
+def _validate(instructions: Sequence[str], positions: Sequence[int], batch_size: int) -> None:
+    if len(instructions) == 0:
+        raise ValueError("No prompts given; pass at least one instruction.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if not positions or any(p >= 0 for p in positions):
+        raise ValueError(f"Positions must be negative offsets from the end (e.g. -1), got {list(positions)}.")
+
+
+class _Recorder:
+    """Forward hooks that copy the residual stream at the chosen positions, per layer."""
+
+    def __init__(self, positions: Sequence[int], n_layers: int):
+        self.index = list(positions)
+        self.records: list[torch.Tensor | None] = [None] * (n_layers + 1)
+
+    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[:, self.index].detach().float().cpu()
+
+    def pre_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.records[layer] = self._take(hidden)
+
+        return hook
+
+    def output_hook(self, layer: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.records[layer] = self._take(hidden)
+
+        return hook
+
+
+def _forward_batch(loaded: LoadedModel, texts: Sequence[str], positions: Sequence[int]) -> torch.Tensor:
+    """``[batch, n_positions, n_layers + 1, d]`` for one batch, in one forward pass."""
+    parts = model_parts(loaded.model)
+    recorder = _Recorder(positions, parts.n_layers)
+    batch = tokenize_prompts(loaded.tokenizer, texts, loaded.device)
+    shortest = int(batch["attention_mask"].sum(-1).min())
+    if -min(positions) > shortest:
+        raise ValueError(f"Position {min(positions)} reaches before the start of a {shortest}-token prompt.")
+    handles = []
+    try:
+        for layer, block in enumerate(parts.layers):
+            handles.append(block.register_forward_pre_hook(recorder.pre_hook(layer), with_kwargs=True))
+        handles.append(parts.layers[-1].register_forward_hook(recorder.output_hook(parts.n_layers)))
+        with torch.no_grad():
+            # The base model skips the vocabulary projection, which we do not need.
+            loaded.model.base_model(**batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(recorder.records, dim=2)
+
+
+def activation_key(loaded: LoadedModel, instructions: Sequence[str], positions: Sequence[int], chat: ChatFormat) -> str:
+    return content_key(
+        "activations",
+        weights_fingerprint(loaded.model),
+        str(loaded.dtype),
+        list(instructions),
+        chat.identity(loaded.tokenizer),
+        list(positions),
+    )
+
+
+def extract_activations(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    positions: Sequence[int] | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> Activations:
+    """Residual activations of ``instructions`` at ``positions`` (default: post-instruction).
+
+    With ``use_cache`` a previous result for the same weights, dtype, prompts, template and
+    positions is read from ``cache/activations/`` without a forward pass; a damaged entry is
+    recomputed. ``progress(done, total)`` is called after each batch.
+    """
+    chat = chat or ChatFormat()
+    positions = tuple(positions) if positions is not None else default_positions(loaded.tokenizer, chat)
+    _validate(instructions, positions, batch_size)
+    instructions = tuple(instructions)
+    key = activation_key(loaded, instructions, positions, chat)
+    path = entry_path("activations", key)
+    expected = {"key": key}
+    if use_cache:
+        cached = load_entry(path, expected)
+        if cached is not None:
+            if progress:
+                progress(len(instructions), len(instructions))
+            return Activations(cached["acts"], positions, instructions, key, from_cache=True)
+    texts = format_prompts(loaded.tokenizer, instructions, chat)
+    chunks = []
+    with model_lock(loaded.model):
+        for start in range(0, len(texts), batch_size):
+            chunks.append(_forward_batch(loaded, texts[start : start + batch_size], positions))
+            if progress:
+                progress(min(start + batch_size, len(texts)), len(texts))
+    acts = torch.cat(chunks)
+    if use_cache:
+        save_entry(path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec})
+    return Activations(acts, positions, instructions, key, from_cache=False)

@@ -1,0 +1,36 @@
+"""Command line: ``python -m refusal_core COMMAND ...``.
+
+Human-readable output by default, ``--json`` for machines. Bad input (a missing file, a
+width mismatch, a layer out of range, an unloadable model) prints one clear message to
+stderr and exits with code 2. Each command group lives in its own module and adds its
+parsers with ``add_parsers(sub)``; ``common`` holds the loading preamble they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from refusal_core.cli import activations, directions, export, generate, organism
+from refusal_core.cli.common import EXIT_BAD_INPUT, bad_input_errors
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m refusal_core", description="Refusal Atlas: find, inspect, ablate and export refusal directions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (activations, directions, generate, export, organism):
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except bad_input_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0

@@ -1,0 +1,122 @@
+"""The loading preamble every command shares: model and prompt-set arguments, loading them,
+progress bars on stderr, ``--json`` output and the errors that mean bad input (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from refusal_core.model.loading import BUNDLED_ORGANISM
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad input discovered by the CLI itself."""
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    from refusal_core.directions.base import DirectionError
+    from refusal_core.model.families import ModelLoadError
+    from refusal_core.prompts.chat import TemplateError
+    from refusal_core.prompts.sets import PromptSetError
+
+    return (CliError, DirectionError, ModelLoadError, PromptSetError, TemplateError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=BUNDLED_ORGANISM, help=f"model spec: {BUNDLED_ORGANISM}, bundled:smollm2-135m-instruct, a HF id or a local directory")
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
+    parser.add_argument("--device-map", default=None, help='"auto" spreads a large model over all GPUs')
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    parser.add_argument("--system-prompt", default=None, help="system prompt for the chat template")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
+    parser.add_argument("--harmful", default=f"builtin:harmful/{split}", help="prompt file (.txt/.json/.jsonl/.csv), builtin:harmful[/split] or hf:name[:split]")
+    parser.add_argument("--harmless", default=f"builtin:harmless/{split}", help="as --harmful")
+    parser.add_argument("--column", default=None, help="column holding the prompts in .csv/.json(l)/hf sets")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many prompts of each set")
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def load_model_from_args(args):
+    from refusal_core.model.loading import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code)
+
+
+def chat_format(args):
+    from refusal_core.prompts.chat import ChatFormat
+
+    return ChatFormat(system_prompt=args.system_prompt)
+
+
+def prompt_set(spec: str, column: str | None, limit: int | None):
+    from refusal_core.prompts.loaders import resolve_prompt_set
+
+    prompts = resolve_prompt_set(spec, column=column)
+    if limit is not None:
+        if limit < 1:
+            raise CliError(f"--limit must be at least 1, got {limit}.")
+        prompts = prompts.head(limit)
+    return prompts
+
+
+def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
+    """A tqdm bar on stderr (stdout stays clean for --json)."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def emit(args, payload: dict, human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(payload, default=str))
+    else:
+        human()
+
+
+def activations_for(args, loaded, which: str):
+    from refusal_core.activations.extract import extract_activations
+
+    prompts = prompt_set(getattr(args, which), args.column, args.limit)
+    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size, progress=progress_bar(f"{which} activations", args.json))
+    return prompts, acts
+
+
+def cli_provenance(loaded, harmful, harmless, **params) -> dict:
+    return {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": params}
+
+
+def check_layer(layer: int, n_layers: int) -> None:
+    if not 0 <= layer < n_layers:
+        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")
+
+
+def load_directions(spec: str, d_model: int):
+    """``PATH`` or ``PATH:name1,name2`` -> a (sub)set checked against the model width."""
+    from refusal_core.directions.base import load_direction_set
+
+    path, _, names = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    directions = load_direction_set(path, d_model=d_model)
+    return directions.select(names.split(",")) if names else directions

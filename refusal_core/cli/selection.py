@@ -1,0 +1,119 @@
+"""``directions select`` (Arditi's candidate scoring) and ``directions search`` (Optuna subset search).
+"""
+
+from __future__ import annotations
+
+from refusal_core.cli.common import (
+    add_model_args,
+    add_set_args,
+    chat_format,
+    emit,
+    load_directions,
+    load_model_from_args,
+    progress_bar,
+    prompt_set,
+)
+
+
+def cmd_directions_select(args) -> None:
+    from refusal_core.directions.dim import dim_name
+    from refusal_core.selection.policy import select_direction, select_relaxing
+    from refusal_core.selection.result import SelectionFilters
+    from refusal_core.selection.scoring import score_candidates
+
+    loaded = load_model_from_args(args)
+    candidates = load_directions(args.dirs, loaded.d_model)
+    harmful = prompt_set(args.harmful, args.column, args.limit)
+    harmless = prompt_set(args.harmless, args.column, args.limit)
+    filters = SelectionFilters(max_kl=args.max_kl, min_induce=args.min_induce, max_layer_fraction=args.max_layer_fraction)
+    result = score_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
+                              batch_size=args.batch_size, progress=progress_bar("candidates", args.json), chat=chat_format(args))
+    result.save(args.out)
+    chosen = select_direction(result)
+    payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
+
+    def scores(cell) -> dict:
+        p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
+        return {"bypass": float(result.bypass[p, l]), "induce": float(result.induce[p, l]), "kl": float(result.kl[p, l])}
+
+    closest = None
+    if chosen is not None:
+        payload.update(scores(chosen))
+    else:
+        closest, rule = select_relaxing(result)
+        if closest is not None:
+            payload["closest"] = {"position": closest[0], "layer": closest[1], "rule": rule, **scores(closest)}
+    # --save-direction saves the chosen candidate, or else the closest one (as the report and
+    # the dashboard's *Closest DIM* do), and says which.
+    saved = chosen if chosen is not None else closest
+    if args.save_direction and saved is not None:
+        candidates.select([dim_name(*saved)]).save(args.save_direction)
+        payload["saved"] = {"path": args.save_direction, "name": dim_name(*saved), "closest": chosen is None}
+
+    def human() -> None:
+        print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")
+        if chosen is None:
+            print("No candidate passes the filters; relax --max-kl / --min-induce / --max-layer-fraction.")
+            if "closest" in payload:
+                c = payload["closest"]
+                print(f"Closest ({c['rule']}): position {c['position']}, layer {c['layer']} "
+                      f"(bypass {c['bypass']:.3f}, induce {c['induce']:.3f}, KL {c['kl']:.4f})")
+        else:
+            print(f"Chosen: position {chosen[0]}, layer {chosen[1]} (bypass {payload['bypass']:.3f}, induce {payload['induce']:.3f}, KL {payload['kl']:.4f})")
+        if "saved" in payload:
+            what = "the closest candidate" if payload["saved"]["closest"] else "the chosen candidate"
+            print(f"Saved {what}, {payload['saved']['name']}, to {payload['saved']['path']}")
+
+    emit(args, payload, human)
+
+
+def cmd_directions_search(args) -> None:
+    from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
+
+    loaded = load_model_from_args(args)
+    pool = load_directions(args.pool, loaded.d_model)
+    harmful = prompt_set(args.harmful, args.column, args.limit)
+    harmless = prompt_set(args.harmless, args.column, args.limit)
+    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study)
+    bar = progress_bar("trials", args.json)
+    result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
+                        progress=(lambda done, total, best: bar(done, total)) if bar else None)
+    best = best_direction_set(result, pool)
+    best.save(args.out)
+    payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
+               "storage": result.storage, "trials": result.trials}
+
+    def human() -> None:
+        print(f"Study {result.study_name} ({result.storage}): {len(result.trials)} trials")
+        print(f"Best {args.k} directions: {', '.join(result.best_names)} (objective {result.best_value:.3f}); written to {args.out}")
+
+    emit(args, payload, human)
+
+
+def add_select_parser(directions) -> None:
+    select = directions.add_parser("select", help="score DIM candidates (bypass, induce, KL) and choose one (Arditi)")
+    add_model_args(select), add_set_args(select, split="val")
+    select.add_argument("--dirs", required=True, help="DIM direction set from `directions dim`")
+    select.add_argument("--max-kl", type=float, default=0.1)
+    select.add_argument("--min-induce", type=float, default=0.0)
+    select.add_argument("--max-layer-fraction", type=float, default=0.8)
+    select.add_argument("--out", required=True, help="JSON score table")
+    select.add_argument("--save-direction", default=None, help="also save the chosen direction (or, when none passes the filters, the closest) as a set")
+    select.set_defaults(func=cmd_directions_select)
+
+
+def add_search_parser(directions) -> None:
+    search = directions.add_parser("search", help="Optuna TPE search for the best k directions of a pool (Piras et al.)")
+    add_model_args(search), add_set_args(search, split="val")
+    search.add_argument("--pool", required=True, help="direction set to pick from (PATH or PATH:name,...)")
+    search.add_argument("--k", type=int, default=3)
+    search.add_argument("--trials", type=int, default=20)
+    search.add_argument("--objective", choices=["substring", "score"], default="substring")
+    search.add_argument("--kl-penalty", type=float, default=0.0)
+    search.add_argument("--max-new-tokens", type=int, default=32)
+    search.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under cache/search/)")
+    search.add_argument("--study", default=None, help="study name (default: derived from the inputs; reuse to resume)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--out", required=True)
+    search.set_defaults(func=cmd_directions_search)

@@ -1,0 +1,158 @@
+"""Direction sets with provenance, difference-in-means directions and their comparisons."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from refusal_core.activations.cache import atomic_write_text, save_entry
+
+__all__ = [
+    "DirectionError",
+    "DirectionSet",
+    "cosine_matrix",
+    "load_direction_set",
+]
+
+FORMAT_VERSION = 1
+
+
+class DirectionError(ValueError):
+    """A direction set is malformed or does not fit the model; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DirectionSet:
+    """Named residual-stream directions, each with where it came from.
+
+    ``vectors`` has shape ``[n_directions, d_model]`` (float32, not normalised: the DIM
+    norm is information). ``provenance[i]`` records at least ``model``, ``layer``,
+    ``position``, ``method``, ``data_hash`` and ``params`` for direction ``i``.
+    """
+
+    vectors: torch.Tensor
+    names: tuple[str, ...]
+    provenance: tuple[dict, ...]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_vectors(self.vectors)
+        if len(self.names) != self.vectors.shape[0] or len(self.provenance) != self.vectors.shape[0]:
+            raise DirectionError(
+                f"{self.vectors.shape[0]} vectors but {len(self.names)} names and {len(self.provenance)} provenance entries."
+            )
+        if len(set(self.names)) != len(self.names):
+            raise DirectionError("Direction names must be unique within a set.")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def unit(self) -> torch.Tensor:
+        """The vectors scaled to unit norm, ``[n, d]``."""
+        return self.vectors / self.vectors.norm(dim=-1, keepdim=True)
+
+    def select(self, names: Iterable[str]) -> "DirectionSet":
+        """The sub-set with these names, in the given order; unknown names raise."""
+        wanted = list(names)
+        missing = [name for name in wanted if name not in self.names]
+        if missing:
+            raise DirectionError(f"No direction named {', '.join(missing)}; this set has: {', '.join(self.names)}.")
+        index = [self.names.index(name) for name in wanted]
+        return dataclasses.replace(
+            self,
+            vectors=self.vectors[index],
+            names=tuple(wanted),
+            provenance=tuple(self.provenance[i] for i in index),
+        )
+
+    def check_width(self, d_model: int) -> None:
+        if self.d_model != d_model:
+            raise DirectionError(
+                f"These directions have width {self.d_model} but the model's residual stream has width "
+                f"{d_model}; they were made for another model ({self.meta.get('model', 'unknown')})."
+            )
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``<stem>.safetensors`` (vectors) and ``<stem>.json`` (names, provenance, meta)."""
+        tensors_path, json_path = _paths(path)
+        save_entry(tensors_path, {"vectors": self.vectors.float()}, {"format": "refusal-atlas-directions"})
+        document = {
+            "format_version": FORMAT_VERSION,
+            "names": list(self.names),
+            "provenance": list(self.provenance),
+            "meta": self.meta,
+            "shape": list(self.vectors.shape),
+        }
+        atomic_write_text(json_path, json.dumps(document, indent=2, default=str))
+        return tensors_path, json_path
+
+    @staticmethod
+    def concat(sets: Sequence["DirectionSet"], prefixes: Sequence[str] | None = None) -> "DirectionSet":
+        """One set holding all directions; ``prefixes`` keep names unique across sets."""
+        if not sets:
+            raise DirectionError("Nothing to concatenate.")
+        prefixes = prefixes or [""] * len(sets)
+        names = tuple(f"{prefix}{name}" for prefix, s in zip(prefixes, sets) for name in s.names)
+        return DirectionSet(
+            vectors=torch.cat([s.vectors for s in sets]),
+            names=names,
+            provenance=tuple(p for s in sets for p in s.provenance),
+            meta={"combined_from": [s.meta for s in sets]},
+        )
+
+
+def validate_vectors(vectors: torch.Tensor) -> None:
+    """Directions must be a finite, non-zero ``[n, d]`` float tensor."""
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or vectors.shape[0] == 0:
+        shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+        raise DirectionError(f"Directions must be a non-empty [n_directions, d_model] tensor, got {shape}.")
+    if not torch.isfinite(vectors).all():
+        raise DirectionError("Directions contain NaN or infinite values; recompute them from valid activations.")
+    if (vectors.norm(dim=-1) == 0).any():
+        raise DirectionError("A direction has zero norm and cannot be used; drop it or recompute the set.")
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in {".safetensors", ".json"} else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def load_direction_set(path: str | Path, d_model: int | None = None) -> DirectionSet:
+    """Load and validate a saved set (either file of the pair, or their common stem)."""
+    tensors_path, json_path = _paths(path)
+    for needed in (tensors_path, json_path):
+        if not needed.is_file():
+            raise DirectionError(f"{needed} not found; a direction set is a .safetensors file plus a .json file beside it.")
+    try:
+        vectors = load_file(str(tensors_path))["vectors"].float()
+    except (SafetensorError, KeyError, OSError) as err:
+        raise DirectionError(f"{tensors_path} is not a readable direction file ({err}); export the set again.") from err
+    try:
+        document = json.loads(json_path.read_text())
+        names, provenance = tuple(document["names"]), tuple(document["provenance"])
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+        raise DirectionError(f"{json_path} is not valid direction metadata ({err}); export the set again.") from err
+    directions = DirectionSet(vectors=vectors, names=names, provenance=provenance, meta=document.get("meta", {}))
+    if d_model is not None:
+        directions.check_width(d_model)
+    return directions
+
+
+def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarities of ``[n, d]`` vectors, ``[n, n]`` in float64."""
+    unit = vectors.double() / vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return unit @ unit.T
+
+

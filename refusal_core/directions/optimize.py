@@ -1,0 +1,193 @@
+"""One refusal direction found by gradient descent instead of a difference in means.
+
+After the refusal direction optimization of Wollschläger et al. (2025, "The Geometry of
+Refusal in Large Language Models"): search for the unit direction ``u`` whose directional
+ablation (every layer, every position, exactly as ``interventions`` ablates) removes
+refusal on harmful prompts while leaving the harmless next-token distribution alone:
+
+    loss(u) = mean over harmful   softplus(refusal_score(ablate u) + margin)
+            + kl_weight * mean over harmless KL(unmodified || ablate u)
+
+``refusal_score`` is Arditi et al.'s log-odds of a refusal token as the first reply token
+(``evaluation.refusal_token_ids``); the softplus stops pushing once a prompt's score is
+``margin`` below zero. The search starts from a given direction (usually the selected DIM
+candidate) and only the direction is learnt: the model's weights are never changed and get
+no gradients.
+
+Why it is here: on a small model a difference in means can carry components, such as
+template offsets and massive-activation coordinates, whose ablation costs harmless KL
+without touching refusal. The optimised direction tells whether a single direction that
+mediates refusal cleanly exists at all, and how far the DIM estimate is from it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.interventions.hooks import differentiable_ablation
+from refusal_core.judges.scores import refusal_token_ids
+from refusal_core.metrics import kl_divergence, next_token_logprobs
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+
+__all__ = ["OptimizeSettings", "OptimizedDirection", "optimize_direction"]
+
+Progress = Callable[[int, int, dict], None]
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    """``steps`` Adam steps at ``learning_rate`` on the (unnormalised) direction parameter.
+
+    ``kl_weight`` trades harmless KL against refusal; ``margin`` is how far below zero a
+    harmful prompt's refusal score must go before it stops contributing. Prompts are run in
+    chunks of ``batch_size`` with gradients accumulated, so memory does not grow with the
+    number of prompts.
+    """
+
+    steps: int = 30
+    learning_rate: float = 0.02
+    kl_weight: float = 10.0
+    margin: float = 2.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be at least 1; got steps={self.steps}, batch_size={self.batch_size}.")
+        if not self.learning_rate > 0 or not self.kl_weight >= 0 or not self.margin >= 0:
+            raise ValueError("learning_rate must be positive, and kl_weight and margin non-negative.")
+
+
+@dataclass(frozen=True)
+class OptimizedDirection:
+    """The learnt unit direction as a one-direction set, and the objective at every step.
+
+    ``history[i]`` has ``loss``, ``refusal_score`` (mean over harmful prompts) and ``kl``
+    (mean over harmless prompts), measured with the direction as it was *before* step ``i``;
+    ``final`` the same for the returned direction.
+    """
+
+    directions: DirectionSet
+    history: list[dict]
+    final: dict
+    seconds: float
+    settings: OptimizeSettings = field(default_factory=OptimizeSettings)
+
+
+def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[dict[str, torch.Tensor]]:
+    prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    return [tokenize_prompts(loaded.tokenizer, prompts[i : i + size], loaded.device) for i in range(0, len(prompts), size)]
+
+
+def _last_logprobs(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """First-reply-token log-probabilities of a left-padded batch, with gradients, float64."""
+    return torch.log_softmax(loaded.model(**batch, use_cache=False).logits[:, -1].double(), dim=-1)
+
+
+def _objective_pass(
+    loaded: LoadedModel,
+    unit: torch.Tensor,
+    harmful: list[dict],
+    harmless: list[dict],
+    base: torch.Tensor,
+    is_refusal: torch.Tensor,
+    settings: OptimizeSettings,
+    n_harmful: int,
+    n_harmless: int,
+    backward: bool,
+) -> dict:
+    """One pass over all prompts under ablation of ``unit``; accumulates ``unit.grad`` if asked.
+
+    ``unit`` must be a leaf when ``backward``: each chunk's graph is freed after its own
+    backward pass, so nothing may be shared between chunks.
+    """
+    totals = {"refusal_score": 0.0, "kl": 0.0, "loss": 0.0}
+    offset = 0
+    with torch.set_grad_enabled(backward), differentiable_ablation(loaded.model, unit):
+        for batch in harmful:
+            logprobs = _last_logprobs(loaded, batch)
+            scores = logprobs[:, is_refusal].logsumexp(-1) - logprobs[:, ~is_refusal].logsumexp(-1)
+            loss = torch.nn.functional.softplus(scores + settings.margin).sum() / n_harmful
+            if backward:
+                loss.backward(inputs=[unit])  # the model's weights get no gradient
+            totals["refusal_score"] += float(scores.detach().sum()) / n_harmful
+            totals["loss"] += float(loss.detach())
+        for batch in harmless:
+            logprobs = _last_logprobs(loaded, batch)
+            rows = base[offset : offset + logprobs.shape[0]].to(logprobs.device)
+            offset += logprobs.shape[0]
+            kl = kl_divergence(rows, logprobs).sum() / n_harmless
+            loss = settings.kl_weight * kl
+            if backward and settings.kl_weight > 0:
+                loss.backward(inputs=[unit])
+            totals["kl"] += float(kl.detach())
+            totals["loss"] += float(loss.detach())
+    return totals
+
+
+def optimize_direction(
+    loaded: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    init: DirectionSet,
+    settings: OptimizeSettings = OptimizeSettings(),
+    chat: ChatFormat | None = None,
+    progress: Progress | None = None,
+) -> OptimizedDirection:
+    """Learn one unit direction starting from the single direction in ``init``.
+
+    The result is named ``rdo/<init name>`` and its provenance keeps the init's ``layer``
+    and ``position`` (where it started) with ``method: "rdo"``, the settings and the final
+    objective. Deterministic for a given model, prompts and init on one device.
+    """
+    if len(init) != 1:
+        raise DirectionError(f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name.")
+    if not harmful or not harmless:
+        raise ValueError("optimize_direction needs at least one harmful and one harmless prompt.")
+    if init.d_model != loaded.d_model:
+        raise DirectionError(f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}.")
+    started = time.perf_counter()
+    base = next_token_logprobs(loaded, harmless, None, chat, settings.batch_size)
+    is_refusal = torch.zeros(base.shape[-1], dtype=torch.bool)
+    is_refusal[refusal_token_ids(loaded.tokenizer)] = True
+    harmful_batches = _chunks(loaded, harmful, chat, settings.batch_size)
+    harmless_batches = _chunks(loaded, harmless, chat, settings.batch_size)
+    parameter = torch.nn.Parameter(init.unit()[0].detach().to(device=loaded.device, dtype=torch.float32).clone())
+    optimizer = torch.optim.Adam([parameter], lr=settings.learning_rate)
+    history = []
+
+    def unit() -> torch.Tensor:
+        return parameter / parameter.norm()
+
+    for step in range(settings.steps):
+        optimizer.zero_grad(set_to_none=True)
+        current = unit()
+        leaf = current.detach().requires_grad_(True)
+        values = _objective_pass(loaded, leaf, harmful_batches, harmless_batches, base, is_refusal, settings,
+                                 len(harmful), len(harmless), backward=True)
+        current.backward(leaf.grad)  # through the normalisation to the parameter
+        optimizer.step()
+        history.append(values)
+        if progress:
+            progress(step + 1, settings.steps, values)
+    learnt = unit().detach()
+    final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, is_refusal, settings,
+                            len(harmful), len(harmless), backward=False)
+    source = init.provenance[0]
+    start = init.unit()[0].double()
+    final["cosine_to_init"] = float(learnt.double().cpu() @ start)
+    provenance = {
+        "model": source.get("model", loaded.spec),
+        "layer": source.get("layer"),
+        "position": source.get("position"),
+        "method": "rdo",
+        "data_hash": source.get("data_hash"),
+        "params": {**asdict(settings), "init": init.names[0], "n_harmful": len(harmful), "n_harmless": len(harmless), "final": final},
+    }
+    directions = DirectionSet(learnt.float().cpu()[None], (f"rdo/{init.names[0]}",), (provenance,))
+    return OptimizedDirection(directions, history, final, time.perf_counter() - started, settings)

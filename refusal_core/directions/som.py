@@ -1,0 +1,290 @@
+"""Self-Organizing Map refusal directions (Piras et al., "SOM Directions are Better than One").
+
+A SOM is trained on the harmful prompts' residual representations at one layer and
+position. Each neuron's weight vector is a prototype of a group of harmful prompts; the
+prototype minus the harmless centroid (mean harmless representation) is one refusal
+direction. A 1x1 map's single neuron is the harmful mean, so its direction is the
+difference-in-means (DIM) direction: the SOM generalises DIM from one to many directions.
+
+Training uses MiniSom, the library the paper uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from refusal_core.directions.base import DirectionError, DirectionSet
+
+__all__ = ["SomResult", "SomSettings", "neuron_prompts", "som_direction_set", "train_som"]
+
+TOPOLOGIES = ("rectangular", "hexagonal")
+NEIGHBORHOODS = ("gaussian", "bubble", "mexican_hat")
+ORDERS = ("hits", "grid")
+
+
+@dataclass(frozen=True)
+class SomSettings:
+    """How the map is shaped and trained.
+
+    ``x`` and ``y`` are the grid size (``x * y`` neurons, hence directions); ``sigma`` is the
+    initial neighbourhood spread in grid units; ``learning_rate`` the initial step size
+    (MiniSom decays both asymptotically to a third over training); ``iterations`` the number
+    of single-sample updates; ``topology`` the grid ("rectangular": 4 neighbours,
+    "hexagonal": 6); ``neighborhood`` MiniSom's neighbourhood function; ``seed`` makes the
+    initialisation and sample order reproducible.
+    """
+
+    x: int = 3
+    y: int = 3
+    sigma: float = 1.0
+    learning_rate: float = 0.5
+    iterations: int = 2000
+    topology: str = "rectangular"
+    neighborhood: str = "gaussian"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y", "iterations"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
+        for name in ("sigma", "learning_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"SomSettings.{name} must be a positive finite number, got {value!r}.")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
+        if self.neighborhood not in NEIGHBORHOODS:
+            raise ValueError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"SomSettings.seed must be a non-negative integer, got {self.seed!r}.")
+
+    @property
+    def n_neurons(self) -> int:
+        return self.x * self.y
+
+
+@dataclass(frozen=True)
+class SomResult:
+    """A trained map. Neuron ``k`` sits at grid cell ``(k // y, k % y)`` (row-major).
+
+    ``weights`` ``[x*y, d]`` float32 neuron prototypes; ``coordinates`` ``[x*y, 2]`` where to
+    draw each neuron (MiniSom's Euclidean coordinates, so hexagonal rows are offset);
+    ``edges`` pairs ``(a, b)``, ``a < b``, of neighbouring neurons in the topology;
+    ``hits`` ``[x*y]`` how many harmful prompts each neuron wins; ``winners`` ``[n_harmful]``
+    the winning neuron of each harmful prompt; ``quantization_error`` mean distance of a
+    prompt to its winner; ``topographic_error`` share of prompts whose two best neurons are
+    not adjacent (MiniSom's definition; NaN for a 1x1 map, where it is undefined);
+    ``harmless_centroid`` ``[d]`` float32 mean harmless representation.
+    """
+
+    weights: torch.Tensor
+    coordinates: torch.Tensor
+    edges: tuple[tuple[int, int], ...]
+    hits: torch.Tensor
+    winners: torch.Tensor
+    quantization_error: float
+    topographic_error: float
+    settings: SomSettings
+    harmless_centroid: torch.Tensor
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.weights.shape[0])
+
+    def grid_position(self, neuron: int) -> tuple[int, int]:
+        """``(i, j)`` grid cell of neuron index ``neuron``."""
+        return divmod(int(neuron), self.settings.y)
+
+    def directions(self) -> torch.Tensor:
+        """``[x*y, d]`` float32: each neuron minus the harmless centroid."""
+        return (self.weights.double() - self.harmless_centroid.double()).float()
+
+
+def _check_data(harmful: torch.Tensor, harmless: torch.Tensor) -> None:
+    for name, data in (("harmful", harmful), ("harmless", harmless)):
+        if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.shape[0] == 0:
+            shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+            raise ValueError(f"{name} representations must be a non-empty [n_prompts, d_model] tensor, got {shape}.")
+        if not torch.isfinite(data).all():
+            raise ValueError(f"{name} representations contain NaN or infinite values; check the model dtype.")
+    if harmful.shape[1] != harmless.shape[1]:
+        raise ValueError(
+            f"Widths differ: harmful {harmful.shape[1]} vs harmless {harmless.shape[1]}; use one layer of one model."
+        )
+
+
+def _grid_edges(coordinates: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Neighbour pairs: neurons exactly one unit apart in MiniSom's Euclidean layout.
+
+    Rectangular cells are one unit apart along rows and columns (4 neighbours); MiniSom
+    places hexagonal rows sqrt(3)/2 apart and offsets alternate rows by 1/2, so all six
+    hexagonal neighbours are also one unit away. This is the adjacency test MiniSom's
+    hexagonal topographic error uses, so the drawing and the library agree on neighbours.
+    """
+    distances = np.linalg.norm(coordinates[:, None, :] - coordinates[None, :, :], axis=-1)
+    pairs = np.argwhere(np.isclose(distances, 1.0))
+    return tuple((int(a), int(b)) for a, b in pairs if a < b)
+
+
+def _make_som(settings: SomSettings, width: int):
+    try:
+        from minisom import MiniSom
+    except ImportError as err:  # pragma: no cover - minisom is in requirements.txt
+        raise ImportError("SOM directions need MiniSom: pip install minisom") from err
+    return MiniSom(
+        settings.x,
+        settings.y,
+        width,
+        sigma=settings.sigma,
+        learning_rate=settings.learning_rate,
+        neighborhood_function=settings.neighborhood,
+        topology=settings.topology,
+        random_seed=settings.seed,
+    )
+
+
+def _fit_weights(som, data: np.ndarray, settings: SomSettings) -> np.ndarray:
+    """Trained neuron weights ``[x*y, d]`` float64.
+
+    Neurons start at randomly chosen harmful representations (``random_weights_init``,
+    drawn from the seeded generator). PCA initialisation was not chosen: it places neurons
+    at the mean plus or minus one unit along the first two principal components, which is
+    mis-scaled for raw residual activations whose norms are tens to hundreds, and it costs a
+    d x d eigendecomposition. Training is MiniSom's ``train(..., random_order=True)``,
+    whose sample order comes from the same seeded generator, so equal inputs and seed give
+    identical weights.
+
+    A 1x1 map is set to its exact fixed point instead. With one neuron every update is
+    ``w += lr(t) * (x - w)``, whose only fixed point is the data mean, but MiniSom's
+    learning rate decays only to a third of its start, so the neuron keeps tracking recent
+    samples (about 57% relative error from the mean on 100 random 64-d prompts with the
+    defaults, still ~10% with decay-to-zero schedules and 10x more iterations). The exact
+    mean is what the map converges to in the limit, and it makes the 1x1 direction equal DIM.
+    """
+    if settings.n_neurons == 1:
+        return data.mean(axis=0, keepdims=True)
+    som.random_weights_init(data)
+    som.train(data, settings.iterations, random_order=True)
+    return som.get_weights().reshape(settings.n_neurons, -1).copy()
+
+
+def _winners(data: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``[n]`` index of the nearest neuron (Euclidean, MiniSom's activation distance).
+
+    Distances are taken directly, one neuron at a time, rather than through the expanded
+    ``|x|^2 - 2 x.w + |w|^2``, which loses precision when activations are large and close.
+    """
+    distances = np.stack([np.linalg.norm(data - neuron, axis=1) for neuron in weights], axis=1)
+    return distances.argmin(axis=1)
+
+
+def train_som(harmful: torch.Tensor, harmless: torch.Tensor, settings: SomSettings | None = None) -> SomResult:
+    """Train a SOM on ``harmful`` ``[n, d]`` and keep ``harmless`` ``[m, d]``'s centroid.
+
+    Data are converted to float64 before training so prototypes of large activations keep
+    their precision. See ``_fit_weights`` for the initialisation and the 1x1 special case.
+    """
+    settings = settings or SomSettings()
+    _check_data(harmful, harmless)
+    data = harmful.detach().cpu().double().numpy()
+    som = _make_som(settings, data.shape[1])
+    weights = _fit_weights(som, data, settings)
+    winners = _winners(data, weights)
+    xx, yy = som.get_euclidean_coordinates()
+    coordinates = np.stack([xx.reshape(-1), yy.reshape(-1)], axis=1)
+    if settings.n_neurons > 1:
+        topographic_error = float(som.topographic_error(data))
+    else:
+        topographic_error = float("nan")
+    return SomResult(
+        weights=torch.from_numpy(weights).float(),
+        coordinates=torch.from_numpy(coordinates.astype(np.float64)),
+        edges=_grid_edges(coordinates),
+        hits=torch.from_numpy(np.bincount(winners, minlength=settings.n_neurons)).long(),
+        winners=torch.from_numpy(winners).long(),
+        quantization_error=float(np.linalg.norm(data - weights[winners], axis=1).mean()),
+        topographic_error=topographic_error,
+        settings=settings,
+        harmless_centroid=harmless.detach().cpu().double().mean(0).float(),
+    )
+
+
+def _neuron_order(result: SomResult, order: str) -> list[int]:
+    if order not in ORDERS:
+        raise ValueError(f"Unknown order {order!r}; use one of {', '.join(ORDERS)}.")
+    if order == "grid":
+        return list(range(result.n_neurons))
+    hits = result.hits.tolist()
+    # Most-visited prototypes first: they stand for the most harmful prompts.
+    return sorted(range(result.n_neurons), key=lambda k: (-hits[k], k))
+
+
+def som_direction_set(result: SomResult, provenance: dict, order: str = "hits") -> DirectionSet:
+    """One direction per neuron, ``som/{i}-{j}``: neuron weight minus the harmless centroid.
+
+    ``order="hits"`` sorts by hit count, descending (ties by neuron index); ``"grid"``
+    keeps row-major order. ``provenance`` holds model, layer, position and data hash;
+    method, grid cell, hits and the settings (in ``params``) are added per direction.
+    A neuron exactly on the harmless centroid has no direction and is left out (listed in
+    ``meta["dropped"]``).
+    """
+    directions = result.directions()
+    settings = dataclasses.asdict(result.settings)
+    vectors, names, records, dropped = [], [], [], []
+    for neuron in _neuron_order(result, order):
+        i, j = result.grid_position(neuron)
+        name = f"som/{i}-{j}"
+        if not bool(directions[neuron].any()):
+            dropped.append(name)
+            continue
+        vectors.append(directions[neuron])
+        names.append(name)
+        records.append(
+            {
+                **provenance,
+                "method": "som",
+                "neuron": neuron,
+                "grid": [i, j],
+                "hits": int(result.hits[neuron]),
+                "params": {**provenance.get("params", {}), **settings},
+            }
+        )
+    if not vectors:
+        raise DirectionError("Every SOM neuron equals the harmless centroid; the harmful and harmless data coincide.")
+    meta = {
+        **provenance,
+        "method": "som",
+        "grid": [result.settings.x, result.settings.y],
+        "quantization_error": result.quantization_error,
+        "topographic_error": result.topographic_error,
+        "dropped": dropped,
+    }
+    return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=meta)
+
+
+def neuron_prompts(
+    result: SomResult, instructions: Sequence[str], categories: Sequence[str] | None = None
+) -> dict[int, list[tuple[str, str | None]]]:
+    """Which harmful prompts each neuron wins: ``{neuron: [(instruction, category), ...]}``.
+
+    Every neuron is a key (empty list when it wins nothing); prompts keep their input
+    order. ``instructions`` (and ``categories``, if given) align with the harmful data.
+    """
+    n = int(result.winners.shape[0])
+    if len(instructions) != n:
+        raise ValueError(
+            f"{len(instructions)} instructions for {n} harmful representations; pass the prompts the SOM learnt from."
+        )
+    if categories is not None and len(categories) != n:
+        raise ValueError(f"{len(categories)} categories for {n} instructions; they must align.")
+    groups: dict[int, list[tuple[str, str | None]]] = {k: [] for k in range(result.n_neurons)}
+    for index, neuron in enumerate(result.winners.tolist()):
+        groups[neuron].append((instructions[index], categories[index] if categories is not None else None))
+    return groups

@@ -1,0 +1,199 @@
+"""Export a model with refusal directions orthogonalized out of its weights.
+
+The result is a plain Hugging Face model directory (safetensors, untied embeddings, the
+tokenizer), plus the directions themselves and a model card recording their provenance.
+The live model is edited only inside ``orthogonalized_weights`` (under the model lock) and
+is exactly as loaded afterwards, also when the export fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+
+from refusal_core.directions.base import DirectionSet
+from refusal_core.interventions.weights import orthogonalized_weights
+from refusal_core.model.families import model_lock
+from refusal_core.model.loading import LoadedModel
+
+__all__ = ["ExportError", "export_orthogonalized", "model_card"]
+
+_PROVENANCE_COLUMNS = ("model", "layer", "position", "method", "data_hash", "params")
+
+
+class ExportError(FileExistsError):
+    """The export target is in the way; the message says how to proceed."""
+
+
+def package_version() -> str:
+    """The installed refusal-atlas version, else the one in the source tree's pyproject.toml."""
+    try:
+        return importlib.metadata.version("refusal-atlas")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        import tomllib
+
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"]) + " (source tree)"
+    except (ImportError, OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: JSON for structures, pipes and newlines escaped."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _provenance_table(directions: DirectionSet) -> list[str]:
+    header = ["name", *_PROVENANCE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, record in zip(directions.names, directions.provenance):
+        cells = [_cell(name), *(_cell(record.get(column, "")) for column in _PROVENANCE_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> str:
+    """The README.md of an exported model: YAML front matter, what was done, provenance."""
+    names = ", ".join(f"`{name}`" for name in directions.names)
+    lines = [
+        "---",
+        f"base_model: {json.dumps(loaded.spec)}",
+        "library_name: transformers",
+        "tags:",
+        "- refusal-atlas",
+        "- refusal-direction",
+        "- orthogonalized",
+        "- abliterated",
+        "---",
+        "",
+        f"# {loaded.spec} with {len(directions)} refusal direction(s) orthogonalized out",
+        "",
+        f"Base model: `{loaded.spec}` (loaded from `{loaded.source}`).",
+        "",
+        "## What was done",
+        "",
+        "The span of the directions below was projected out of every weight matrix that writes "
+        "to the residual stream: the embedding matrices, each layer's attention-out and MLP-out "
+        "weights, and their biases (weight orthogonalization, Arditi et al. 2024, *Refusal in "
+        "language models is mediated by a single direction*). Nothing written to the residual stream "
+        "has a component along these directions any more, so the model computes the same function "
+        "as directional ablation at every layer and position. The unembedding (lm_head) keeps the "
+        "original matrix, so embeddings are saved untied (`tie_word_embeddings: false`).",
+        "",
+        f"Directions ({len(directions)}, width {directions.d_model}): {names}. They are saved beside "
+        "the model as `directions.safetensors` and `directions.json`.",
+        "",
+        "## Direction provenance",
+        "",
+        *_provenance_table(directions),
+        "",
+        "## How it was made",
+        "",
+        f"- Command: `{command}`",
+        f"- refusal-atlas {package_version()}, transformers {transformers.__version__}, torch {torch.__version__}",
+        f"- Exported {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        "",
+        "## Caution",
+        "",
+        "Removing refusal directions removes a safety behaviour of the base model. Use this model "
+        "for research on refusal mechanisms, not to serve harmful requests.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory; choose another output path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out_dir} is not empty; choose an empty or new directory, or pass overwrite=True to replace it."
+        )
+
+
+def _save_model(loaded: LoadedModel, directions: DirectionSet, target: Path) -> None:
+    """Save the orthogonalized model with an untied config, leaving the live model as it was.
+
+    ``save_pretrained`` writes (and may update) ``model.config`` and ``generation_config``;
+    it is given private copies, so the shared model's config is never touched.
+    """
+    model = loaded.model
+    with model_lock(model), orthogonalized_weights(model, directions):
+        config, generation_config = model.config, getattr(model, "generation_config", None)
+        try:
+            model.config = copy.deepcopy(config)
+            model.config.tie_word_embeddings = False
+            if generation_config is not None:
+                model.generation_config = copy.deepcopy(generation_config)
+            model.save_pretrained(target)
+        finally:
+            model.config = config
+            if generation_config is not None:
+                model.generation_config = generation_config
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_orthogonalized(
+    loaded: LoadedModel,
+    directions: DirectionSet,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Write ``loaded``'s model with ``directions`` orthogonalized out of its weights to ``out_dir``.
+
+    The directory holds a ``save_pretrained`` safetensors model (embedding and lm_head both
+    saved, ``tie_word_embeddings`` False), the tokenizer, ``directions.safetensors`` and
+    ``directions.json``, and a README.md model card. It is written to a temporary directory
+    beside ``out_dir`` and moved into place, so ``out_dir`` is either absent, the old one, or
+    complete. A non-empty ``out_dir`` raises ExportError unless ``overwrite`` is True.
+    Families whose weights cannot be orthogonalized (Gemma 2/3) raise ValueError.
+    Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    directions.check_width(loaded.d_model)
+    _check_target(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary directory.
+        _save_model(loaded, directions, tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        directions.save(tmp / "directions")
+        command = command or (
+            f"export_orthogonalized({loaded.spec!r}, <{len(directions)} directions>, {str(out_dir)!r})"
+        )
+        (tmp / "README.md").write_text(model_card(loaded, directions, command))
+        _check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,63 @@
+"""The linear algebra of ablation: orthonormal bases of a span and projections out of it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from refusal_core.directions.base import validate_vectors
+from refusal_core.interventions.spec import _MODES, AblationMode
+
+__all__ = ["orthogonal_stages", "orthonormal_basis", "project_out"]
+
+# A QR diagonal this small against the largest one means the direction adds nothing new.
+_RANK_TOLERANCE = 1e-6
+
+
+def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis ``[d, r]`` (float64) of the span of ``directions`` ``[k, d]``.
+
+    QR of the directions as columns, in float64; columns whose ``|R_ii|`` is below
+    ``1e-6 * max |R_jj|`` are dropped, so dependent directions do not add noise columns
+    and several directions are removed exactly, not one after another.
+    """
+    validate_vectors(directions)
+    columns = directions.detach().to(torch.float64).T
+    q, r = torch.linalg.qr(columns, mode="reduced")
+    diagonal = r.diagonal().abs()
+    keep = diagonal >= _RANK_TOLERANCE * diagonal.max()
+    return q[:, keep].contiguous()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32 (bf16/fp16 lose too much)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def project_out(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``x - (x @ Q) Q^T`` for ``x`` ``[..., d]`` and an orthonormal ``Q`` ``[d, r]``.
+
+    Computed in float32 (float64 for float64 input) and cast back to ``x.dtype``. Returns a
+    new tensor; ``x`` is never modified.
+    """
+    compute = _compute_dtype(x.dtype)
+    q = basis.to(device=x.device, dtype=compute)
+    xc = x.to(compute)
+    return (xc - (xc @ q) @ q.T).to(x.dtype)
+
+
+def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal") -> list[torch.Tensor]:
+    """The projections that ablate ``directions`` ``[k, d]``, as orthonormal bases ``[d, r]``.
+
+    ``orthogonal``: one stage, the QR basis of the span (all directions removed exactly).
+    ``sequential`` (Piras et al.): one stage per unit direction, applied in order without
+    orthogonalizing, so only the last direction is guaranteed to be absent afterwards.
+    """
+    if mode == "orthogonal":
+        return [orthonormal_basis(directions)]
+    if mode == "sequential":
+        validate_vectors(directions)
+        units = directions.detach().to(torch.float64)
+        units = units / units.norm(dim=-1, keepdim=True)
+        return [unit[:, None] for unit in units]
+    raise ValueError(f"Unknown ablation mode {mode!r}; use one of {', '.join(_MODES)}.")

@@ -1,0 +1,241 @@
+"""Did the model refuse, and what did the intervention cost? Judges, scores and metrics.
+
+Refusal is measured three ways: a judge reads generated replies (substring list, a
+sequence classifier, or a chat/guard model); the refusal score of Arditi et al. reads the
+first-token distribution without generating; and two costs say how much an intervention
+disturbs harmless behaviour (next-token KL divergence and cross-entropy on the model's own
+baseline replies).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from refusal_core.interventions.hooks import apply_intervention
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.substring import _check_pairs
+from refusal_core.model.families import model_lock
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+
+__all__ = [
+    "EvalResult",
+    "completion_cross_entropy",
+    "evaluate_ce",
+    "evaluate_kl",
+    "harmless_kl",
+    "kl_divergence",
+    "next_token_logprobs",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Judges
+
+
+# ---------------------------------------------------------------------------------------
+# Scores read from the first-token distribution
+
+
+@contextmanager
+def _intervened(model: torch.nn.Module, intervention: Intervention | None) -> Iterator[None]:
+    """Hold the model's lock, with ``intervention`` (or none) in place on every row.
+
+    The lock is taken even without an intervention, so a baseline forward never runs while
+    another session's hooks are on the shared model.
+    """
+    with model_lock(model), apply_intervention(model, intervention or Intervention()):
+        yield
+
+
+def _last_position_logits(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    intervention: Intervention | None,
+    chat: ChatFormat | None,
+    batch_size: int,
+) -> Iterator[torch.Tensor]:
+    """Logits at the last prompt position (the first generated token), ``[chunk, vocab]`` float64 per chunk."""
+    prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    # Only the last position is needed; asking for one position saves a [batch, seq, vocab] tensor.
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters else {}
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_prompts(loaded.tokenizer, prompts[start : start + batch_size], loaded.device)
+        with torch.no_grad(), _intervened(loaded.model, intervention):
+            logits = loaded.model(**batch, **keep).logits
+        yield logits[:, -1].double().cpu()
+
+
+def next_token_logprobs(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    intervention: Intervention | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Log-probabilities of the first reply token, ``[n, vocab]`` float64."""
+    chunks = _last_position_logits(loaded, instructions, intervention, chat, batch_size)
+    chunks = [logits.log_softmax(-1) for logits in chunks]
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0, dtype=torch.float64)
+
+
+def kl_divergence(base_logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(base || other) per row of two ``[n, vocab]`` log-probability tensors, ``[n]``.
+
+    Terms where the base probability is exactly zero contribute zero (not NaN), by the
+    convention ``0 log 0 = 0``.
+    """
+    if base_logprobs.shape != other_logprobs.shape:
+        raise ValueError(f"Shapes differ: {tuple(base_logprobs.shape)} vs {tuple(other_logprobs.shape)}.")
+    base_probs = base_logprobs.exp()
+    terms = torch.where(base_probs > 0, base_probs * (base_logprobs - other_logprobs), torch.zeros_like(base_probs))
+    return terms.sum(-1)
+
+
+def harmless_kl(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    intervention: Intervention,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(unmodified || intervened) of the first-token distribution per prompt, ``[n]``.
+
+    ``base``: the unmodified ``next_token_logprobs`` of the same prompts, when a caller
+    compares several interventions and has computed them once already.
+    """
+    if base is None:
+        base = next_token_logprobs(loaded, instructions, None, chat, batch_size)
+    other = next_token_logprobs(loaded, instructions, intervention, chat, batch_size)
+    return kl_divergence(base, other)
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-entropy on given replies
+
+
+def _teacher_forcing_batch(
+    tokenizer, prompts: Sequence[str], replies: Sequence[str], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Left-padded prompt+reply ids and a ``[b, seq]`` mask of the reply tokens.
+
+    Prompt and reply are tokenized apart and concatenated, which is how the model saw
+    them when it generated the reply after the prompt.
+    """
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(list(replies), add_special_tokens=False)["input_ids"]
+    length = max(len(p) + len(r) for p, r in zip(prompt_ids, reply_ids))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    is_reply = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, (prompt, reply) in enumerate(zip(prompt_ids, reply_ids)):
+        start = length - len(prompt) - len(reply)
+        input_ids[row, start:] = torch.tensor(prompt + reply, dtype=torch.long)
+        attention_mask[row, start:] = 1
+        is_reply[row, length - len(reply) :] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    return {key: value.to(device) for key, value in batch.items()}, is_reply
+
+
+def _mean_reply_ce(logits: torch.Tensor, input_ids: torch.Tensor, is_reply: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over reply tokens per row, ``[b]`` float64 (NaN: no reply tokens)."""
+    targets = is_reply[:, 1:].to(logits.device)  # Position t predicts token t + 1.
+    rows = targets.nonzero()[:, 0].cpu()
+    # Select reply positions before upcasting: float64 over [batch, seq, vocab] is large.
+    predicted = logits[:, :-1][targets].double().log_softmax(-1)
+    token_ce = -predicted.gather(-1, input_ids[:, 1:][targets].unsqueeze(-1)).squeeze(-1).cpu()
+    totals = torch.zeros(logits.shape[0], dtype=torch.float64).index_add_(0, rows, token_ce)
+    counts = targets.sum(-1).cpu()
+    return torch.where(counts > 0, totals / counts.clamp(min=1), torch.full_like(totals, math.nan))
+
+
+def completion_cross_entropy(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    intervention: Intervention | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Mean per-token cross-entropy (nats) of each given reply after its prompt, ``[n]`` float64.
+
+    Teacher forcing on prompt + reply; only reply tokens count. An empty reply has no
+    tokens to score and gives NaN.
+    """
+    _check_pairs(instructions, completions)
+    prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    losses = []
+    for start in range(0, len(prompts), batch_size):
+        stop = start + batch_size
+        batch, is_reply = _teacher_forcing_batch(
+            loaded.tokenizer, prompts[start:stop], completions[start:stop], loaded.device
+        )
+        with torch.no_grad(), _intervened(loaded.model, intervention):
+            logits = loaded.model(**batch).logits
+        losses.append(_mean_reply_ce(logits, batch["input_ids"], is_reply))
+    return torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics as results
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One metric over a prompt set: per-prompt values, a summary (``n`` plus ``mean`` or
+    ``rate``) and ``meta`` saying what was measured (model, intervention, judge...)."""
+
+    metric: str
+    per_prompt: list[float | bool]
+    summary: dict
+    meta: dict = field(default_factory=dict)
+
+
+def _meta(loaded: LoadedModel, intervention: Intervention | None, **extra) -> dict:
+    return {"model": loaded.spec, "intervention": (intervention or Intervention()).name, **extra}
+
+
+def _mean_result(metric: str, values: torch.Tensor, meta: dict) -> EvalResult:
+    """Summary over finite values; NaNs (e.g. empty replies) are counted, not averaged."""
+    finite = values[~values.isnan()]
+    summary = {
+        "mean": float(finite.mean()) if len(finite) else math.nan,
+        "n": len(values),
+        "n_nan": len(values) - len(finite),
+    }
+    return EvalResult(metric, [float(value) for value in values], summary, meta)
+
+
+def evaluate_kl(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    intervention: Intervention,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
+    base: torch.Tensor | None = None,
+) -> EvalResult:
+    """First-token KL(unmodified || intervened) per prompt and its mean (nats); ``base`` as in harmless_kl."""
+    divergences = harmless_kl(loaded, instructions, intervention, chat, batch_size, base)
+    return _mean_result("kl", divergences, _meta(loaded, intervention))
+
+
+def evaluate_ce(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    intervention: Intervention | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 8,
+) -> EvalResult:
+    """Cross-entropy of given replies (e.g. the baseline's own) per prompt and its mean."""
+    losses = completion_cross_entropy(loaded, instructions, completions, intervention, chat, batch_size)
+    return _mean_result("cross_entropy", losses, _meta(loaded, intervention))

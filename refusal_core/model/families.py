@@ -1,0 +1,174 @@
+"""The one place that knows model families: where each architecture keeps the modules
+that read from and write to the residual stream, and the lock every user of a model holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "ModelLoadError",
+    "ModelParts",
+    "UnknownFamilyError",
+    "model_lock",
+    "model_parts",
+    "register_family",
+]
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be turned into a model; the message says how to fix it."""
+
+
+class UnknownFamilyError(ModelLoadError):
+    """The model's architecture is not in the family table."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one architecture keeps the modules that read from and write to the residual stream.
+
+    Paths are dotted attribute paths. ``layers`` and ``embeddings`` are relative to the
+    causal-LM model; ``attn_write`` and ``mlp_write`` are relative to one decoder layer and
+    name the last module whose output is added to the residual stream.
+    ``weights_orthogonalizable`` is False where a normalisation sits between that module and
+    the residual add (Gemma 2/3), so an edit of the weights cannot remove a direction exactly.
+    """
+
+    layers: str
+    embeddings: tuple[str, ...]
+    attn_write: str
+    mlp_write: str
+    final_norm: str
+    lm_head: str = "lm_head"
+    weights_orthogonalizable: bool = True
+
+
+_LLAMA_LIKE = Family(
+    layers="model.layers",
+    embeddings=("model.embed_tokens",),
+    attn_write="self_attn.o_proj",
+    mlp_write="mlp.down_proj",
+    final_norm="model.norm",
+)
+
+
+_GEMMA2_LIKE = Family(
+    layers="model.layers",
+    embeddings=("model.embed_tokens",),
+    attn_write="post_attention_layernorm",
+    mlp_write="post_feedforward_layernorm",
+    final_norm="model.norm",
+    weights_orthogonalizable=False,
+)
+
+
+_GPT2 = Family(
+    layers="transformer.h",
+    embeddings=("transformer.wte", "transformer.wpe"),
+    attn_write="attn.c_proj",
+    mlp_write="mlp.c_proj",
+    final_norm="transformer.ln_f",
+)
+
+
+# Keyed by ``config.model_type``, the architecture name Hugging Face itself dispatches on.
+FAMILIES: dict[str, Family] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "gemma2": _GEMMA2_LIKE,
+    "gemma3_text": _GEMMA2_LIKE,
+    "gpt2": _GPT2,
+}
+
+
+def register_family(model_type: str, family: Family) -> None:
+    """Teach the toolkit a new architecture (``config.model_type`` -> module paths)."""
+    FAMILIES[model_type] = family
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The residual-stream modules of one loaded model."""
+
+    family: Family
+    layers: tuple[nn.Module, ...]
+    embeddings: tuple[nn.Module, ...]
+    attn_writes: tuple[nn.Module, ...]
+    mlp_writes: tuple[nn.Module, ...]
+    final_norm: nn.Module
+    lm_head: nn.Module
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module:
+    module = root
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
+
+
+def model_parts(model: nn.Module) -> ModelParts:
+    """Look up the residual-stream modules of ``model`` through the family table."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = FAMILIES.get(model_type or "")
+    if family is None:
+        known = ", ".join(sorted(FAMILIES))
+        raise UnknownFamilyError(
+            f"{type(model).__name__} (model_type={model_type!r}) is not a supported family. "
+            f"Supported: {known}. To add it, call refusal_core.model.families.register_family("
+            f"{model_type!r}, Family(layers=..., embeddings=..., attn_write=..., mlp_write=..., "
+            "final_norm=...)) with the module paths printed by print(model)."
+        )
+    try:
+        layers = tuple(_get(model, family.layers))
+        return ModelParts(
+            family=family,
+            layers=layers,
+            embeddings=tuple(_get(model, path) for path in family.embeddings),
+            attn_writes=tuple(_get(layer, family.attn_write) for layer in layers),
+            mlp_writes=tuple(_get(layer, family.mlp_write) for layer in layers),
+            final_norm=_get(model, family.final_norm),
+            lm_head=_get(model, family.lm_head),
+        )
+    except AttributeError as err:
+        raise UnknownFamilyError(
+            f"{type(model).__name__} has model_type={model_type!r} but not the module layout "
+            f"registered for it ({err}). Register the right paths with register_family()."
+        ) from err
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serializes every intervention and generation on ``model``.
+
+    Hooks and weight edits are global state of a module, and a Streamlit app shares one
+    loaded model between all browser sessions, so anything that changes the model holds
+    this lock for as long as the change is in place.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _LOCKS[model] = lock
+        return lock

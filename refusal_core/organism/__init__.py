@@ -1,0 +1,2 @@
+"""The offline refusal model organism: its build (``build``) and its report against the
+acceptance targets (``report``)."""

