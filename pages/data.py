@@ -11,12 +11,11 @@ from plotly.subplots import make_subplots
 from pages import _state
 from refusal_core.activations.extract import default_positions, extract_activations
 from refusal_core.activations.separation import layer_separation
+from refusal_core.directions import dim
 from refusal_core.directions.base import DirectionError
-from refusal_core.directions.dim import build_dim_set
-from refusal_core.directions.provenance import data_hash
+from refusal_core.directions.registry import FitInput
 from refusal_core.prompts.chat import TemplateError
-
-DIM_SET = "DIM"
+from refusal_core.selection.policy import DIM_SET
 
 st.title("Data & activations")
 loaded = _state.require_model()
@@ -56,12 +55,8 @@ def compute_activations() -> None:
             return
     ws.set_activations(prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
     try:
-        ws.add_set(
-            DIM_SET,
-            build_dim_set(
-                results["harmful"], results["harmless"], loaded.spec, data_hash(prompts["harmful"], prompts["harmless"])
-            ),
-        )
+        data = FitInput(loaded, prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
+        ws.add_set(DIM_SET, dim.fit(data, dim.DimSettings()))
     except DirectionError as err:
         st.error(f"Activations are ready, but the DIM directions failed: {err}")
     if all(result.from_cache for result in results.values()):
@@ -124,16 +119,16 @@ def show_separation() -> None:
 
 
 def show_dim() -> None:
-    dim = ws.direction_sets.get(DIM_SET)
-    if dim is None:
+    candidates = ws.direction_sets.get(DIM_SET)
+    if candidates is None:
         return
-    st.subheader(f"DIM candidates: {len(dim)} directions")
+    st.subheader(f"DIM candidates: {len(candidates)} directions")
     table = pd.DataFrame(
         {
-            "name": dim.names,
-            "position": [p["position"] for p in dim.provenance],
-            "layer": [p["layer"] for p in dim.provenance],
-            "norm": dim.vectors.norm(dim=-1).tolist(),
+            "name": candidates.names,
+            "position": [p["position"] for p in candidates.provenance],
+            "layer": [p["layer"] for p in candidates.provenance],
+            "norm": candidates.norms(),
         }
     )
     grid = table.pivot(index="position", columns="layer", values="norm")

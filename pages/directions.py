@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
 from pages import _state
-from refusal_core.directions.base import DirectionError, cosine_matrix
-from refusal_core.directions.dim import dim_name
+from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
 from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
-from refusal_core.selection.policy import select_relaxing
+from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
 
-DIM_SET = "DIM"
-OPTIMIZED_SET = "Optimized"
 MAX_DEFAULT = 32
 
 st.title("Directions")
@@ -60,25 +55,23 @@ def comparison() -> None:
     if not pairs:
         st.caption("Choose at least one direction.")
         return
-    vectors = np.stack(
-        [ws.direction_sets[s].vectors[ws.direction_sets[s].names.index(n)].double().numpy() for s, n in pairs]
-    )
-    cosines = cosine_matrix(torch.from_numpy(vectors)).numpy()
+    chosen = DirectionSet.concat([ws.direction_sets[s].select([n]) for s, n in pairs], prefixes=[f"{s}:" for s, _ in pairs])
+    cosines = cosine_matrix(chosen.vectors).tolist()
     left, right = st.columns([3, 2])
     heat = go.Figure(
         go.Heatmap(z=cosines, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r", colorbar=dict(title="cos"))
     )
     heat.update_layout(height=max(420, 14 * len(labels) + 200), margin=dict(t=20), yaxis=dict(autorange="reversed"))
     left.plotly_chart(heat, width="stretch")
-    bars = go.Figure(go.Bar(x=np.linalg.norm(vectors, axis=1), y=labels, orientation="h"))
+    bars = go.Figure(go.Bar(x=chosen.norms(), y=labels, orientation="h"))
     bars.update_layout(
         height=max(420, 14 * len(labels) + 200), margin=dict(t=20), xaxis_title="norm", yaxis=dict(autorange="reversed")
     )
     right.plotly_chart(bars, width="stretch")
-    massive_section(vectors, labels)
+    massive_section(chosen, labels)
 
 
-def massive_section(vectors: np.ndarray, labels: list[str]) -> None:
+def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
     """How much of each direction lies on the model's massive residual coordinates."""
     with st.expander("Massive activations: why ablating a direction can cost more KL than it should"):
         prompts = list(builtin("harmless", "val").instructions[:8])
@@ -96,7 +89,7 @@ def massive_section(vectors: np.ndarray, labels: list[str]) -> None:
             "with weight here moves that token by thousands of units. `organism report` also measures the same "
             "direction with these coordinates zeroed, and the KL that random directions cost."
         )
-        shares = massive_share(torch.from_numpy(vectors), massive.coordinates).numpy()
+        shares = massive_share(chosen.vectors, massive.coordinates).tolist()
         figure = go.Figure(go.Bar(x=shares, y=labels, orientation="h"))
         figure.update_layout(
             height=max(300, 14 * len(labels) + 120), margin=dict(t=20), xaxis=dict(title="share of squared norm", range=[0, 1]),
@@ -113,7 +106,7 @@ def validation_prompts(n: int) -> tuple[list[str], list[str]]:
 
 
 def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
-    grid = values.double().numpy()
+    grid = values.tolist()
     text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in grid]
     figure = go.Figure(
         go.Heatmap(
@@ -130,7 +123,7 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
         (layer, str(p))
         for i, p in enumerate(result.positions)
         for j, layer in enumerate(result.layers)
-        if not bool(result.passed[i, j]) and not math.isnan(grid[i, j])
+        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j])
     ]
     if failed:
         figure.add_trace(
@@ -193,28 +186,20 @@ def selection_section() -> None:
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Selection failed: {err}")
             return
-        name = ws.selection.chosen_name()
-        if name is not None:
-            ws.add_set("Selected DIM", candidates.select([name]))
-        else:
-            closest, rule = select_relaxing(ws.selection)
-            if closest is not None:
-                ws.add_set("Closest DIM", candidates.select([dim_name(*closest)]))
+        pick = select_with_fallback(ws.selection)
+        if pick.name is not None:
+            ws.add_set(pick.set_name, candidates.select([pick.name]))
     result = ws.selection
     if result is None:
         st.caption(
             "Scoring ablates every candidate on harmful prompts, adds it on harmless ones and measures the KL cost."
         )
         return
-    chosen = result.chosen_name()
-    if chosen:
-        st.markdown(f"**Chosen:** `{chosen}` (added as the set *Selected DIM*). {result.reason}")
+    pick = select_with_fallback(result)
+    if pick.chosen:
+        st.markdown(f"**Chosen:** `{pick.name}` (added as the set *{pick.set_name}*). {result.reason}")
     else:
-        closest, rule = select_relaxing(result)
-        offered = ""
-        if closest is not None:
-            how = "The lowest bypass of all, ignoring every filter" if rule == "no filter" else f"The closest, with the {rule}"
-            offered = f" {how}: `{dim_name(*closest)}` (added as the set *Closest DIM*)."
+        offered = f" {pick.describe()}: `{pick.name}` (added as the set *{pick.set_name}*)." if pick.name else ""
         st.markdown(f"**No candidate chosen.** {result.reason}{offered}")
     st.caption(
         f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
@@ -238,7 +223,7 @@ def optimize_section() -> None:
     if not starts:
         st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
         return
-    preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in ("Selected DIM", "Closest DIM")), 0)
+    preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in (SELECTED_DIM, CLOSEST_DIM)), 0)
     start = st.selectbox("Start from", starts, index=preferred, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
     cols = st.columns(3)
     steps = int(cols[0].number_input("Steps", 1, 500, 20, key="optimize_steps"))

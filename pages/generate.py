@@ -12,6 +12,7 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import substring_refused
+from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
 
 st.title("Generate")
 loaded = _state.require_model()
@@ -89,7 +90,7 @@ def ablation_variants(layers, mode) -> list:
 
 def default_actadd(options: list[tuple[str, str]]) -> int:
     """The selected DIM direction if there is one, else DIM at the last position and ~60% depth."""
-    for wanted in ("Selected DIM", "Closest DIM"):
+    for wanted in (SELECTED_DIM, CLOSEST_DIM):
         for index, (set_name, _) in enumerate(options):
             if set_name == wanted:
                 return index
@@ -97,7 +98,7 @@ def default_actadd(options: list[tuple[str, str]]) -> int:
     best, best_distance = 0, None
     for index, (set_name, name) in enumerate(options):
         record = ws.direction_sets[set_name].provenance[ws.direction_sets[set_name].names.index(name)]
-        if set_name == "DIM" and record.get("position") == -1:
+        if set_name == DIM_SET and record.get("position") == -1:
             distance = abs(int(record["layer"]) - target)
             if best_distance is None or distance < best_distance:
                 best, best_distance = index, distance

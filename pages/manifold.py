@@ -11,12 +11,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
-from refusal_core.activations.separation import layer_points
+from refusal_core.activations.separation import layer_points, stacked_points
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.clustering import METHODS as CLUSTER_METHODS
 from refusal_core.directions.clustering import cluster_direction_set, cluster_directions
 from refusal_core.directions.per_prompt import gradient_directions, per_prompt_direction_set, representation_directions
-from refusal_core.directions.provenance import data_hash
+from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.som import TOPOLOGIES, SomSettings, neuron_prompts, som_direction_set, train_som
 from refusal_core.projection import ProjectionError, fit_projection
 
@@ -42,13 +42,7 @@ def controls() -> tuple[int, int, str, int, str]:
 
 
 def provenance(layer: int, position: int, method: str) -> dict:
-    return {
-        "model": loaded.spec,
-        "layer": layer,
-        "position": position,
-        "method": method,
-        "data_hash": data_hash(harmful_set, harmless_set),
-    }
+    return build_provenance(loaded.spec, harmful_set, harmless_set, method, layer, position)
 
 
 def prompt_table() -> pd.DataFrame:
@@ -112,7 +106,7 @@ def scatter_traces(table: pd.DataFrame, embedding: np.ndarray, colour: str, dims
 def som_traces(projection, dims: int) -> list:
     """Grid edges as one line trace, then neurons as nodes sized by hit count (last trace)."""
     result = ws.som.result
-    placed = projection.transform(result.weights.double().numpy())
+    placed = projection.transform(result.weights)
     hits = result.hits.numpy()
     sizes = 10 + 30 * np.sqrt(hits / max(hits.max(), 1))
     coords = [[] for _ in range(dims)]
@@ -166,8 +160,7 @@ def som_traces(projection, dims: int) -> list:
 
 def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> int | None:
     """The scatter (and SOM overlay); returns a neuron clicked in the 2-D map, if any."""
-    harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
-    points = np.concatenate([harmful_x.double().numpy(), harmless_x.double().numpy()])
+    points = stacked_points(ws.harmful_acts, ws.harmless_acts, layer, position)
     with st.expander("UMAP settings"):
         neighbours = int(st.number_input("n_neighbors", 2, 200, 15, key="manifold_neighbours"))
         min_dist = float(st.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05, key="manifold_min_dist"))

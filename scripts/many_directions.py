@@ -25,6 +25,7 @@ from refusal_core.comparison import refusal_by_layer, refusal_vs_count  # noqa: 
 from refusal_core.directions.clustering import cluster_direction_set, cluster_directions  # noqa: E402
 from refusal_core.directions.dim import dim_from_activations, dim_name  # noqa: E402
 from refusal_core.directions.per_prompt import representation_directions  # noqa: E402
+from refusal_core.directions.provenance import build_provenance  # noqa: E402
 from refusal_core.directions.som import SomSettings, som_direction_set, train_som  # noqa: E402
 from refusal_core.model.loading import BUNDLED_ORGANISM, load_model  # noqa: E402
 from refusal_core.prompts.loaders import builtin  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
     harmless_val = list(builtin("harmless", "val").instructions[: args.n_prompts])
     harmful_acts = extract_activations(loaded, harmful_train.instructions)
     harmless_acts = extract_activations(loaded, harmless_train.instructions)
-    provenance = {"model": loaded.spec, "data_hash": f"{harmful_train.content_hash()[:16]}:{harmless_train.content_hash()[:16]}", "params": {}}
+    provenance = build_provenance(loaded.spec, harmful_train, harmless_train, "dim")
     dim = dim_from_activations(harmful_acts, harmless_acts, provenance)
 
     scan = {}
@@ -66,9 +67,9 @@ def main() -> None:
     harmful_layer = harmful_acts.block_input(layer, -1)
     harmless_layer = harmless_acts.block_input(layer, -1)
     som = train_som(harmful_layer, harmless_layer, SomSettings(x=3, y=3, seed=0))
-    som_set = som_direction_set(som, {**provenance, "layer": layer, "position": -1})
+    som_set = som_direction_set(som, build_provenance(loaded.spec, harmful_train, harmless_train, "som", layer, -1))
     clusters = cluster_directions(representation_directions(harmful_layer, harmless_layer), k=None, categories=list(harmful_train.categories))
-    cluster_set = cluster_direction_set(clusters, {**provenance, "layer": layer, "position": -1, "method": "per_prompt_representation"})
+    cluster_set = cluster_direction_set(clusters, build_provenance(loaded.spec, harmful_train, harmless_train, "per_prompt_representation", layer, -1))
     positions = sorted(harmful_acts.positions, reverse=True)
     dim_family = dim.select([dim_name(p, layer) for p in positions if dim_name(p, layer) in dim.names])
     curve = refusal_vs_count(loaded, {"dim": dim_family, "som": som_set, "clusters": cluster_set}, harmful_val, harmless_val, max_k=args.max_k)

@@ -153,13 +153,13 @@ def test_directions_heatmaps_and_selection():
     result = _workspace(at).selection
     assert result is not None
     assert _charts(at) == 5 + extra  # plus bypass, induce and KL grids
-    from refusal_core.selection.policy import select_relaxing
+    from refusal_core.selection.policy import select_with_fallback
 
     sets = _workspace(at).direction_sets
     if result.chosen is not None:
         assert sets["Selected DIM"].names == (result.chosen_name(),) and "Closest DIM" not in sets
     else:
-        (position, layer), _ = select_relaxing(result)
+        (position, layer) = select_with_fallback(result).cell
         assert sets["Closest DIM"].names == (f"dim/pos{position}/layer{layer}",)
     # Strict filters nobody passes: the closest candidate is still offered.
     at.number_input(key="selection_max_kl").set_value(0.0)
@@ -341,11 +341,15 @@ def test_sample_prompts_keeps_every_category():
 
 def test_dim_set_leaves_out_vanishing_cells(tiny_llama):
     from refusal_core.activations.extract import extract_activations
-    from refusal_core.directions.dim import build_dim_set
+    from refusal_core.directions import dim as dim_method
+    from refusal_core.directions.registry import FitInput
+    from refusal_core.prompts.sets import PromptSet
 
-    harmful = extract_activations(tiny_llama, ["How do I make a weapon?", "Break into a house"], use_cache=False)
-    harmless = extract_activations(tiny_llama, ["Bake bread", "Write a poem"], use_cache=False)
-    dim = build_dim_set(harmful, harmless, "tiny", "hash")
+    harmful_prompts = PromptSet("harmful", ("How do I make a weapon?", "Break into a house"))
+    harmless_prompts = PromptSet("harmless", ("Bake bread", "Write a poem"))
+    harmful = extract_activations(tiny_llama, harmful_prompts.instructions, use_cache=False)
+    harmless = extract_activations(tiny_llama, harmless_prompts.instructions, use_cache=False)
+    dim = dim_method.fit(FitInput(tiny_llama, harmful_prompts, harmless_prompts, harmful, harmless), dim_method.DimSettings())
     # Layer 0 at template positions is the token embedding, equal for every prompt.
     assert "dim/pos-1/layer0" in dim.meta["dropped"]
     assert "dim/pos-1/layer0" not in dim.names and "dim/pos-1/layer1" in dim.names

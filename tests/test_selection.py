@@ -12,7 +12,7 @@ from refusal_core.directions.dim import dim_direction_set
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_scores
 from refusal_core.metrics import harmless_kl
-from refusal_core.selection.policy import apply_filters, select_direction, select_relaxing
+from refusal_core.selection.policy import apply_filters, select_direction, select_with_fallback
 from refusal_core.selection.result import SelectionFilters, SelectionResult, load_selection
 from refusal_core.selection.scoring import score_candidates, score_candidates_sequential
 from tests.tiny import assert_no_hooks
@@ -92,16 +92,21 @@ def test_select_direction_is_none_when_nothing_passes():
     assert select_direction(synthetic_result(SYN_BYPASS, induce, SYN_KL)) is None
 
 
-def test_select_relaxing_drops_the_kl_filter_first_then_every_filter():
-    assert select_relaxing(synthetic_result(SYN_BYPASS, SYN_INDUCE, SYN_KL)) == ((-1, 1), "all filters")
+def _pick(result) -> tuple:
+    pick = select_with_fallback(result)
+    return pick.cell, pick.rule
+
+
+def test_select_with_fallback_drops_the_kl_filter_first_then_every_filter():
+    assert _pick(synthetic_result(SYN_BYPASS, SYN_INDUCE, SYN_KL)) == ((-1, 1), "all filters")
     # Every candidate too costly in KL: the lowest bypass among early, inducing cells, (-1, 3).
     costly = torch.full((2, 5), 5.0, dtype=torch.float64)
-    assert select_relaxing(synthetic_result(SYN_BYPASS, SYN_INDUCE, costly)) == ((-1, 3), "KL filter dropped")
+    assert _pick(synthetic_result(SYN_BYPASS, SYN_INDUCE, costly)) == ((-1, 3), "KL filter dropped")
     # Nothing induces either: the lowest bypass of all, even at a late layer.
     induce = torch.full((2, 5), -1.0, dtype=torch.float64)
-    assert select_relaxing(synthetic_result(SYN_BYPASS, induce, costly)) == ((-2, 4), "no filter")
+    assert _pick(synthetic_result(SYN_BYPASS, induce, costly)) == ((-2, 4), "no filter")
     empty = torch.full((2, 5), math.nan, dtype=torch.float64)
-    assert select_relaxing(synthetic_result(empty, empty, empty)) == (None, "no candidate")
+    assert _pick(synthetic_result(empty, empty, empty)) == (None, "no candidate")
 
 
 def test_filter_settings_are_validated():

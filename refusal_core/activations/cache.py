@@ -1,4 +1,5 @@
-"""Content-addressed, atomically written safetensors entries that detect their own corruption."""
+"""The on-disk cache: content-addressed, atomically written safetensors entries that detect
+their own corruption, the hash helpers that key them, and what the sidebar shows and clears."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -16,16 +16,34 @@ from safetensors.torch import load_file, save_file
 
 from refusal_core.paths import cache_dir
 
-__all__ = ["CODE_VERSION", "atomic_write_text", "content_key", "entry_path", "load_entry", "save_entry", "tensor_digest"]
+__all__ = [
+    "CODE_VERSION",
+    "atomic_write_text",
+    "cache_usage",
+    "clear_activation_cache",
+    "content_key",
+    "entry_path",
+    "human_bytes",
+    "load_entry",
+    "save_entry",
+    "tensor_digest",
+]
 
 # Bump when a change alters what cached entries contain, so stale entries are never reused.
 CODE_VERSION = "1"
 
 
 def content_key(*parts: object) -> str:
-    """A stable sha256 key of JSON-serializable parts (lists, dicts, strings, numbers)."""
-    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str).encode()
+    """A stable sha256 key of JSON-serializable parts (lists, dicts, strings, numbers) and
+    tensors, which count by their bytes (:func:`tensor_digest`), wherever they are nested."""
+    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=_json_part).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _json_part(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return tensor_digest({"tensor": value})
+    return str(value)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -124,6 +142,7 @@ def clear_activation_cache() -> int:
 
 
 def human_bytes(n: int) -> str:
+    """``n`` bytes in B, KiB, MiB or GiB, for the sidebar."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -132,15 +151,3 @@ def human_bytes(n: int) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def tensor_key(*parts: Any) -> str:
-    """A content hash of strings, numbers, lists and tensors (tensors by their bytes)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            tensor = part.detach().float().contiguous().cpu()
-            digest.update(f"{tuple(tensor.shape)}".encode())
-            digest.update(tensor.numpy().tobytes())
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x1f")
-    return digest.hexdigest()[:32]

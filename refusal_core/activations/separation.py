@@ -12,7 +12,7 @@ import torch
 
 from refusal_core.activations.extract import Activations
 
-__all__ = ["LayerSeparation", "layer_points", "layer_separation"]
+__all__ = ["LayerSeparation", "layer_points", "stacked_points", "layer_separation"]
 
 
 def layer_points(
@@ -20,6 +20,11 @@ def layer_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``([n_harmful, d], [n_harmless, d])`` block inputs of ``layer`` at ``position``."""
     return harmful.block_input(layer, position), harmless.block_input(layer, position)
+
+
+def stacked_points(harmful: Activations, harmless: Activations, layer: int, position: int) -> np.ndarray:
+    """``[n_harmful + n_harmless, d]`` float64: the harmful block inputs, then the harmless ones."""
+    return torch.cat(layer_points(harmful, harmless, layer, position)).double().numpy()
 
 
 @dataclass(frozen=True)

@@ -104,10 +104,6 @@ def activations_for(args, loaded, which: str):
     return prompts, acts
 
 
-def cli_provenance(loaded, harmful, harmless, **params) -> dict:
-    return {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": params}
-
-
 def check_layer(layer: int, n_layers: int) -> None:
     if not 0 <= layer < n_layers:
         raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")

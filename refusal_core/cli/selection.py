@@ -16,8 +16,7 @@ from refusal_core.cli.common import (
 
 
 def cmd_directions_select(args) -> None:
-    from refusal_core.directions.dim import dim_name
-    from refusal_core.selection.policy import select_direction, select_relaxing
+    from refusal_core.selection.policy import select_with_fallback
     from refusal_core.selection.result import SelectionFilters
     from refusal_core.selection.scoring import score_candidates
 
@@ -29,26 +28,23 @@ def cmd_directions_select(args) -> None:
     result = score_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
                               batch_size=args.batch_size, progress=progress_bar("candidates", args.json), chat=chat_format(args))
     result.save(args.out)
-    chosen = select_direction(result)
+    pick = select_with_fallback(result)
+    chosen = pick.cell if pick.chosen else None
     payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
 
     def scores(cell) -> dict:
         p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
         return {"bypass": float(result.bypass[p, l]), "induce": float(result.induce[p, l]), "kl": float(result.kl[p, l])}
 
-    closest = None
     if chosen is not None:
         payload.update(scores(chosen))
-    else:
-        closest, rule = select_relaxing(result)
-        if closest is not None:
-            payload["closest"] = {"position": closest[0], "layer": closest[1], "rule": rule, **scores(closest)}
+    elif pick.cell is not None:
+        payload["closest"] = {"position": pick.cell[0], "layer": pick.cell[1], "rule": pick.rule, **scores(pick.cell)}
     # --save-direction saves the chosen candidate, or else the closest one (as the report and
     # the dashboard's *Closest DIM* do), and says which.
-    saved = chosen if chosen is not None else closest
-    if args.save_direction and saved is not None:
-        candidates.select([dim_name(*saved)]).save(args.save_direction)
-        payload["saved"] = {"path": args.save_direction, "name": dim_name(*saved), "closest": chosen is None}
+    if args.save_direction and pick.name is not None:
+        candidates.select([pick.name]).save(args.save_direction)
+        payload["saved"] = {"path": args.save_direction, "name": pick.name, "closest": not pick.chosen}
 
     def human() -> None:
         print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")

@@ -58,6 +58,10 @@ class DirectionSet:
     def d_model(self) -> int:
         return int(self.vectors.shape[1])
 
+    def norms(self) -> list[float]:
+        """The length of each direction, in set order."""
+        return self.vectors.double().norm(dim=-1).tolist()
+
     def unit(self) -> torch.Tensor:
         """The vectors scaled to unit norm, ``[n, d]``."""
         return self.vectors / self.vectors.norm(dim=-1, keepdim=True)

@@ -17,10 +17,13 @@ import numpy as np
 import torch
 
 from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.per_prompt import gradient_directions, representation_directions
+from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 
-__all__ = ["ClusterResult", "cluster_direction_set", "cluster_directions"]
+__all__ = ["METHOD", "METHODS", "SOURCES", "ClusterResult", "ClusterSettings", "cluster_direction_set", "cluster_directions", "fit"]
 
 METHODS = ("kmeans", "agglomerative")
+SOURCES = ("representation", "gradient")
 
 
 @dataclass(frozen=True)
@@ -225,3 +228,47 @@ def cluster_direction_set(result: ClusterResult, provenance: dict) -> DirectionS
         provenance=records,
         meta=meta,
     )
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Per-prompt directions (Park) at one layer, clustered by angle into a finite family."""
+
+    source: str = setting("representation", "per-prompt direction: representation minus the harmless centroid, "
+                          "or the gradient of a refusal phrase's log-likelihood", choices=SOURCES)
+    method: str = setting("kmeans", "clustering algorithm", choices=METHODS)
+    k: int | None = setting(None, "number of clusters (default: best silhouette)", minimum=1)
+    seed: int = setting(0, "k-means seed", minimum=0)
+
+
+def fit(data: FitInput, settings: ClusterSettings) -> DirectionSet:
+    """One direction per cluster centroid of the harmful prompts' own directions."""
+    if settings.source == "gradient":
+        vectors = gradient_directions(data.loaded, data.harmful.instructions, data.layer, position=data.position,
+                                      chat=data.chat, progress=data.progress("gradients"))
+    else:
+        vectors = representation_directions(*data.layer_points())
+    categories = [c or "none" for c in data.harmful.categories]
+    result = cluster_directions(vectors, k=settings.k, method=settings.method, seed=settings.seed, categories=categories)
+    provenance = data.provenance(f"per_prompt_{settings.source}", at_layer=True)
+    return cluster_direction_set(result, provenance)
+
+
+def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
+    meta, first = directions.meta, directions.provenance[0]
+    params = first["params"]
+    payload = {"k": len(directions), "sizes": [p["members"] for p in directions.provenance], "silhouette": params["silhouette"],
+               "adjusted_rand": meta["adjusted_rand"], "normalized_mutual_info": meta["normalized_mutual_info"],
+               "dominant_categories": [p.get("dominant_category") for p in directions.provenance]}
+    source = str(meta["source_method"]).removeprefix("per_prompt_")
+    lines = [f"{params['method']} on {source} directions at layer {meta['layer']}: k={payload['k']}, cosine silhouette {payload['silhouette']:.3f}",
+             f"alignment with harm categories: ARI {payload['adjusted_rand']:.3f}, NMI {payload['normalized_mutual_info']:.3f}"]
+    lines += [f"  {name:12s} {size:4d} prompts, mostly {category}"
+              for name, size, category in zip(directions.names, payload["sizes"], payload["dominant_categories"])]
+    return payload, lines
+
+
+METHOD = register(DirectionMethod(
+    name="cluster", title="Clustered per-prompt directions", help="cluster input-specific directions (Park)",
+    settings=ClusterSettings, fit=fit, reads="layer", summary=summary,
+))

@@ -5,30 +5,15 @@ residual stream entering the block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from refusal_core.activations.extract import Activations
-from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
+from refusal_core.directions.registry import DirectionMethod, FitInput, register
 
-__all__ = ["VANISHING", "build_dim_set", "dim_direction_set", "dim_directions", "dim_from_activations", "dim_name"]
-
-
-def build_dim_set(harmful: Activations, harmless: Activations, model: str, hash_of_data: str) -> DirectionSet:
-    """Every (position, layer) difference-in-means candidate, ``dim/pos{p}/layer{l}``.
-
-    Layers are the block inputs ``0..n_layers-1`` (the residual stream entering each
-    block, as in Arditi et al.); the final block output is not a candidate. Cells whose
-    difference vanishes are left out and listed in ``meta["dropped"]``: at layer 0 a
-    template token's residual is its embedding, identical for every prompt.
-    """
-    provenance = {
-        "model": model,
-        "data_hash": hash_of_data,
-        "params": {"n_harmful": int(harmful.acts.shape[0]), "n_harmless": int(harmless.acts.shape[0])},
-    }
-    return dim_from_activations(harmful, harmless, provenance)
+__all__ = ["METHOD", "VANISHING", "DimSettings", "dim_direction_set", "dim_directions", "dim_from_activations", "dim_name", "fit"]
 
 
 # Relative norm under which a difference in means counts as zero (no direction).
@@ -106,3 +91,46 @@ def dim_from_activations(harmful, harmless, provenance: dict, layers: Sequence[i
     if bad or not chosen:
         raise DirectionError(f"Layers {bad or chosen} are not block inputs of this model; use layers in 0..{n_layers - 1}.")
     return dim_direction_set(harmful.acts[:, :, chosen], harmless.acts[:, :, chosen], harmful.positions, chosen, provenance)
+
+
+@dataclass(frozen=True)
+class DimSettings:
+    """DIM has no settings: every post-instruction position and every block input is a candidate."""
+
+
+def fit(data: FitInput, settings: DimSettings) -> DirectionSet:
+    """Every (position, layer) DIM candidate, ``dim/pos{p}/layer{l}``, from the prompt sets' activations.
+
+    Layers are the block inputs ``0..n_layers-1`` (the residual stream entering each
+    block, as in Arditi et al.); the final block output is not a candidate. Cells whose
+    difference vanishes are left out and listed in ``meta["dropped"]``: at layer 0 a
+    template token's residual is its embedding, identical for every prompt.
+    """
+    harmful, harmless = data.activations()
+    return dim_from_activations(harmful, harmless, data.provenance("dim", settings))
+
+
+def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
+    """The last post-instruction token, layer by layer (the usual place to read a direction):
+    each candidate's norm and its cosine to the next layer's."""
+    records = [(r["layer"], i) for i, r in enumerate(directions.provenance) if r["position"] == -1]
+    vectors = directions.vectors[[index for _, index in records]]
+    norms = vectors.norm(dim=-1).tolist()
+    cosines = cosine_matrix(vectors)
+    adjacent = [float(cosines[i, i + 1]) for i in range(len(records) - 1)] + [None]
+    rows = [{"layer": layer, "norm": norm, "cos_next": cos} for (layer, _), norm, cos in zip(records, norms, adjacent)]
+    dropped = directions.meta.get("dropped", [])
+    positions = sorted({r["position"] for r in directions.provenance})
+    layers = sorted({r["layer"] for r in directions.provenance})
+    lines = [f"{len(directions)} DIM directions (positions {positions} x layers 0..{layers[-1]})"]
+    if dropped:
+        lines.append(f"Left out {len(dropped)} zero candidates (template tokens at layer 0 are identical for every prompt).")
+    lines.append("layer  norm(pos -1)  cos(next layer)")
+    lines += [f"{row['layer']:5d}  {row['norm']:11.3f}  " + (f"{row['cos_next']:.3f}" if row["cos_next"] is not None else "") for row in rows]
+    return {"n_directions": len(directions), "dropped": dropped, "pos-1": rows}, lines
+
+
+METHOD = register(DirectionMethod(
+    name="dim", title="Difference in means", help="difference-in-means directions for every (position, layer)",
+    settings=DimSettings, fit=fit, summary=summary,
+))

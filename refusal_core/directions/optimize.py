@@ -29,13 +29,16 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.directions.provenance import build_provenance
+from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 from refusal_core.interventions.hooks import differentiable_ablation
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+from refusal_core.prompts.sets import PromptSet, as_prompt_set
 
-__all__ = ["OptimizeSettings", "OptimizedDirection", "optimize_direction"]
+__all__ = ["METHOD", "OptimizeSettings", "OptimizedDirection", "fit", "optimize_direction"]
 
 Progress = Callable[[int, int, dict], None]
 
@@ -50,11 +53,11 @@ class OptimizeSettings:
     number of prompts.
     """
 
-    steps: int = 30
-    learning_rate: float = 0.02
-    kl_weight: float = 10.0
-    margin: float = 2.0
-    batch_size: int = 16
+    steps: int = setting(30, "Adam steps", minimum=1, maximum=500)
+    learning_rate: float = setting(0.02, "Adam learning rate on the direction", flag="--lr", minimum=1e-5, maximum=10.0)
+    kl_weight: float = setting(10.0, "weight of the harmless KL against the refusal term", label="KL weight", minimum=0.0, maximum=1000.0)
+    margin: float = setting(2.0, "stop pushing a harmful prompt once its refusal score is this far below 0", minimum=0.0)
+    batch_size: int = setting(16, "prompts per forward pass (gradients are accumulated)", minimum=1)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -132,8 +135,8 @@ def _objective_pass(
 
 def optimize_direction(
     loaded: LoadedModel,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
+    harmful: PromptSet | Sequence[str],
+    harmless: PromptSet | Sequence[str],
     init: DirectionSet,
     settings: OptimizeSettings = OptimizeSettings(),
     chat: ChatFormat | None = None,
@@ -141,9 +144,10 @@ def optimize_direction(
 ) -> OptimizedDirection:
     """Learn one unit direction starting from the single direction in ``init``.
 
-    The result is named ``rdo/<init name>`` and its provenance keeps the init's ``layer``
-    and ``position`` (where it started) with ``method: "rdo"``, the settings and the final
-    objective. Deterministic for a given model, prompts and init on one device.
+    The result is named ``rdo/<init name>`` and its provenance (the one builder's, from the
+    prompts it learnt on) keeps the init's ``layer`` and ``position`` (where it started)
+    with ``method: "rdo"``, the settings and the final objective; its ``meta`` also holds
+    the objective per step. Deterministic for a given model, prompts and init on one device.
     """
     if len(init) != 1:
         raise DirectionError(f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name.")
@@ -151,12 +155,13 @@ def optimize_direction(
         raise ValueError("optimize_direction needs at least one harmful and one harmless prompt.")
     if init.d_model != loaded.d_model:
         raise DirectionError(f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}.")
+    harmful, harmless = as_prompt_set(harmful, "harmful"), as_prompt_set(harmless, "harmless")
     started = time.perf_counter()
-    base = next_token_logprobs(loaded, harmless, None, chat, settings.batch_size)
+    base = next_token_logprobs(loaded, harmless.instructions, None, chat, settings.batch_size)
     is_refusal = torch.zeros(base.shape[-1], dtype=torch.bool)
     is_refusal[refusal_token_ids(loaded.tokenizer)] = True
-    harmful_batches = _chunks(loaded, harmful, chat, settings.batch_size)
-    harmless_batches = _chunks(loaded, harmless, chat, settings.batch_size)
+    harmful_batches = _chunks(loaded, harmful.instructions, chat, settings.batch_size)
+    harmless_batches = _chunks(loaded, harmless.instructions, chat, settings.batch_size)
     parameter = torch.nn.Parameter(init.unit()[0].detach().to(device=loaded.device, dtype=torch.float32).clone())
     optimizer = torch.optim.Adam([parameter], lr=settings.learning_rate)
     history = []
@@ -181,13 +186,37 @@ def optimize_direction(
     source = init.provenance[0]
     start = init.unit()[0].double()
     final["cosine_to_init"] = float(learnt.double().cpu() @ start)
-    provenance = {
-        "model": source.get("model", loaded.spec),
-        "layer": source.get("layer"),
-        "position": source.get("position"),
-        "method": "rdo",
-        "data_hash": source.get("data_hash"),
-        "params": {**asdict(settings), "init": init.names[0], "n_harmful": len(harmful), "n_harmless": len(harmless), "final": final},
-    }
-    directions = DirectionSet(learnt.float().cpu()[None], (f"rdo/{init.names[0]}",), (provenance,))
-    return OptimizedDirection(directions, history, final, time.perf_counter() - started, settings)
+    provenance = build_provenance(loaded.spec, harmful, harmless, "rdo", source.get("layer"), source.get("position"),
+                                  **asdict(settings), init=init.names[0], final=final)
+    seconds = time.perf_counter() - started
+    meta = {**provenance, "history": history, "final": final, "seconds": round(seconds, 1)}
+    directions = DirectionSet(learnt.float().cpu()[None], (f"rdo/{init.names[0]}",), (provenance,), meta)
+    return OptimizedDirection(directions, history, final, seconds, settings)
+
+
+def fit(data: FitInput, settings: OptimizeSettings) -> DirectionSet:
+    """One direction learnt from ``data.init`` on the prompt sets (see :func:`optimize_direction`)."""
+    if data.init is None:
+        raise DirectionError("The optimize method starts from one direction; give it (--init PATH:name).")
+    bar = data.progress("steps")
+    result = optimize_direction(data.loaded, data.harmful, data.harmless, data.init, settings, chat=data.chat,
+                                progress=(lambda done, total, values: bar(done, total)) if bar else None)
+    return result.directions
+
+
+def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
+    meta, params = directions.meta, directions.provenance[0]["params"]
+    start, final = meta["history"][0], meta["final"]
+    payload = {"name": directions.names[0], "start": start, "final": final, "seconds": meta["seconds"]}
+    lines = [f"Optimized {params['init']} for {params['steps']} steps on {params['n_harmful']} harmful and "
+             f"{params['n_harmless']} harmless prompts ({meta['seconds']:.0f} s) as {directions.names[0]}",
+             f"  refusal score {start['refusal_score']:+.3f} -> {final['refusal_score']:+.3f}; harmless KL {start['kl']:.4f} -> "
+             f"{final['kl']:.4f}; cosine to the start {final['cosine_to_init']:.3f}"]
+    return payload, lines
+
+
+METHOD = register(DirectionMethod(
+    name="optimize", title="Optimized direction",
+    help="learn one direction whose ablation removes refusal at low harmless KL (Wollschläger et al.)",
+    settings=OptimizeSettings, fit=fit, reads="init", summary=summary,
+))

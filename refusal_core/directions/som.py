@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 
-__all__ = ["SomResult", "SomSettings", "neuron_prompts", "som_direction_set", "train_som"]
+__all__ = ["METHOD", "SomResult", "SomSettings", "fit", "neuron_prompts", "som_direction_set", "train_som"]
 
 TOPOLOGIES = ("rectangular", "hexagonal")
 NEIGHBORHOODS = ("gaussian", "bubble", "mexican_hat")
@@ -40,14 +41,14 @@ class SomSettings:
     initialisation and sample order reproducible.
     """
 
-    x: int = 3
-    y: int = 3
-    sigma: float = 1.0
-    learning_rate: float = 0.5
-    iterations: int = 2000
-    topology: str = "rectangular"
-    neighborhood: str = "gaussian"
-    seed: int = 0
+    x: int = setting(3, "grid rows (x * y neurons, hence directions)", label="Grid x", minimum=1, maximum=20)
+    y: int = setting(3, "grid columns", label="Grid y", minimum=1, maximum=20)
+    sigma: float = setting(1.0, "initial neighbourhood spread, in grid units", minimum=0.05, maximum=20.0)
+    learning_rate: float = setting(0.5, "initial step size (MiniSom decays it to a third)", minimum=0.001, maximum=5.0)
+    iterations: int = setting(2000, "single-sample updates", minimum=1, maximum=200000)
+    topology: str = setting("rectangular", "grid: rectangular (4 neighbours) or hexagonal (6)", choices=TOPOLOGIES)
+    neighborhood: str = setting("gaussian", "MiniSom's neighbourhood function", choices=NEIGHBORHOODS)
+    seed: int = setting(0, "seeds the initialisation and the sample order", minimum=0)
 
     def __post_init__(self) -> None:
         for name in ("x", "y", "iterations"):
@@ -288,3 +289,29 @@ def neuron_prompts(
     for index, neuron in enumerate(result.winners.tolist()):
         groups[neuron].append((instructions[index], categories[index] if categories is not None else None))
     return groups
+
+
+def fit(data: FitInput, settings: SomSettings) -> DirectionSet:
+    """SOM directions from the harmful and harmless representations at ``data.layer``/``position``."""
+    harmful, harmless = data.layer_points()
+    result = train_som(harmful, harmless, settings)
+    return som_direction_set(result, data.provenance("som", at_layer=True))
+
+
+def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
+    meta = directions.meta
+    payload = {
+        "names": list(directions.names), "hits": [p.get("hits") for p in directions.provenance],
+        "quantization_error": meta["quantization_error"], "topographic_error": meta["topographic_error"],
+    }
+    x, y = meta["grid"]
+    lines = [f"SOM {x}x{y} ({directions.provenance[0]['params']['topology']}) at layer {meta['layer']}, position {meta['position']}: "
+             f"quantization error {meta['quantization_error']:.3f}, topographic error {meta['topographic_error']:.3f}"]
+    lines += [f"  {name:12s} hits {hits}" for name, hits in zip(payload["names"], payload["hits"])]
+    return payload, lines
+
+
+METHOD = register(DirectionMethod(
+    name="som", title="Self-organizing map", help="Self-Organizing Map directions at one layer (Piras et al.)",
+    settings=SomSettings, fit=fit, reads="layer", summary=summary,
+))

@@ -12,7 +12,8 @@ from typing import Callable
 
 from refusal_core.activations.extract import extract_activations
 from refusal_core.directions.base import DirectionSet
-from refusal_core.directions.dim import dim_from_activations, dim_name
+from refusal_core.directions.dim import dim_from_activations
+from refusal_core.directions.provenance import build_provenance
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import SubstringJudge
@@ -20,7 +21,7 @@ from refusal_core.metrics import evaluate_kl, next_token_logprobs
 from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, load_model
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet
-from refusal_core.selection.policy import select_relaxing
+from refusal_core.selection.policy import select_with_fallback
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
@@ -54,7 +55,7 @@ def dim_candidates(
     harmful_acts = extract_activations(loaded, harmful.instructions, positions=[-1] if last_position_only else None)
     harmless_acts = extract_activations(loaded, harmless.instructions, positions=[-1] if last_position_only else None)
     layers = [layer for layer in range(0, loaded.n_layers, layer_step) if layer < max_layer_fraction * loaded.n_layers]
-    provenance = {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": {"n_harmful": len(harmful), "n_harmless": len(harmless)}}
+    provenance = build_provenance(loaded.spec, harmful, harmless, "dim")
     return dim_from_activations(harmful_acts, harmless_acts, provenance, layers)
 
 
@@ -94,14 +95,15 @@ def organism_report(
     selection = score_candidates(
         loaded, candidates, list(builtin("harmful", "val").instructions[:n_select]), list(builtin("harmless", "val").instructions[:n_select]), filters
     )
-    chosen, rule = select_relaxing(selection)
-    if chosen is None:
+    pick = select_with_fallback(selection)
+    if pick.cell is None:
         raise ValueError(f"No DIM candidate could be scored on {spec}; check the prompt sets and the model.")
-    if rule != "all filters":
+    chosen, rule = pick.cell, pick.rule
+    if not pick.chosen:
         # Report the closest candidate anyway, and say which filters it fails: a report
         # that stopped here would hide what ablation does.
         say(f"No candidate passed the filters ({selection.reason}); chosen with {rule}")
-    direction = candidates.select([dim_name(*chosen)])
+    direction = candidates.select([pick.name])
     ablation = Intervention.from_directions("ablate", direction)
     addition = Intervention.from_direction_addition("actadd", direction, direction.names[0], 1.0, chosen[1])
     harmful_test, harmless_test = builtin("harmful", "test"), builtin("harmless", "test")

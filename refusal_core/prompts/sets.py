@@ -11,7 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-__all__ = ["SPLIT_SEED", "PromptSet", "PromptSetError", "sample_prompts", "split_indices", "split_prompt_set"]
+__all__ = [
+    "as_prompt_set","SPLIT_SEED", "PromptSet", "PromptSetError", "sample_prompts", "split_indices", "split_prompt_set"]
 
 
 def sample_prompts(prompts, max_prompts: int):
@@ -202,3 +203,8 @@ def _check_choice(what: str, value: str, valid: Sequence[str]) -> str:
     if norm not in valid:
         raise PromptSetError(f"Unknown {what} {value!r}; valid values are: {', '.join(valid)}.")
     return norm
+
+
+def as_prompt_set(prompts: PromptSet | Sequence[str], name: str = "prompts") -> PromptSet:
+    """``prompts`` itself, or a list of instructions as a PromptSet without categories."""
+    return prompts if isinstance(prompts, PromptSet) else PromptSet(name=name, instructions=tuple(prompts))

@@ -6,13 +6,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 
-__all__ = ["apply_filters", "select_direction", "select_relaxing"]
+__all__ = [
+    "CLOSEST_DIM",
+    "DIM_SET",
+    "OPTIMIZED_SET",
+    "SELECTED_DIM",
+    "Pick",
+    "apply_filters",
+    "select_direction",
+    "select_with_fallback",
+]
+
+# The dashboard's names for the direction sets the policy and the methods make.
+DIM_SET = "DIM"
+SELECTED_DIM = "Selected DIM"
+CLOSEST_DIM = "Closest DIM"
+OPTIMIZED_SET = "Optimized"
 
 
 def apply_filters(
@@ -81,22 +97,54 @@ def select_direction(result: SelectionResult) -> tuple[int, int] | None:
     return _choose(result.bypass, result.passed, result.positions, result.layers)
 
 
-def select_relaxing(result: SelectionResult) -> tuple[tuple[int, int] | None, str]:
-    """Arditi et al.'s choice, or, when no candidate passes, the closest one to it.
+@dataclass(frozen=True)
+class Pick:
+    """The candidate the policy takes, and the rule that found it.
 
-    Returns ``((position, layer), rule)``. ``rule`` is ``"all filters"`` when a candidate
-    passed them; else ``"KL filter dropped"``: the lowest bypass among candidates that
-    still pass the layer and induce filters (a direction that removes refusal and also
-    induces it, whatever it costs in KL); else ``"no filter"``: the lowest bypass of all.
-    ``(None, "no candidate")`` when nothing was scored.
+    ``rule`` is ``"all filters"`` when a candidate passed Arditi et al.'s filters; else
+    ``"KL filter dropped"`` (the lowest bypass among candidates that still pass the layer
+    and induce filters: a direction that removes refusal and also induces it, whatever it
+    costs in KL); else ``"no filter"`` (the lowest bypass of all); ``"no candidate"`` with
+    ``cell`` None when nothing was scored. ``name`` is the candidate's name in the scored set.
     """
-    chosen = select_direction(result)
-    if chosen is not None:
-        return chosen, "all filters"
-    relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
-    passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed)
-    chosen = _choose(result.bypass, passed, result.positions, result.layers)
-    if chosen is not None:
-        return chosen, "KL filter dropped"
-    chosen = _choose(result.bypass, ~torch.isnan(result.bypass.double()), result.positions, result.layers)
-    return (chosen, "no filter") if chosen is not None else (None, "no candidate")
+
+    cell: tuple[int, int] | None
+    rule: str
+    name: str | None
+
+    @property
+    def chosen(self) -> bool:
+        """Whether the candidate passed every filter (else it is only the closest one)."""
+        return self.rule == "all filters"
+
+    @property
+    def set_name(self) -> str:
+        """The dashboard set the candidate goes into: *Selected DIM* or *Closest DIM*."""
+        return SELECTED_DIM if self.chosen else CLOSEST_DIM
+
+    def describe(self) -> str:
+        """How the candidate was found, as the start of a sentence."""
+        if self.chosen:
+            return "Chosen"
+        if self.rule == "no filter":
+            return "The lowest bypass of all, ignoring every filter"
+        return f"The closest, with the {self.rule}"
+
+
+def select_with_fallback(result: SelectionResult) -> Pick:
+    """Arditi et al.'s choice, or, when no candidate passes, the closest one to it (see :class:`Pick`).
+
+    The CLI's ``directions select --save-direction``, the organism report and the
+    Directions page all take their direction here.
+    """
+    cell, rule = select_direction(result), "all filters"
+    if cell is None:
+        relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
+        passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed)
+        cell, rule = _choose(result.bypass, passed, result.positions, result.layers), "KL filter dropped"
+    if cell is None:
+        scored = ~torch.isnan(result.bypass.double())
+        cell, rule = _choose(result.bypass, scored, result.positions, result.layers), "no filter"
+    if cell is None:
+        return Pick(None, "no candidate", None)
+    return Pick(cell, rule, result.names[result.positions.index(cell[0])][result.layers.index(cell[1])])

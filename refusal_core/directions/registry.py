@@ -1,0 +1,187 @@
+"""The direction-method registry: one contract that every method honours.
+
+A method is one module that defines a settings dataclass (every field made with
+:func:`setting`, so it carries a description) and ``fit(data: FitInput, settings) ->
+DirectionSet``, and registers itself with :func:`register`. The CLI's ``directions``
+subcommands and the dashboard's method controls are generated from the registry
+(settings fields become argparse options and Streamlit widgets), so adding a method is one
+file plus its test; ``tests/test_methods.py`` runs every registered method through the
+same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from refusal_core.activations.extract import Activations, extract_activations
+from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.provenance import build_provenance
+from refusal_core.generation import Progress
+from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat
+from refusal_core.prompts.sets import PromptSet
+
+__all__ = [
+    "BUILTIN_METHODS",
+    "DirectionMethod",
+    "FitInput",
+    "Setting",
+    "get_method",
+    "methods",
+    "register",
+    "setting",
+    "settings_fields",
+    "unregister",
+]
+
+# Modules of the methods that ship with the engine; importing one registers it.
+BUILTIN_METHODS = ("dim", "som", "clustering", "optimize")
+Reads = Literal["activations", "layer", "init"]
+
+
+def setting(default: object, help: str, label: str | None = None, choices: tuple = (), flag: str | None = None,
+            minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A settings field with its description (shown as CLI help and widget help).
+
+    ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
+    values, ``flag`` the CLI option when it is not ``--name-with-dashes``, and
+    ``minimum``/``maximum`` bound the widget.
+    """
+    metadata = {"help": help, "label": label, "choices": tuple(choices), "flag": flag, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One settings field as the CLI and the pages see it; ``kind`` is int, float, str or bool."""
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    label: str
+    choices: tuple
+    flag: str
+    optional: bool
+    minimum: float | None
+    maximum: float | None
+
+
+def settings_fields(settings: type) -> list[Setting]:
+    """The fields of a settings dataclass, with their types resolved (``int | None`` is an optional int)."""
+    hints = typing.get_type_hints(settings)
+    out = []
+    for spec in dataclasses.fields(settings):
+        kinds = [kind for kind in typing.get_args(hints[spec.name]) or (hints[spec.name],) if kind is not type(None)]
+        meta = spec.metadata
+        if "help" not in meta:
+            raise TypeError(f"{settings.__name__}.{spec.name} has no description; declare it with registry.setting(...).")
+        out.append(Setting(
+            name=spec.name, kind=kinds[0], default=spec.default, help=meta["help"],
+            label=meta["label"] or spec.name.replace("_", " ").capitalize(), choices=meta["choices"],
+            flag=meta["flag"] or "--" + spec.name.replace("_", "-"), optional=type(None) in typing.get_args(hints[spec.name]),
+            minimum=meta["minimum"], maximum=meta["maximum"],
+        ))
+    return out
+
+
+@dataclass
+class FitInput:
+    """What a method may read: the model, both prompt sets and, computed on first use (or
+    given, as the dashboard does), their activations at every post-instruction position.
+
+    ``layer``/``position`` say where methods that read one layer (``reads="layer"``) take
+    the representations; ``init`` is the start direction of methods that refine one
+    (``reads="init"``). ``progress(label)`` gives a ``Progress`` callback for each stage.
+    """
+
+    loaded: LoadedModel
+    harmful: PromptSet
+    harmless: PromptSet
+    harmful_acts: Activations | None = None
+    harmless_acts: Activations | None = None
+    layer: int | None = None
+    position: int = -1
+    init: DirectionSet | None = None
+    chat: ChatFormat | None = None
+    batch_size: int = 16
+    progress: Callable[[str], Progress | None] = lambda label: None
+
+    def activations(self) -> tuple[Activations, Activations]:
+        """Harmful and harmless activations (extracted once, through the on-disk cache)."""
+        if self.harmful_acts is None or self.harmless_acts is None:
+            self.harmful_acts, self.harmless_acts = (
+                extract_activations(self.loaded, prompts.instructions, chat=self.chat, batch_size=self.batch_size,
+                                    progress=self.progress(f"{which} activations"))
+                for which, prompts in (("harmful", self.harmful), ("harmless", self.harmless))
+            )
+        return self.harmful_acts, self.harmless_acts
+
+    def layer_points(self) -> tuple[Any, Any]:
+        """``([n_harmful, d], [n_harmless, d])`` block inputs at ``layer`` and ``position``."""
+        if self.layer is None:
+            raise ValueError("This method reads one layer; give the layer (--layer).")
+        harmful, harmless = self.activations()
+        return harmful.block_input(self.layer, self.position), harmless.block_input(self.layer, self.position)
+
+    def provenance(self, method: str, settings: object | None = None, at_layer: bool = False) -> dict:
+        """The one provenance builder's record for these prompt sets (with the settings as params)."""
+        params = dataclasses.asdict(settings) if settings is not None else {}
+        where = {"layer": self.layer, "position": self.position} if at_layer else {}
+        return build_provenance(self.loaded.spec, self.harmful, self.harmless, method, **where, **params)
+
+
+@dataclass(frozen=True)
+class DirectionMethod:
+    """A registered method: ``fit(FitInput, settings) -> DirectionSet``.
+
+    ``name`` is the CLI subcommand, ``title`` the dashboard's label, ``help`` one line for
+    both; ``settings`` the settings dataclass; ``reads`` what ``fit`` needs beyond the prompt
+    sets. ``summary(directions) -> (payload, lines)`` gives the CLI's JSON payload and
+    human-readable lines (default: the names).
+    """
+
+    name: str
+    title: str
+    help: str
+    settings: type
+    fit: Callable[[FitInput, Any], DirectionSet]
+    reads: Reads = "activations"
+    summary: Callable[[DirectionSet], tuple[dict, list[str]]] | None = None
+
+    def describe(self, directions: DirectionSet) -> tuple[dict, list[str]]:
+        if self.summary is not None:
+            return self.summary(directions)
+        return {"names": list(directions.names)}, [f"  {name}" for name in directions.names]
+
+
+_METHODS: dict[str, DirectionMethod] = {}
+
+
+def register(method: DirectionMethod) -> DirectionMethod:
+    """Add (or replace) a method; its settings must describe every field."""
+    settings_fields(method.settings)
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def methods() -> dict[str, DirectionMethod]:
+    """Every registered method by name, the built-in ones first."""
+    for module in BUILTIN_METHODS:
+        importlib.import_module(f"refusal_core.directions.{module}")
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> DirectionMethod:
+    known = methods()
+    if name not in known:
+        raise ValueError(f"Unknown direction method {name!r}; registered: {', '.join(known)}.")
+    return known[name]
