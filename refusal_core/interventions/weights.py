@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
-from refusal_core.interventions.hooks import _model_width
 from refusal_core.interventions.linalg import orthonormal_basis, project_out
 from refusal_core.interventions.spec import _as_direction_matrix
-from refusal_core.model.families import ModelParts, model_lock, model_parts
+from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
@@ -67,7 +66,7 @@ def _weight_edits(parts: ModelParts) -> list[tuple[torch.Tensor, int, nn.Module]
 
 def _check_directions(model: nn.Module, directions: torch.Tensor | DirectionSet) -> torch.Tensor:
     """The ``[k, d]`` direction matrix, after checking its width against the model."""
-    d_model = _model_width(model)
+    d_model = model_width(model)
     if isinstance(directions, DirectionSet):
         directions.check_width(d_model)
     matrix = _as_direction_matrix(directions)

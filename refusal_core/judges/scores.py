@@ -12,7 +12,8 @@ import torch
 from refusal_core.generation import Completion, GenerationSettings, Progress, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge
-from refusal_core.metrics import EvalResult, _last_position_logits, _mean_result, _meta
+from refusal_core.metrics import EvalResult, _mean_result, _meta, next_token_chunks
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat
 
@@ -47,19 +48,16 @@ def refusal_scores(
     """Arditi et al.'s refusal score ``log p - log(1 - p)``, ``[n]`` float64.
 
     ``p`` is the first-token probability mass on ``refusal_ids`` (default: derived by
-    refusal_token_ids). Both terms are log-sum-exps of logits, so the score stays exact
-    where ``p`` is within rounding of 0 or 1.
+    refusal_token_ids); see ``forward.refusal_log_odds``.
     """
     ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(loaded.tokenizer)
     if not ids:
         raise ValueError("refusal_ids is empty; give at least one token id.")
     scores = []
-    for logits in _last_position_logits(loaded, instructions, intervention, chat, batch_size):
-        if max(ids) >= logits.shape[-1] or min(ids) < 0:
-            raise ValueError(f"refusal_ids must lie in [0, {logits.shape[-1]}), the model's vocabulary.")
-        is_refusal = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        is_refusal[ids] = True
-        scores.append(logits[:, is_refusal].logsumexp(-1) - logits[:, ~is_refusal].logsumexp(-1))
+    for logprobs in next_token_chunks(loaded, instructions, intervention, chat, batch_size):
+        if max(ids) >= logprobs.shape[-1] or min(ids) < 0:
+            raise ValueError(f"refusal_ids must lie in [0, {logprobs.shape[-1]}), the model's vocabulary.")
+        scores.append(refusal_log_odds(logprobs, ids))
     return torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
 
 

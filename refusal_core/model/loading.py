@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from refusal_core.model.families import ModelLoadError, ModelParts, model_parts
+from refusal_core.model.families import ModelLoadError, ModelParts, model_parts, model_width
 from refusal_core.paths import cache_dir
 
 __all__ = [
@@ -70,7 +70,7 @@ class LoadedModel:
 
     @property
     def d_model(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return model_width(self.model)
 
     @property
     def device(self) -> torch.device:
