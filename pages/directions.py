@@ -237,7 +237,7 @@ def optimize_section() -> None:
             result = optimize_direction(
                 loaded, harmful, harmless, ws.direction_sets[start[0]].select([start[1]]),
                 OptimizeSettings(**values),
-                progress=lambda done, total, values: update(done, total),
+                progress=update,
             )
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Optimization failed: {err}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -20,18 +20,17 @@ from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
 from refusal_core.model.forward import encode_prompts
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply
 
 __all__ = [
     "Completion",
     "GenerationSettings",
-    "Progress",
     "end_of_turn_ids",
     "generate_completions",
     "generate_side_by_side",
 ]
 
-Progress = Callable[[int, int], None]
 
 # A reply whose last character cannot merge with what the template puts after it.
 _PROBE_INSTRUCTION = "Say hello."

@@ -18,11 +18,11 @@ from refusal_core.model.families import model_lock, model_parts
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.forward import block_hooks, encode_prompts
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instruction_count
 
 __all__ = ["Activations", "default_positions", "extract_activations", "weights_fingerprint"]
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

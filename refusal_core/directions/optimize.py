@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -36,12 +36,12 @@ from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.forward import encode_prompts, last_token_logprobs, refusal_log_odds
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.prompts.sets import PromptSet, as_prompt_set
 
 __all__ = ["METHOD", "OptimizeSettings", "OptimizedDirection", "fit", "optimize_direction"]
 
-Progress = Callable[[int, int, dict], None]
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def optimize_direction(
         optimizer.step()
         history.append(values)
         if progress:
-            progress(step + 1, settings.steps, values)
+            progress(step + 1, settings.steps, **values)
     learnt = unit().detach()
     final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, refusal_ids, settings,
                             len(harmful), len(harmless), backward=False)
@@ -192,9 +192,8 @@ def fit(data: FitInput, settings: OptimizeSettings) -> DirectionSet:
     """One direction learnt from ``data.init`` on the prompt sets (see :func:`optimize_direction`)."""
     if data.init is None:
         raise DirectionError("The optimize method starts from one direction; give it (--init PATH:name).")
-    bar = data.progress("steps")
     result = optimize_direction(data.loaded, data.harmful, data.harmless, data.init, settings, chat=data.chat,
-                                progress=(lambda done, total, values: bar(done, total)) if bar else None)
+                                progress=data.progress("steps"))
     return result.directions
 
 

@@ -15,7 +15,7 @@ directions tied to prompt types.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -23,6 +23,7 @@ from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.model.families import model_lock
 from refusal_core.model.forward import block_hooks, last_logits, left_padded, pad_id, token_ids
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 
 REFUSAL_PHRASE = "I'm sorry, but I can't help with that."
 
-Progress = Callable[[int, int], None]
 
 
 def representation_directions(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:

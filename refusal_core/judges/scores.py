@@ -4,14 +4,13 @@ refusal rate of generated replies under a judge, as results.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
 from refusal_core.generation import Completion, GenerationSettings, Progress, generate_completions
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge
+from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, refusal_rate
 from refusal_core.metrics import EvalResult, _mean_result, _meta, next_token_chunks
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
@@ -75,7 +74,7 @@ def evaluate_refusal(
     settings = settings or GenerationSettings()
     completions = generate_completions(loaded, instructions, intervention, settings, chat, progress)
     refused = judge.judge(list(instructions), [c.text for c in completions])
-    summary = {"rate": sum(refused) / len(refused) if refused else math.nan, "n": len(refused)}
+    summary = {"rate": refusal_rate(refused), "n": len(refused)}
     return EvalResult("refusal_rate", refused, summary, _meta(loaded, intervention, judge=judge.name)), completions
 
 

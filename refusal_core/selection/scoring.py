@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -36,6 +36,7 @@ from refusal_core.model.families import model_lock
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.forward import encode_prompts, last_token_logprobs, refusal_log_odds
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.selection.policy import _choose, _why_none, apply_filters
 from refusal_core.selection.result import SelectionFilters, SelectionResult
@@ -48,7 +49,6 @@ __all__ = [
     "score_candidates_sequential",
 ]
 
-Progress = Callable[[int, int], None]
 _MEASURES = ("bypass", "kl", "induce")
 
 
