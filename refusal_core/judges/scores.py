@@ -8,12 +8,13 @@ from typing import Sequence
 
 import torch
 
-from refusal_core.generation import Completion, GenerationSettings, Progress, generate_completions
+from refusal_core.generation import Completion, GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, refusal_rate
 from refusal_core.metrics import EvalResult, _mean_result, _meta, next_token_chunks
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 
 __all__ = ["evaluate_refusal", "evaluate_scores", "refusal_scores", "refusal_token_ids"]
