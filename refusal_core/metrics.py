@@ -18,20 +18,22 @@ import torch
 
 from refusal_core.interventions.hooks import apply_intervention
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import _check_pairs
+from refusal_core.judges.substring import check_pairs
 from refusal_core.model.families import model_lock
 from refusal_core.model.forward import encode_prompts, last_token_logprobs, left_padded, pad_id, token_ids
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = [
-    "EvalResult",
     "completion_cross_entropy",
+    "EvalResult",
     "evaluate_ce",
     "evaluate_kl",
     "harmless_kl",
     "kl_divergence",
+    "mean_result",
     "next_token_logprobs",
+    "result_meta",
 ]
 
 
@@ -159,7 +161,7 @@ def completion_cross_entropy(
     Teacher forcing on prompt + reply; only reply tokens count. An empty reply has no
     tokens to score and gives NaN.
     """
-    _check_pairs(instructions, completions)
+    check_pairs(instructions, completions)
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
     losses = []
     for start in range(0, len(prompts), batch_size):
@@ -186,11 +188,11 @@ class EvalResult:
     meta: dict = field(default_factory=dict)
 
 
-def _meta(loaded: LoadedModel, intervention: Intervention | None, **extra) -> dict:
+def result_meta(loaded: LoadedModel, intervention: Intervention | None, **extra) -> dict:
     return {"model": loaded.spec, "intervention": (intervention or Intervention()).name, **extra}
 
 
-def _mean_result(metric: str, values: torch.Tensor, meta: dict) -> EvalResult:
+def mean_result(metric: str, values: torch.Tensor, meta: dict) -> EvalResult:
     """Summary over finite values; NaNs (e.g. empty replies) are counted, not averaged."""
     finite = values[~values.isnan()]
     summary = {
@@ -211,7 +213,7 @@ def evaluate_kl(
 ) -> EvalResult:
     """First-token KL(unmodified || intervened) per prompt and its mean (nats); ``base`` as in harmless_kl."""
     divergences = harmless_kl(loaded, instructions, intervention, chat, batch_size, base)
-    return _mean_result("kl", divergences, _meta(loaded, intervention))
+    return mean_result("kl", divergences, result_meta(loaded, intervention))
 
 
 def evaluate_ce(
@@ -224,4 +226,4 @@ def evaluate_ce(
 ) -> EvalResult:
     """Cross-entropy of given replies (e.g. the baseline's own) per prompt and its mean."""
     losses = completion_cross_entropy(loaded, instructions, completions, intervention, chat, batch_size)
-    return _mean_result("cross_entropy", losses, _meta(loaded, intervention))
+    return mean_result("cross_entropy", losses, result_meta(loaded, intervention))

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet
-from refusal_core.interventions.linalg import _compute_dtype, orthogonal_stages
-from refusal_core.interventions.spec import AblationMode, Intervention, _as_direction_matrix
+from refusal_core.interventions.linalg import compute_dtype, orthogonal_stages
+from refusal_core.interventions.spec import AblationMode, Intervention, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 from refusal_core.model.forward import block_hooks
 
@@ -94,7 +94,7 @@ class _LayerEdit:
 
 def _ablate_stages(x: torch.Tensor, stages: _RowTensor) -> torch.Tensor:
     """Project every stage's basis out of ``x`` ``[B, ..., d]``, row by row, as a new tensor."""
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     bases = stages.on(x.device, compute)
     xc = x.to(compute)
     for basis in bases:  # [B', d, r]; zero columns are no-ops for rows with fewer directions
@@ -310,7 +310,7 @@ def ablate(
         directions.check_width(model_width(model))
     intervention = Intervention(
         name="ablate",
-        ablate=_as_direction_matrix(directions),
+        ablate=as_direction_matrix(directions),
         ablate_layers=tuple(layers) if layers is not None else None,
         ablate_mode=mode,
     )

@@ -12,7 +12,7 @@ from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.interventions.linalg import orthonormal_basis, project_out
-from refusal_core.interventions.spec import _as_direction_matrix
+from refusal_core.interventions.spec import as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
@@ -69,7 +69,7 @@ def _check_directions(model: nn.Module, directions: torch.Tensor | DirectionSet)
     d_model = model_width(model)
     if isinstance(directions, DirectionSet):
         directions.check_width(d_model)
-    matrix = _as_direction_matrix(directions)
+    matrix = as_direction_matrix(directions)
     if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or matrix.shape[1] != d_model:
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
         raise DirectionError(

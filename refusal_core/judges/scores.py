@@ -11,7 +11,7 @@ import torch
 from refusal_core.generation import Completion, GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, refusal_rate
-from refusal_core.metrics import EvalResult, _mean_result, _meta, next_token_chunks
+from refusal_core.metrics import EvalResult, mean_result, next_token_chunks, result_meta
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
@@ -76,7 +76,7 @@ def evaluate_refusal(
     completions = generate_completions(loaded, instructions, intervention, settings, chat, progress)
     refused = judge.judge(list(instructions), [c.text for c in completions])
     summary = {"rate": refusal_rate(refused), "n": len(refused)}
-    return EvalResult("refusal_rate", refused, summary, _meta(loaded, intervention, judge=judge.name)), completions
+    return EvalResult("refusal_rate", refused, summary, result_meta(loaded, intervention, judge=judge.name)), completions
 
 
 def evaluate_scores(
@@ -89,4 +89,4 @@ def evaluate_scores(
 ) -> EvalResult:
     """Refusal scores per prompt and their mean."""
     scores = refusal_scores(loaded, instructions, intervention, chat, batch_size, refusal_ids)
-    return _mean_result("refusal_score", scores, _meta(loaded, intervention))
+    return mean_result("refusal_score", scores, result_meta(loaded, intervention))

@@ -8,7 +8,15 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
-__all__ = ["REFUSAL_PREFIXES", "Judge", "SubstringJudge", "judged_rates", "refusal_rate", "substring_refused"]
+__all__ = [
+    "REFUSAL_PREFIXES",
+    "check_pairs",
+    "Judge",
+    "judged_rates",
+    "refusal_rate",
+    "substring_refused",
+    "SubstringJudge",
+]
 
 # The short phrases of the substring judges in the literature (Zou et al. 2023 GCG;
 # JailbreakBench; Arditi et al. 2024), minus GCG's broad words such as "illegal" or
@@ -83,7 +91,7 @@ class Judge(Protocol):
         ...
 
 
-def _check_pairs(instructions: Sequence[str], completions: Sequence[str]) -> None:
+def check_pairs(instructions: Sequence[str], completions: Sequence[str]) -> None:
     if len(instructions) != len(completions):
         raise ValueError(
             f"{len(instructions)} instructions but {len(completions)} completions; give one reply per instruction."
@@ -99,5 +107,5 @@ class SubstringJudge:
     name: str = "substring"
 
     def judge(self, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
-        _check_pairs(instructions, completions)
+        check_pairs(instructions, completions)
         return [substring_refused(text, self.prefixes, self.extra) for text in completions]

@@ -38,7 +38,7 @@ from refusal_core.model.forward import encode_prompts, last_token_logprobs, refu
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
-from refusal_core.selection.policy import _choose, _why_none, apply_filters
+from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 
 __all__ = [
@@ -267,9 +267,9 @@ def _score(
         values = _score_rows_batched(loaded, prepared, rows, rows_per_forward, progress)
     positions, layers, names, grids = _grids(prepared, rows, values)
     passed = apply_filters(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
-    chosen = _choose(grids["bypass"], passed, positions, layers)
+    chosen = lowest_bypass(grids["bypass"], passed, positions, layers)
     if chosen is None:
-        reason = _why_none(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
+        reason = why_none(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
     else:
         best = float(grids["bypass"][positions.index(chosen[0]), layers.index(chosen[1])])
         reason = f"Lowest bypass score ({best:.4g}) among the {int(passed.sum())} of {len(prepared.candidates)} candidates that passed."
