@@ -107,55 +107,26 @@ def som_traces(projection, dims: int) -> list:
     """Grid edges as one line trace, then neurons as nodes sized by hit count (last trace)."""
     result = ws.som.result
     placed = projection.transform(result.weights)
-    hits = result.hits.numpy()
-    sizes = 10 + 30 * np.sqrt(hits / max(hits.max(), 1))
-    coords = [[] for _ in range(dims)]
-    for a, b in result.edges:
-        for axis in range(dims):
-            coords[axis] += [placed[a, axis], placed[b, axis], None]
+    edges = dict(zip("xyz", result.edge_paths(placed)[:dims]))
+    nodes = dict(zip("xyz", placed.T[:dims]))
     labels = ["{}-{}".format(*result.grid_position(k)) for k in range(result.n_neurons)]
-    hover = [f"neuron {label}: {int(h)} prompts" for label, h in zip(labels, hits)]
+    hover = [f"neuron {label}: {int(h)} prompts" for label, h in zip(labels, result.hits.tolist())]
     if dims == 3:
-        edges = go.Scatter3d(
-            x=coords[0],
-            y=coords[1],
-            z=coords[2],
-            mode="lines",
-            line=dict(color="black", width=3),
-            name="SOM grid",
-            hoverinfo="skip",
-        )
-        nodes = go.Scatter3d(
-            x=placed[:, 0],
-            y=placed[:, 1],
-            z=placed[:, 2],
-            mode="markers",
-            marker=dict(size=sizes / 2, color="black", symbol="diamond"),
-            name="SOM neurons",
-            text=hover,
-            hoverinfo="text",
-        )
-    else:
-        edges = go.Scatter(
-            x=coords[0],
-            y=coords[1],
-            mode="lines",
-            line=dict(color="black", width=1.5),
-            name="SOM grid",
-            hoverinfo="skip",
-        )
-        nodes = go.Scatter(
-            x=placed[:, 0],
-            y=placed[:, 1],
-            mode="markers+text",
-            marker=dict(size=sizes, color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
-            name="SOM neurons",
-            text=labels,
-            textposition="top center",
-            hovertext=hover,
-            hoverinfo="text",
-        )
-    return [edges, nodes]
+        return [
+            go.Scatter3d(**edges, mode="lines", line=dict(color="black", width=3), name="SOM grid", hoverinfo="skip"),
+            go.Scatter3d(
+                **nodes, mode="markers", marker=dict(size=result.node_sizes(5, 15), color="black", symbol="diamond"),
+                name="SOM neurons", text=hover, hoverinfo="text",
+            ),
+        ]
+    return [
+        go.Scatter(**edges, mode="lines", line=dict(color="black", width=1.5), name="SOM grid", hoverinfo="skip"),
+        go.Scatter(
+            **nodes, mode="markers+text", name="SOM neurons", text=labels, textposition="top center",
+            marker=dict(size=result.node_sizes(10, 30), color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
+            hovertext=hover, hoverinfo="text",
+        ),
+    ]
 
 
 def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> int | None:
