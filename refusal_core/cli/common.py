@@ -1,5 +1,5 @@
 """The loading preamble every command shares: model and prompt-set arguments, loading them,
-progress bars on stderr, ``--json`` output and the errors that mean bad input (exit code 2).
+progress bars on stderr, ``--json`` output and ``CliError`` for bad arguments (exit code 2).
 """
 
 from __future__ import annotations
@@ -10,23 +10,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from refusal_core.errors import SettingsError
 from refusal_core.model.loading import BUNDLED_ORGANISM
 from refusal_core.progress import Progress
 
 EXIT_BAD_INPUT = 2
 
 
-class CliError(Exception):
+class CliError(SettingsError):
     """Bad input discovered by the CLI itself."""
-
-
-def bad_input_errors() -> tuple[type[BaseException], ...]:
-    from refusal_core.directions.base import DirectionError
-    from refusal_core.model.families import ModelLoadError
-    from refusal_core.prompts.chat import TemplateError
-    from refusal_core.prompts.sets import PromptSetError
-
-    return (CliError, DirectionError, ModelLoadError, PromptSetError, TemplateError, ValueError, FileNotFoundError, FileExistsError)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from refusal_core.activations.cache import atomic_write_text, save_entry
+from refusal_core.errors import UserError
 
 __all__ = [
     "DirectionError",
@@ -24,7 +25,7 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
-class DirectionError(ValueError):
+class DirectionError(UserError, ValueError):
     """A direction set is malformed or does not fit the model; the message says how to fix it."""
 
 

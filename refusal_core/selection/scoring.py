@@ -28,6 +28,7 @@ import torch
 
 from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import apply_intervention, row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_token_ids
@@ -104,7 +105,7 @@ def _candidates(directions: DirectionSet) -> list[_Candidate]:
 
 def _prepare(loaded: LoadedModel, candidates: DirectionSet, harmful: Sequence[str], harmless: Sequence[str], chat) -> _Prepared:
     if not harmful or not harmless:
-        raise ValueError("Selection needs at least one harmful and one harmless validation prompt.")
+        raise SettingsError("Selection needs at least one harmful and one harmless validation prompt.")
     candidates.check_width(loaded.d_model)
     texts = format_prompts(loaded.tokenizer, list(harmful) + list(harmless), chat)
     return _Prepared(
@@ -256,7 +257,7 @@ def _score(
 ) -> SelectionResult:
     """Shared driver; ``rows_per_forward=None`` selects the sequential scorer."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}.")
     started = time.perf_counter()
     prepared = _prepare(loaded, candidates, harmful_val, harmless_val, chat)
     baseline_harmful, baseline_harmless = _baseline(loaded, prepared, batch_size)
@@ -334,7 +335,7 @@ def score_candidates(
     counts rows.
     """
     if candidates_per_batch is not None and candidates_per_batch < 1:
-        raise ValueError(f"candidates_per_batch must be at least 1, got {candidates_per_batch}.")
+        raise SettingsError(f"candidates_per_batch must be at least 1, got {candidates_per_batch}.")
     rows_per_candidate = len(harmful_val) + 2 * len(harmless_val)
     rows_per_forward = batch_size if candidates_per_batch is None else candidates_per_batch * rows_per_candidate
     return _score(loaded, candidates, harmful_val, harmless_val, filters, batch_size, chat, progress, rows_per_forward)

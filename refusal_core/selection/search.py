@@ -37,6 +37,7 @@ import torch
 
 from refusal_core.activations.cache import content_key, tensor_digest
 from refusal_core.directions.base import DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import evaluate_refusal, refusal_scores
@@ -87,17 +88,17 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}.")
+            raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise ValueError(f"n_trials must be non-negative, got {self.n_trials}.")
+            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
         if self.objective not in _OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
+            raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
-            raise ValueError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
+            raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be at least 1.")
+            raise SettingsError("max_new_tokens and batch_size must be at least 1.")
         if self.ablate_mode not in ("orthogonal", "sequential"):
-            raise ValueError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
+            raise SettingsError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
@@ -172,15 +173,15 @@ def _default_study_name(
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
     pool.check_width(d_model)
     if settings.k > len(pool):
-        raise ValueError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
+        raise SettingsError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
     if not harmful:
-        raise ValueError("The search needs at least one harmful validation prompt.")
+        raise SettingsError("The search needs at least one harmful validation prompt.")
     if settings.kl_penalty > 0 and not harmless:
-        raise ValueError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
+        raise SettingsError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
     if settings.objective == "judge" and judge is None:
-        raise ValueError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
+        raise SettingsError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
     if judge is not None and settings.objective != "judge":
-        raise ValueError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
+        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
 
 
 class _Evaluator:
@@ -363,7 +364,7 @@ def best_direction_set(result: SearchResult, pool: DirectionSet) -> DirectionSet
     ``params`` also records the study, its storage, the objective and the value reached.
     """
     if result.best_names is None:
-        raise ValueError(f"Study {result.study_name} has no completed trial yet; run more trials.")
+        raise SettingsError(f"Study {result.study_name} has no completed trial yet; run more trials.")
     chosen = pool.select(result.best_names)
     params = {
         "study_name": result.study_name,
