@@ -66,22 +66,25 @@ def cmd_directions_select(args) -> None:
 def cmd_directions_search(args) -> None:
     from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
+    # Settings first: a bad --storage or --study fails before the model is loaded.
+    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
+                              heartbeat_seconds=args.heartbeat)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
-    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study)
     bar = progress_bar("trials", args.json)
     result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
                         progress=bar)
     best = best_direction_set(result, pool)
     best.save(args.out)
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
-               "storage": result.storage, "trials": result.trials}
+               "storage": result.storage, "trials": result.trials, "ran": result.ran}
+    finished = sum(1 for trial in result.trials if trial["state"] in ("COMPLETE", "PRUNED"))
 
     def human() -> None:
-        print(f"Study {result.study_name} ({result.storage}): {len(result.trials)} trials")
+        print(f"Study {result.study_name} ({result.storage}): {finished} finished trials, {result.ran} run by this worker")
         print(f"Best {args.k} directions: {', '.join(result.best_names)} (objective {result.best_value:.3f}); written to {args.out}")
 
     emit(args, payload, human)
@@ -104,12 +107,17 @@ def add_search_parser(directions) -> None:
     add_model_args(search), add_set_args(search, split="val")
     search.add_argument("--pool", required=True, help="direction set to pick from (PATH or PATH:name,...)")
     search.add_argument("--k", type=int, default=3)
-    search.add_argument("--trials", type=int, default=20)
+    search.add_argument("--trials", type=int, default=20,
+                        help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
     search.add_argument("--objective", choices=["substring", "score"], default="substring")
     search.add_argument("--kl-penalty", type=float, default=0.0)
     search.add_argument("--max-new-tokens", type=int, default=32)
-    search.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under cache/search/)")
-    search.add_argument("--study", default=None, help="study name (default: derived from the inputs; reuse to resume)")
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); default: SQLite under cache/search/")
+    search.add_argument("--study", default=None,
+                        help="study name (letters, digits, . _ -; default: derived from the inputs); workers with the same --storage and --study share one study")
+    search.add_argument("--heartbeat", type=int, default=10,
+                        help="seconds between a running trial's heartbeats; a worker silent for 3x this long has its trial re-run by another")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_directions_search)

@@ -48,6 +48,7 @@ from refusal_core.model.loading import LoadedModel
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
+from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
@@ -60,7 +61,8 @@ class SearchSettings:
     """How a subset search runs.
 
     ``k``: directions ablated together per trial.
-    ``n_trials``: trials the study should hold in all; a resumed search runs only the rest.
+    ``n_trials``: trials the study should hold in all (complete or pruned), counted over every
+    worker sharing it: a resumed search, or a second worker, runs only the rest (see ``study``).
     ``objective``: what a trial minimises on the harmful prompts: ``substring`` (refusal rate
     of greedy replies judged by SubstringJudge), ``score`` (mean Arditi refusal score, no
     generation, much cheaper) or ``judge`` (refusal rate by the Judge passed to run_search).
@@ -69,6 +71,8 @@ class SearchSettings:
     ``seed``: seed of the TPE sampler.
     ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
     file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
+    ``heartbeat_seconds``: how often a running trial tells the storage it is alive; a trial
+    silent for three times this long is failed and re-run by another worker.
     ``study_name``: None derives one from the model, pool, prompts and these settings, so
     the same search finds its own study again and a changed one starts afresh.
     ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
@@ -85,8 +89,14 @@ class SearchSettings:
     study_name: str | None = None
     ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
     batch_size: int = 16
+    heartbeat_seconds: int = 10
 
     def __post_init__(self) -> None:
+        check_storage(self.storage)
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        if not (isinstance(self.heartbeat_seconds, int) and self.heartbeat_seconds >= 1):
+            raise SettingsError(f"heartbeat_seconds must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
         if self.k < 1:
             raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
@@ -102,7 +112,7 @@ class SearchSettings:
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
-        skip = {"n_trials", "storage", "study_name", "batch_size"}
+        skip = {"n_trials", "storage", "study_name", "batch_size", "heartbeat_seconds"}
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -136,15 +146,6 @@ def _optuna():
     # Optuna logs one INFO line per trial; progress goes through our callback instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def storage_url(storage: str | None, study_name: str) -> str:
-    """The Optuna storage URL: the given URL, a path as SQLite, or the default cache file."""
-    if storage is not None and "://" in storage:
-        return storage
-    path = Path(storage) if storage is not None else cache_dir() / "search" / f"{study_name}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path.resolve()}"
 
 
 def _default_study_name(
@@ -302,9 +303,9 @@ def run_search(
 ) -> SearchResult:
     """Search for the ``settings.k`` pool directions whose joint ablation best stops refusal.
 
-    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs only
-    the trials still missing from ``settings.n_trials`` (counting completed and pruned
-    ones, also those of other workers); an integer runs that many more.
+    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs trials
+    until the study holds ``settings.n_trials`` finished ones (completed and pruned, also
+    those of other workers; see ``study.run_to_total``); an integer runs that many more.
     ``progress(done, to_run, best=value)`` is called after each trial of this call.
     """
     optuna = _optuna()
@@ -312,35 +313,26 @@ def run_search(
     started = time.perf_counter()
     name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     url = storage_url(settings.storage, name)
-    study = optuna.create_study(
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        storage=url,
-        study_name=name,
-        load_if_exists=True,
-    )
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    callbacks = []
-    if n_trials is None:
-        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
-        # Workers sharing the study stop once it holds n_trials, whoever ran them.
-        callbacks.append(optuna.study.MaxTrialsCallback(settings.n_trials, states=counted))
-    else:
-        to_run = n_trials
-    callbacks.append(_progress_callback(progress, to_run))
+    study = open_study(url, name, settings.seed, settings.heartbeat_seconds)
     evaluator = _Evaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
-    if to_run > 0:
-        study.optimize(_objective(evaluator, settings.k), n_trials=to_run, callbacks=callbacks)
+    objective = _objective(evaluator, settings.k)
+    if n_trials is None:
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
+        ran = run_to_total(study, objective, settings.n_trials, _progress_callback(progress, to_run))
+    else:
+        study.optimize(objective, n_trials=n_trials, callbacks=[_progress_callback(progress, n_trials)])
+        ran = n_trials
     best_names, best_value = _best(study)
     return SearchResult(
         trials=_trial_rows(study),
         best_names=best_names,
         best_value=best_value,
         study_name=name,
-        storage=url,
+        storage=redact(url),
         settings=settings,
         provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge),
-        ran=to_run,
+        ran=ran,
         seconds=round(time.perf_counter() - started, 4),
     )
 
