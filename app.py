@@ -99,10 +99,11 @@ def model_sidebar() -> None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def parse_upload(name: str, data: bytes, column: str | None) -> PromptSet:
-    """A PromptSet from an uploaded file (written to a temporary file of the same suffix)."""
-    suffix = Path(name).suffix.lower()
+    """A PromptSet from an uploaded file, written to a temporary folder under the user's own
+    file name, so that error messages name the user's file and not a temporary one."""
+    base = Path(name).name or f"upload{Path(name).suffix.lower()}"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+        path = Path(tmp) / base
         path.write_bytes(data)
         prompts = load_prompt_file(path, column=column or None)
     return PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)

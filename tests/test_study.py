@@ -47,9 +47,9 @@ def test_two_workers_in_threads_add_up_to_the_study_total(tiny_llama, tmp_path):
     assert again.ran == 0 and len(again.trials) == len(results[1].trials)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize(), as a test may
 def test_a_trial_beyond_the_total_is_failed_unevaluated(tmp_path):
     study = open_study(storage_url(str(tmp_path / "s.db"), "x"), "surplus", seed=0, heartbeat_seconds=5)
-    pytest.importorskip("warnings").simplefilter("ignore", UserWarning)  # ask() outside optimize()
     trials = [study.ask() for _ in range(3)]  # three live trials, as three workers would hold
     evaluated = []
     budgeted = _budgeted(lambda trial: evaluated.append(trial.number) or 0.0, total=2)

@@ -51,7 +51,7 @@ class Activations:
 
     def position_index(self, position: int) -> int:
         if position not in self.positions:
-            raise SettingsError(f"Position {position} was not recorded; recorded positions: {list(self.positions)}.")
+            raise SettingsError(f"Position {position} was not recorded; use one of the recorded positions {list(self.positions)}.")
         return self.positions.index(position)
 
     def block_input(self, layer: int, position: int = -1) -> torch.Tensor:

@@ -99,7 +99,7 @@ def activations_for(args, loaded, which: str):
 
 def check_layer(layer: int, n_layers: int) -> None:
     if not 0 <= layer < n_layers:
-        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")
+        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}; choose one of them.")
 
 
 def load_directions(spec: str, d_model: int):

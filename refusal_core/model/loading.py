@@ -174,6 +174,12 @@ def _resolve_source(spec: str) -> str:
         return str(target)
     if spec.startswith("bundled:"):
         raise ModelLoadError(f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM} or {BUNDLED_BASE}.")
+    if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().exists():
+        # A path, not a hub id: say so instead of the hub client's "Repo id must be..." text.
+        raise ModelLoadError(
+            f"No model folder at {spec}; give a folder holding a Hugging Face model (config.json and weights), "
+            f"a Hugging Face id, {BUNDLED_ORGANISM} or {BUNDLED_BASE}."
+        )
     return spec
 
 

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import torch
 
 from refusal_core.activations.cache import content_key
-from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import apply_intervention, row_interventions
 from refusal_core.interventions.spec import Intervention
@@ -92,14 +92,17 @@ def _candidates(directions: DirectionSet) -> list[_Candidate]:
     out = []
     for name, vector, record in zip(directions.names, directions.vectors, directions.provenance):
         if "layer" not in record or "position" not in record:
-            raise ValueError(
-                f"Candidate {name!r} has no layer/position in its provenance; build candidates with "
-                "refusal_core.directions.dim_direction_set."
+            raise DirectionError(
+                f"Candidate {name!r} has no layer/position in its provenance; score the set written by "
+                "`directions dim` (refusal_core.directions.dim.dim_direction_set)."
             )
         out.append(_Candidate(name, int(record["position"]), int(record["layer"]), vector.float()))
     cells = [(c.position, c.layer) for c in out]
     if len(set(cells)) != len(cells):
-        raise ValueError("Two candidates share a (position, layer) cell; score one difference-in-means set at a time.")
+        raise DirectionError(
+            "Two candidates share a (position, layer) cell; score one difference-in-means set at a time "
+            "(the set written by `directions dim`)."
+        )
     return out
 
 
