@@ -32,6 +32,7 @@ MODEL_CHOICES = {
     "Hugging Face id or local path": None,
 }
 DTYPES = ["float32", "bfloat16", "float16"]
+ICON = Path(__file__).resolve().parent / "docs" / "icon.png"
 SPLITS = ["train", "val", "test", "all"]
 
 
@@ -167,7 +168,9 @@ PAGES = [
 
 
 def main() -> None:
-    st.set_page_config(page_title="Refusal Atlas", page_icon=":material/explore:", layout="wide")
+    # A local icon: a Material icon name makes the browser fetch the favicon from a font CDN,
+    # which fails (and retries) on an offline machine.
+    st.set_page_config(page_title="Refusal Atlas", page_icon=str(ICON), layout="wide")
     page = st.navigation(PAGES)
     with st.sidebar:
         model_sidebar()
