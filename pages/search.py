@@ -61,7 +61,7 @@ def settings_form(pool_size: int, pool_label: str):
         help="score: mean refusal score (no generation, fast); substring: refusal rate of greedy replies.",
     )
     kl_penalty = float(cols[3].number_input("KL penalty", 0.0, 100.0, 0.0, step=0.1, key="search_kl"))
-    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 16, key="search_n_val"))
+    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="search_n_val"))
     max_new = int(
         cols[1].number_input("Max new tokens", 1, 512, 32, key="search_max_new", disabled=objective != "substring")
     )
@@ -172,7 +172,7 @@ def show_result() -> None:
         "; ".join(parts) + f". {result.ran} trials run now in {result.seconds:.1f} s{started}. "
         f"Stored in {result.storage}; running the same search again resumes it."
     )
-    st.plotly_chart(trial_figure(result.trials), width="stretch")
+    st.plotly_chart(trial_figure(result.trials), width="stretch", key="search_trials_chart")
     if result.best_names is None:
         st.info("No trial completed yet; run more trials.")
         return

@@ -151,7 +151,7 @@ def test_guided_path_end_to_end(page: Page, app_url):
         page.get_by_role("button", name=re.compile(r"^Download \.zip")).click()
     with page.expect_download() as pt_download:
         page.get_by_role("button", name=re.compile(r"^Download \.pt")).click()
-    ui.idle(page)
+    ui.after_action(page)
     stem = Path(zip_download.value.suggested_filename).stem
     zip_path, pt_path = zip_download.value.path(), pt_download.value.path()
     uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
@@ -162,4 +162,52 @@ def test_guided_path_end_to_end(page: Page, app_url):
     table = page.get_by_test_id("stDataFrame").first
     expect(table).to_contain_text(f"imported:{stem} (2)")  # the table above already lists both imports
     assert _start_page(page) == ["Done"] * 4
+    _no_exception(page)
+
+
+@pytest.mark.slow
+def test_som_map_quality_and_search_counts(page: Page, app_url):
+    ui.open_app(page, app_url, "Start")
+    ui.set_number(page, "Max prompts per set", PROMPTS_PER_SET)
+    ui.go(page, "Data & activations")
+    ui.press(page, "Compute activations and DIM directions")
+    expect(page.get_by_text(re.compile(r"^DIM candidates: \d+ directions"))).to_be_visible()
+    organism = "refusal-organism" in page.get_by_test_id("stSidebar").inner_text()
+
+    # The default SOM, with both errors and what they mean beside the map.
+    ui.go(page, "Manifold")
+    ui.press(page, re.compile(r"^Train SOM at layer \d+, position -1$"))
+    expect(page.get_by_text(re.compile(r"^Quantization error: the mean distance"))).to_be_visible()
+    topographic = page.get_by_test_id("stMetric").filter(has_text="Topographic error").get_by_test_id("stMetricValue")
+    share = float(topographic.inner_text().rstrip("%")) / 100
+    if organism:  # the 3x3 map at layer 18 lies flat over the prompts (it was folded, 0.516)
+        assert share <= 0.1, share
+    # Clicking a node selects it without fading the prompts' points.
+    chart = ui.chart(page, "manifold_chart")
+    # Plotly takes clicks on its drag layer above the points, as a mouse click at the node does.
+    chart.locator("g.trace.scatter").last.locator("path.point").nth(4).click(force=True)
+    ui.after_action(page)
+    expect(page.get_by_role("combobox", name="Neuron (or click a node in the 2-D map)")).to_have_value(
+        re.compile(r"^1-1 \(")  # the centre node, fifth in grid order
+    )
+    points = ui.chart(page, "manifold_chart").locator("g.trace.scatter").first.locator("path.point")
+    opacities = points.evaluate_all("ps => ps.map(p => parseFloat(getComputedStyle(p).opacity))")
+    assert opacities and min(opacities) >= 0.5, opacities
+    som_set = page.get_by_text(re.compile(r"^SOM 3x3 L\d+ P-1: added to the direction sets")).inner_text().split(":")[0]
+
+    # Search over the SOM's directions: the counts agree and the study is named after the pool.
+    ui.go(page, "Search")
+    assert ui.tags(page, "Pool: direction sets") == [som_set]
+    ui.set_number(page, "k (directions per trial)", 2)
+    ui.set_number(page, "Trials", 6)
+    ui.set_number(page, "Validation prompts per set", 2)
+    ui.press(page, "Run search")
+    study = page.get_by_role("heading", name=re.compile(r"^Study ")).inner_text()
+    assert re.fullmatch(rf"Study {re.escape(som_set.replace(' ', '_'))}-k2-[0-9a-f]{{8}}", study), study
+    caption = page.get_by_text(re.compile(r"^\d+ scored trials")).inner_text()
+    scored = int(re.match(r"(\d+) scored", caption).group(1))
+    skipped = int(m.group(1)) if (m := re.search(r"(\d+) skipped", caption)) else 0
+    assert scored + skipped == 6, caption
+    trial_points = ui.chart(page, "search_trials_chart").locator("g.trace.scatter").first.locator("path.point")
+    expect(trial_points).to_have_count(scored)
     _no_exception(page)

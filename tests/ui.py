@@ -9,11 +9,30 @@ from __future__ import annotations
 import re
 
 from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 # Streamlit marks its root element with the state of the script run; "notRunning" once a run ends.
 IDLE = '[data-testid="stApp"][data-test-connection-state="CONNECTED"][data-test-script-state="notRunning"]'
+BUSY = '[data-testid="stApp"]:not([data-test-script-state="notRunning"])'
 PAGE_TIMEOUT_MS = 120_000  # the first page also loads the model
 WORK_TIMEOUT_MS = 600_000
+START_TIMEOUT_MS = 2_000
+# Results a run draws can take a while on a busy CPU; assertions wait for them this long.
+expect.set_options(timeout=60_000)
+
+
+def after_action(page: Page, timeout_ms: float = WORK_TIMEOUT_MS) -> None:
+    """Wait for the run an action requested to start and then to end.
+
+    React redraws the run state a moment after the click, so waiting for "notRunning" at
+    once could see the state from before the click. A run too short to be seen starting
+    within START_TIMEOUT_MS is over by then.
+    """
+    try:
+        page.wait_for_selector(BUSY, timeout=START_TIMEOUT_MS)
+    except PlaywrightTimeoutError:
+        pass
+    idle(page, timeout_ms)
 
 
 def idle(page: Page, timeout_ms: float = WORK_TIMEOUT_MS) -> None:
@@ -42,7 +61,7 @@ def go(page: Page, title: str) -> None:
 def press(page: Page, name: str | re.Pattern, timeout_ms: float = WORK_TIMEOUT_MS) -> None:
     """Press the button ``name`` and wait for the run it starts to end."""
     page.get_by_role("button", name=name).click()
-    idle(page, timeout_ms)
+    after_action(page, timeout_ms)
 
 
 def set_number(page: Page, label: str, value: float) -> None:
@@ -51,7 +70,7 @@ def set_number(page: Page, label: str, value: float) -> None:
     box.fill(str(value))
     box.press("Enter")
     expect(box).to_have_value(str(value))
-    idle(page)
+    after_action(page)
 
 
 def tick(page: Page, label: str) -> None:
@@ -59,7 +78,7 @@ def tick(page: Page, label: str) -> None:
     box = page.get_by_role("checkbox", name=label, exact=True)
     box.locator("xpath=ancestor::label").click()  # Streamlit hides the input behind its styled label
     expect(box).to_be_checked()
-    idle(page)
+    after_action(page)
 
 
 def expand(page: Page, header: str | re.Pattern) -> None:
@@ -73,7 +92,7 @@ def choose(page: Page, label: str, option: str | re.Pattern) -> None:
     """Pick ``option`` in the selectbox labelled ``label``."""
     page.get_by_role("combobox", name=label, exact=True).click()
     page.get_by_role("option", name=option).first.click()
-    idle(page)
+    after_action(page)
 
 
 def selected(page: Page, label: str) -> str:
