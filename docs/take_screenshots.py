@@ -27,6 +27,8 @@ from tests import ui  # noqa: E402 - needs the repository root on sys.path
 from tests.app_server import chromium_launch_options, streamlit_server  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 2000}  # computed pages are long; show the results below the controls
+# Plotly draws a chart a moment after Streamlit's run ends; the screenshot waits until all are drawn.
+CHARTS_DRAWN = "() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
 
 
 def data(page: Page) -> None:
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     if action is not None:
                         action(page)
                     expect(page.get_by_test_id("stException")).to_have_count(0)
+                    page.wait_for_function(CHARTS_DRAWN, timeout=ui.PAGE_TIMEOUT_MS)
                     page.screenshot(path=str(args.out / f"{name}.png"))
                     print(f"{name}.png: {time.monotonic() - started:.1f} s", flush=True)
             except Exception:
