@@ -106,8 +106,10 @@ def multiselect(page: Page, label: str) -> Locator:
 
 
 def tags(page: Page, label: str) -> list[str]:
-    """The options chosen in the multiselect labelled ``label``, in order."""
-    return multiselect(page, label).locator("[data-tag]").evaluate_all("t => t.map(e => e.getAttribute('aria-label'))")
+    """The options chosen in the multiselect labelled ``label``, in order (waits for the first to be drawn)."""
+    found = multiselect(page, label).locator("[data-tag]")
+    expect(found.first).to_be_attached()
+    return found.evaluate_all("t => t.map(e => e.getAttribute('aria-label'))")
 
 
 def chart(page: Page, key: str) -> Locator:
