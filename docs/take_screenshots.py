@@ -52,7 +52,7 @@ def directions(page: Page) -> None:
 
 def generate(page: Page) -> None:
     ui.set_number(page, "Max new tokens", 32)
-    selected = page.get_by_test_id("stExpander").filter(has_text=re.compile(r"^(Selected|Closest) DIM \("))
+    selected = page.get_by_test_id("stExpander").filter(has_text=re.compile(r"(Selected|Closest) DIM \(1 directions\)"))
     ui.expand(page, re.compile(r"(Selected|Closest) DIM \(1 directions\)"))
     name = selected.get_by_role("checkbox").nth(1).locator("xpath=ancestor::label").inner_text().strip()
     ui.tick(page, name)

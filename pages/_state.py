@@ -305,11 +305,15 @@ def preferred_direction(ws: Workspace) -> tuple[str, str] | None:
 
 
 def default_direction_names(directions: DirectionSet, limit: int = 32) -> list[str]:
-    """Directions to preselect: DIM candidates at the last position, else the first ``limit``."""
+    """Directions to preselect: DIM candidates at the last position (at most ``limit``, evenly
+    spaced over the layers), else the first ``limit``."""
     records = directions.provenance
     if records and all(r.get("method") == "dim" and "position" in r for r in records):
         last = max(r["position"] for r in records)
-        return [n for n, r in zip(directions.names, records) if r["position"] == last][:limit]
+        names = [n for n, r in zip(directions.names, records) if r["position"] == last]
+        if len(names) > limit:
+            names = [names[round(i * (len(names) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else names[:1]
+        return names
     return list(directions.names[:limit])
 
 

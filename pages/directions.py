@@ -20,7 +20,8 @@ from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
 
-MAX_DEFAULT = 32
+# Preselected directions per set: twelve tags fit the multiselect box without clipping.
+MAX_DEFAULT = 12
 # Plotly's Magma and Inferno start at #000004, which Streamlit's chart theme treats as a
 # placeholder and recolours; Plasma starts at #0d0887, so the lowest KL is drawn as such.
 KL_COLOURSCALE = "Plasma"

@@ -105,6 +105,7 @@ def test_guided_path_end_to_end(page: Page, app_url):
     for label in heat.locator("g.xtick text").all():  # no x label cut off at the chart's edge
         label_box = label.bounding_box()
         assert label_box and label_box["y"] + label_box["height"] <= box["y"] + box["height"] + 1
+    assert len(ui.tags(page, "Directions from DIM")) <= 12
     box_of_tags = ui.multiselect(page, "Directions from DIM").locator("[role=group]").first
     assert box_of_tags.evaluate("e => e.scrollHeight <= e.clientHeight + 1"), "the DIM multiselect is clipped"
     ui.set_number(page, "Validation prompts per set", 4)
