@@ -134,7 +134,7 @@ def prompt_set_sidebar(kind: str) -> PromptSet | None:
 def prompts_sidebar() -> None:
     st.header("Prompts")
     max_prompts = int(
-        st.number_input("Max prompts per set", min_value=2, max_value=5000, value=64, step=8, key="atlas_max_prompts")
+        st.number_input("Max prompts per set", min_value=2, max_value=5000, value=32, step=8, key="atlas_max_prompts")
     )
     chosen = {}
     for kind in ("harmful", "harmless"):
@@ -157,13 +157,15 @@ def cache_sidebar() -> None:
             st.success(f"Removed {removed} cached activation files; computed results in this session are kept.")
 
 
+# Explicit URL paths, so a page opened by its address (/generate) is the page the sidebar links to.
 PAGES = [
-    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", default=True),
-    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:"),
-    st.Page("pages/directions.py", title="Directions", icon=":material/explore:"),
-    st.Page("pages/generate.py", title="Generate", icon=":material/chat:"),
-    st.Page("pages/search.py", title="Search", icon=":material/manage_search:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/home.py", title="Start", icon=":material/flag:", default=True),
+    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", url_path="data"),
+    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:", url_path="manifold"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/explore:", url_path="directions"),
+    st.Page("pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
+    st.Page("pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 
 
@@ -172,11 +174,15 @@ def main() -> None:
     # which fails (and retries) on an offline machine.
     st.set_page_config(page_title="Refusal Atlas", page_icon=str(ICON), layout="wide")
     page = st.navigation(PAGES)
+    _state.restore_widgets(page.url_path)
     with st.sidebar:
         model_sidebar()
         prompts_sidebar()
         cache_sidebar()
-    page.run()
+    try:
+        page.run()
+    finally:  # also when the page stops early (st.stop) or reruns
+        _state.remember_widgets()
 
 
 main()

@@ -21,6 +21,7 @@ AppTest = streamlit_testing.AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = [
+    "pages/home.py",
     "pages/data.py",
     "pages/manifold.py",
     "pages/directions.py",
@@ -38,23 +39,8 @@ def tiny_app(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def navigation_only(monkeypatch):
-    """Make AppTest run app.py on every rerun, as a real server does.
-
-    AppTest resets ``PagesManager.uses_pages_directory`` to None before each run, and the
-    ``pages/`` folder beside app.py then sets it True, so a rerun on a page executes that
-    page file alone through Streamlit's legacy multipage path, without app.py's sidebar.
-    A server sets the flag False at the first ``st.navigation`` call and keeps it.
-    """
-    from streamlit.runtime import pages_manager
-    from streamlit.testing.v1 import app_test
-
-    class NavigationPagesManager(pages_manager.PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+def _run_app_py_on_every_rerun(navigation_only):
+    """Every test here drives app.py as a server does (see conftest.navigation_only)."""
 
 
 def _assert_ok(at: AppTest) -> None:
@@ -84,6 +70,7 @@ def _start() -> AppTest:
 
 def _with_activations() -> AppTest:
     at = _start()
+    at.switch_page("pages/data.py").run()
     at.button(key="data_compute").click().run()
     _assert_ok(at)
     return at

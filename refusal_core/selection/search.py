@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,8 @@ class SearchSettings:
     ``heartbeat_seconds``: how often a running trial tells the storage it is alive; a trial
     silent for three times this long is failed and re-run by another worker.
     ``study_name``: None derives one from the model, pool, prompts and these settings, so
-    the same search finds its own study again and a changed one starts afresh.
+    the same search finds its own study again and a changed one starts afresh: ``<label>-k<k>-<hash>``
+    with ``study_label`` (the pool's name, say; "search" when None) made file-name safe.
     ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
     ``batch_size``: prompts per forward pass or ``generate`` call.
     """
@@ -87,6 +89,7 @@ class SearchSettings:
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
+    study_label: str | None = None
     ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
     batch_size: int = 16
     heartbeat_seconds: int = 10
@@ -112,7 +115,7 @@ class SearchSettings:
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
-        skip = {"n_trials", "storage", "study_name", "batch_size", "heartbeat_seconds"}
+        skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds"}
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -123,7 +126,8 @@ class SearchResult:
     ``trials``: one dict per trial (``number``, ``names`` sorted, ``value``, ``refusal``,
     ``kl``, ``state``, ``reused_from``), in trial order, including trials of earlier runs
     and other workers. ``best_names``/``best_value`` are None until a trial completes.
-    ``ran`` counts the trials this call ran; ``seconds`` is its wall time.
+    ``ran`` counts the trials this call ran; ``seconds`` is its wall time; ``started`` when
+    the study's first trial began (ISO 8601, local time; None without trials).
     """
 
     trials: tuple[dict, ...]
@@ -135,6 +139,7 @@ class SearchResult:
     provenance: dict = field(default_factory=dict)
     ran: int = 0
     seconds: float = 0.0
+    started: str | None = None
 
 
 def _optuna():
@@ -168,7 +173,8 @@ def _default_study_name(
         list(harmless) if harmless is not None else None,
         (chat or ChatFormat()).identity(loaded.tokenizer),
     )
-    return f"search-{key[:16]}"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.study_label or "search").strip("_.")[:60] or "search"
+    return f"{label}-k{settings.k}-{key[:8]}"
 
 
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
@@ -324,6 +330,7 @@ def run_search(
         study.optimize(objective, n_trials=n_trials, callbacks=[_progress_callback(progress, n_trials)])
         ran = n_trials
     best_names, best_value = _best(study)
+    first = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
     return SearchResult(
         trials=_trial_rows(study),
         best_names=best_names,
@@ -334,6 +341,7 @@ def run_search(
         provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge),
         ran=ran,
         seconds=round(time.perf_counter() - started, 4),
+        started=first.isoformat(timespec="seconds") if first else None,
     )
 
 
