@@ -16,8 +16,8 @@ from refusal_core.directions.optimize import OptimizeSettings, optimize_directio
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
+from refusal_core.selection.racing import race_candidates
 from refusal_core.selection.result import SelectionFilters
-from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
 
 MAX_DEFAULT = 32
@@ -173,6 +173,10 @@ def selection_section() -> None:
     chosen_positions = st.multiselect(
         "Candidate positions", all_positions, default=all_positions, key="selection_positions"
     )
+    exhaustive = st.checkbox(
+        "Score every candidate on every prompt (exhaustive; about 40x slower)", value=False, key="selection_exhaustive",
+        help="By default candidates are raced: all on a few prompts, the promising ones on more, the finalists on all.",
+    )
     if st.button("Score candidates", type="primary", key="selection_run", disabled=not chosen_positions):
         subset = candidates.select(
             [n for n, r in zip(candidates.names, candidates.provenance) if r["position"] in chosen_positions]
@@ -181,8 +185,8 @@ def selection_section() -> None:
             harmful_val, harmless_val = validation_prompts(n_val)
             filters = SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
             update = _state.progress_callback(f"Scoring {len(subset)} candidates")
-            ws.selection = score_candidates(
-                loaded, subset, harmful_val, harmless_val, filters, progress=update
+            ws.selection = race_candidates(
+                loaded, subset, harmful_val, harmless_val, filters, exhaustive=exhaustive, progress=update
             )
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Selection failed: {err}")
@@ -203,7 +207,8 @@ def selection_section() -> None:
         offered = f" {pick.describe()}: `{pick.name}` (added as the set *{pick.set_name}*)." if pick.name else ""
         st.markdown(f"**No candidate chosen.** {result.reason}{offered}")
     st.caption(
-        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
+        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}. "
+        + scoring_note(result)
     )
     st.plotly_chart(
         grid_figure(result, result.bypass, "bypass (refusal score after ablation; lower is better)", "Viridis"),
@@ -218,6 +223,18 @@ def selection_section() -> None:
     )
 
 
+def scoring_note(result) -> str:
+    """How the grids were scored: raced (finalists on every prompt, others on fewer) or exhaustively."""
+    timing = result.timing
+    if timing.get("mode") != "racing":
+        return f"Every candidate scored on every prompt ({timing.get('seconds', 0):.0f} s)."
+    return (
+        f"Raced in {timing['seconds']:.0f} s: {timing['scored']} candidates scored on a few prompts, the "
+        f"{len(timing['finalists'])} finalists on every prompt, and only finalists can be chosen; layers the layer "
+        "filter excludes and candidates far from the late-layer refusal signal are left blank."
+    )
+
+
 def optimize_section() -> None:
     st.header("Optimizing one direction (Wollschläger et al.)")
     starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() if set_name != OPTIMIZED_SET for name in directions.names]
@@ -225,13 +242,16 @@ def optimize_section() -> None:
         st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
         return
     preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in (SELECTED_DIM, CLOSEST_DIM)), 0)
+    # A widget keeps its value when its options change, so a start chosen before the
+    # selection ran would stay: move to the selected (or closest) DIM direction when it appears.
+    if st.session_state.get("optimize_start_preferred") != starts[preferred]:
+        st.session_state["optimize_start_preferred"] = starts[preferred]
+        st.session_state["optimize_start"] = starts[preferred]
     start = st.selectbox("Start from", starts, index=preferred, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
-    n_train = int(st.number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
-    # Fewer steps than the CLI's default: a page action should finish in well under a minute.
-    values = settings_widgets(OptimizeSettings, "optimize", defaults={"steps": 20})
+    values = settings_widgets(OptimizeSettings, "optimize")
     if st.button("Optimize", type="primary", key="optimize_run"):
-        harmful = sample_prompts(builtin("harmful", "train"), n_train)
-        harmless = sample_prompts(builtin("harmless", "train"), n_train)
+        harmful = sample_prompts(builtin("harmful", "train"), values["max_harmful"])
+        harmless = sample_prompts(builtin("harmless", "train"), values["max_harmless"])
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
             result = optimize_direction(
@@ -254,9 +274,10 @@ def optimize_section() -> None:
         return
     final, first = result.final, result.history[0]
     st.markdown(
-        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*): refusal score {first['refusal_score']:+.2f} → "
-        f"{final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → {final['kl']:.4f} on its train prompts; "
-        f"cosine {final['cosine_to_init']:.2f} to the start. Measure it on held-out prompts on the Generate page."
+        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*), {result.seconds:.0f} s: before → after, "
+        f"refusal score {first['refusal_score']:+.2f} → {final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → "
+        f"{final['kl']:.4f} on its train prompts; cosine {final['cosine_to_init']:.2f} to the start. Measure it on "
+        "held-out prompts on the Generate page."
     )
     steps_axis = list(range(len(result.history))) + [len(result.history)]
     figure = go.Figure()

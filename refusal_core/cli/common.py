@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from refusal_core.model.loading import BUNDLED_ORGANISM
-from refusal_core.progress import Progress
+from refusal_core.progress import Progress, stage_text
 
 EXIT_BAD_INPUT = 2
 
@@ -71,7 +71,8 @@ def prompt_set(spec: str, column: str | None, limit: int | None):
 
 
 def progress_bar(label: str, quiet: bool) -> Progress | None:
-    """A tqdm bar on stderr (stdout stays clean for --json)."""
+    """A ``Progress`` drawing one tqdm line on stderr (stdout stays clean for --json):
+    the stage text, done of total and tqdm's own elapsed/remaining estimate."""
     if quiet:
         return None
     from tqdm import tqdm
@@ -80,12 +81,18 @@ def progress_bar(label: str, quiet: bool) -> Progress | None:
 
     def update(done: int, total: int, **info: object) -> None:
         nonlocal bar
+        stage = stage_text(info)
         if bar is None:
-            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        if stage:
+            bar.set_description_str(f"{label}: {stage}", refresh=False)
+        bar.total = total
         bar.n = done
         bar.refresh()
         if done >= total:
             bar.close()
+            bar = None
 
     return update
 

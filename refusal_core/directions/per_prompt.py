@@ -25,6 +25,7 @@ from refusal_core.model.forward import block_hooks, last_logits, left_padded, pa
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
+from refusal_core.progress import Progress
 
 __all__ = [
     "REFUSAL_PHRASE",
