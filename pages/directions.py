@@ -120,12 +120,26 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
             colorbar=dict(title=title),
         )
     )
+    eligible = result.eligible()
     failed = [
         (layer, str(p))
         for i, p in enumerate(result.positions)
         for j, layer in enumerate(result.layers)
-        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j])
+        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j]) and bool(eligible[i, j])
     ]
+    raced_out = [
+        (layer, str(p))
+        for i, p in enumerate(result.positions)
+        for j, layer in enumerate(result.layers)
+        if not bool(eligible[i, j]) and not math.isnan(grid[i][j])
+    ]
+    if raced_out:
+        figure.add_trace(
+            go.Scatter(
+                x=[f[0] for f in raced_out], y=[f[1] for f in raced_out], mode="markers", name="raced out (fewer prompts)",
+                marker=dict(symbol="circle-open", size=7, line=dict(width=1, color="grey")), hoverinfo="skip",
+            )
+        )
     if failed:
         figure.add_trace(
             go.Scatter(

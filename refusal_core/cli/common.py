@@ -81,6 +81,8 @@ def progress_bar(label: str, quiet: bool) -> Progress | None:
 
     def update(done: int, total: int, **info: object) -> None:
         nonlocal bar
+        if bar is None and done >= total:
+            return  # nothing left to show (e.g. the closing report after the bar finished)
         stage = stage_text(info)
         if bar is None:
             bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False,

@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 
 from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.registry import setting
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence
@@ -55,12 +56,12 @@ MEASURES = ("bypass", "kl", "induce")
 class RacingSettings:
     """How hard :func:`race_candidates` prunes (see the module docstring)."""
 
-    first_prompts: int = 2
-    growth: int = 4
-    prerank_keep: float = 0.25
-    min_finalists: int = 2
-    z: float = 1.0
-    rows_per_forward: int = 32
+    first_prompts: int = setting(2, "prompts per set every raced candidate is scored on in the first stage", minimum=1)
+    growth: int = setting(4, "each stage keeps 1/growth of the candidates and scores them on growth x the prompts", minimum=2)
+    prerank_keep: float = setting(0.25, "share of the admissible candidates the output-free pre-rank lets race", minimum=0.0, maximum=1.0)
+    min_finalists: int = setting(2, "candidates scored on every prompt, at least", minimum=1)
+    z: float = setting(1.0, "standard errors by which a candidate may miss a filter and still count as possibly passing", minimum=0.0)
+    rows_per_forward: int = setting(32, "batch rows per forward pass", minimum=1)
 
     def __post_init__(self) -> None:
         if self.first_prompts < 1 or self.growth < 2 or self.min_finalists < 1 or self.rows_per_forward < 1:
