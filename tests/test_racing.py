@@ -72,7 +72,7 @@ def test_late_layers_are_not_scored(tiny_llama, candidates):  # noqa: F811
 def test_progress_counts_up_to_its_total_with_stage_text(tiny_llama, candidates):  # noqa: F811
     calls = []
     race_candidates(tiny_llama, candidates, HARMFUL, HARMLESS, OPEN, RacingSettings(first_prompts=1, growth=2, prerank_keep=1.0),
-                    progress=lambda done, total, stage="": calls.append((done, total, stage)))
+                    progress=lambda done, total, **info: calls.append((done, total, str(info.get("stage", "")))))
     totals = {total for _, total, _ in calls}
     assert len(totals) == 1
     dones = [done for done, _, _ in calls]

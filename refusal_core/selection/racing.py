@@ -42,10 +42,11 @@ from refusal_core.metrics import kl_divergence
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
-from refusal_core.selection.policy import _choose, _why_none, apply_filters
+from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 from refusal_core.selection.rows import PromptRows, prompt_rows, rows_logprobs
-from refusal_core.selection.scoring import _Candidate, _candidates, _intervention, _log_odds, _provenance
+from refusal_core.model.forward import refusal_log_odds
+from refusal_core.selection.scoring import _Candidate, _candidates, _intervention, _provenance
 
 __all__ = ["RacingSettings", "prerank_scores", "race_candidates"]
 
@@ -132,7 +133,7 @@ def _measure(race: _Race, wanted: list[tuple[int, str, int]], rows_per_forward: 
             shared[candidate, kind[measure]] = _intervention(race.candidates[candidate], measure)
     logprobs = rows_logprobs(race.loaded, race.rows, [p for _, _, p in todo], [shared[c, kind[m]] for c, m, _ in todo],
                              rows_per_forward, on_forward=tick)
-    values = _log_odds(logprobs, race.refusal_ids)
+    values = refusal_log_odds(logprobs, race.refusal_ids)
     kl_rows = [i for i, (_, measure, _) in enumerate(todo) if measure == "kl"]
     if kl_rows:
         base = race.base_harmless[[todo[i][2] - race.n_harmful for i in kl_rows]]
@@ -198,7 +199,7 @@ def race_candidates(
 ) -> SelectionResult:
     """Score DIM candidates by racing (or every one on every prompt with ``exhaustive``) and choose one.
 
-    ``progress(done, total, stage)`` counts forward-pass rows (the shared-prefix pass of an
+    ``progress(done, total, stage=...)`` counts forward-pass rows (the shared-prefix pass of an
     intervention counts as one row); ``stage`` names the stage, its candidates and prompts,
     and how many candidates are settled (eliminated or fully scored).
     """
@@ -235,13 +236,13 @@ def race_candidates(
         nonlocal done
         done += n
         if progress:
-            progress(min(done, total), total, stage_text)
+            progress(min(done, total), total, stage=stage_text)
 
     baseline = Intervention()
     logprobs = rows_logprobs(loaded, race.rows, list(range(len(race.rows))), [baseline] * len(race.rows),
                              settings.rows_per_forward, on_forward=tick)
     race.base_harmless = logprobs[race.n_harmful :]
-    base_scores = _log_odds(logprobs, race.refusal_ids)
+    base_scores = refusal_log_odds(logprobs, race.refusal_ids)
     for index, (size, m) in enumerate(stages):
         pool = pool[:size] if index == 0 else _keep(race, pool, size, filters, settings.z)
         settled = len(everyone) - len(pool)
@@ -249,7 +250,7 @@ def race_candidates(
                       f"({settled}/{len(everyone)} candidates settled)")
         _measure(race, _stage_rows(race, pool, m), settings.rows_per_forward, tick)
     if progress:
-        progress(total, total, f"done: {len(everyone)}/{len(everyone)} candidates settled, {len(pool)} scored on every prompt")
+        progress(total, total, stage=f"done: {len(everyone)}/{len(everyone)} candidates settled, {len(pool)} scored on every prompt")
     result = _result(race, pool, filters, candidates, harmful_val, harmless_val, chat, base_scores)
     timing = {"seconds": round(time.perf_counter() - started, 4), "rows": race.rows_run, "stages": [list(s) for s in stages],
               "finalists": [listed[c].name for c in pool], "mode": "exhaustive" if exhaustive else "racing",
@@ -280,10 +281,10 @@ def _result(race: _Race, finalists: list[int], filters, candidates, harmful_val,
         complete[i, j] = index in finalists
     n_layers = race.loaded.n_layers
     passed = apply_filters(grids["bypass"], grids["induce"], grids["kl"], layers, n_layers, filters) & complete
-    chosen = _choose(grids["bypass"], passed, positions, layers)
+    chosen = lowest_bypass(grids["bypass"], passed, positions, layers)
     if chosen is None:
         masked = {m: torch.where(complete, grids[m], math.nan) for m in MEASURES}
-        reason = _why_none(masked["bypass"], masked["induce"], masked["kl"], layers, n_layers, filters)
+        reason = why_none(masked["bypass"], masked["induce"], masked["kl"], layers, n_layers, filters)
     else:
         best = float(grids["bypass"][positions.index(chosen[0]), layers.index(chosen[1])])
         reason = (f"Lowest bypass score ({best:.4g}) among the {int(passed.sum())} of {int(complete.sum())} finalists "

@@ -40,7 +40,6 @@ from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
-from refusal_core.progress import Progress
 
 __all__ = [
     "SelectionFilters",
