@@ -31,7 +31,7 @@ from refusal_core.directions.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
-from refusal_core.progress import Progress
+from refusal_core.progress import Progress, ProgressClock, stage_text
 from refusal_core.projection import Projection
 from refusal_core.prompts.sets import PromptSet
 from refusal_core.selection.policy import CLOSEST_DIM, SELECTED_DIM
@@ -223,16 +223,18 @@ def chosen_prompts() -> dict[str, PromptSet]:
 
 
 def progress_callback(label: str) -> Progress:
-    """A ``progress(done, total)`` callback drawing an ``st.progress`` bar here; the bar is
-    removed once ``done`` reaches ``total``, so finished work leaves no bar behind."""
+    """A ``Progress`` drawing an ``st.progress`` bar here: the stage, the share done and the time
+    left; the bar is removed once ``done`` reaches ``total``, so finished work leaves no bar behind."""
     slot = st.empty()
     bar = slot.progress(0.0, text=label)
+    clock = ProgressClock()
 
     def update(done: int, total: int, **info: object) -> None:
         if done >= total:
             slot.empty()
             return
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label} ({done}/{total})")
+        stage = stage_text(info) or f"{done}/{total}"
+        bar.progress(min(1.0, done / max(total, 1)), text=clock.line(label, done, total, stage))
 
     return update
 

@@ -16,8 +16,8 @@ from refusal_core.directions.optimize import OptimizeSettings, optimize_directio
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
+from refusal_core.selection.racing import race_candidates
 from refusal_core.selection.result import SelectionFilters
-from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
 
 # Preselected directions per set: twelve tags fit the multiselect box without clipping.
@@ -149,12 +149,26 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
             colorbar=dict(title=title),
         )
     )
+    eligible = result.eligible()
     failed = [
         (layer, str(p))
         for i, p in enumerate(result.positions)
         for j, layer in enumerate(result.layers)
-        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j])
+        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j]) and bool(eligible[i, j])
     ]
+    raced_out = [
+        (layer, str(p))
+        for i, p in enumerate(result.positions)
+        for j, layer in enumerate(result.layers)
+        if not bool(eligible[i, j]) and not math.isnan(grid[i][j])
+    ]
+    if raced_out:
+        figure.add_trace(
+            go.Scatter(
+                x=[f[0] for f in raced_out], y=[f[1] for f in raced_out], mode="markers", name="raced out (fewer prompts)",
+                marker=dict(symbol="circle-open", size=7, line=dict(width=1, color="grey")), hoverinfo="skip",
+            )
+        )
     if failed:
         figure.add_trace(
             go.Scatter(
@@ -221,15 +235,19 @@ def selection_section() -> None:
         for n, r in zip(candidates.names, candidates.provenance)
         if r["position"] in chosen_positions and low <= r["layer"] <= high
     ]
-    st.caption(f"{len(names)} candidates to score, each on {n_val} harmful and {n_val} harmless validation prompts.")
+    exhaustive = st.checkbox(
+        "Score every candidate on every prompt (exhaustive; about 40x slower)", value=False, key="selection_exhaustive",
+        help="By default candidates are raced: all on a few prompts, the promising ones on more, the finalists on all.",
+    )
+    st.caption(f"{len(names)} candidates to score, on up to {n_val} harmful and {n_val} harmless validation prompts.")
     if st.button("Score candidates", type="primary", key="selection_run", disabled=not names):
         subset = candidates.select(names)
         try:
             harmful_val, harmless_val = validation_prompts(n_val)
             filters = SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
             update = _state.progress_callback(f"Scoring {len(subset)} candidates")
-            ws.selection = score_candidates(
-                loaded, subset, harmful_val, harmless_val, filters, progress=update
+            ws.selection = race_candidates(
+                loaded, subset, harmful_val, harmless_val, filters, exhaustive=exhaustive, progress=update
             )
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Selection failed: {err}")
@@ -252,7 +270,8 @@ def selection_section() -> None:
         offered = f" {pick.describe()}: `{pick.name}` (added as the set *{pick.set_name}*)." if pick.name else ""
         st.markdown(f"**No candidate chosen.** {result.reason}{offered}")
     st.caption(
-        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
+        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}. "
+        + scoring_note(result)
     )
     st.plotly_chart(
         grid_figure(result, result.bypass, "bypass (refusal score after ablation; lower is better)", "Viridis"),
@@ -271,6 +290,18 @@ def selection_section() -> None:
     )
 
 
+def scoring_note(result) -> str:
+    """How the grids were scored: raced (finalists on every prompt, others on fewer) or exhaustively."""
+    timing = result.timing
+    if timing.get("mode") != "racing":
+        return f"Every candidate scored on every prompt ({timing.get('seconds', 0):.0f} s)."
+    return (
+        f"Raced in {timing['seconds']:.0f} s: {timing['scored']} candidates scored on a few prompts, the "
+        f"{len(timing['finalists'])} finalists on every prompt, and only finalists can be chosen; layers the layer "
+        "filter excludes and candidates far from the late-layer refusal signal are left blank."
+    )
+
+
 def optimize_section() -> None:
     st.header("Optimizing one direction (Wollschläger et al.)")
     starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() if set_name != OPTIMIZED_SET for name in directions.names]
@@ -280,12 +311,10 @@ def optimize_section() -> None:
     preferred = _state.preferred_direction(ws)
     _state.follow_default("optimize_start", preferred if preferred in starts else starts[0], starts)
     start = st.selectbox("Start from", starts, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
-    n_train = int(st.number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
-    # Fewer steps than the CLI's default: a page action should finish in well under a minute.
-    values = settings_widgets(OptimizeSettings, "optimize", defaults={"steps": 20})
+    values = settings_widgets(OptimizeSettings, "optimize")
     if st.button("Optimize", type="primary", key="optimize_run"):
-        harmful = sample_prompts(builtin("harmful", "train"), n_train)
-        harmless = sample_prompts(builtin("harmless", "train"), n_train)
+        harmful = sample_prompts(builtin("harmful", "train"), values["max_harmful"])
+        harmless = sample_prompts(builtin("harmless", "train"), values["max_harmless"])
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
             result = optimize_direction(
@@ -308,9 +337,10 @@ def optimize_section() -> None:
         return
     final, first = result.final, result.history[0]
     st.markdown(
-        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*): refusal score {first['refusal_score']:+.2f} → "
-        f"{final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → {final['kl']:.4f} on its train prompts; "
-        f"cosine {final['cosine_to_init']:.2f} to the start. Measure it on held-out prompts on the Generate page."
+        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*), {result.seconds:.0f} s: before → after, "
+        f"refusal score {first['refusal_score']:+.2f} → {final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → "
+        f"{final['kl']:.4f} on its train prompts; cosine {final['cosine_to_init']:.2f} to the start. Measure it on "
+        "held-out prompts on the Generate page."
     )
     steps_axis = list(range(len(result.history))) + [len(result.history)]
     figure = go.Figure()

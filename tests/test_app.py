@@ -140,6 +140,9 @@ def test_directions_heatmaps_and_selection():
     result = _workspace(at).selection
     assert result is not None
     assert _charts(at) == 5 + extra  # plus bypass, induce and KL grids
+    # Optimization now starts from the selected (or closest) candidate, not the first DIM one.
+    assert at.selectbox(key="optimize_start").value[0] in ("Selected DIM", "Closest DIM")
+    assert any("Raced in" in c.value for c in at.caption)
     from refusal_core.selection.policy import select_with_fallback
 
     sets = _workspace(at).direction_sets
@@ -165,7 +168,8 @@ def test_directions_optimize_adds_a_learnt_set():
     start = at.selectbox(key="optimize_start")
     assert start.value[0] == "DIM"  # no selection yet: the first DIM candidate
     at.number_input(key="optimize_steps").set_value(2)
-    at.number_input(key="optimize_n").set_value(2)
+    at.number_input(key="optimize_max_harmful").set_value(2)
+    at.number_input(key="optimize_max_harmless").set_value(2)
     before = _charts(at)
     at.button(key="optimize_run").click().run()
     _assert_ok(at)

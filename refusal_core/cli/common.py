@@ -12,7 +12,7 @@ from typing import Callable
 
 from refusal_core.errors import SettingsError
 from refusal_core.model.loading import BUNDLED_ORGANISM
-from refusal_core.progress import Progress
+from refusal_core.progress import Progress, stage_text
 
 EXIT_BAD_INPUT = 2
 
@@ -63,7 +63,8 @@ def prompt_set(spec: str, column: str | None, limit: int | None):
 
 
 def progress_bar(label: str, quiet: bool) -> Progress | None:
-    """A tqdm bar on stderr (stdout stays clean for --json)."""
+    """A ``Progress`` drawing one tqdm line on stderr (stdout stays clean for --json):
+    the stage text, done of total and tqdm's own elapsed/remaining estimate."""
     if quiet:
         return None
     from tqdm import tqdm
@@ -72,12 +73,20 @@ def progress_bar(label: str, quiet: bool) -> Progress | None:
 
     def update(done: int, total: int, **info: object) -> None:
         nonlocal bar
+        if bar is None and done >= total:
+            return  # nothing left to show (e.g. the closing report after the bar finished)
+        stage = stage_text(info)
         if bar is None:
-            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        if stage:
+            bar.set_description_str(f"{label}: {stage}", refresh=False)
+        bar.total = total
         bar.n = done
         bar.refresh()
         if done >= total:
             bar.close()
+            bar = None
 
     return update
 

@@ -17,20 +17,23 @@ from refusal_core.cli.common import (
 
 def cmd_directions_select(args) -> None:
     from refusal_core.selection.policy import select_with_fallback
+    from refusal_core.selection.racing import RacingSettings, race_candidates
     from refusal_core.selection.result import SelectionFilters
-    from refusal_core.selection.scoring import score_candidates
 
     loaded = load_model_from_args(args)
     candidates = load_directions(args.dirs, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
     filters = SelectionFilters(max_kl=args.max_kl, min_induce=args.min_induce, max_layer_fraction=args.max_layer_fraction)
-    result = score_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
-                              batch_size=args.batch_size, progress=progress_bar("candidates", args.json), chat=chat_format(args))
+    result = race_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
+                             RacingSettings(rows_per_forward=args.batch_size), exhaustive=args.exhaustive,
+                             progress=progress_bar("Scoring candidates", args.json), chat=chat_format(args))
     result.save(args.out)
     pick = select_with_fallback(result)
     chosen = pick.cell if pick.chosen else None
-    payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
+    payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum()),
+               "mode": result.timing["mode"], "seconds": result.timing["seconds"], "rows": result.timing["rows"],
+               "finalists": result.timing["finalists"]}
 
     def scores(cell) -> dict:
         p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
@@ -47,7 +50,10 @@ def cmd_directions_select(args) -> None:
         payload["saved"] = {"path": args.save_direction, "name": pick.name, "closest": not pick.chosen}
 
     def human() -> None:
-        print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")
+        how = ("every candidate on every prompt" if payload["mode"] == "exhaustive" else
+               f"by racing, {len(payload['finalists'])} finalists on every prompt")
+        print(f"Scored {len(candidates)} candidates {how} ({payload['rows']} rows, {payload['seconds']:.0f} s); "
+              f"{payload['n_passed']} pass the filters. Table written to {args.out}")
         if chosen is None:
             print("No candidate passes the filters; relax --max-kl / --min-induce / --max-layer-fraction.")
             if "closest" in payload:
@@ -74,9 +80,8 @@ def cmd_directions_search(args) -> None:
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
-    bar = progress_bar("trials", args.json)
     result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
-                        progress=bar)
+                        progress=progress_bar("Search", args.json))
     best = best_direction_set(result, pool)
     best.save(args.out)
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
@@ -98,6 +103,8 @@ def add_select_parser(directions) -> None:
     select.add_argument("--min-induce", type=float, default=0.0)
     select.add_argument("--max-layer-fraction", type=float, default=0.8)
     select.add_argument("--out", required=True, help="JSON score table")
+    select.add_argument("--exhaustive", action="store_true",
+                        help="score every candidate on every prompt (slow: hours on a CPU) instead of racing them")
     select.add_argument("--save-direction", default=None, help="also save the chosen direction (or, when none passes the filters, the closest) as a set")
     select.set_defaults(func=cmd_directions_select)
 

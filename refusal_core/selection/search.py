@@ -31,7 +31,6 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
@@ -46,7 +45,6 @@ from refusal_core.judges.substring import Judge, SubstringJudge
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
-from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
