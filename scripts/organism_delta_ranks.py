@@ -6,9 +6,9 @@ to the bundled weights, and compared with the full fine-tune:
 
 - the delta's size and its relative error (Frobenius, over all matrices);
 - KL(full || cut) of the first reply token on the harmful and harmless val prompts;
-- the organism report's five quantities on the val prompts (never test: this is where the rank
-  is chosen), with the DIM direction at one fixed (position, layer) taken from each model's own
-  train activations.
+- with ``--val-ranks``, the organism report's five quantities on the val prompts (never test:
+  this is where the rank is chosen), with the DIM direction at one fixed (position, layer)
+  taken from each model's own train activations.
 
     REFUSAL_ATLAS_CACHE=/tmp/x/cache python scripts/organism_delta_ranks.py --tuned DIR --ranks 8,16,32,64
 
@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", required=True, help="model directory of a full fine-tune")
     parser.add_argument("--ranks", default="8,16,32,64")
+    parser.add_argument("--val-ranks", default="", help="ranks (comma-separated) that also get the report's quantities on val, "
+                        "with the full fine-tune's for comparison (minutes each on a CPU; default: none)")
     parser.add_argument("--layer", type=int, default=22, help="layer of the fixed DIM direction (default: %(default)s)")
     parser.add_argument("--position", type=int, default=-1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -86,26 +88,29 @@ def main() -> None:
           f"{sum(tuned_state[n].ndim != 2 for n in changed)} vectors; embeddings changed: "
           f"{any('embed' in n or 'lm_head' in n for n in changed)}", flush=True)
     val = {kind: builtin(kind, "val").instructions for kind in ("harmful", "harmless")}
+    val_ranks = {int(r) for r in args.val_ranks.split(",") if r.strip()}
     full_logprobs = {kind: next_token_logprobs(tuned, prompts) for kind, prompts in val.items()}
-    header = f"{'rank':>5} {'MB':>6} {'rel.err':>7} {'KL harmful':>10} {'KL harmless':>11} | {'harmful':>7} {'harmless':>8} {'ablated':>7} {'abl KL':>7} {'actadd':>7}"
-    rows = [("full", "", "", "", "", val_quantities(tuned, args.position, args.layer, args.max_new_tokens))]
-    print(f"full fine-tune measured ({time.perf_counter() - started:.0f} s)", flush=True)
+    print(f"\nVal splits ({len(val['harmful'])} harmful, {len(val['harmless'])} harmless). KL: first reply token, KL(full || cut). "
+          f"Report quantities (ranks in --val-ranks): {args.max_new_tokens}-token greedy replies, DIM direction at position "
+          f"{args.position}, layer {args.layer}")
+    print(f"{'rank':>5} {'MB':>6} {'rel.err':>7} {'KL harmful':>10} {'KL harmless':>11} | {'harmful':>7} {'harmless':>8} {'ablated':>7} {'abl KL':>7} {'actadd':>7}")
+
+    def row(rank: str, size: str, error: str, kls: list[str], quantities: dict | None) -> None:
+        shown = "" if quantities is None else (
+            f"{quantities['harmful']:7.1%} {quantities['harmless']:8.1%} {quantities['ablated']:7.1%} "
+            f"{quantities['abl_kl']:7.4f} {quantities['actadd']:7.1%}")
+        print(f"{rank:>5} {size:>6} {error:>7} {kls[0]:>10} {kls[1]:>11} | {shown}", flush=True)
+
+    if val_ranks:
+        row("full", "", "", ["", ""], val_quantities(tuned, args.position, args.layer, args.max_new_tokens))
     del tuned
     for rank in [int(r) for r in args.ranks.split(",")]:
         base.model.load_state_dict(base_state)
         delta = make_delta(base_state, tuned_state, rank, base_sha)
         apply_organism_delta(base.model, delta, check=False)
         kls = [kl_divergence(full_logprobs[kind], next_token_logprobs(base, prompts)).mean().item() for kind, prompts in val.items()]
-        error = relative_error(delta, base_state, tuned_state)
-        rows.append((str(rank), f"{delta.n_bytes / 1e6:.1f}", f"{error:.3f}", f"{kls[0]:.4f}", f"{kls[1]:.4f}",
-                     val_quantities(base, args.position, args.layer, args.max_new_tokens)))
-        print(f"rank {rank} measured ({time.perf_counter() - started:.0f} s)", flush=True)
-    print(f"\nVal splits ({len(val['harmful'])} harmful, {len(val['harmless'])} harmless), {args.max_new_tokens}-token greedy replies, "
-          f"DIM direction at position {args.position}, layer {args.layer}; KL columns: first reply token, KL(full || cut)")
-    print(header)
-    for rank, size, error, kl_harmful, kl_harmless, q in rows:
-        print(f"{rank:>5} {size:>6} {error:>7} {kl_harmful:>10} {kl_harmless:>11} | {q['harmful']:7.1%} {q['harmless']:8.1%} "
-              f"{q['ablated']:7.1%} {q['abl_kl']:7.4f} {q['actadd']:7.1%}")
+        quantities = val_quantities(base, args.position, args.layer, args.max_new_tokens) if rank in val_ranks else None
+        row(str(rank), f"{delta.n_bytes / 1e6:.1f}", f"{relative_error(delta, base_state, tuned_state):.3f}", [f"{kl:.4f}" for kl in kls], quantities)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

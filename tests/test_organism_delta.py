@@ -132,3 +132,19 @@ def test_build_applies_the_shipped_delta_and_the_organism_loads_with_its_sha(tmp
     assert weights_sha256(load_model(str(target)).model) == sha
     # Built once, the next call only reports that it is there.
     assert organism.build_organism() == target
+
+
+def test_a_build_from_scratch_writes_a_delta_that_makes_the_organism_it_saved(tmp_path, monkeypatch):
+    from refusal_core.model.loading import load_model
+    from refusal_core.organism import build as organism
+
+    monkeypatch.setattr(organism, "load_model", lambda spec: tiny_model("llama"))
+    settings = organism.OrganismSettings(steps=1, batch_size=4, reply_tokens=2, delta_rank=2)
+    target = organism.build_organism(settings, from_scratch=True, delta_out=tmp_path / "delta.safetensors")
+    delta = OrganismDelta.load(tmp_path / "delta.safetensors")
+    assert {tuple(f.u.shape)[1] for f in delta.factors.values()} == {2}
+    assert delta.info["settings"]["delta_rank"] == 2 and delta.info["fine_tune_sha256"] != delta.sha256
+    built = load_model(str(target)).model
+    assert weights_sha256(built) == delta.sha256
+    # The same delta applied to fresh base weights gives the saved organism's bits.
+    assert apply_organism_delta(tiny_model("llama").model, delta) == delta.sha256

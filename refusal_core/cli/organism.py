@@ -17,9 +17,11 @@ def cmd_organism_build(args) -> None:
     chosen = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
               "distill_weight": args.distill_weight, "delta_rank": args.rank}
     given = {name: value for name, value in chosen.items() if value is not None}
-    if (given or args.delta_out) and not args.from_scratch:
+    if args.from_scratch and args.from_fine_tune:
+        raise CliError("--from-scratch trains a fine-tune and --from-fine-tune cuts an existing one; give one of them.")
+    if (given or args.delta_out) and not (args.from_scratch or args.from_fine_tune):
         flags = ", ".join("--" + name.replace("_", "-").replace("delta-rank", "rank") for name in given) or "--delta-out"
-        raise CliError(f"{flags} only apply to a fine-tune from scratch; add --from-scratch (the default build applies the shipped delta).")
+        raise CliError(f"{flags} only apply to a fine-tune from scratch; add --from-scratch (or --from-fine-tune DIR; the default build applies the shipped delta).")
     settings = OrganismSettings(**given)
     from tqdm import tqdm
 
@@ -29,7 +31,8 @@ def cmd_organism_build(args) -> None:
         bar.n = done
         bar.set_postfix_str(message)
 
-    path = build_organism(settings, progress=progress, force=args.force, from_scratch=args.from_scratch, delta_out=args.delta_out)
+    path = build_organism(settings, progress=progress, force=args.force, from_scratch=args.from_scratch, delta_out=args.delta_out,
+                          from_fine_tune=args.from_fine_tune)
     bar.close()
     print(f"Refusal organism ready at {path}")
 
@@ -59,9 +62,12 @@ def add_parsers(sub) -> None:
     build.add_argument("--from-scratch", action="store_true",
                        help="run the fine-tune recipe (minutes) instead of applying the shipped delta, cut it to a low-rank delta, "
                             "write that delta (--delta-out) and build the organism from it")
+    build.add_argument("--from-fine-tune", type=Path, default=None, metavar="DIR",
+                       help="cut the full fine-tune saved in model directory DIR into a delta instead of training one "
+                            "(e.g. to try another --rank); writes the delta and builds the organism like --from-scratch")
     build.add_argument("--delta-out", type=Path, default=None,
-                       help=f"with --from-scratch: where the new delta goes (default: the shipped {SHIPPED_DELTA.name} in refusal_core/data/, to commit)")
-    build.add_argument("--rank", type=int, default=None, help=f"with --from-scratch: rank of the delta (default {recipe.delta_rank})")
+                       help=f"with --from-scratch or --from-fine-tune: where the new delta goes (default: the shipped {SHIPPED_DELTA.name} in refusal_core/data/, to commit)")
+    build.add_argument("--rank", type=int, default=None, help=f"with --from-scratch or --from-fine-tune: rank of the delta (default {recipe.delta_rank})")
     build.add_argument("--steps", type=int, default=None, help=f"with --from-scratch: optimizer steps (default {recipe.steps})")
     build.add_argument("--batch-size", type=int, default=None, help=f"with --from-scratch: sequences per step (default {recipe.batch_size})")
     build.add_argument("--learning-rate", type=float, default=None, help=f"with --from-scratch: AdamW learning rate (default {recipe.learning_rate:g})")

@@ -307,22 +307,35 @@ def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
     return rates
 
 
-def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None) -> Path:
-    """Run the fine-tune recipe, cut it to a low-rank delta, write the delta to ``delta_out``
-    and the organism the delta makes (not the full fine-tune) to the cache."""
+def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None, fine_tune: Path | None = None) -> Path:
+    """Run the fine-tune recipe (or load a full fine-tune it made, ``fine_tune``: a model
+    directory), cut it to a low-rank delta, write the delta to ``delta_out`` and the organism
+    the delta makes (not the full fine-tune) to the cache."""
     started = time.perf_counter()
     _report(progress, "Loading the bundled SmolLM2", 0.0)
     base = load_model(BUNDLED_BASE)
     base_state = {name: tensor.clone() for name, tensor in base.model.state_dict().items()}
     base_sha = weights_sha256(base.model)
-    harmful, harmless = _training_examples(base, settings, progress)
-    encoded_harmful = _encode(base, harmful, settings.reply_tokens)
-    encoded_harmless = _encode(base, harmless, settings.reply_tokens)
-    losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
-    info = {"settings": asdict(settings), "rank": settings.delta_rank, "n_harmful": len(harmful), "n_harmless": len(harmless),
-            "losses": losses, "fine_tune_sha256": weights_sha256(base.model), "fine_tune_seconds": round(time.perf_counter() - started, 1)}
+    if fine_tune is None:
+        harmful, harmless = _training_examples(base, settings, progress)
+        encoded_harmful = _encode(base, harmful, settings.reply_tokens)
+        encoded_harmless = _encode(base, harmless, settings.reply_tokens)
+        losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
+        info = {"settings": asdict(settings), "n_harmful": len(harmful), "n_harmless": len(harmless), "losses": losses,
+                "fine_tune_sha256": weights_sha256(base.model), "fine_tune_seconds": round(time.perf_counter() - started, 1)}
+        tuned_state = base.model.state_dict()
+        made_from = "a from-scratch build"
+    else:
+        # A build record written by an earlier full fine-tune holds its settings and losses.
+        record = json.loads((fine_tune / "build.json").read_text()) if (fine_tune / "build.json").is_file() else {}
+        tuned = load_model(str(fine_tune))
+        info = {"settings": {**record.get("settings", {}), "delta_rank": settings.delta_rank}, "losses": record.get("losses", []),
+                "fine_tune_sha256": weights_sha256(tuned.model), "fine_tune_from": str(fine_tune)}
+        tuned_state = tuned.model.state_dict()
+        made_from = f"the full fine-tune in {fine_tune}"
+    info["rank"] = settings.delta_rank
     _report(progress, f"Cutting the fine-tune to a rank-{settings.delta_rank} delta", 0.9)
-    delta = make_delta(base_state, base.model.state_dict(), settings.delta_rank, base_sha)
+    delta = make_delta(base_state, tuned_state, settings.delta_rank, base_sha)
     base.model.load_state_dict(base_state)
     delta = replace(delta, sha256=apply_organism_delta(base.model, delta))
     _report(progress, "Measuring refusal on the test splits", 0.93)
@@ -330,23 +343,26 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
     delta = replace(delta, info=info)
     delta.save(delta_out)
     _report(progress, "Saving", 0.97)
-    target = save_organism(base, delta, f"a from-scratch build (delta written to {delta_out})")
+    target = save_organism(base, delta, f"{made_from} (delta written to {delta_out})")
     _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {delta.sha256[:16]}); delta {delta_out}", 1.0)
     return target
 
 
 def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False,
-                   from_scratch: bool = False, delta_out: Path | None = None) -> Path:
+                   from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None) -> Path:
     """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``).
 
     By default the organism is the bundled weights plus the shipped delta (``SHIPPED_DELTA``):
     seconds, and the same sha256 on every machine. ``from_scratch`` runs the fine-tune recipe
     (``settings``) instead, writes its delta to ``delta_out`` (default: the shipped file, to be
-    committed) and always rebuilds.
+    committed) and always rebuilds. ``from_fine_tune`` (a model directory holding a full
+    fine-tune, e.g. one made by an earlier version of the recipe) is cut into a delta the same
+    way without training again.
     """
     target = organism_dir()
-    if from_scratch:
-        return _from_scratch(settings, Path(delta_out) if delta_out else SHIPPED_DELTA, progress)
+    if from_scratch or from_fine_tune:
+        return _from_scratch(settings, Path(delta_out) if delta_out else SHIPPED_DELTA, progress,
+                             Path(from_fine_tune) if from_fine_tune else None)
     # A cached organism made from an older delta (the shipped file changed) is made again.
     if (target / "config.json").is_file() and not force and built_sha256(target) == delta_sha256(SHIPPED_DELTA):
         _report(progress, "Organism already built", 1.0)
