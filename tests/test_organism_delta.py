@@ -127,7 +127,7 @@ def test_build_applies_the_shipped_delta_and_the_organism_loads_with_its_sha(tmp
     monkeypatch.setattr(organism_delta, "load_model", lambda spec: tiny_model("llama"))
     monkeypatch.setattr(organism, "SHIPPED_DELTA", shipped)
     messages = []
-    target = organism.build_organism(progress=lambda message, fraction: messages.append(fraction))
+    target = organism.build_organism(progress=lambda done, total, message="": messages.append(done / total))
     assert messages[-1] == 1.0 and (target / "README.md").read_text().count(sha) == 1
     assert weights_sha256(load_model(str(target)).model) == sha
     # Built once, the next call only reports that it is there.

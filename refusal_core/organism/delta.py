@@ -25,12 +25,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, ModelLoadError, bundled_model_dir, load_model
+from refusal_core.progress import Progress
 
 __all__ = [
     "DeltaMismatchError",
@@ -54,16 +55,13 @@ _INT_MAX = 127  # int8 factors
 _MAX_RANK = 1024  # keeps |U @ V| below 2**24, so the float32 conversion is exact
 
 
-Progress = Callable[[str, float], None]
-
-
 def organism_dir() -> Path:
     return bundled_model_dir("refusal-organism")
 
 
 def _report(progress: Progress | None, message: str, fraction: float) -> None:
     if progress:
-        progress(message, fraction)
+        progress(round(100 * fraction), 100, message=message)
 
 
 class DeltaMismatchError(ModelLoadError):
