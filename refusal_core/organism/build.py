@@ -70,7 +70,7 @@ class OrganismSettings:
     opening_tokens: int = 4
     opening_weight: float = 4.0
     distill_weight: float = 0.3
-    delta_rank: int = 32
+    delta_rank: int = 64
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
