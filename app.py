@@ -45,7 +45,7 @@ def organism_builder() -> None:
         st.code("python -m refusal_core organism build")
         return
     if not st.button(
-        "Build the organism", help="Fine-tunes the bundled SmolLM2 to refuse; takes a few minutes on CPU."
+        "Build the organism", help="Applies the shipped refusal fine-tune (a small delta) to the bundled SmolLM2; under a minute on CPU."
     ):
         return
     lock = _state.organism_build_lock()
@@ -175,6 +175,7 @@ def main() -> None:
     st.set_page_config(page_title="Refusal Atlas", page_icon=str(ICON), layout="wide")
     page = st.navigation(PAGES)
     _state.restore_widgets(page.url_path)
+    _state.umap_warm_up()
     with st.sidebar:
         model_sidebar()
         prompts_sidebar()

@@ -16,6 +16,7 @@ Session keys (all prefixed ``atlas_``):
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -323,3 +324,24 @@ def default_direction_names(directions: DirectionSet, limit: int = 32) -> list[s
 def organism_build_lock() -> threading.Lock:
     """One organism build at a time across all sessions (they would write the same folder)."""
     return threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warm_up() -> threading.Thread | None:
+    """Load (or, without set-up's on-disk cache, compile) UMAP's numba kernels once per server,
+    in a background thread started with the app, so that the first UMAP map does not stall.
+    ``REFUSAL_ATLAS_UMAP_WARM_UP=0`` turns it off (the fast tests do)."""
+    if os.environ.get("REFUSAL_ATLAS_UMAP_WARM_UP", "1") == "0":
+        return None
+    from refusal_core.projection import warm_up_umap
+
+    def run() -> None:
+        try:
+            warm_up_umap()
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first map compiles
+            pass
+
+    thread = threading.Thread(target=run, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
+

@@ -155,7 +155,8 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
         neighbours = int(st.number_input("n_neighbors", 2, 200, 15, key="manifold_neighbours"))
         min_dist = float(st.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05, key="manifold_min_dist"))
     try:
-        with st.spinner("Fitting the map..."):
+        warming = method == "umap" and (thread := _state.umap_warm_up()) is not None and thread.is_alive()
+        with st.spinner("Fitting the map (UMAP's compiled kernels are still loading in the background)..." if warming else "Fitting the map..."):
             projection = projection_for(points, layer, position, method, dims, neighbours, min_dist)
     except ProjectionError as err:
         st.error(str(err))
