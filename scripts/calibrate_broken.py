@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from refusal_core.judges.broken import SHIPPED_THRESHOLDS, BrokenSettings, calibrate  # noqa: E402
-from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, load_model  # noqa: E402
-from refusal_core.organism import weights_sha256  # noqa: E402
+from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, load_model  # noqa: E402
+from refusal_core.model.fingerprint import weights_sha256  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "refusal_core" / "data" / SHIPPED_THRESHOLDS
 

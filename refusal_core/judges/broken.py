@@ -30,9 +30,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from refusal_core.cache import atomic_write_text
-from refusal_core.chat import ChatFormat
-from refusal_core.models import LoadedModel
+from refusal_core.activations.cache import atomic_write_text
+from refusal_core.prompts.chat import ChatFormat
+from refusal_core.model.loading import LoadedModel
 from refusal_core.paths import cache_dir
 
 __all__ = [
@@ -89,7 +89,7 @@ def reply_logprobs(
     loaded: LoadedModel, instructions: Sequence[str], replies: Sequence[str], chat: ChatFormat | None = None, batch_size: int = 8
 ) -> list[float | None]:
     """Mean per-token log-likelihood of each reply under the unmodified model (None: empty reply)."""
-    from refusal_core.evaluation import completion_cross_entropy
+    from refusal_core.metrics import completion_cross_entropy
 
     losses = completion_cross_entropy(loaded, instructions, replies, None, chat, batch_size)
     return [None if math.isnan(value) else -float(value) for value in losses.tolist()]
@@ -184,7 +184,7 @@ class BrokenThresholds:
     def for_model(loaded: LoadedModel, settings: BrokenSettings | None = None, chat: ChatFormat | None = None,
                   progress: Callable[[str], None] | None = None) -> "BrokenThresholds":
         """Shipped thresholds for these weights, else cached ones, else calibrate now and cache them."""
-        from refusal_core.organism import weights_sha256
+        from refusal_core.model.fingerprint import weights_sha256
 
         sha = weights_sha256(loaded.model)
         found = BrokenThresholds.shipped(sha)
@@ -206,7 +206,7 @@ def calibrate(loaded: LoadedModel, settings: BrokenSettings, chat: ChatFormat | 
     how many fluent baseline replies the thresholds flag, on replies they were not fitted to.
     """
     from refusal_core.generation import GenerationSettings, generate_completions
-    from refusal_core.prompts import builtin
+    from refusal_core.prompts.loaders import builtin
 
     started = time.perf_counter()
     instructions = [text for kind in ("harmful", "harmless") for text in builtin(kind, "train").instructions[: settings.n_prompts]]

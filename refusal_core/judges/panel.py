@@ -15,10 +15,10 @@ from typing import Literal, Sequence
 
 import torch
 
-from refusal_core.chat import ChatFormat
-from refusal_core.interventions import Intervention
+from refusal_core.prompts.chat import ChatFormat
+from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
-from refusal_core.models import LoadedModel
+from refusal_core.model.loading import LoadedModel
 
 __all__ = [
     "JUDGE_NAMES",
@@ -171,7 +171,8 @@ class JudgePanel:
         return self.verdicts_from_features(replies, scores, stats, thresholds)
 
     def _refusal_scores(self, loaded, instructions, intervention, logprobs, chat) -> list[float]:
-        from refusal_core.evaluation import next_token_logprobs, refusal_token_ids
+        from refusal_core.judges.scores import refusal_token_ids
+        from refusal_core.metrics import next_token_logprobs
 
         if logprobs is None:
             logprobs = next_token_logprobs(loaded, instructions, intervention, chat, self.settings.batch_size)
@@ -210,7 +211,7 @@ class JudgePanel:
 
     @staticmethod
     def _substring(replies: Sequence[str]) -> list[bool]:
-        from refusal_core.evaluation import substring_refused
+        from refusal_core.judges.substring import substring_refused
 
         return [substring_refused(text) for text in replies]
 
