@@ -36,7 +36,7 @@ def evaluated(result) -> list[dict]:
 
 
 def test_search_evaluates_distinct_subsets_and_resumes(tiny_llama, pool):
-    settings = SearchSettings(k=2, n_trials=6, objective="score")
+    settings = SearchSettings(k=2, n_trials=6, objective="score", kl_penalty=0.0)
     first = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings)
     assert_no_hooks(tiny_llama.model)
     assert len(first.trials) == 6 and first.ran == 6
@@ -82,7 +82,7 @@ def test_storage_url_and_kl_penalty(tiny_llama, pool, tmp_path):
 
 
 def test_substring_objective_generates_and_judges(tiny_llama, pool):
-    settings = SearchSettings(k=2, n_trials=2, objective="substring", max_new_tokens=4)
+    settings = SearchSettings(k=2, n_trials=2, objective="substring", max_new_tokens=4, kl_penalty=0.0)
     result = run_search(tiny_llama, pool, HARMFUL, None, settings)
     assert len(result.trials) == 2
     for trial in result.trials:
@@ -94,7 +94,7 @@ def test_bad_inputs_raise_before_any_trial(tiny_llama, pool):
     with pytest.raises(ValueError, match="pool holds only"):
         run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(k=6))
     with pytest.raises(ValueError, match="needs a judge"):
-        run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(objective="judge"))
+        run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(objective="judge", kl_penalty=0.0))
     with pytest.raises(ValueError, match="harmless"):
         run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(kl_penalty=1.0))
     with pytest.raises(ValueError):
