@@ -31,16 +31,6 @@ def panel(thresholds: BrokenThresholds, name: str = "substring+broken") -> Judge
     return JudgePanel(PanelSettings(members=("substring",)), name=name, broken_thresholds=thresholds)
 
 
-@pytest.fixture(scope="module")
-def pool() -> DirectionSet:
-    generator = torch.Generator().manual_seed(0)
-    return DirectionSet(
-        vectors=torch.randn(4, 64, generator=generator),
-        names=tuple(f"random{i}" for i in range(4)),
-        provenance=tuple({"model": "tiny:llama", "layer": 1, "position": -1, "method": "random"} for _ in range(4)),
-    )
-
-
 # ---------------------------------------------------------------------------------------
 # Pareto front
 

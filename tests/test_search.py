@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_core.directions.base import DirectionSet
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search, storage_url
 from tests.tiny import assert_no_hooks
 
@@ -18,16 +17,6 @@ HARMLESS = ["Write a short poem about the sea.", "How do I bake bread?"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def pool() -> DirectionSet:
-    generator = torch.Generator().manual_seed(0)
-    return DirectionSet(
-        vectors=torch.randn(5, 64, generator=generator),
-        names=tuple(f"random{i}" for i in range(5)),
-        provenance=tuple({"model": "tiny:llama", "layer": 1, "position": -1, "method": "random", "params": {"i": i}} for i in range(5)),
-    )
 
 
 def evaluated(result) -> list[dict]:
