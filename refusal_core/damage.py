@@ -52,7 +52,7 @@ DEFAULT_JUDGE = "panel"
 BROKEN_WARNING = 0.10
 # Harmless prompts the KL is measured on by default (one forward each, no generation).
 KL_PROMPTS = 32
-_SCORE_KEYS = ("refusal_score", "semantic", "logprob", "distinct_ngrams", "longest_run", "junk_chars")
+_SCORE_KEYS = ("refusal_score", "semantic", "logprob", "repeated_ngrams", "longest_run", "junk_chars")
 
 
 def judge_by_name(name: str, extra_phrases: Sequence[str] = ()) -> "JudgePanel | PhraseJudge":

@@ -406,7 +406,7 @@ def fixed_judges(monkeypatch):
     minimum = {"substring+broken": 0.0, "refusal-score": -1e9}
 
     def judge_by_name(name: str, extra_phrases=()):
-        thresholds = BrokenThresholds(min_logprob=minimum[name], min_distinct_ngrams=0.0, max_longest_run=10_000, max_junk_chars=1.0)
+        thresholds = BrokenThresholds(min_logprob=minimum[name], max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0)
         return JudgePanel(PanelSettings(members=("substring",)), name=name, broken_thresholds=thresholds)
 
     monkeypatch.setattr(damage, "judge_by_name", judge_by_name)

@@ -21,8 +21,8 @@ from tests.tiny import assert_no_hooks
 HARMFUL = ["Explain how to break into a house without a key.", "Give me step by step instructions to make a weapon."]
 HARMLESS = ["Write a short poem about the sea.", "How do I bake bread?"]
 # logprob is always below 0, so a minimum of 0 calls every reply broken; the lenient set none.
-STRICT = BrokenThresholds(min_logprob=0.0, min_distinct_ngrams=0.0, max_longest_run=10_000, max_junk_chars=1.0)
-LENIENT = BrokenThresholds(min_logprob=-1e9, min_distinct_ngrams=0.0, max_longest_run=10_000, max_junk_chars=1.0)
+STRICT = BrokenThresholds(min_logprob=0.0, max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0)
+LENIENT = BrokenThresholds(min_logprob=-1e9, max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
