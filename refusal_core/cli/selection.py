@@ -81,7 +81,7 @@ def cmd_directions_search(args) -> None:
     harmless = prompt_set(args.harmless, args.column, args.limit)
     bar = progress_bar("trials", args.json)
     result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings, chat=chat_format(args),
-                        progress=(lambda done, total, best: bar(done, total)) if bar else None)
+                        progress=bar)
     best = best_direction_set(result, pool)
     best.save(args.out)
     front = result.pareto

@@ -27,7 +27,7 @@ from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
 
-__all__ = ["TARGETS", "dim_candidates", "format_report", "judged_rates", "organism_report", "refusal_rates"]
+__all__ = ["TARGETS", "column_shares", "dim_candidates", "format_report", "organism_report", "refusal_rates"]
 
 # (metric, comparison, threshold): the organism's acceptance targets.
 TARGETS = (
@@ -60,7 +60,7 @@ def dim_candidates(
     return dim_from_activations(harmful_acts, harmless_acts, provenance, layers)
 
 
-def judged_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
+def column_shares(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
                  judge: str = DEFAULT_JUDGE) -> dict[str, dict]:
     """Refused / complied / broken shares per variant (``damage.ColumnDamage.summary``), all variants generated in one batch."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
@@ -71,7 +71,7 @@ def judged_rates(loaded: LoadedModel, instructions, variants: list[Intervention]
 def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
                   judge: str = DEFAULT_JUDGE) -> dict[str, float]:
     """The refused share per variant by ``judge`` (``substring``: the refusal phrases alone, as before the panel)."""
-    return {name: rates["refused"] for name, rates in judged_rates(loaded, instructions, variants, max_new_tokens, judge).items()}
+    return {name: rates["refused"] for name, rates in column_shares(loaded, instructions, variants, max_new_tokens, judge).items()}
 
 
 def organism_report(
@@ -125,9 +125,9 @@ def organism_report(
     stripped = Intervention(name="stripped", ablate=stripped_vector) if massive.coordinates and stripped_vector.abs().sum() > 0 else None
     say("Generating on the harmful test split (baseline and ablated)")
     harmful_variants = [Intervention(), ablation] + ([stripped] if stripped is not None else [])
-    harmful_shares = judged_rates(loaded, harmful_test.instructions, harmful_variants, max_new_tokens, judge)
+    harmful_shares = column_shares(loaded, harmful_test.instructions, harmful_variants, max_new_tokens, judge)
     say("Generating on the harmless test split (baseline and actadd)")
-    harmless_shares = judged_rates(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens, judge)
+    harmless_shares = column_shares(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens, judge)
     harmful_rates = {name: shares["refused"] for name, shares in harmful_shares.items()}
     harmless_rates = {name: shares["refused"] for name, shares in harmless_shares.items()}
     # Every KL below compares with the same unmodified first-token distributions.
@@ -191,7 +191,7 @@ def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmles
     harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])
     say(f"Optimizing one direction from the selected one ({steps} steps on {len(harmful)} harmful and {len(harmless)} harmless train prompts)")
     result = optimize_direction(loaded, harmful, harmless, direction, OptimizeSettings(steps=steps),
-                                progress=lambda done, total, values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
+                                progress=lambda done, total, **values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
     learnt = Intervention.from_directions("optimized", result.directions)
     return {
         "steps": steps,
