@@ -25,13 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refusal_core.evaluation import next_token_logprobs, refusal_token_ids  # noqa: E402
+from refusal_core.judges.scores import refusal_token_ids  # noqa: E402
+from refusal_core.metrics import next_token_logprobs  # noqa: E402
 from refusal_core.generation import GenerationSettings, generate_side_by_side  # noqa: E402
 from refusal_core.judges.broken import reply_logprobs  # noqa: E402
 from refusal_core.judges.panel import MIN_RATE_TOKENS, refusal_log_odds  # noqa: E402
 from refusal_core.judges.variants import reference_interventions  # noqa: E402
-from refusal_core.models import BUNDLED_BASE, BUNDLED_ORGANISM, load_model  # noqa: E402
-from refusal_core.prompts import builtin  # noqa: E402
+from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, load_model  # noqa: E402
+from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "refusal_core" / "data" / "judge_reference.jsonl"
 # (model, prompt kind, number of val prompts, variants)

