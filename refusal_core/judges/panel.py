@@ -18,6 +18,7 @@ import torch
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 
 __all__ = [
@@ -95,14 +96,6 @@ class PanelSettings:
         unknown = [m for m in self.members if m not in MEMBERS]
         if unknown or not self.members:
             raise ValueError(f"Unknown or no panel members {unknown}; choose from {', '.join(MEMBERS)}.")
-
-
-def refusal_log_odds(logprobs: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
-    """Arditi et al.'s refusal score ``log p - log(1 - p)`` from first-token log-probs ``[n, vocab]``, ``[n]`` float64."""
-    is_refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool)
-    is_refusal[list(refusal_ids)] = True
-    logprobs = logprobs.double()
-    return logprobs[:, is_refusal].logsumexp(-1) - logprobs[:, ~is_refusal].logsumexp(-1)
 
 
 def majority_vote(votes: dict[str, bool | None]) -> tuple[bool, bool]:

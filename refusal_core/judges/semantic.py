@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from refusal_core.model.families import ModelLoadError
+from refusal_core.model.loading import ModelLoadError
 
 __all__ = ["ENCODER_PACKAGE", "SemanticClassifier", "SemanticJudge", "embed_replies", "load_encoder"]
 
