@@ -33,6 +33,7 @@ MODEL_CHOICES = {
     "Hugging Face id or local path": None,
 }
 DTYPES = ["float32", "bfloat16", "float16"]
+ICON = Path(__file__).resolve().parent / "docs" / "icon.png"
 SPLITS = ["train", "val", "test", "all"]
 
 
@@ -100,10 +101,11 @@ def model_sidebar() -> None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def parse_upload(name: str, data: bytes, column: str | None) -> PromptSet:
-    """A PromptSet from an uploaded file (written to a temporary file of the same suffix)."""
-    suffix = Path(name).suffix.lower()
+    """A PromptSet from an uploaded file, written to a temporary folder under the user's own
+    file name, so that error messages name the user's file and not a temporary one."""
+    base = Path(name).name or f"upload{Path(name).suffix.lower()}"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+        path = Path(tmp) / base
         path.write_bytes(data)
         prompts = load_prompt_file(path, column=column or None)
     return PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)
@@ -181,7 +183,9 @@ PAGES = [
 
 
 def main() -> None:
-    st.set_page_config(page_title="Refusal Atlas", page_icon=":material/explore:", layout="wide")
+    # A local icon: a Material icon name makes the browser fetch the favicon from a font CDN,
+    # which fails (and retries) on an offline machine.
+    st.set_page_config(page_title="Refusal Atlas", page_icon=str(ICON), layout="wide")
     page = st.navigation(PAGES)
     with st.sidebar:
         model_sidebar()

@@ -5,7 +5,6 @@ chosen directions orthogonalized out of its weights."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +12,8 @@ import streamlit as st
 from pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
-from refusal_core.interventions.export import export_orthogonalized
+from refusal_core.errors import UserError
+from refusal_core.interventions.export import default_export_dir, export_orthogonalized
 
 st.title("Export")
 loaded = _state.require_model()
@@ -102,17 +102,23 @@ def orthogonalized_model() -> None:
     names = st.multiselect(
         "Directions", list(directions.names), default=list(directions.names[:1]), key=f"export_model_names_{set_name}"
     )
-    default_dir = Path("exports") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{loaded.spec}-orthogonalized")
+    default_dir = default_export_dir(loaded.spec)
     out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir")
-    overwrite = st.checkbox("Overwrite a non-empty folder", key="export_model_overwrite")
+    overwrite = st.checkbox(
+        "Replace an earlier export in this folder",
+        key="export_model_overwrite",
+        help="Only a folder written by an earlier export (it holds a .refusal-atlas-export file) is ever replaced.",
+    )
     if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
         try:
             with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
                 path = export_orthogonalized(
                     loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
                 )
-        except (ValueError, OSError, DirectionError) as err:
+        except UserError as err:
             st.error(f"Export failed: {err}")
+        except OSError as err:
+            st.error(f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space.")
         else:
             st.success(f"Saved to {path.resolve()}. Load it in the sidebar as a local path to check it.")
 

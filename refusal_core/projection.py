@@ -17,13 +17,15 @@ from typing import Literal
 
 import numpy as np
 
+from refusal_core.errors import UserError
+
 __all__ = ["Projection", "ProjectionError", "fit_projection"]
 
 Method = Literal["pca", "umap"]
 METHODS: tuple[str, ...] = ("pca", "umap")
 
 
-class ProjectionError(ValueError):
+class ProjectionError(UserError, ValueError):
     """The points cannot be projected as asked; the message says how to fix it."""
 
 

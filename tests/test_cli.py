@@ -75,7 +75,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(model_dir, tmp_path, capsys):
     code, _, err = _run(capsys, "directions", "som", "--model", model_dir, "--layer", "7", "--limit", "4", "--out", str(tmp_path / "s"))
     assert code == 2 and "layers 0..2" in err
     code, _, err = _run(capsys, "activations", "--model", str(tmp_path / "nowhere"))
-    assert code == 2 and "Could not load" in err
+    assert code == 2 and "No model folder at" in err and "nowhere" in err
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     code, _, err = _run(capsys, "generate", "--model", model_dir, "--prompts", str(empty))

@@ -1,5 +1,5 @@
 """The loading preamble every command shares: model and prompt-set arguments, loading them,
-progress bars on stderr, ``--json`` output and the errors that mean bad input (exit code 2).
+progress bars on stderr, ``--json`` output and ``CliError`` for bad arguments (exit code 2).
 """
 
 from __future__ import annotations
@@ -10,23 +10,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from refusal_core.errors import SettingsError
 from refusal_core.model.loading import BUNDLED_ORGANISM
 from refusal_core.progress import Progress
 
 EXIT_BAD_INPUT = 2
 
 
-class CliError(Exception):
+class CliError(SettingsError):
     """Bad input discovered by the CLI itself."""
-
-
-def bad_input_errors() -> tuple[type[BaseException], ...]:
-    from refusal_core.directions.base import DirectionError
-    from refusal_core.model.families import ModelLoadError
-    from refusal_core.prompts.chat import TemplateError
-    from refusal_core.prompts.sets import PromptSetError
-
-    return (CliError, DirectionError, ModelLoadError, PromptSetError, TemplateError, ValueError, FileNotFoundError, FileExistsError)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +109,7 @@ def activations_for(args, loaded, which: str):
 
 def check_layer(layer: int, n_layers: int) -> None:
     if not 0 <= layer < n_layers:
-        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")
+        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}; choose one of them.")
 
 
 def load_directions(spec: str, d_model: int):

@@ -73,8 +73,10 @@ def _trial_summary(trial: dict, replies: bool) -> dict:
 def cmd_directions_search(args) -> None:
     from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
+    # Settings first: a bad --storage or --study fails before the model is loaded.
     settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, judge=args.judge, kl_penalty=args.kl_penalty,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study)
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
+                              heartbeat_seconds=args.heartbeat)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
@@ -88,10 +90,11 @@ def cmd_directions_search(args) -> None:
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
                "storage": result.storage, "objective": args.objective, "judge": args.judge, "kl_penalty": args.kl_penalty,
                "pareto": [_trial_summary(trial, replies=True) for trial in front],
-               "trials": [_trial_summary(trial, replies=False) for trial in result.trials]}
+               "trials": [_trial_summary(trial, replies=False) for trial in result.trials], "ran": result.ran}
+    finished = sum(1 for trial in result.trials if trial["state"] in ("COMPLETE", "PRUNED"))
 
     def human() -> None:
-        print(f"Study {result.study_name} ({result.storage}): {len(result.trials)} trials")
+        print(f"Study {result.study_name} ({result.storage}): {finished} finished trials, {result.ran} run by this worker")
         print(f"Best {args.k} directions: {', '.join(result.best_names)} (objective {result.best_value:.3f}); written to {args.out}")
         print(f"Pareto front (refusal term vs harmless KL; objective {args.objective}, judge {args.judge}):")
         for trial in front:
@@ -119,15 +122,20 @@ def add_search_parser(directions) -> None:
     add_model_args(search), add_set_args(search, split="val")
     search.add_argument("--pool", required=True, help="direction set to pick from (PATH or PATH:name,...)")
     search.add_argument("--k", type=int, default=3)
-    search.add_argument("--trials", type=int, default=20)
+    search.add_argument("--trials", type=int, default=20,
+                        help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
     search.add_argument("--objective", choices=["verdicts", "substring", "score"], default="verdicts",
                         help="verdicts (share of replies the --judge finds refused or broken; default), substring (refusal "
                              "phrases alone: gibberish counts as success) or score (first-token refusal score, no generation)")
     add_judge_arg(search)
     search.add_argument("--kl-penalty", type=float, default=1.0, help="objective += this times the mean harmless KL (default 1.0)")
     search.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length per trial (default {MIN_RATE_TOKENS})")
-    search.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under cache/search/)")
-    search.add_argument("--study", default=None, help="study name (default: derived from the inputs; reuse to resume)")
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); default: SQLite under cache/search/")
+    search.add_argument("--study", default=None,
+                        help="study name (letters, digits, . _ -; default: derived from the inputs); workers with the same --storage and --study share one study")
+    search.add_argument("--heartbeat", type=int, default=10,
+                        help="seconds between a running trial's heartbeats; a worker silent for 3x this long has its trial re-run by another")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_directions_search)

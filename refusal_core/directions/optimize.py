@@ -31,6 +31,7 @@ import torch
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import differentiable_ablation
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence, next_token_logprobs
@@ -62,9 +63,9 @@ class OptimizeSettings:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be at least 1; got steps={self.steps}, batch_size={self.batch_size}.")
+            raise SettingsError(f"steps and batch_size must be at least 1; got steps={self.steps}, batch_size={self.batch_size}.")
         if not self.learning_rate > 0 or not self.kl_weight >= 0 or not self.margin >= 0:
-            raise ValueError("learning_rate must be positive, and kl_weight and margin non-negative.")
+            raise SettingsError("learning_rate must be positive, and kl_weight and margin non-negative.")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def optimize_direction(
     if len(init) != 1:
         raise DirectionError(f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name.")
     if not harmful or not harmless:
-        raise ValueError("optimize_direction needs at least one harmful and one harmless prompt.")
+        raise SettingsError("optimize_direction needs at least one harmful and one harmless prompt.")
     if init.d_model != loaded.d_model:
         raise DirectionError(f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}.")
     harmful, harmless = as_prompt_set(harmful, "harmful"), as_prompt_set(harmless, "harmless")

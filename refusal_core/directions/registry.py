@@ -20,7 +20,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import torch
+
 from refusal_core.activations.extract import Activations, extract_activations
+from refusal_core.activations.separation import layer_points
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.model.loading import LoadedModel
@@ -124,12 +127,11 @@ class FitInput:
             )
         return self.harmful_acts, self.harmless_acts
 
-    def layer_points(self) -> tuple[Any, Any]:
+    def layer_points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``([n_harmful, d], [n_harmless, d])`` block inputs at ``layer`` and ``position``."""
         if self.layer is None:
             raise ValueError("This method reads one layer; give the layer (--layer).")
-        harmful, harmless = self.activations()
-        return harmful.block_input(self.layer, self.position), harmless.block_input(self.layer, self.position)
+        return layer_points(*self.activations(), self.layer, self.position)
 
     def provenance(self, method: str, settings: object | None = None, at_layer: bool = False) -> dict:
         """The one provenance builder's record for these prompt sets (with the settings as params)."""

@@ -21,6 +21,7 @@ import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
+from refusal_core.errors import SettingsError
 
 __all__ = ["METHOD", "SomResult", "SomSettings", "fit", "neuron_prompts", "som_direction_set", "train_som"]
 
@@ -54,17 +55,17 @@ class SomSettings:
         for name in ("x", "y", "iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
+                raise SettingsError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
         for name in ("sigma", "learning_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"SomSettings.{name} must be a positive finite number, got {value!r}.")
+                raise SettingsError(f"SomSettings.{name} must be a positive finite number, got {value!r}.")
         if self.topology not in TOPOLOGIES:
-            raise ValueError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
+            raise SettingsError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
         if self.neighborhood not in NEIGHBORHOODS:
-            raise ValueError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
+            raise SettingsError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"SomSettings.seed must be a non-negative integer, got {self.seed!r}.")
+            raise SettingsError(f"SomSettings.seed must be a non-negative integer, got {self.seed!r}.")
 
     @property
     def n_neurons(self) -> int:
@@ -233,7 +234,7 @@ def train_som(harmful: torch.Tensor, harmless: torch.Tensor, settings: SomSettin
 
 def _neuron_order(result: SomResult, order: str) -> list[int]:
     if order not in ORDERS:
-        raise ValueError(f"Unknown order {order!r}; use one of {', '.join(ORDERS)}.")
+        raise SettingsError(f"Unknown order {order!r}; use one of {', '.join(ORDERS)}.")
     if order == "grid":
         return list(range(result.n_neurons))
     hits = result.hits.tolist()

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import torch
 
 from refusal_core.activations.cache import atomic_write_text, content_key
+from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
 from refusal_core.judges.substring import refusal_rate
 from refusal_core.model.families import model_parts
@@ -67,13 +68,13 @@ class OrganismSettings:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
-            raise ValueError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
+            raise SettingsError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
         if not 0 < self.harmful_share < 1:
-            raise ValueError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
+            raise SettingsError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
         if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+            raise SettingsError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
         if not self.distill_weight >= 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}.")
+            raise SettingsError(f"distill_weight must be >= 0, got {self.distill_weight}.")
 
 
 def organism_dir() -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from refusal_core.activations.cache import atomic_write_text
+from refusal_core.errors import SettingsError
 
 __all__ = ["FORMAT_VERSION", "SelectionFilters", "SelectionResult", "load_selection"]
 
@@ -137,6 +138,6 @@ class SelectionFilters:
 
     def __post_init__(self) -> None:
         if not self.max_kl >= 0:
-            raise ValueError(f"max_kl must be non-negative, got {self.max_kl}.")
+            raise SettingsError(f"max_kl must be non-negative, got {self.max_kl}.")
         if not 0 < self.max_layer_fraction <= 1:
-            raise ValueError(f"max_layer_fraction must be in (0, 1], got {self.max_layer_fraction}.")
+            raise SettingsError(f"max_layer_fraction must be in (0, 1], got {self.max_layer_fraction}.")

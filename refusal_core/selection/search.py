@@ -42,6 +42,7 @@ from typing import Literal, Sequence
 from refusal_core.activations.cache import content_key, tensor_digest
 from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
 from refusal_core.directions.base import DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.judges.substring import Judge
 from refusal_core.model.fingerprint import weights_fingerprint
@@ -50,6 +51,7 @@ from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.selection.pareto import trial_front
+from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
@@ -62,7 +64,8 @@ class SearchSettings:
     """How a subset search runs.
 
     ``k``: directions ablated together per trial.
-    ``n_trials``: trials the study should hold in all; a resumed search runs only the rest.
+    ``n_trials``: trials the study should hold in all (complete or pruned), counted over every
+    worker sharing it: a resumed search, or a second worker, runs only the rest (see ``study``).
     ``objective``: what a trial minimises on the harmful prompts: ``verdicts`` (share of
     greedy replies that the ``judge`` panel finds refused or broken), ``substring`` (refusal
     rate by refusal phrases alone), ``score`` (mean Arditi refusal score, no generation, much
@@ -75,6 +78,8 @@ class SearchSettings:
     ``seed``: seed of the TPE sampler.
     ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
     file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
+    ``heartbeat_seconds``: how often a running trial tells the storage it is alive; a trial
+    silent for three times this long is failed and re-run by another worker.
     ``study_name``: None derives one from the model, pool, prompts and these settings, so
     the same search finds its own study again and a changed one starts afresh.
     ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
@@ -93,26 +98,32 @@ class SearchSettings:
     study_name: str | None = None
     ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
     batch_size: int = 16
+    heartbeat_seconds: int = 10
 
     def __post_init__(self) -> None:
+        check_storage(self.storage)
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        if not (isinstance(self.heartbeat_seconds, int) and self.heartbeat_seconds >= 1):
+            raise SettingsError(f"heartbeat_seconds must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
         if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}.")
+            raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise ValueError(f"n_trials must be non-negative, got {self.n_trials}.")
+            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+            raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
         if self.judge not in JUDGE_CHOICES:
-            raise ValueError(f"Unknown judge {self.judge!r}; use one of {', '.join(JUDGE_CHOICES)}.")
+            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(JUDGE_CHOICES)}.")
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
-            raise ValueError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
+            raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.stored_replies < 0:
-            raise ValueError("max_new_tokens and batch_size must be at least 1, stored_replies at least 0.")
+            raise SettingsError("max_new_tokens and batch_size must be at least 1, stored_replies at least 0.")
         if self.ablate_mode not in ("orthogonal", "sequential"):
-            raise ValueError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
+            raise SettingsError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
-        skip = {"n_trials", "storage", "study_name", "batch_size", "stored_replies"}
+        skip = {"n_trials", "storage", "study_name", "batch_size", "heartbeat_seconds", "stored_replies"}
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -153,15 +164,6 @@ def _optuna():
     return optuna
 
 
-def storage_url(storage: str | None, study_name: str) -> str:
-    """The Optuna storage URL: the given URL, a path as SQLite, or the default cache file."""
-    if storage is not None and "://" in storage:
-        return storage
-    path = Path(storage) if storage is not None else cache_dir() / "search" / f"{study_name}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path.resolve()}"
-
-
 def _default_study_name(
     loaded: LoadedModel,
     pool: DirectionSet,
@@ -188,17 +190,17 @@ def _default_study_name(
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
     pool.check_width(d_model)
     if settings.k > len(pool):
-        raise ValueError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
+        raise SettingsError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
     if not harmful:
-        raise ValueError("The search needs at least one harmful validation prompt.")
+        raise SettingsError("The search needs at least one harmful validation prompt.")
     if settings.kl_penalty > 0 and not harmless:
-        raise ValueError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
+        raise SettingsError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
     if settings.objective == "judge" and judge is None:
-        raise ValueError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
+        raise SettingsError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
     if judge is not None and settings.objective not in ("judge", "verdicts"):
-        raise ValueError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' (or 'verdicts' for a panel).")
+        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' (or 'verdicts' for a panel).")
     if judge is not None and settings.objective == "verdicts" and not hasattr(judge, "verdicts"):
-        raise ValueError("objective='verdicts' needs a judge panel (refusal_core.judges.make_judge); use objective='judge' for other judges.")
+        raise SettingsError("objective='verdicts' needs a judge panel (refusal_core.judges.make_judge); use objective='judge' for other judges.")
 
 
 def _earlier_trial(study, names: list[str]):
@@ -294,9 +296,9 @@ def run_search(
 ) -> SearchResult:
     """Search for the ``settings.k`` pool directions whose joint ablation best stops refusal.
 
-    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs only
-    the trials still missing from ``settings.n_trials`` (counting completed and pruned
-    ones, also those of other workers); an integer runs that many more.
+    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs trials
+    until the study holds ``settings.n_trials`` finished ones (completed and pruned, also
+    those of other workers; see ``study.run_to_total``); an integer runs that many more.
     ``progress(done, to_run, best=value)`` is called after each trial of this call.
     """
     optuna = _optuna()
@@ -304,35 +306,26 @@ def run_search(
     started = time.perf_counter()
     name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     url = storage_url(settings.storage, name)
-    study = optuna.create_study(
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        storage=url,
-        study_name=name,
-        load_if_exists=True,
-    )
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    callbacks = []
-    if n_trials is None:
-        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
-        # Workers sharing the study stop once it holds n_trials, whoever ran them.
-        callbacks.append(optuna.study.MaxTrialsCallback(settings.n_trials, states=counted))
-    else:
-        to_run = n_trials
-    callbacks.append(_progress_callback(progress, to_run))
+    study = open_study(url, name, settings.seed, settings.heartbeat_seconds)
     evaluator = TrialEvaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
-    if to_run > 0:
-        study.optimize(_objective(evaluator, settings.k), n_trials=to_run, callbacks=callbacks)
+    objective = _objective(evaluator, settings.k)
+    if n_trials is None:
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
+        ran = run_to_total(study, objective, settings.n_trials, _progress_callback(progress, to_run))
+    else:
+        study.optimize(objective, n_trials=n_trials, callbacks=[_progress_callback(progress, n_trials)])
+        ran = n_trials
     best_names, best_value = _best(study)
     return SearchResult(
         trials=_trial_rows(study),
         best_names=best_names,
         best_value=best_value,
         study_name=name,
-        storage=url,
+        storage=redact(url),
         settings=settings,
         provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge, settings),
-        ran=to_run,
+        ran=ran,
         seconds=round(time.perf_counter() - started, 4),
     )
 
@@ -356,7 +349,7 @@ def best_direction_set(result: SearchResult, pool: DirectionSet) -> DirectionSet
     ``params`` also records the study, its storage, the objective and the value reached.
     """
     if result.best_names is None:
-        raise ValueError(f"Study {result.study_name} has no completed trial yet; run more trials.")
+        raise SettingsError(f"Study {result.study_name} has no completed trial yet; run more trials.")
     chosen = pool.select(result.best_names)
     params = {
         "study_name": result.study_name,
