@@ -15,7 +15,6 @@ threshold that is most accurate on the train fold (PanelSettings.refusal_score_t
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 

@@ -35,9 +35,9 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.cache import atomic_write_text
-from refusal_core.prompts.chat import ChatFormat
 from refusal_core.model.loading import LoadedModel
 from refusal_core.paths import cache_dir
+from refusal_core.prompts.chat import ChatFormat
 
 __all__ = [
     "BrokenDetector",

@@ -15,11 +15,12 @@ from typing import Literal, Sequence
 
 import torch
 
-from refusal_core.prompts.chat import ChatFormat
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
+from refusal_core.judges.substring import check_pairs, substring_refused
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.chat import ChatFormat
 
 __all__ = [
     "JUDGE_NAMES",
@@ -152,8 +153,7 @@ class JudgePanel:
         chat: ChatFormat | None = None,
     ) -> list[Verdict]:
         """Verdicts of replies that ``loaded`` produced under ``intervention``; see judges-api.md."""
-        if len(instructions) != len(replies):
-            raise ValueError(f"{len(instructions)} instructions but {len(replies)} replies; give one reply per instruction.")
+        check_pairs(instructions, replies)
         needs_model = self.settings.detect_broken or ("refusal_score" in self.settings.members and first_token_logprobs is None)
         if needs_model and loaded is None:
             raise ValueError("This panel needs the loaded model (broken detector or first-token refusal score).")
@@ -205,8 +205,6 @@ class JudgePanel:
 
     @staticmethod
     def _substring(replies: Sequence[str]) -> list[bool]:
-        from refusal_core.judges.substring import substring_refused
-
         return [substring_refused(text) for text in replies]
 
 

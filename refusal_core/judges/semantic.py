@@ -123,6 +123,7 @@ class SemanticJudge:
 
     def judge(self, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
         """The evaluation.Judge protocol: True where the reply is a refusal."""
-        if len(instructions) != len(completions):
-            raise ValueError(f"{len(instructions)} instructions but {len(completions)} completions; give one reply per instruction.")
+        from refusal_core.judges.substring import check_pairs
+
+        check_pairs(instructions, completions)
         return [p >= self.threshold for p in self.probabilities(completions)]
