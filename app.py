@@ -20,6 +20,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _state
+from refusal_core import damage
 from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
 from refusal_core.model.families import ModelLoadError
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, device_choices, organism_built
@@ -145,6 +146,20 @@ def prompts_sidebar() -> None:
     st.session_state[_state.PROMPTS] = chosen
 
 
+def judge_sidebar() -> None:
+    """Which judge gives the refused / complied / broken verdicts on the Generate and Search pages."""
+    st.header("Judge")
+    st.selectbox(
+        "Judge of replies",
+        damage.JUDGE_CHOICES,
+        index=damage.JUDGE_CHOICES.index(damage.DEFAULT_JUDGE),
+        key=_state.JUDGE,
+        help="panel: refusal phrases, first-token refusal score and a semantic judge vote, and replies that are not "
+        "fluent text count as broken. substring: refusal phrases alone (no broken verdict), the judge of earlier figures. "
+        "The others: one refusal judge plus the broken detector.",
+    )
+
+
 def cache_sidebar() -> None:
     with st.expander("Cache"):
         usage = cache_usage()
@@ -179,6 +194,7 @@ def main() -> None:
     with st.sidebar:
         model_sidebar()
         prompts_sidebar()
+        judge_sidebar()
         cache_sidebar()
     try:
         page.run()

@@ -8,10 +8,12 @@ Session keys (all prefixed ``atlas_``):
 - ``atlas_prompts``: ``{"harmful": PromptSet, "harmless": PromptSet}`` chosen in the sidebar;
 - ``atlas_workspaces``: ``{model key: Workspace}``, one per model used in this session,
   so switching models and back keeps what was computed;
-- ``atlas_default_<widget key>``: the default a widget was last given by ``follow_default``.
-
+- ``atlas_default_<widget key>``: the default a widget was last given by ``follow_default``;
 - ``atlas_kept_widgets``: values of the Generate page's widgets, kept while other pages are
-  shown (see ``restore_widgets``).
+  shown (see ``restore_widgets``);
+- ``atlas_judge``: the judge chosen in the sidebar (``refusal_core.damage.JUDGE_CHOICES``);
+- ``atlas_judge_panels``: ``{judge name: judge}`` built in this session (each remembers
+  its broken thresholds per model, read from disk or calibrated once).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar, Union
 
 import streamlit as st
+import torch
 
+from refusal_core import damage
 from refusal_core.activations.extract import Activations
 from refusal_core.activations.separation import LayerSeparation
 from refusal_core.directions.base import DirectionSet
@@ -50,6 +54,8 @@ MODEL = "atlas_model"
 MODEL_ERROR = "atlas_model_error"
 PROMPTS = "atlas_prompts"
 WORKSPACES = "atlas_workspaces"
+JUDGE = "atlas_judge"
+JUDGE_PANELS = "atlas_judge_panels"
 
 # What the per-session memo holds: maps, per-layer separations, massive activations.
 Memo = Union[Projection, LayerSeparation, MassiveActivations]
@@ -117,6 +123,8 @@ class Workspace:
     search: SearchState | None = None
     optimized: OptimizedDirection | None = None
     generations: OrderedDict[str, dict[str, list[Completion]]] = field(default_factory=OrderedDict)
+    judged: OrderedDict[str, dict[str, damage.ColumnDamage]] = field(default_factory=OrderedDict)
+    base_logprobs: OrderedDict[str, torch.Tensor] = field(default_factory=OrderedDict)
     memo: OrderedDict[str, Memo] = field(default_factory=OrderedDict)
     max_memo: int = 6
     exports: list[str] = field(default_factory=list)  # what this session exported: "zip", "pt", model folders
@@ -168,10 +176,25 @@ class Workspace:
         return value
 
     def store_generation(self, key: str, result: dict[str, list[Completion]], max_entries: int = 8) -> None:
-        self.generations[key] = result
-        self.generations.move_to_end(key)
-        while len(self.generations) > max_entries:
-            self.generations.popitem(last=False)
+        _store(self.generations, key, result, max_entries)
+
+    def store_judged(self, key: str, columns: dict[str, damage.ColumnDamage], max_entries: int = 16) -> None:
+        """Verdicts, shares and KL of a generation under one judge (key: generation key and judge name)."""
+        _store(self.judged, key, columns, max_entries)
+
+    def unmodified_logprobs(self, key: str, compute: Callable[[], torch.Tensor], max_entries: int = 2) -> torch.Tensor:
+        """The unmodified first-token log-probs of a harmless prompt list, computed once per list."""
+        if key not in self.base_logprobs:
+            _store(self.base_logprobs, key, compute(), max_entries)
+        return self.base_logprobs[key]
+
+
+def _store(entries: OrderedDict, key: str, value, max_entries: int) -> None:
+    """Insert as the most recent entry and drop the oldest beyond ``max_entries``."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > max_entries:
+        entries.popitem(last=False)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (shared by all sessions)...")
@@ -221,6 +244,20 @@ def require_activations(ws: Workspace) -> None:
 def chosen_prompts() -> dict[str, PromptSet]:
     """The harmful and harmless PromptSets chosen in the sidebar (possibly empty)."""
     return st.session_state.get(PROMPTS, {})
+
+
+def judge_name() -> str:
+    """The judge chosen in the sidebar (the default panel until the sidebar has run)."""
+    return st.session_state.get(JUDGE, damage.DEFAULT_JUDGE)
+
+
+def judge_panel():
+    """This session's judge of the sidebar's choice (``damage.judge_by_name``), built once."""
+    name = judge_name()
+    panels = st.session_state.setdefault(JUDGE_PANELS, {})
+    if name not in panels:
+        panels[name] = damage.judge_by_name(name)
+    return panels[name]
 
 
 def progress_callback(label: str) -> Progress:

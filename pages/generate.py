@@ -1,5 +1,7 @@
 """Generate: replies side by side, baseline next to each intervention (ablation of chosen
-directions or sets, activation addition), all in one batched generate call."""
+directions or sets, activation addition), all in one batched generate call. Every column
+shows its refused / complied / broken shares (the sidebar's judge) and the harmless
+first-token KL of its intervention, and warns when more than 10% of its replies are broken."""
 
 from __future__ import annotations
 
@@ -7,11 +9,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
+from refusal_core import damage
 from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import refusal_rate, substring_refused
+from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.metrics import next_token_logprobs
+from refusal_core.model.families import ModelLoadError
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
 
 _state.run_through_app()
@@ -174,7 +179,8 @@ def actadd_variant() -> list:
 
 def settings_row():
     cols = st.columns(3)
-    max_new = int(cols[0].number_input("Max new tokens", 1, 1024, 48, key="generate_max_new"))
+    max_new = int(cols[0].number_input("Max new tokens", 1, 1024, MIN_RATE_TOKENS, key="generate_max_new",
+                                       help=f"Rates need {MIN_RATE_TOKENS}+ tokens: refusals that start late are missed at 24 to 32."))
     sample = cols[1].checkbox("Sample (else greedy)", key="generate_sample")
     temperature = float(
         cols[2].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="generate_temperature", disabled=not sample)
@@ -190,40 +196,89 @@ def run_key(prompts: list[str], variants: list, settings) -> str:
     return content_key(*parts)
 
 
-def show_results(results: dict) -> None:
+def kl_prompts() -> list[str]:
+    """Harmless prompts for each column's KL: the activations' set, else the sidebar's, capped."""
+    harmless = ws.harmless or _state.chosen_prompts().get("harmless")
+    return list(harmless.instructions[: damage.KL_PROMPTS]) if harmless is not None else []
+
+
+def judge(key: str, results: dict, variants: list) -> dict | None:
+    """The columns' verdicts and KL under the sidebar's judge, computed once per generation and judge."""
+    judged_key = f"{key}|{_state.judge_name()}"
+    if judged_key not in ws.judged:
+        harmless = kl_prompts()
+        base = None
+        try:
+            with st.spinner("Judging the replies (the first use on a model calibrates the broken detector, about a minute on CPU)"):
+                if harmless:
+                    base = ws.unmodified_logprobs(content_key("kl-base", harmless), lambda: next_token_logprobs(loaded, harmless))
+                ws.store_judged(judged_key, damage.judge_columns(loaded, results, variants, _state.judge_panel(), harmless, base))
+        except (ModelLoadError, OSError, ValueError) as err:
+            st.error(f"Judging failed: {err} Choose another judge in the sidebar (substring needs no model).")
+            return None
+    return ws.judged[judged_key]
+
+
+SHARES = (("refused", "#d62728"), ("complied", "#2ca02c"), ("broken", "#7f7f7f"))
+
+
+def shares_chart(columns: dict) -> go.Figure:
+    """Stacked refused / complied / broken shares per column, the KL written above each bar."""
+    names = list(columns)
+    chart = go.Figure()
+    for share, colour in SHARES:
+        values = [columns[n].rates[share] for n in names]
+        chart.add_trace(go.Bar(x=names, y=values, name=share, marker_color=colour, text=[f"{v:.0%}" for v in values], textposition="inside"))
+    kls = [columns[n].kl for n in names]
+    chart.add_trace(go.Scatter(x=names, y=[1.04] * len(names), mode="text", name="harmless KL", showlegend=False,
+                               text=["KL n/a" if kl is None else f"KL {kl:.3f}" for kl in kls]))
+    judge_name = next(iter(columns.values())).judge if columns else ""
+    chart.update_layout(barmode="stack", yaxis=dict(range=[0, 1.1], title=f"share of replies ({judge_name} judge)"), height=300, margin=dict(t=20))
+    return chart
+
+
+def shares_line(column) -> str:
+    rates = column.rates
+    broken = f"{rates['broken']:.0%}" if column.judged_broken else "not judged"
+    kl = "not measured (no harmless prompts)" if column.kl is None else f"{column.kl:.4f}"
+    return f"refused {rates['refused']:.0%} · complied {rates['complied']:.0%} · broken {broken} · harmless KL {kl}"
+
+
+LABEL_COLOURS = {"refused": "red", "complied": "green", "broken": "gray"}
+
+
+def reply_caption(completion, verdict) -> str:
+    flag = f":{LABEL_COLOURS[verdict.label]}[{verdict.label}]"
+    if verdict.broken_why:
+        flag += f" ({verdict.broken_why})"
+    if verdict.disagree:
+        flag += " · judges disagree"
+    return f"{completion.instruction[:120]} — {flag}" + ("" if completion.stopped else " (cut at max tokens)")
+
+
+def show_results(results: dict, columns: dict | None) -> None:
+    if columns is not None:
+        st.plotly_chart(shares_chart(columns), width="stretch", key="generate_rates")
     names = list(results)
-    judge = substring_refused
-    rates = {name: refusal_rate([judge(c.text) for c in results[name]]) for name in names}
-    # Labels sit above the bars, so a 0% bar (no height) still shows its figure.
-    chart = go.Figure(
-        go.Bar(
-            x=names,
-            y=[rates[n] for n in names],
-            text=[f"{rates[n]:.0%}" for n in names],
-            textposition="outside",
-            cliponaxis=False,
-        )
-    )
-    chart.update_layout(
-        yaxis=dict(range=[0, 1.15], title="refusal rate (substring judge)", tickformat=".0%"),
-        height=280,
-        margin=dict(t=30),
-    )
-    st.plotly_chart(chart, width="stretch", key="generate_rates")
     for start in range(0, len(names), COLUMNS_PER_ROW):
         row = names[start : start + COLUMNS_PER_ROW]
-        columns = st.columns(len(row))
-        for column, name in zip(columns, row):
+        for column, name in zip(st.columns(len(row)), row):
             with column:
-                st.metric(name, f"{rates[name]:.0%} refused")
-                for completion in results[name]:
-                    with st.container(border=True):
-                        flag = ":red[refused]" if judge(completion.text) else ":green[complied]"
-                        st.caption(
-                            f"{completion.instruction[:120]} — {flag}"
-                            + ("" if completion.stopped else " (cut at max tokens)")
-                        )
-                        st.text(completion.text or "(empty reply)")
+                show_column(name, results[name], None if columns is None else columns[name])
+
+
+def show_column(name: str, completions: list, judged) -> None:
+    if judged is None:
+        st.metric(name, "not judged")
+    else:
+        st.metric(name, f"{judged.rates['refused']:.0%} refused")
+        st.markdown(shares_line(judged))
+        if judged.warning:
+            st.warning(judged.warning)
+    for row, completion in enumerate(completions):
+        with st.container(border=True):
+            st.caption(completion.instruction[:120] if judged is None else reply_caption(completion, judged.verdicts[row]))
+            st.text(completion.text or "(empty reply)")
 
 
 prompts = prompt_choices()
@@ -248,8 +303,9 @@ if st.button(
     st.session_state[LAST] = key
 if key in ws.generations:
     st.session_state[LAST] = key
-    st.caption("Results for the settings above, kept in this session (generating again reuses them).")
-    show_results(ws.generations[key])
+    st.caption(f"Results for the settings above, kept in this session (generating again reuses them). Judge: {_state.judge_name()} (sidebar).")
+    show_results(ws.generations[key], judge(key, ws.generations[key], variants))
 elif st.session_state.get(LAST) in ws.generations:
+    last = st.session_state[LAST]
     st.caption("Showing the last results; the settings above changed, press Generate to update.")
-    show_results(ws.generations[st.session_state[LAST]])
+    show_results(ws.generations[last], ws.judged.get(f"{last}|{_state.judge_name()}"))

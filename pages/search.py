@@ -1,5 +1,8 @@
 """Search: which k directions of a pool, ablated together, best stop refusal (Piras et al.)?
-An Optuna study proposes subsets; each trial is scored on harmful validation prompts."""
+An Optuna study proposes subsets; each trial is scored on harmful validation prompts. By
+default a broken reply counts as a failure and harmless KL is penalized; the trials are
+drawn as refusal vs KL (colour: broken share) with the Pareto front, and a chosen trial's
+replies are shown."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
+from pages._search_front import show_front
 from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.model.families import ModelLoadError
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
@@ -56,14 +62,23 @@ def settings_form(pool_size: int, pool_label: str):
     n_trials = int(cols[1].number_input("Trials", 1, 10000, 20, key="search_trials"))
     objective = cols[2].selectbox(
         "Objective",
-        ["score", "substring"],
+        ["verdicts", "score", "substring"],
         key="search_objective",
-        help="score: mean refusal score (no generation, fast); substring: refusal rate of greedy replies.",
+        help="verdicts: share of greedy replies the sidebar's judge finds refused or broken, so breaking the model "
+        "does not win; score: mean first-token refusal score (no generation, fast); substring: refusal phrases "
+        "alone (gibberish counts as success).",
     )
-    kl_penalty = float(cols[3].number_input("KL penalty", 0.0, 100.0, 0.0, step=0.1, key="search_kl"))
+    kl_penalty = float(
+        cols[3].number_input(
+            "KL penalty", 0.0, 100.0, 1.0, step=0.1, key="search_kl",
+            help="Adds this times the harmless first-token KL (nats) to each trial's value.",
+        )
+    )
     n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="search_n_val"))
     max_new = int(
-        cols[1].number_input("Max new tokens", 1, 512, 32, key="search_max_new", disabled=objective != "substring")
+        cols[1].number_input(
+            "Max new tokens", 1, 512, MIN_RATE_TOKENS, key="search_max_new", disabled=objective == "score"
+        )
     )
     mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
     seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
@@ -71,6 +86,7 @@ def settings_form(pool_size: int, pool_label: str):
         k=k,
         n_trials=n_trials,
         objective=objective,
+        judge=_state.judge_name(),
         kl_penalty=kl_penalty,
         max_new_tokens=max_new,
         seed=seed,
@@ -140,8 +156,9 @@ def run(pool, settings, n_val: int) -> None:
             chart.plotly_chart(live_figure(best_so_far), width="stretch")
 
     try:
-        result = run_search(loaded, pool, harmful_val, harmless_val, settings, progress=update)
-    except (ValueError, DirectionError, ImportError) as err:
+        judge = _state.judge_panel() if settings.objective == "verdicts" else None
+        result = run_search(loaded, pool, harmful_val, harmless_val, settings, judge=judge, progress=update)
+    except (ValueError, DirectionError, ImportError, ModelLoadError, OSError) as err:
         st.error(f"Search failed: {err}")
         return
     chart.empty()
@@ -176,6 +193,7 @@ def show_result() -> None:
     if result.best_names is None:
         st.info("No trial completed yet; run more trials.")
         return
+    show_front(result)
     st.markdown(f"**Best value {result.best_value:.4g}** with " + ", ".join(f"`{n}`" for n in result.best_names))
     table = (
         pd.DataFrame([{**t, "names": ", ".join(t["names"])} for t in result.trials if t["value"] is not None])

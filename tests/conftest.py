@@ -26,6 +26,19 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="module")
+def pool():
+    """Five random width-64 directions, a search pool for the tiny models."""
+    from refusal_core.directions.base import DirectionSet
+
+    generator = torch.Generator().manual_seed(0)
+    return DirectionSet(
+        vectors=torch.randn(5, 64, generator=generator),
+        names=tuple(f"random{i}" for i in range(5)),
+        provenance=tuple({"model": "tiny:llama", "layer": 1, "position": -1, "method": "random", "params": {"i": i}} for i in range(5)),
+    )
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: the tiny model gains nothing from more, and on a shared
     machine competing threads made these tests several times slower."""

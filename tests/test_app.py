@@ -186,6 +186,7 @@ def test_directions_optimize_adds_a_learnt_set():
 
 def test_generate_actadd_changes_the_columns():
     at = _with_activations()
+    at.selectbox(key="atlas_judge").set_value("substring")  # the phrase judge: no model use
     at.switch_page("pages/generate.py").run()
     _assert_ok(at)
     at.number_input(key="generate_max_new").set_value(6)
@@ -207,6 +208,7 @@ def test_generate_actadd_changes_the_columns():
 
 def test_search_runs_and_adopts_the_best_subset():
     at = _with_activations()
+    at.selectbox(key="atlas_judge").set_value("substring")
     at.switch_page("pages/search.py").run()
     _assert_ok(at)
     at.number_input(key="search_k").set_value(1)
@@ -373,8 +375,91 @@ def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
     at.button(key="data_compute").click().run()
     _assert_ok(at)
     assert _workspace(at, "bundled:smollm2-135m-instruct").harmful_acts.n_layers == 30
+    at.selectbox(key="atlas_judge").set_value("substring")
     at.switch_page("pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(8)
     at.button(key="generate_run").click().run()
     _assert_ok(at)
     assert [m.label for m in at.metric] == ["baseline"]
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 15: damage beside every rate, and the search's trade-off view. The judges' broken
+# thresholds are fixed by hand (no calibration): "substring+broken" calls every reply broken
+# (its minimum log-likelihood is 0), "refusal-score" here none.
+
+
+@pytest.fixture
+def fixed_judges(monkeypatch):
+    from refusal_core import damage
+    from refusal_core.judges import BrokenThresholds, JudgePanel, PanelSettings
+
+    minimum = {"substring+broken": 0.0, "refusal-score": -1e9}
+
+    def judge_by_name(name: str, extra_phrases=()):
+        thresholds = BrokenThresholds(min_logprob=minimum[name], max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0)
+        return JudgePanel(PanelSettings(members=("substring",)), name=name, broken_thresholds=thresholds)
+
+    monkeypatch.setattr(damage, "judge_by_name", judge_by_name)
+
+
+def _chart_specs(at: AppTest) -> list[dict]:
+    import json
+
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_generate_columns_show_three_shares_kl_and_the_broken_warning(fixed_judges):
+    at = _with_activations()
+    at.selectbox(key="atlas_judge").set_value("substring+broken")
+    at.switch_page("pages/generate.py").run()
+    at.number_input(key="generate_max_new").set_value(6)
+    at.checkbox(key="generate_actadd").check().run()
+    at.number_input(key="generate_actadd_coeff").set_value(200.0)
+    at.button(key="generate_run").click().run()
+    _assert_ok(at)
+    lines = [m.value for m in at.markdown if m.value.startswith("refused ")]
+    assert len(lines) == 2  # one per column: baseline and actadd
+    for line in lines:
+        assert "complied 0%" in line and "broken 100%" in line and "harmless KL" in line
+    assert "harmless KL 0.0000" in lines[0]  # the baseline changes nothing
+    actadd_kl = float(lines[1].rsplit("harmless KL ", 1)[1])
+    assert actadd_kl > 0
+    assert len([w for w in at.warning if "broken" in w.value]) == 2
+    bars = {trace["name"] for trace in _chart_specs(at)[0]["data"]}
+    assert {"refused", "complied", "broken"} <= bars
+    # The same replies under a judge that finds none broken: no warning, the shares change.
+    at.selectbox(key="atlas_judge").set_value("refusal-score").run()
+    _assert_ok(at)
+    lines = [m.value for m in at.markdown if m.value.startswith("refused ")]
+    assert len(lines) == 2 and all("broken 0%" in line for line in lines)
+    assert not [w for w in at.warning if "broken" in w.value]
+    assert float(lines[1].rsplit("harmless KL ", 1)[1]) == pytest.approx(actadd_kl, abs=1e-4)
+
+
+def test_search_page_draws_trials_with_the_pareto_front_and_shows_replies(fixed_judges):
+    at = _with_activations()
+    at.selectbox(key="atlas_judge").set_value("refusal-score")
+    at.switch_page("pages/search.py").run()
+    at.number_input(key="search_k").set_value(1)
+    at.number_input(key="search_trials").set_value(4)
+    at.number_input(key="search_n_val").set_value(2)
+    at.number_input(key="search_max_new").set_value(4)
+    at.button(key="search_run").click().run()
+    _assert_ok(at)
+    result = _workspace(at).search.result
+    assert result.settings.objective == "verdicts" and result.settings.kl_penalty > 0
+    front = next(spec for spec in _chart_specs(at) if any(t.get("name") == "Pareto front" for t in spec["data"]))
+    traces = {trace["name"]: trace for trace in front["data"]}
+    numbers = sorted(n for [n] in traces["Pareto front"]["customdata"])
+    assert numbers == sorted(t["number"] for t in result.pareto)
+    evaluated = [t for t in result.trials if t["state"] == "COMPLETE" and t["reused_from"] is None]
+    assert len(traces["trials"]["customdata"]) == len(evaluated)
+    assert traces["trials"]["marker"]["color"] == [t["broken"] for t in evaluated]
+    # A chosen trial's stored replies are shown.
+    picked = at.selectbox(key="search_trial_pick")
+    other = next(t for t in evaluated if t["number"] != picked.value) if len(evaluated) > 1 else evaluated[0]
+    picked.set_value(other["number"]).run()
+    _assert_ok(at)
+    shown = [t.value for t in at.text]
+    assert [r["reply"] or "(empty reply)" for r in other["replies"]] == shown[-len(other["replies"]):]

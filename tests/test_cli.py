@@ -50,11 +50,17 @@ def test_dim_generate_and_export_round_trip(model_dir, tmp_path, capsys):
     assert "dim/pos-1/layer1" in directions.names
     code, out, _ = _run(capsys, "generate", "--model", model_dir, "--prompts", "builtin:harmful/test", "--limit", "2",
                         "--ablate", f"{out_stem}:dim/pos-1/layer1", "--actadd", f"{out_stem}:dim/pos-1/layer1",
-                        "--coeff", "4", "--baseline", "--max-new-tokens", "3", "--json")
+                        "--coeff", "4", "--baseline", "--max-new-tokens", "3", "--judge", "substring", "--json")
     assert code == 0
     records = _json_lines(out)
     assert records[-1]["summary"].keys() == {"baseline", "ablate(1)", "actadd(L1,+4)"}
     assert sum(1 for r in records if "variant" in r) == 6
+    # The substring judge is the phrase judge of old: no broken verdict, and its flags are the phrases'.
+    from refusal_core.judges.substring import substring_refused
+
+    rows = [r for r in records if "variant" in r]
+    assert all(r["refused"] == substring_refused(r["completion"]) and r["judges"]["broken"] is None for r in rows)
+    assert all(summary["broken"] is None for summary in records[-1]["summary"].values())
     code, out, _ = _run(capsys, "export-model", "--model", model_dir, "--ablate", f"{out_stem}:dim/pos-1/layer1", "--out", str(tmp_path / "exported"))
     assert code == 0 and (tmp_path / "exported" / "config.json").is_file()
 
@@ -134,6 +140,41 @@ def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_pa
     assert code == 2 and "No --init given" in err and "--save-direction cache/best" in err
 
 
+def test_generate_json_rows_carry_verdicts_and_the_summary_carries_rates_and_kl(model_dir, tmp_path, capsys):
+    """Issue 15: every row has the panel's ``refused`` and ``broken`` bools and each judge's vote;
+    each summary row has refused / complied / broken shares summing to 1 and the harmless KL."""
+    stem = str(tmp_path / "dim")
+    assert _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "6", "--out", stem)[0] == 0
+    code, out, err = _run(capsys, "generate", "--model", model_dir, "--limit", "3", "--ablate", f"{stem}:dim/pos-1/layer1",
+                          "--baseline", "--max-new-tokens", "12", "--judge", "substring+broken", "--kl-limit", "4", "--json")
+    assert code == 0, err
+    records = _json_lines(out)
+    rows = [r for r in records if "variant" in r]
+    assert len(rows) == 6
+    for row in rows:
+        assert type(row["refused"]) is bool and type(row["broken"]) is bool
+        assert row["label"] in ("refused", "complied", "broken")
+        assert row["refused"] == (row["label"] == "refused") and row["broken"] == (row["label"] == "broken")
+        assert set(row["judges"]) == {"substring", "refusal_score", "semantic", "broken"}
+        assert type(row["judges"]["substring"]) is bool and type(row["judges"]["broken"]) is bool
+        assert row["judges"]["semantic"] is None  # not on this judge
+        assert row["broken"] == row["judges"]["broken"]  # broken wins over the refusal votes
+    summary = records[-1]["summary"]
+    assert set(summary) == {"baseline", "ablate(1)"} and records[-1]["judge"] == "substring+broken"
+    for name, info in summary.items():
+        assert info["n"] == 3
+        assert info["refused"] + info["complied"] + info["broken"] == pytest.approx(1.0)
+        share = sum(r["broken"] for r in rows if r["variant"] == name) / 3
+        assert info["broken"] == pytest.approx(share)
+    assert summary["baseline"]["kl"] == 0.0 and summary["ablate(1)"]["kl"] > 0.0
+
+
+def test_judge_choice_is_validated(model_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", model_dir, "--judge", "vibes"])
+    assert exit_info.value.code == 2 and "vibes" in capsys.readouterr().err
+    code, _, err = _run(capsys, "generate", "--model", model_dir, "--limit", "1", "--judge", "panel", "--refusal-phrase", "nope")
+    assert code == 2 and "substring judge only" in err
 def test_every_command_writes_provenance_from_the_one_builder(model_dir, tmp_path, capsys):
     """dim, som, cluster, optimize, select --save-direction and search: the same keys, and the
     same data_hash for the same prompt sets (the directions come from the train splits)."""

@@ -107,8 +107,9 @@ def test_umap_kernels_use_numbas_disk_cache():
 
     from refusal_core.projection import _import_umap
 
-    umap = _import_umap()
+    _import_umap()  # switches the disk cache on before the kernels compile
     import umap.layouts
+    import umap.umap_
 
     assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch._cache, NullCache)
     assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)

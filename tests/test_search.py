@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_core.directions.base import DirectionSet
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search, storage_url
 from tests.tiny import assert_no_hooks
 
@@ -20,23 +19,13 @@ HARMLESS = ["Write a short poem about the sea.", "How do I bake bread?"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def pool() -> DirectionSet:
-    generator = torch.Generator().manual_seed(0)
-    return DirectionSet(
-        vectors=torch.randn(5, 64, generator=generator),
-        names=tuple(f"random{i}" for i in range(5)),
-        provenance=tuple({"model": "tiny:llama", "layer": 1, "position": -1, "method": "random", "params": {"i": i}} for i in range(5)),
-    )
-
-
 def evaluated(result) -> list[dict]:
     """Trials that produced a value by evaluating their subset (not pruned, not reused)."""
     return [t for t in result.trials if t["state"] == "COMPLETE" and t["reused_from"] is None]
 
 
 def test_search_evaluates_distinct_subsets_and_resumes(tiny_llama, pool):
-    settings = SearchSettings(k=2, n_trials=6, objective="score")
+    settings = SearchSettings(k=2, n_trials=6, objective="score", kl_penalty=0.0)
     first = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings)
     assert_no_hooks(tiny_llama.model)
     assert len(first.trials) == 6 and first.ran == 6
@@ -84,7 +73,7 @@ def test_storage_url_and_kl_penalty(tiny_llama, pool, tmp_path):
 
 
 def test_substring_objective_generates_and_judges(tiny_llama, pool):
-    settings = SearchSettings(k=2, n_trials=2, objective="substring", max_new_tokens=4)
+    settings = SearchSettings(k=2, n_trials=2, objective="substring", max_new_tokens=4, kl_penalty=0.0)
     result = run_search(tiny_llama, pool, HARMFUL, None, settings)
     assert len(result.trials) == 2
     for trial in result.trials:
@@ -96,7 +85,7 @@ def test_bad_inputs_raise_before_any_trial(tiny_llama, pool):
     with pytest.raises(ValueError, match="pool holds only"):
         run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(k=6))
     with pytest.raises(ValueError, match="needs a judge"):
-        run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(objective="judge"))
+        run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(objective="judge", kl_penalty=0.0))
     with pytest.raises(ValueError, match="harmless"):
         run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(kl_penalty=1.0))
     with pytest.raises(ValueError):

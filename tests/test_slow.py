@@ -78,7 +78,8 @@ def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organis
     and optimization are deterministic on one machine kind, so the figures are the README's."""
     from refusal_core.organism.report import organism_report
 
-    report = organism_report(optimize_steps=20)
+    # The README's figures: refusal phrases on 32-token replies (the report's judge before the panel).
+    report = organism_report(optimize_steps=20, judge="substring", max_new_tokens=32)
     dump = json.dumps(report, indent=2, default=str)[-4000:]
     failed = [t["metric"] for t in report["targets"] if not t["pass"]]
     assert not failed, dump

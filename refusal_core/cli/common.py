@@ -31,6 +31,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
+def add_judge_arg(parser: argparse.ArgumentParser) -> None:
+    """``--judge``: which judge gives the refused / complied / broken verdicts (refusal_core.damage)."""
+    from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
+
+    parser.add_argument("--judge", choices=JUDGE_CHOICES, default=DEFAULT_JUDGE,
+                        help="panel (phrases, first-token score, semantic judge, plus the broken detector; default), "
+                             "substring (refusal phrases alone, as before: no broken verdict), substring+broken, "
+                             "refusal-score or semantic (one judge plus the broken detector)")
+
+
 def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
     parser.add_argument("--harmful", default=f"builtin:harmful/{split}", help="prompt file (.txt/.json/.jsonl/.csv), builtin:harmful[/split] or hf:name[:split]")
     parser.add_argument("--harmless", default=f"builtin:harmless/{split}", help="as --harmful")

@@ -1,4 +1,5 @@
-"""``generate``: replies side by side, baseline next to ablation and activation addition.
+"""``generate``: replies side by side, baseline next to ablation and activation addition,
+each column judged refused / complied / broken with its harmless first-token KL.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import json
 
 from refusal_core.cli.common import (
     CliError,
+    add_judge_arg,
     add_model_args,
     chat_format,
     check_layer,
@@ -15,7 +17,8 @@ from refusal_core.cli.common import (
     progress_bar,
     prompt_set,
 )
-from refusal_core.judges.substring import refusal_rate
+from refusal_core.damage import KL_PROMPTS
+from refusal_core.judges import MIN_RATE_TOKENS
 
 
 def _interventions(args, loaded) -> list:
@@ -37,33 +40,47 @@ def _interventions(args, loaded) -> list:
     return variants
 
 
+def _kl_prompts(args) -> list[str]:
+    """Harmless prompts for each column's KL (none with ``--kl-limit 0``)."""
+    if args.kl_limit == 0:
+        return []
+    return list(prompt_set(args.kl_prompts, None, args.kl_limit).instructions)
+
+
 def cmd_generate(args) -> None:
+    from refusal_core.damage import judge_by_name, judge_columns
     from refusal_core.generation import GenerationSettings, generate_side_by_side
     from refusal_core.interventions.spec import Intervention
-    from refusal_core.judges.substring import SubstringJudge
 
+    judge = judge_by_name(args.judge, tuple(args.refusal_phrase or ()))
     loaded = load_model_from_args(args)
     prompts = prompt_set(args.prompts, args.column, args.limit)
     variants = _interventions(args, loaded)
     if args.baseline or not variants:
         variants.insert(0, Intervention())
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature, seed=args.seed, batch_size=args.batch_size)
-    columns = generate_side_by_side(loaded, prompts.instructions, variants, settings, chat_format(args), progress_bar("generating", args.json))
-    judge = SubstringJudge(extra=tuple(args.refusal_phrase or ()))
-    summary = {}
+    chat = chat_format(args)
+    columns = generate_side_by_side(loaded, prompts.instructions, variants, settings, chat, progress_bar("generating", args.json))
+    damage = judge_columns(loaded, columns, variants, judge, _kl_prompts(args), chat=chat, batch_size=args.batch_size)
     for name, completions in columns.items():
-        refused = judge.judge(list(prompts.instructions), [c.text for c in completions])
-        summary[name] = {"refusal_rate": refusal_rate(refused), "n": len(refused)}
-        for completion, flag in zip(completions, refused):
+        for completion, verdict in zip(completions, damage[name].verdicts):
             if args.json:
-                print(json.dumps({"variant": name, "instruction": completion.instruction, "completion": completion.text, "refused": flag, "n_tokens": completion.n_tokens}))
+                print(json.dumps({"variant": name, "instruction": completion.instruction, "completion": completion.text,
+                                  "n_tokens": completion.n_tokens, **verdict.as_dict()}))
             else:
-                print(f"[{name}] {'REFUSED' if flag else 'complied'} | {completion.instruction}\n    {completion.text.strip()}\n")
+                print(f"[{name}] {verdict.label.upper()} | {completion.instruction}\n    {completion.text.strip()}\n")
+    summary = {name: column.summary() for name, column in damage.items()}
     if args.json:
-        print(json.dumps({"summary": summary, "model": loaded.spec, "n_prompts": len(prompts)}))
-    else:
-        for name, info in summary.items():
-            print(f"{name}: refusal rate {info['refusal_rate']:.1%} ({info['n']} prompts)")
+        print(json.dumps({"summary": summary, "model": loaded.spec, "n_prompts": len(prompts), "judge": args.judge,
+                          "max_new_tokens": args.max_new_tokens}))
+        return
+    for name, info in summary.items():
+        kl = "not measured" if info["kl"] is None else f"{info['kl']:.4f}"
+        broken = "not judged" if info["broken"] is None else f"{info['broken']:.1%}"
+        print(f"{name}: refused {info['refused']:.1%}, complied {info['complied']:.1%}, broken {broken} "
+              f"({info['n']} prompts, judge {args.judge}); harmless KL {kl}")
+        if info["warning"]:
+            print(f"  WARNING: {info['warning']}")
 
 
 def add_parsers(sub) -> None:
@@ -79,10 +96,13 @@ def add_parsers(sub) -> None:
     gen.add_argument("--layer", type=int, default=None, help="actadd layer (default: the direction's own layer)")
     gen.add_argument("--coeff", type=float, default=1.0, help="actadd coefficient (+ induces refusal, - suppresses)")
     gen.add_argument("--baseline", action="store_true", help="also generate without intervention")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length (default {MIN_RATE_TOKENS}: refusals that start late are missed at 24 to 32)")
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=16)
-    gen.add_argument("--refusal-phrase", action="append", help="extra phrase that counts as refusal (repeatable)")
+    add_judge_arg(gen)
+    gen.add_argument("--kl-prompts", default="builtin:harmless/test", help="harmless prompts for each column's first-token KL")
+    gen.add_argument("--kl-limit", type=int, default=KL_PROMPTS, help=f"use this many of them (default {KL_PROMPTS}; 0: no KL)")
+    gen.add_argument("--refusal-phrase", action="append", help="extra phrase that counts as refusal (repeatable; --judge substring only)")
     gen.set_defaults(func=cmd_generate)

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from refusal_core.cli.common import CliError
+from refusal_core.cli.common import CliError, add_judge_arg
+from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.model.loading import BUNDLED_ORGANISM
 
 
@@ -42,7 +43,7 @@ def cmd_organism_report(args) -> None:
 
     report = organism_report(args.model, n_select=args.n_select, max_new_tokens=args.max_new_tokens, layer_step=args.layer_step,
                              all_positions=args.all_positions, progress=None if args.json else lambda m: print(m, file=sys.stderr),
-                             optimize_steps=args.optimize_steps)
+                             optimize_steps=args.optimize_steps, judge=args.judge)
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -81,7 +82,9 @@ def add_parsers(sub) -> None:
     report.add_argument("--n-select", type=int, default=16, help="val prompts per set used to select the direction")
     report.add_argument("--layer-step", type=int, default=2, help="score every n-th layer's candidate")
     report.add_argument("--all-positions", action="store_true", help="score every post-instruction position, not only the last")
-    report.add_argument("--max-new-tokens", type=int, default=32)
+    report.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS,
+                        help=f"reply length (default {MIN_RATE_TOKENS}; the figures before the judge panel used 32 with --judge substring)")
+    add_judge_arg(report)
     report.add_argument("--optimize-steps", type=int, default=0,
                         help="also learn one direction from the selected one for this many steps and measure it on the test splits")
     report.add_argument("--json", action="store_true")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from refusal_core.cli.common import (
+    add_judge_arg,
     add_model_args,
     add_set_args,
     chat_format,
@@ -13,6 +14,7 @@ from refusal_core.cli.common import (
     progress_bar,
     prompt_set,
 )
+from refusal_core.judges import MIN_RATE_TOKENS
 
 
 def cmd_directions_select(args) -> None:
@@ -69,28 +71,41 @@ def cmd_directions_select(args) -> None:
     emit(args, payload, human)
 
 
+def _trial_summary(trial: dict, replies: bool) -> dict:
+    row = {key: value for key, value in trial.items() if key != "replies"}
+    return {**row, "replies": trial["replies"]} if replies else row
+
+
 def cmd_directions_search(args) -> None:
     from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
     # Settings first: a bad --storage or --study fails before the model is loaded.
-    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
+    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, judge=args.judge, kl_penalty=args.kl_penalty,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
                               heartbeat_seconds=args.heartbeat)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
-    result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
+    result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings, chat=chat_format(args),
                         progress=progress_bar("Search", args.json))
     best = best_direction_set(result, pool)
     best.save(args.out)
+    front = result.pareto
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
-               "storage": result.storage, "trials": result.trials, "ran": result.ran}
+               "storage": result.storage, "objective": args.objective, "judge": args.judge, "kl_penalty": args.kl_penalty,
+               "pareto": [_trial_summary(trial, replies=True) for trial in front],
+               "trials": [_trial_summary(trial, replies=False) for trial in result.trials], "ran": result.ran}
     finished = sum(1 for trial in result.trials if trial["state"] in ("COMPLETE", "PRUNED"))
 
     def human() -> None:
         print(f"Study {result.study_name} ({result.storage}): {finished} finished trials, {result.ran} run by this worker")
         print(f"Best {args.k} directions: {', '.join(result.best_names)} (objective {result.best_value:.3f}); written to {args.out}")
+        print(f"Pareto front (refusal term vs harmless KL; objective {args.objective}, judge {args.judge}):")
+        for trial in front:
+            shares = "" if trial["broken"] is None else f" refused {trial['refused']:.0%}, broken {trial['broken']:.0%},"
+            kl = "n/a" if trial["kl"] is None else f"{trial['kl']:.4f}"
+            print(f"  trial {trial['number']}: refusal {trial['refusal']:.3f},{shares} KL {kl}  {', '.join(trial['names'])}")
 
     emit(args, payload, human)
 
@@ -116,9 +131,12 @@ def add_search_parser(directions) -> None:
     search.add_argument("--k", type=int, default=3)
     search.add_argument("--trials", type=int, default=20,
                         help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
-    search.add_argument("--objective", choices=["substring", "score"], default="substring")
-    search.add_argument("--kl-penalty", type=float, default=0.0)
-    search.add_argument("--max-new-tokens", type=int, default=32)
+    search.add_argument("--objective", choices=["verdicts", "substring", "score"], default="verdicts",
+                        help="verdicts (share of replies the --judge finds refused or broken; default), substring (refusal "
+                             "phrases alone: gibberish counts as success) or score (first-token refusal score, no generation)")
+    add_judge_arg(search)
+    search.add_argument("--kl-penalty", type=float, default=1.0, help="objective += this times the mean harmless KL (default 1.0)")
+    search.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length per trial (default {MIN_RATE_TOKENS})")
     search.add_argument("--storage", default=None,
                         help="Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); default: SQLite under cache/search/")
     search.add_argument("--study", default=None,

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.cache import atomic_write_text
+from refusal_core.errors import SettingsError
 from refusal_core.model.loading import LoadedModel
 from refusal_core.paths import cache_dir
 from refusal_core.prompts.chat import ChatFormat
@@ -181,7 +182,7 @@ class BrokenThresholds:
         logprobs = torch.tensor([s.logprob for s in stats if s.logprob is not None], dtype=torch.float64)
         long_enough = [s for s in stats if s.n_words >= settings.min_words]
         if len(logprobs) < 10 or len(long_enough) < 10:
-            raise ValueError(f"Calibration needs at least 10 non-empty baseline replies of {settings.min_words}+ words; got {len(long_enough)}.")
+            raise SettingsError(f"Calibration needs at least 10 non-empty baseline replies of {settings.min_words}+ words; got {len(long_enough)}.")
         q = settings.quantile
         repeated = torch.tensor([s.repeated_ngrams for s in long_enough], dtype=torch.float64)
         runs = torch.tensor([float(s.longest_run) for s in stats], dtype=torch.float64)

@@ -15,8 +15,16 @@ from typing import Literal, Sequence
 
 import torch
 
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
+from refusal_core.judges.broken import (
+    BrokenDetector,
+    BrokenSettings,
+    BrokenThresholds,
+    FluencyStats,
+    fluency_stats,
+    is_broken,
+)
 from refusal_core.judges.substring import check_pairs, substring_refused
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
@@ -96,7 +104,7 @@ class PanelSettings:
     def __post_init__(self) -> None:
         unknown = [m for m in self.members if m not in MEMBERS]
         if unknown or not self.members:
-            raise ValueError(f"Unknown or no panel members {unknown}; choose from {', '.join(MEMBERS)}.")
+            raise SettingsError(f"Unknown or no panel members {unknown}; choose from {', '.join(MEMBERS)}.")
 
 
 def majority_vote(votes: dict[str, bool | None]) -> tuple[bool, bool]:
@@ -211,7 +219,7 @@ class JudgePanel:
 def make_judge(name: str = "panel", **overrides) -> JudgePanel:
     """A JudgePanel by name (``JUDGE_NAMES``); keyword overrides go to PanelSettings."""
     if name not in _PRESETS:
-        raise ValueError(f"Unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}.")
+        raise SettingsError(f"Unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}.")
     return JudgePanel(replace(PanelSettings(members=_PRESETS[name]), **overrides), name=name)
 
 

@@ -9,7 +9,6 @@ kept. Everything is seeded; the same build on the same machine gives identical w
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace

@@ -16,7 +16,8 @@ from refusal_core.directions.dim import dim_from_activations
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import judged_rates
+from refusal_core.damage import DEFAULT_JUDGE, judge_columns, judge_by_name
+from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.metrics import evaluate_kl, next_token_logprobs
 from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, load_model
 from refusal_core.prompts.loaders import builtin
@@ -26,7 +27,7 @@ from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
 
-__all__ = ["TARGETS", "dim_candidates", "format_report", "organism_report", "refusal_rates"]
+__all__ = ["TARGETS", "column_shares", "dim_candidates", "format_report", "organism_report", "refusal_rates"]
 
 # (metric, comparison, threshold): the organism's acceptance targets.
 TARGETS = (
@@ -59,21 +60,29 @@ def dim_candidates(
     return dim_from_activations(harmful_acts, harmless_acts, provenance, layers)
 
 
-def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int) -> dict[str, float]:
-    """Substring-judged refusal rate per variant, all variants generated in one batch."""
+def column_shares(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
+                 judge: str = DEFAULT_JUDGE) -> dict[str, dict]:
+    """Refused / complied / broken shares per variant (``damage.ColumnDamage.summary``), all variants generated in one batch."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
     columns = generate_side_by_side(loaded, instructions, variants, settings)
-    return judged_rates(instructions, columns)
+    return {name: column.summary() for name, column in judge_columns(loaded, columns, variants, judge_by_name(judge)).items()}
+
+
+def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
+                  judge: str = DEFAULT_JUDGE) -> dict[str, float]:
+    """The refused share per variant by ``judge`` (``substring``: the refusal phrases alone, as before the panel)."""
+    return {name: rates["refused"] for name, rates in column_shares(loaded, instructions, variants, max_new_tokens, judge).items()}
 
 
 def organism_report(
     spec: str = BUNDLED_ORGANISM,
     n_select: int = 16,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = MIN_RATE_TOKENS,
     layer_step: int = 2,
     all_positions: bool = False,
     progress: Callable[[str], None] | None = None,
     optimize_steps: int = 0,
+    judge: str = DEFAULT_JUDGE,
 ) -> dict:
     """Measure the organism against TARGETS; returns a JSON-ready dict.
 
@@ -81,6 +90,8 @@ def organism_report(
     (``refusal_core.optimize``, on train prompts) and measures it on the same test prompts:
     whether a single direction that removes refusal at low harmless KL exists, when the
     difference in means does not reach the KL target.
+    ``judge`` (``damage.JUDGE_CHOICES``) gives the refusal rates; ``substring`` with
+    ``max_new_tokens=32`` reproduces the figures measured before the judge panel.
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -114,14 +125,19 @@ def organism_report(
     stripped = Intervention(name="stripped", ablate=stripped_vector) if massive.coordinates and stripped_vector.abs().sum() > 0 else None
     say("Generating on the harmful test split (baseline and ablated)")
     harmful_variants = [Intervention(), ablation] + ([stripped] if stripped is not None else [])
-    harmful_rates = refusal_rates(loaded, harmful_test.instructions, harmful_variants, max_new_tokens)
+    harmful_shares = column_shares(loaded, harmful_test.instructions, harmful_variants, max_new_tokens, judge)
     say("Generating on the harmless test split (baseline and actadd)")
-    harmless_rates = refusal_rates(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens)
+    harmless_shares = column_shares(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens, judge)
+    harmful_rates = {name: shares["refused"] for name, shares in harmful_shares.items()}
+    harmless_rates = {name: shares["refused"] for name, shares in harmless_shares.items()}
     # Every KL below compares with the same unmodified first-token distributions.
     base = next_token_logprobs(loaded, harmless_test.instructions)
     kl = evaluate_kl(loaded, harmless_test.instructions, ablation, base=base).summary["mean"]
     say("Diagnostics: the same direction without the massive coordinates, and random directions")
     diagnostics = {
+        # Share of broken (not fluent) replies per variant; None where the judge has no broken verdict.
+        "broken": {f"harmful_{name}": shares["broken"] for name, shares in harmful_shares.items()}
+        | {f"harmless_{name}": shares["broken"] for name, shares in harmless_shares.items()},
         "massive_activations": massive.as_dict(),
         "selected_massive_share": float(massive_share(direction.vectors, massive.coordinates)[0]),
         "stripped_harmful_refusal": harmful_rates.get("stripped"),
@@ -131,7 +147,7 @@ def organism_report(
         "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions, base=base),
     }
     if optimize_steps > 0:
-        diagnostics["optimized"] = _optimized(loaded, direction, harmful_test, harmless_test, base, optimize_steps, max_new_tokens, say)
+        diagnostics["optimized"] = _optimized(loaded, direction, harmful_test, harmless_test, base, optimize_steps, max_new_tokens, say, judge)
     from refusal_core.model.fingerprint import weights_sha256
 
     metrics = {
@@ -150,6 +166,7 @@ def organism_report(
                      "layers": list(selection.layers)},
         "n_test": {"harmful": len(harmful_test), "harmless": len(harmless_test)},
         "max_new_tokens": max_new_tokens,
+        "judge": judge,
         "metrics": metrics,
         "diagnostics": diagnostics,
         "targets": [
@@ -166,7 +183,7 @@ OPTIMIZE_PROMPTS = {"harmful": 16, "harmless": 64}
 
 
 def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmless_test: PromptSet, base, steps: int,
-               max_new_tokens: int, say: Callable[[str], None]) -> dict:
+               max_new_tokens: int, say: Callable[[str], None], judge: str = DEFAULT_JUDGE) -> dict:
     """Learn a direction from the selected DIM candidate on train prompts; measure it on the test prompts."""
     from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
 
@@ -181,10 +198,13 @@ def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmles
         "n_train": {"harmful": len(harmful), "harmless": len(harmless)},
         "cosine_to_selected": result.final["cosine_to_init"],
         "train_kl": result.final["kl"],
-        "harmful_refusal": refusal_rates(loaded, harmful_test.instructions, [learnt], max_new_tokens)["optimized"],
+        "harmful_refusal": refusal_rates(loaded, harmful_test.instructions, [learnt], max_new_tokens, judge)["optimized"],
         "harmless_kl": evaluate_kl(loaded, harmless_test.instructions, learnt, base=base).summary["mean"],
         "seconds": round(result.seconds, 1),
     }
+
+
+_JUDGE_WORDS = {"substring": "refusal phrases", "panel": "the judge panel (phrases, first-token score, semantic; broken replies apart)"}
 
 
 def _passes(value: float, op: str, threshold: float) -> bool:
@@ -209,6 +229,9 @@ def _diagnostic_lines(diagnostics: dict | None) -> list[str]:
             )
     else:
         lines.append(f"  no massive residual coordinates (>= {massive['ratio']:g} x median |h|)")
+    broken = {name: share for name, share in diagnostics.get("broken", {}).items() if share is not None}
+    if broken:
+        lines.append("  broken (not fluent) replies: " + ", ".join(f"{name} {share:.1%}" for name, share in broken.items()))
     lines.append(f"  harmless KL of ablating one random unit direction: {', '.join(f'{v:.4f}' for v in floor)} (mean {sum(floor) / len(floor):.4f})")
     optimized = diagnostics.get("optimized")
     if optimized:
@@ -228,7 +251,7 @@ def format_report(report: dict) -> str:
         f"(of {report['selected']['n_candidates']} candidates"
         + (")" if report["selected"]["passed_filters"] else f"; none passed the filters, chosen with {report['selected'].get('rule', 'no filter')}: {report['selected']['selection_reason']})"),
         f"Test prompts: {report['n_test']['harmful']} harmful, {report['n_test']['harmless']} harmless; "
-        f"replies of {report['max_new_tokens']} tokens judged by refusal phrases",
+        f"replies of {report['max_new_tokens']} tokens judged by {_JUDGE_WORDS.get(report.get('judge', 'substring'), report.get('judge'))}",
         "",
         f"{'metric':26s} {'value':>8s}  target",
     ]

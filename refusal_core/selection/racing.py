@@ -36,16 +36,17 @@ import torch
 
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.registry import setting
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 from refusal_core.selection.rows import PromptRows, prompt_rows, rows_logprobs
-from refusal_core.model.forward import refusal_log_odds
 from refusal_core.selection.scoring import _Candidate, _candidates, _intervention, _provenance
 
 __all__ = ["RacingSettings", "prerank_scores", "race_candidates"]
@@ -66,9 +67,9 @@ class RacingSettings:
 
     def __post_init__(self) -> None:
         if self.first_prompts < 1 or self.growth < 2 or self.min_finalists < 1 or self.rows_per_forward < 1:
-            raise ValueError("first_prompts, min_finalists and rows_per_forward must be >= 1 and growth >= 2.")
+            raise SettingsError("first_prompts, min_finalists and rows_per_forward must be >= 1 and growth >= 2.")
         if not 0 < self.prerank_keep <= 1:
-            raise ValueError(f"prerank_keep must be in (0, 1], got {self.prerank_keep}.")
+            raise SettingsError(f"prerank_keep must be in (0, 1], got {self.prerank_keep}.")
 
 
 @dataclass
@@ -204,7 +205,7 @@ def race_candidates(
     and how many candidates are settled (eliminated or fully scored).
     """
     if not harmful_val or not harmless_val:
-        raise ValueError("Selection needs at least one harmful and one harmless validation prompt.")
+        raise SettingsError("Selection needs at least one harmful and one harmless validation prompt.")
     candidates.check_width(loaded.d_model)
     started = time.perf_counter()
     listed = _candidates(candidates)

@@ -20,8 +20,14 @@ Trials and their user attributes:
   ablation too. A trial that draws a set some completed trial already evaluated copies that
   trial's ``refusal``/``kl`` and returns its value (user attribute ``reused_from``) instead
   of generating again.
-- ``refusal``: the refusal objective; ``kl``: mean harmless first-token KL (None without
-  harmless prompts). The trial value is ``refusal + kl_penalty * kl``.
+- ``refusal``: the objective's refusal term (``trials.py``; with the default ``verdicts``
+  objective the share of replies refused *or broken*); ``refused``/``broken``: the shares of
+  each verdict (None for the ``score`` objective); ``kl``: mean harmless first-token KL
+  (None without harmless prompts); ``replies``: a few of the trial's replies with their
+  labels (at most ``stored_replies``, each cut to ``trials.REPLY_CHARS`` characters), so a
+  chosen trial can be read back from the study. The trial value is
+  ``refusal + kl_penalty * kl``; ``SearchResult.pareto`` lists the trials that no other
+  beats on both refusal and KL.
 """
 
 from __future__ import annotations
@@ -33,26 +39,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-import torch
-
 from refusal_core.activations.cache import content_key, tensor_digest
+from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
 from refusal_core.directions.base import DirectionSet
 from refusal_core.errors import SettingsError
-from refusal_core.generation import GenerationSettings
-from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.scores import evaluate_refusal, refusal_scores
-from refusal_core.judges.substring import Judge, SubstringJudge
-from refusal_core.metrics import kl_divergence, next_token_logprobs
+from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.judges.substring import Judge
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
+from refusal_core.selection.pareto import trial_front
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
+from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
-Objective = Literal["substring", "score", "judge"]
-_OBJECTIVES = ("substring", "score", "judge")
+Objective = Literal["verdicts", "substring", "score", "judge"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,15 @@ class SearchSettings:
     ``k``: directions ablated together per trial.
     ``n_trials``: trials the study should hold in all (complete or pruned), counted over every
     worker sharing it: a resumed search, or a second worker, runs only the rest (see ``study``).
-    ``objective``: what a trial minimises on the harmful prompts: ``substring`` (refusal rate
-    of greedy replies judged by SubstringJudge), ``score`` (mean Arditi refusal score, no
-    generation, much cheaper) or ``judge`` (refusal rate by the Judge passed to run_search).
-    ``kl_penalty``: adds ``kl_penalty * mean harmless KL`` to the objective (needs harmless prompts).
-    ``max_new_tokens``: reply length for the generation objectives.
+    ``objective``: what a trial minimises on the harmful prompts: ``verdicts`` (share of
+    greedy replies that the ``judge`` panel finds refused or broken), ``substring`` (refusal
+    rate by refusal phrases alone), ``score`` (mean Arditi refusal score, no generation, much
+    cheaper) or ``judge`` (refusal rate by the Judge passed to run_search); see ``trials.py``.
+    ``judge``: the judge of the ``verdicts`` objective, one of ``damage.JUDGE_CHOICES``.
+    ``kl_penalty``: adds ``kl_penalty * mean harmless KL`` (nats) to the objective (needs
+    harmless prompts); the default 1.0 makes one nat of KL cost as much as every reply failing.
+    ``max_new_tokens``: reply length for the generation objectives (late refusals need 64).
+    ``stored_replies``: replies kept per trial in the study, to show them later.
     ``seed``: seed of the TPE sampler.
     ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
     file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
@@ -81,9 +88,11 @@ class SearchSettings:
 
     k: int = 3
     n_trials: int = 20
-    objective: Objective = "substring"
-    kl_penalty: float = 0.0
-    max_new_tokens: int = 32
+    objective: Objective = "verdicts"
+    judge: str = DEFAULT_JUDGE
+    kl_penalty: float = 1.0
+    max_new_tokens: int = MIN_RATE_TOKENS
+    stored_replies: int = 8
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
@@ -102,18 +111,20 @@ class SearchSettings:
             raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
             raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
-        if self.objective not in _OBJECTIVES:
-            raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
+        if self.objective not in OBJECTIVES:
+            raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+        if self.judge not in JUDGE_CHOICES:
+            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(JUDGE_CHOICES)}.")
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
             raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise SettingsError("max_new_tokens and batch_size must be at least 1.")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.stored_replies < 0:
+            raise SettingsError("max_new_tokens and batch_size must be at least 1, stored_replies at least 0.")
         if self.ablate_mode not in ("orthogonal", "sequential"):
             raise SettingsError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
-        skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds"}
+        skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds", "stored_replies"}
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -122,10 +133,11 @@ class SearchResult:
     """A study's trials and its best subset.
 
     ``trials``: one dict per trial (``number``, ``names`` sorted, ``value``, ``refusal``,
-    ``kl``, ``state``, ``reused_from``), in trial order, including trials of earlier runs
-    and other workers. ``best_names``/``best_value`` are None until a trial completes.
-    ``ran`` counts the trials this call ran; ``seconds`` is its wall time; ``started`` when
-    the study's first trial began (ISO 8601, local time; None without trials).
+    ``refused``, ``broken``, ``kl``, ``state``, ``reused_from``, ``replies``), in trial
+    order, including trials of earlier runs and other workers. ``best_names``/``best_value``
+    are None until a trial completes. ``ran`` counts the trials this call ran; ``seconds`` is
+    its wall time; ``started`` when the study's first trial began (ISO 8601, local time; None
+    without trials).
     """
 
     trials: tuple[dict, ...]
@@ -138,6 +150,11 @@ class SearchResult:
     ran: int = 0
     seconds: float = 0.0
     started: str | None = None
+
+    @property
+    def pareto(self) -> list[dict]:
+        """Trials on the (refusal, KL) Pareto front, lowest refusal first (``pareto.trial_front``)."""
+        return trial_front(self.trials)
 
 
 def _optuna():
@@ -185,38 +202,10 @@ def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSetting
         raise SettingsError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
     if settings.objective == "judge" and judge is None:
         raise SettingsError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
-    if judge is not None and settings.objective != "judge":
-        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
-
-
-class _Evaluator:
-    """Measures one subset: the refusal objective on harmful prompts, KL on harmless ones."""
-
-    def __init__(self, loaded, pool, harmful, harmless, settings: SearchSettings, judge, chat):
-        self.loaded, self.pool, self.settings, self.chat = loaded, pool, settings, chat
-        self.harmful, self.harmless = list(harmful), list(harmless or [])
-        self.judge = judge or SubstringJudge()
-        self._base_logprobs: torch.Tensor | None = None
-
-    def intervention(self, names: Sequence[str]) -> Intervention:
-        chosen = self.pool.select(names)
-        return Intervention(name="search:" + "+".join(names), ablate=chosen.vectors, ablate_mode=self.settings.ablate_mode)
-
-    def refusal(self, intervention: Intervention) -> float:
-        if self.settings.objective == "score":
-            scores = refusal_scores(self.loaded, self.harmful, intervention, self.chat, self.settings.batch_size)
-            return float(scores.mean())
-        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size)
-        result, _ = evaluate_refusal(self.loaded, self.harmful, intervention, self.judge, generation, self.chat)
-        return float(result.summary["rate"])
-
-    def kl(self, intervention: Intervention) -> float | None:
-        if not self.harmless:
-            return None
-        if self._base_logprobs is None:
-            self._base_logprobs = next_token_logprobs(self.loaded, self.harmless, None, self.chat, self.settings.batch_size)
-        other = next_token_logprobs(self.loaded, self.harmless, intervention, self.chat, self.settings.batch_size)
-        return float(kl_divergence(self._base_logprobs, other).mean())
+    if judge is not None and settings.objective not in ("judge", "verdicts"):
+        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' (or 'verdicts' for a panel).")
+    if judge is not None and settings.objective == "verdicts" and not hasattr(judge, "verdicts"):
+        raise SettingsError("objective='verdicts' needs a judge panel (refusal_core.judges.make_judge); use objective='judge' for other judges.")
 
 
 def _earlier_trial(study, names: list[str]):
@@ -228,7 +217,10 @@ def _earlier_trial(study, names: list[str]):
     return None
 
 
-def _objective(evaluator: _Evaluator, k: int):
+_MEASURES = ("refusal", "refused", "broken", "kl", "replies")
+
+
+def _objective(evaluator: TrialEvaluator, k: int):
     """The Optuna objective: prune repeats within a trial, reuse repeated sets, else evaluate."""
     optuna = _optuna()
 
@@ -241,16 +233,15 @@ def _objective(evaluator: _Evaluator, k: int):
             raise optuna.TrialPruned(f"slots repeat a direction: {picked}")
         earlier = _earlier_trial(trial.study, names)
         if earlier is not None:
-            for attr in ("refusal", "kl"):
+            for attr in _MEASURES:
                 trial.set_user_attr(attr, earlier.user_attrs.get(attr))
             trial.set_user_attr("reused_from", earlier.number)
             return float(earlier.value)
-        intervention = evaluator.intervention(names)
-        refusal = evaluator.refusal(intervention)
-        kl = evaluator.kl(intervention)
-        trial.set_user_attr("refusal", refusal)
-        trial.set_user_attr("kl", kl)
-        return refusal + (evaluator.settings.kl_penalty * kl if kl is not None else 0.0)
+        measure = evaluator.measure(names)
+        for attr in _MEASURES:
+            value = getattr(measure, attr)
+            trial.set_user_attr(attr, list(value) if attr == "replies" else value)
+        return measure.refusal + (evaluator.settings.kl_penalty * measure.kl if measure.kl is not None else 0.0)
 
     return objective
 
@@ -274,9 +265,12 @@ def _trial_rows(study) -> tuple[dict, ...]:
                 "names": list(names),
                 "value": trial.value,
                 "refusal": attrs.get("refusal"),
+                "refused": attrs.get("refused"),
+                "broken": attrs.get("broken"),
                 "kl": attrs.get("kl"),
                 "state": trial.state.name,
                 "reused_from": attrs.get("reused_from"),
+                "replies": attrs.get("replies") or [],
             }
         )
     return tuple(rows)
@@ -318,7 +312,7 @@ def run_search(
     name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     url = storage_url(settings.storage, name)
     study = open_study(url, name, settings.seed, settings.heartbeat_seconds)
-    evaluator = _Evaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
+    evaluator = TrialEvaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     objective = _objective(evaluator, settings.k)
     if n_trials is None:
         counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -336,14 +330,14 @@ def run_search(
         study_name=name,
         storage=redact(url),
         settings=settings,
-        provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge),
+        provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge, settings),
         ran=ran,
         seconds=round(time.perf_counter() - started, 4),
         started=first.isoformat(timespec="seconds") if first else None,
     )
 
 
-def _provenance(loaded: LoadedModel, pool: DirectionSet, harmful, harmless, judge) -> dict:
+def _provenance(loaded: LoadedModel, pool: DirectionSet, harmful, harmless, judge, settings: SearchSettings) -> dict:
     return {
         "model": loaded.spec,
         "weights": weights_fingerprint(loaded.model),
@@ -351,7 +345,7 @@ def _provenance(loaded: LoadedModel, pool: DirectionSet, harmful, harmless, judg
         "pool_size": len(pool),
         "harmful_hash": content_key("prompts", list(harmful)),
         "harmless_hash": content_key("prompts", list(harmless)) if harmless else None,
-        "judge": getattr(judge, "name", None),
+        "judge": getattr(judge, "name", None) or (settings.judge if settings.objective == "verdicts" else None),
     }
 
 
