@@ -159,6 +159,7 @@ PAGES = [
     st.Page("pages/data.py", title="Data & activations", icon=":material/database:", default=True),
     st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:"),
     st.Page("pages/directions.py", title="Directions", icon=":material/explore:"),
+    st.Page("pages/categories.py", title="Categories", icon=":material/category:"),
     st.Page("pages/generate.py", title="Generate", icon=":material/chat:"),
     st.Page("pages/search.py", title="Search", icon=":material/manage_search:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),

@@ -21,11 +21,13 @@ import streamlit as st
 
 from refusal_core.activations.extract import Activations
 from refusal_core.activations.separation import LayerSeparation
+from refusal_core.categories.fit import CategoryFit
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import ClusterResult
 from refusal_core.directions.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
+from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
 from refusal_core.projection import Projection
 from refusal_core.prompts.sets import PromptSet
@@ -87,7 +89,8 @@ class Workspace:
 
     ``harmful``/``harmless`` are the PromptSets the activations were computed from;
     ``direction_sets`` maps a display name to a DirectionSet; the other fields hold the
-    latest result of each page, or None. It lives in the session (never in a shared
+    latest result of each page, or None; ``conditionals`` are the conditional interventions
+    the Categories page made (refusal off for chosen categories) for the Generate page. It lives in the session (never in a shared
     cache) and holds nothing that other sessions use.
     """
 
@@ -103,6 +106,9 @@ class Workspace:
     selection: SelectionResult | None = None
     search: SearchState | None = None
     optimized: OptimizedDirection | None = None
+    categories: CategoryFit | None = None
+    category_report: dict | None = None
+    conditionals: dict[str, Intervention] = field(default_factory=dict)
     generations: OrderedDict[str, dict[str, list[Completion]]] = field(default_factory=OrderedDict)
     memo: OrderedDict[str, Memo] = field(default_factory=OrderedDict)
     max_memo: int = 6

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Modules of the methods that ship with the engine; importing one registers it.
-BUILTIN_METHODS = ("dim", "som", "clustering", "optimize")
+BUILTIN_METHODS = ("dim", "som", "clustering", "optimize", "category")
 Reads = Literal["activations", "layer", "init"]
 
 
