@@ -53,7 +53,7 @@ def organism_builder() -> None:
         return
     bar = st.progress(0.0, text="Starting")
     try:
-        build_organism(progress=lambda message, fraction: bar.progress(min(max(fraction, 0.0), 1.0), text=message))
+        build_organism(progress=lambda done, total, message="": bar.progress(min(max(done / total, 0.0), 1.0), text=message))
     except Exception as err:  # noqa: BLE001 - shown to the user; the app keeps running
         st.error(f"Building the organism failed: {err}. Try the CLI: python -m refusal_core organism build")
         return

@@ -40,8 +40,9 @@ from benchmarks._common import (  # noqa: E402
 )
 from refusal_core.activations.extract import extract_activations  # noqa: E402
 from refusal_core.model.fingerprint import weights_fingerprint  # noqa: E402
+from refusal_core.model.forward import tokenize_prompts  # noqa: E402
 from refusal_core.model.loading import BUNDLED_BASE, LoadedModel, load_model  # noqa: E402
-from refusal_core.prompts.chat import format_prompts, tokenize_prompts  # noqa: E402
+from refusal_core.prompts.chat import format_prompts  # noqa: E402
 from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 EXTRACT_GOAL = 1.10

@@ -48,8 +48,9 @@ from refusal_core.generation import (  # noqa: E402
 from refusal_core.interventions.hooks import ablate  # noqa: E402
 from refusal_core.interventions.spec import Intervention  # noqa: E402
 from refusal_core.interventions.weights import orthogonalized_weights  # noqa: E402
+from refusal_core.model.forward import tokenize_prompts  # noqa: E402
 from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model  # noqa: E402
-from refusal_core.prompts.chat import format_prompts, tokenize_prompts  # noqa: E402
+from refusal_core.prompts.chat import format_prompts  # noqa: E402
 from refusal_core.prompts.loaders import builtin  # noqa: E402
 
 SIDE_BY_SIDE_GOAL = 0.5

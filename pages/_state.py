@@ -29,6 +29,7 @@ from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
+from refusal_core.progress import Progress
 from refusal_core.projection import Projection
 from refusal_core.prompts.sets import PromptSet
 from refusal_core.selection.result import SelectionResult
@@ -202,11 +203,11 @@ def chosen_prompts() -> dict[str, PromptSet]:
     return st.session_state.get(PROMPTS, {})
 
 
-def progress_callback(label: str) -> Callable[[int, int], None]:
+def progress_callback(label: str) -> Progress:
     """A ``progress(done, total)`` callback drawing an ``st.progress`` bar here."""
     bar = st.progress(0.0, text=label)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, **info: object) -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=f"{label} ({done}/{total})")
 
     return update

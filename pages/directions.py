@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
+from pages._methods import other_methods_section, settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
 from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
 from refusal_core.prompts.loaders import builtin
@@ -225,19 +226,18 @@ def optimize_section() -> None:
         return
     preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in (SELECTED_DIM, CLOSEST_DIM)), 0)
     start = st.selectbox("Start from", starts, index=preferred, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
-    cols = st.columns(3)
-    steps = int(cols[0].number_input("Steps", 1, 500, 20, key="optimize_steps"))
-    n_train = int(cols[1].number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
-    kl_weight = float(cols[2].number_input("KL weight", 0.0, 1000.0, 10.0, step=1.0, key="optimize_kl_weight"))
+    n_train = int(st.number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
+    # Fewer steps than the CLI's default: a page action should finish in well under a minute.
+    values = settings_widgets(OptimizeSettings, "optimize", defaults={"steps": 20})
     if st.button("Optimize", type="primary", key="optimize_run"):
-        harmful = list(sample_prompts(builtin("harmful", "train"), n_train).instructions)
-        harmless = list(sample_prompts(builtin("harmless", "train"), n_train).instructions)
+        harmful = sample_prompts(builtin("harmful", "train"), n_train)
+        harmless = sample_prompts(builtin("harmless", "train"), n_train)
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
             result = optimize_direction(
                 loaded, harmful, harmless, ws.direction_sets[start[0]].select([start[1]]),
-                OptimizeSettings(steps=steps, kl_weight=kl_weight),
-                progress=lambda done, total, values: update(done, total),
+                OptimizeSettings(**values),
+                progress=update,
             )
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Optimization failed: {err}")
@@ -272,3 +272,4 @@ def optimize_section() -> None:
 comparison()
 selection_section()
 optimize_section()
+other_methods_section(ws, loaded)

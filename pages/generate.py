@@ -11,7 +11,7 @@ from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import substring_refused
+from refusal_core.judges.substring import refusal_rate, substring_refused
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
 
 st.title("Generate")
@@ -175,7 +175,7 @@ def run_key(prompts: list[str], variants: list, settings) -> str:
 def show_results(results: dict) -> None:
     names = list(results)
     judge = substring_refused
-    rates = {name: sum(judge(c.text) for c in results[name]) / max(len(results[name]), 1) for name in names}
+    rates = {name: refusal_rate([judge(c.text) for c in results[name]]) for name in names}
     chart = go.Figure(
         go.Bar(x=names, y=[rates[n] for n in names], text=[f"{rates[n]:.0%}" for n in names], textposition="auto")
     )

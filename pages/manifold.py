@@ -11,13 +11,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _state
+from pages._methods import settings_widgets
 from refusal_core.activations.separation import layer_points, stacked_points
 from refusal_core.directions.base import DirectionError
-from refusal_core.directions.clustering import METHODS as CLUSTER_METHODS
-from refusal_core.directions.clustering import cluster_direction_set, cluster_directions
+from refusal_core.directions.clustering import ClusterSettings, cluster_direction_set, cluster_directions
 from refusal_core.directions.per_prompt import gradient_directions, per_prompt_direction_set, representation_directions
 from refusal_core.directions.provenance import build_provenance
-from refusal_core.directions.som import TOPOLOGIES, SomSettings, neuron_prompts, som_direction_set, train_som
+from refusal_core.directions.som import SomSettings, neuron_prompts, som_direction_set, train_som
 from refusal_core.projection import ProjectionError, fit_projection
 
 st.title("Manifold")
@@ -107,55 +107,26 @@ def som_traces(projection, dims: int) -> list:
     """Grid edges as one line trace, then neurons as nodes sized by hit count (last trace)."""
     result = ws.som.result
     placed = projection.transform(result.weights)
-    hits = result.hits.numpy()
-    sizes = 10 + 30 * np.sqrt(hits / max(hits.max(), 1))
-    coords = [[] for _ in range(dims)]
-    for a, b in result.edges:
-        for axis in range(dims):
-            coords[axis] += [placed[a, axis], placed[b, axis], None]
+    edges = dict(zip("xyz", result.edge_paths(placed)[:dims]))
+    nodes = dict(zip("xyz", placed.T[:dims]))
     labels = ["{}-{}".format(*result.grid_position(k)) for k in range(result.n_neurons)]
-    hover = [f"neuron {label}: {int(h)} prompts" for label, h in zip(labels, hits)]
+    hover = [f"neuron {label}: {int(h)} prompts" for label, h in zip(labels, result.hits.tolist())]
     if dims == 3:
-        edges = go.Scatter3d(
-            x=coords[0],
-            y=coords[1],
-            z=coords[2],
-            mode="lines",
-            line=dict(color="black", width=3),
-            name="SOM grid",
-            hoverinfo="skip",
-        )
-        nodes = go.Scatter3d(
-            x=placed[:, 0],
-            y=placed[:, 1],
-            z=placed[:, 2],
-            mode="markers",
-            marker=dict(size=sizes / 2, color="black", symbol="diamond"),
-            name="SOM neurons",
-            text=hover,
-            hoverinfo="text",
-        )
-    else:
-        edges = go.Scatter(
-            x=coords[0],
-            y=coords[1],
-            mode="lines",
-            line=dict(color="black", width=1.5),
-            name="SOM grid",
-            hoverinfo="skip",
-        )
-        nodes = go.Scatter(
-            x=placed[:, 0],
-            y=placed[:, 1],
-            mode="markers+text",
-            marker=dict(size=sizes, color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
-            name="SOM neurons",
-            text=labels,
-            textposition="top center",
-            hovertext=hover,
-            hoverinfo="text",
-        )
-    return [edges, nodes]
+        return [
+            go.Scatter3d(**edges, mode="lines", line=dict(color="black", width=3), name="SOM grid", hoverinfo="skip"),
+            go.Scatter3d(
+                **nodes, mode="markers", marker=dict(size=result.node_sizes(5, 15), color="black", symbol="diamond"),
+                name="SOM neurons", text=hover, hoverinfo="text",
+            ),
+        ]
+    return [
+        go.Scatter(**edges, mode="lines", line=dict(color="black", width=1.5), name="SOM grid", hoverinfo="skip"),
+        go.Scatter(
+            **nodes, mode="markers+text", name="SOM neurons", text=labels, textposition="top center",
+            marker=dict(size=result.node_sizes(10, 30), color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
+            hovertext=hover, hoverinfo="text",
+        ),
+    ]
 
 
 def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> int | None:
@@ -198,28 +169,19 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
 def som_section(layer: int, position: int, clicked: int | None) -> None:
     st.subheader("Self-organizing map")
     with st.form("som_form"):
-        cols = st.columns(4)
-        x = int(cols[0].number_input("Grid x", 1, 20, 3, key="som_x"))
-        y = int(cols[1].number_input("Grid y", 1, 20, 3, key="som_y"))
-        sigma = float(cols[2].number_input("Sigma", 0.05, 20.0, 1.0, step=0.1, key="som_sigma"))
-        rate = float(cols[3].number_input("Learning rate", 0.001, 5.0, 0.5, step=0.05, key="som_lr"))
-        iterations = int(cols[0].number_input("Iterations", 1, 200000, 2000, step=500, key="som_iterations"))
-        topology = cols[1].selectbox("Topology", list(TOPOLOGIES), key="som_topology")
-        seed = int(cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="som_seed"))
+        values = settings_widgets(SomSettings, "som")
         submitted = st.form_submit_button(f"Train SOM at layer {layer}, position {position}")
     if submitted:
         harmful_x, harmless_x = layer_points(ws.harmful_acts, ws.harmless_acts, layer, position)
         try:
-            settings = SomSettings(
-                x=x, y=y, sigma=sigma, learning_rate=rate, iterations=iterations, topology=topology, seed=seed
-            )
+            settings = SomSettings(**values)
             with st.spinner("Training the SOM..."):
                 result = train_som(harmful_x, harmless_x, settings)
             directions = som_direction_set(result, provenance(layer, position, "som"))
         except (ValueError, DirectionError) as err:
             st.error(f"SOM training failed: {err}")
             return
-        name = f"SOM {x}x{y} L{layer} P{position}"
+        name = f"SOM {settings.x}x{settings.y} L{layer} P{position}"
         ws.add_set(name, directions)
         ws.som = _state.SomState(result=result, layer=layer, position=position, set_name=name)
         st.rerun()
@@ -286,18 +248,15 @@ def per_prompt_section(layer: int, position: int) -> None:
         return
     directions = ws.direction_sets[ws.per_prompt.set_name]
     st.caption(f"{ws.per_prompt.set_name}: {len(directions)} directions (added to the direction sets).")
-    cols = st.columns(3)
-    auto = cols[0].checkbox("Choose k by silhouette", value=True, key="cluster_auto")
-    k = int(
-        cols[1].number_input("k", 1, max(1, len(directions)), min(4, len(directions)), key="cluster_k", disabled=auto)
-    )
-    method = cols[2].selectbox("Method", list(CLUSTER_METHODS), key="cluster_method")
+    # The source is the per-prompt step above; k and the algorithm come from ClusterSettings.
+    values = settings_widgets(ClusterSettings, "cluster", skip=("source",), n_columns=3)
     if st.button("Cluster", key="cluster_run"):
         categories = [record.get("category") or "uncategorised" for record in directions.provenance]
         has_categories = any(record.get("category") for record in directions.provenance)
         try:
             result = cluster_directions(
-                directions.vectors, None if auto else k, method, categories=categories if has_categories else None
+                directions.vectors, values["k"], values["method"], seed=values["seed"],
+                categories=categories if has_categories else None,
             )
             clusters = cluster_direction_set(
                 result, {**directions.meta, "layer": ws.per_prompt.layer, "position": ws.per_prompt.position}

@@ -127,7 +127,7 @@ def run(pool, settings, n_val: int) -> None:
     chart = st.empty()
     best_so_far: list[float] = []
 
-    def update(done: int, total: int, best: float | None) -> None:
+    def update(done: int, total: int, best: float | None = None, **info: object) -> None:
         bar.progress(
             min(1.0, done / max(total, 1)),
             text=f"Trial {done}/{total}, best {best if best is None else round(best, 4)}",

@@ -8,19 +8,19 @@ side-by-side run, so the comparison shares prompts, decoding and judge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.dim import dim_name
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import Judge, SubstringJudge
+from refusal_core.judges.substring import Judge, SubstringJudge, judged_rates
 from refusal_core.metrics import harmless_kl, next_token_logprobs
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 
 __all__ = ["CountCurve", "refusal_by_layer", "refusal_vs_count"]
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ class CountCurve:
         return "\n".join([f"baseline refusal {self.baseline:.1%} on {self.n_prompts} prompts", *lines])
 
 
-def _rates(columns: dict, instructions: Sequence[str], judge: Judge) -> dict[str, float]:
-    return {name: sum(judge.judge(list(instructions), [c.text for c in completions])) / len(completions) for name, completions in columns.items()}
-
-
 def refusal_vs_count(
     loaded: LoadedModel,
     families: dict[str, DirectionSet],
@@ -67,7 +63,7 @@ def refusal_vs_count(
     for family, directions in families.items():
         depth = len(directions) if max_k is None else min(max_k, len(directions))
         variants += [Intervention.from_directions(f"{family}/{k}", directions, names=directions.names[:k]) for k in range(1, depth + 1)]
-    rates = _rates(generate_side_by_side(loaded, harmful, variants, settings, progress=progress), harmful, judge)
+    rates = judged_rates(harmful, generate_side_by_side(loaded, harmful, variants, settings, progress=progress), judge)
     curves = {family: [rates[v.name] for v in variants if v.name.startswith(f"{family}/")] for family in families}
     kl = {}
     if harmless:
@@ -92,5 +88,5 @@ def refusal_by_layer(
     """Refusal rate with the single DIM direction of each layer ablated (one batched run)."""
     judge = judge or SubstringJudge()
     variants = [Intervention.from_directions(f"layer{layer}", dim, names=[dim_name(position, layer)]) for layer in layers]
-    rates = _rates(generate_side_by_side(loaded, harmful, variants, settings, progress=progress), harmful, judge)
+    rates = judged_rates(harmful, generate_side_by_side(loaded, harmful, variants, settings, progress=progress), judge)
     return {layer: rates[f"layer{layer}"] for layer in layers}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -19,19 +19,19 @@ from refusal_core.interventions.conditional import resolve_rows
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
+from refusal_core.model.forward import encode_prompts
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply, tokenize_prompts
+from refusal_core.progress import Progress
+from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply
 
 __all__ = [
     "Completion",
     "GenerationSettings",
-    "Progress",
     "end_of_turn_ids",
     "generate_completions",
     "generate_side_by_side",
 ]
 
-Progress = Callable[[int, int], None]
 
 # A reply whose last character cannot merge with what the template puts after it.
 _PROBE_INSTRUCTION = "Say hello."
@@ -192,7 +192,7 @@ def _generate_chunk(
 ) -> list[tuple[str, int, bool]]:
     """One batched ``generate`` call; (text, n_tokens, stopped) per row."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    batch = tokenize_prompts(tokenizer, prompts, loaded.device)
+    batch = encode_prompts(loaded, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     # The lock spans the whole call: hooks are shared module state, and another session's
     # intervention must never be in place while these rows are decoded.

@@ -9,7 +9,6 @@ baseline replies).
 
 from __future__ import annotations
 
-import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,19 +18,22 @@ import torch
 
 from refusal_core.interventions.hooks import apply_intervention
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import _check_pairs
+from refusal_core.judges.substring import check_pairs
 from refusal_core.model.families import model_lock
+from refusal_core.model.forward import encode_prompts, last_token_logprobs, left_padded, pad_id, token_ids
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = [
-    "EvalResult",
     "completion_cross_entropy",
+    "EvalResult",
     "evaluate_ce",
     "evaluate_kl",
     "harmless_kl",
     "kl_divergence",
+    "mean_result",
     "next_token_logprobs",
+    "result_meta",
 ]
 
 
@@ -54,22 +56,20 @@ def _intervened(model: torch.nn.Module, intervention: Intervention | None) -> It
         yield
 
 
-def _last_position_logits(
+def next_token_chunks(
     loaded: LoadedModel,
     instructions: Sequence[str],
-    intervention: Intervention | None,
-    chat: ChatFormat | None,
-    batch_size: int,
+    intervention: Intervention | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
 ) -> Iterator[torch.Tensor]:
-    """Logits at the last prompt position (the first generated token), ``[chunk, vocab]`` float64 per chunk."""
+    """First-reply-token log-probabilities, ``[chunk, vocab]`` float64 on the CPU, chunk by chunk."""
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
-    # Only the last position is needed; asking for one position saves a [batch, seq, vocab] tensor.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters else {}
     for start in range(0, len(prompts), batch_size):
-        batch = tokenize_prompts(loaded.tokenizer, prompts[start : start + batch_size], loaded.device)
+        batch = encode_prompts(loaded, prompts[start : start + batch_size])
         with torch.no_grad(), _intervened(loaded.model, intervention):
-            logits = loaded.model(**batch, **keep).logits
-        yield logits[:, -1].double().cpu()
+            logprobs = last_token_logprobs(loaded.model, batch).cpu()
+        yield logprobs
 
 
 def next_token_logprobs(
@@ -80,8 +80,7 @@ def next_token_logprobs(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Log-probabilities of the first reply token, ``[n, vocab]`` float64."""
-    chunks = _last_position_logits(loaded, instructions, intervention, chat, batch_size)
-    chunks = [logits.log_softmax(-1) for logits in chunks]
+    chunks = list(next_token_chunks(loaded, instructions, intervention, chat, batch_size))
     return torch.cat(chunks) if chunks else torch.zeros(0, 0, dtype=torch.float64)
 
 
@@ -122,28 +121,19 @@ def harmless_kl(
 
 
 def _teacher_forcing_batch(
-    tokenizer, prompts: Sequence[str], replies: Sequence[str], device: torch.device
+    loaded: LoadedModel, prompts: Sequence[str], replies: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Left-padded prompt+reply ids and a ``[b, seq]`` mask of the reply tokens.
 
     Prompt and reply are tokenized apart and concatenated, which is how the model saw
     them when it generated the reply after the prompt.
     """
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    reply_ids = tokenizer(list(replies), add_special_tokens=False)["input_ids"]
-    length = max(len(p) + len(r) for p, r in zip(prompt_ids, reply_ids))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    is_reply = torch.zeros_like(input_ids, dtype=torch.bool)
-    for row, (prompt, reply) in enumerate(zip(prompt_ids, reply_ids)):
-        start = length - len(prompt) - len(reply)
-        input_ids[row, start:] = torch.tensor(prompt + reply, dtype=torch.long)
-        attention_mask[row, start:] = 1
-        is_reply[row, length - len(reply) :] = True
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-    return {key: value.to(device) for key, value in batch.items()}, is_reply
+    prompt_ids, reply_ids = token_ids(loaded, prompts), token_ids(loaded, replies)
+    batch = left_padded([p + r for p, r in zip(prompt_ids, reply_ids)], pad_id(loaded.tokenizer), loaded.device)
+    is_reply = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    for row, reply in enumerate(reply_ids):
+        is_reply[row, is_reply.shape[1] - len(reply) :] = True
+    return batch, is_reply
 
 
 def _mean_reply_ce(logits: torch.Tensor, input_ids: torch.Tensor, is_reply: torch.Tensor) -> torch.Tensor:
@@ -171,14 +161,12 @@ def completion_cross_entropy(
     Teacher forcing on prompt + reply; only reply tokens count. An empty reply has no
     tokens to score and gives NaN.
     """
-    _check_pairs(instructions, completions)
+    check_pairs(instructions, completions)
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
     losses = []
     for start in range(0, len(prompts), batch_size):
         stop = start + batch_size
-        batch, is_reply = _teacher_forcing_batch(
-            loaded.tokenizer, prompts[start:stop], completions[start:stop], loaded.device
-        )
+        batch, is_reply = _teacher_forcing_batch(loaded, prompts[start:stop], completions[start:stop])
         with torch.no_grad(), _intervened(loaded.model, intervention):
             logits = loaded.model(**batch).logits
         losses.append(_mean_reply_ce(logits, batch["input_ids"], is_reply))
@@ -200,11 +188,11 @@ class EvalResult:
     meta: dict = field(default_factory=dict)
 
 
-def _meta(loaded: LoadedModel, intervention: Intervention | None, **extra) -> dict:
+def result_meta(loaded: LoadedModel, intervention: Intervention | None, **extra) -> dict:
     return {"model": loaded.spec, "intervention": (intervention or Intervention()).name, **extra}
 
 
-def _mean_result(metric: str, values: torch.Tensor, meta: dict) -> EvalResult:
+def mean_result(metric: str, values: torch.Tensor, meta: dict) -> EvalResult:
     """Summary over finite values; NaNs (e.g. empty replies) are counted, not averaged."""
     finite = values[~values.isnan()]
     summary = {
@@ -225,7 +213,7 @@ def evaluate_kl(
 ) -> EvalResult:
     """First-token KL(unmodified || intervened) per prompt and its mean (nats); ``base`` as in harmless_kl."""
     divergences = harmless_kl(loaded, instructions, intervention, chat, batch_size, base)
-    return _mean_result("kl", divergences, _meta(loaded, intervention))
+    return mean_result("kl", divergences, result_meta(loaded, intervention))
 
 
 def evaluate_ce(
@@ -238,4 +226,4 @@ def evaluate_ce(
 ) -> EvalResult:
     """Cross-entropy of given replies (e.g. the baseline's own) per prompt and its mean."""
     losses = completion_cross_entropy(loaded, instructions, completions, intervention, chat, batch_size)
-    return _mean_result("cross_entropy", losses, _meta(loaded, intervention))
+    return mean_result("cross_entropy", losses, result_meta(loaded, intervention))

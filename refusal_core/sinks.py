@@ -22,8 +22,9 @@ import torch
 from refusal_core.interventions.spec import Intervention
 from refusal_core.metrics import harmless_kl, next_token_logprobs
 from refusal_core.model.families import model_lock
+from refusal_core.model.forward import encode_prompts
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = ["MassiveActivations", "massive_activations", "massive_share", "random_direction_kl"]
 
@@ -67,7 +68,7 @@ def massive_activations(
         raise ValueError("massive_activations needs at least one instruction.")
     if not ratio > 1:
         raise ValueError(f"ratio must be above 1, got {ratio}.")
-    batch = tokenize_prompts(loaded.tokenizer, format_prompts(loaded.tokenizer, instructions, chat), loaded.device)
+    batch = encode_prompts(loaded, format_prompts(loaded.tokenizer, instructions, chat))
     with model_lock(loaded.model):  # never read a forward pass that another session is intervening on
         hidden = loaded.model(**batch, output_hidden_states=True).hidden_states
     real = batch["attention_mask"].bool().cpu()
@@ -110,7 +111,7 @@ def random_direction_kl(
     directions; ``base`` as in ``evaluation.harmless_kl``."""
     if n_directions < 1:
         raise ValueError("n_directions must be at least 1.")
-    width = int(loaded.model.get_input_embeddings().weight.shape[-1])
+    width = loaded.d_model
     generator = torch.Generator().manual_seed(seed)
     if base is None:
         base = next_token_logprobs(loaded, instructions, None, chat)

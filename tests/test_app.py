@@ -340,7 +340,7 @@ def test_missing_organism_offers_a_build_with_progress(monkeypatch):
 
     def fake_build(progress=None):
         for fraction in (0.0, 0.5, 1.0):
-            progress(f"step {fraction}", fraction)
+            progress(round(100 * fraction), 100, message=f"step {fraction}")
             built["messages"].append(fraction)
         built["done"] = True
         return Path("organism")

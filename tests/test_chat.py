@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from refusal_core.prompts.chat import (
-    ChatFormat,
-    TemplateError,
-    format_prompts,
-    post_instruction_count,
-    tokenize_prompts,
-)
+from refusal_core.model.forward import tokenize_prompts
+from refusal_core.prompts.chat import ChatFormat, TemplateError, format_prompts, post_instruction_count
 from tests.tiny import tiny_tokenizer
 
 

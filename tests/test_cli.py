@@ -126,3 +126,29 @@ def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_pa
     assert learnt.provenance[0]["method"] == "rdo" and learnt.vectors[0].norm().item() == pytest.approx(1.0, abs=1e-5)
     code, _, err = _run(capsys, "directions", "optimize", "--model", model_dir, "--init", dim, "--limit", "3", "--out", out)
     assert code == 2 and "--init must name one direction" in err
+
+
+def test_every_command_writes_provenance_from_the_one_builder(model_dir, tmp_path, capsys):
+    """dim, som, cluster, optimize, select --save-direction and search: the same keys, and the
+    same data_hash for the same prompt sets (the directions come from the train splits)."""
+    from refusal_core.directions.provenance import PROVENANCE_KEYS, data_hash
+    from refusal_core.prompts.loaders import builtin
+
+    common = ["--model", model_dir, "--limit", "4"]
+    written = {name: str(tmp_path / name) for name in ("dim", "som", "cluster", "optimize", "best", "searched")}
+    commands = [
+        ["directions", "dim", *common, "--out", written["dim"]],
+        ["directions", "som", *common, "--layer", "1", "--x", "2", "--y", "1", "--iterations", "50", "--out", written["som"]],
+        ["directions", "cluster", *common, "--layer", "1", "--k", "2", "--out", written["cluster"]],
+        ["directions", "optimize", *common, "--init", f"{written['dim']}:dim/pos-1/layer1", "--steps", "1", "--out", written["optimize"]],
+        ["directions", "select", *common, "--dirs", written["dim"], "--out", str(tmp_path / "scores.json"), "--save-direction", written["best"]],
+        ["directions", "search", *common, "--pool", written["dim"], "--k", "1", "--trials", "2", "--objective", "score",
+         "--storage", str(tmp_path / "study.db"), "--out", written["searched"]],
+    ]
+    for argv in commands:
+        assert _run(capsys, *argv)[0] == 0, argv
+    expected = data_hash(builtin("harmful", "train").head(4), builtin("harmless", "train").head(4))
+    for name, path in written.items():
+        for record in load_direction_set(path, d_model=64).provenance:
+            assert set(PROVENANCE_KEYS) <= set(record), (name, record)
+            assert record["data_hash"] == expected and record["model"] == model_dir, (name, record)

@@ -14,7 +14,8 @@ from refusal_core.generation import (
     generate_side_by_side,
 )
 from refusal_core.interventions.spec import Intervention
-from refusal_core.prompts.chat import FALLBACK_TEMPLATE, ChatFormat, format_prompts, tokenize_prompts
+from refusal_core.model.forward import tokenize_prompts
+from refusal_core.prompts.chat import FALLBACK_TEMPLATE, ChatFormat, format_prompts
 from tests.tiny import assert_no_hooks, tiny_model, tiny_tokenizer
 
 PROMPTS = [

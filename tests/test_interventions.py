@@ -460,7 +460,8 @@ def test_model_lock_serializes_baseline_against_ablation():
 
 
 def test_block_input_given_as_keyword_is_edited():
-    from refusal_core.interventions.hooks import _layer_pre_hook, _LayerEdit, _RowTensor
+    from refusal_core.interventions.hooks import _edited_input, _LayerEdit, _RowTensor
+    from refusal_core.model.forward import input_pre_hook
 
     class Block(torch.nn.Module):
         def forward(self, hidden_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -468,7 +469,7 @@ def test_block_input_given_as_keyword_is_edited():
 
     block, vector = Block(), torch.randn(D)
     edit = _LayerEdit(delta=_RowTensor(vector.double()[None]))
-    handle = block.register_forward_pre_hook(_layer_pre_hook(edit, rows=None), with_kwargs=True)
+    handle = block.register_forward_pre_hook(input_pre_hook(_edited_input(edit, rows=None)), with_kwargs=True)
     try:
         x = torch.randn(2, 3, D)
         assert torch.allclose(block(hidden_states=x, scale=2.0), 2 * (x + vector), atol=1e-6)

@@ -72,7 +72,7 @@ def test_storage_url_and_kl_penalty(tiny_llama, pool, tmp_path):
     url = f"sqlite:///{tmp_path}/x.db"
     settings = SearchSettings(k=2, n_trials=3, objective="score", kl_penalty=0.5, storage=url, study_name="shared")
     seen = []
-    result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings, progress=lambda *args: seen.append(args))
+    result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings, progress=lambda done, total, **info: seen.append((done, total, info["best"])))
     assert result.storage == url and result.study_name == "shared" and (tmp_path / "x.db").is_file()
     assert [done for done, _, _ in seen] == [1, 2, 3] and all(total == 3 for _, total, _ in seen)
     for trial in result.trials:

@@ -77,6 +77,19 @@ def test_grid_edges(topology, n_edges):
     assert int(degrees[centre]) == (4 if topology == "rectangular" else 6)
 
 
+def test_drawing_helpers_trace_every_edge_and_size_nodes_by_hits():
+    harmful, harmless = _data()
+    result = train_som(harmful, harmless, SomSettings(iterations=50))
+    placed = result.coordinates.numpy()
+    xs, ys = result.edge_paths(placed)
+    assert len(xs) == len(ys) == 3 * len(result.edges) and xs[2::3] == [None] * len(result.edges)
+    assert xs[0:2] == [float(placed[a, 0]) for a in result.edges[0]]
+    sizes = result.node_sizes(10, 30)
+    busiest = int(result.hits.argmax())
+    assert sizes[busiest] == pytest.approx(40) and min(sizes) >= 10
+    assert all((sizes[i] < sizes[j]) == (result.hits[i] < result.hits[j]) for i in range(9) for j in range(9) if result.hits[i] != result.hits[j])
+
+
 def test_neuron_prompts_cover_every_prompt_once():
     harmful, harmless = _data(n=30)
     result = train_som(harmful, harmless, SMALL)

@@ -16,12 +16,13 @@ import torch
 from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry
 from refusal_core.model.families import model_lock, model_parts
 from refusal_core.model.fingerprint import weights_fingerprint
+from refusal_core.model.forward import block_hooks, encode_prompts
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instruction_count, tokenize_prompts
+from refusal_core.progress import Progress
+from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instruction_count
 
 __all__ = ["Activations", "default_positions", "extract_activations", "weights_fingerprint"]
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -83,51 +84,30 @@ def _validate(instructions: Sequence[str], positions: Sequence[int], batch_size:
         raise ValueError(f"Positions must be negative offsets from the end (e.g. -1), got {list(positions)}.")
 
 
-class _Recorder:
-    """Forward hooks that copy the residual stream at the chosen positions, per layer."""
-
-    def __init__(self, positions: Sequence[int], n_layers: int):
-        self.index = list(positions)
-        self.records: list[torch.Tensor | None] = [None] * (n_layers + 1)
-
-    def _take(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden[:, self.index].detach().float().cpu()
-
-    def pre_hook(self, layer: int):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.records[layer] = self._take(hidden)
-
-        return hook
-
-    def output_hook(self, layer: int):
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self.records[layer] = self._take(hidden)
-
-        return hook
-
-
 def _forward_batch(loaded: LoadedModel, texts: Sequence[str], positions: Sequence[int]) -> torch.Tensor:
     """``[batch, n_positions, n_layers + 1, d]`` for one batch, in one forward pass."""
     parts = model_parts(loaded.model)
-    recorder = _Recorder(positions, parts.n_layers)
-    batch = tokenize_prompts(loaded.tokenizer, texts, loaded.device)
+    batch = encode_prompts(loaded, texts)
     shortest = int(batch["attention_mask"].sum(-1).min())
     if -min(positions) > shortest:
         raise ValueError(f"Position {min(positions)} reaches before the start of a {shortest}-token prompt.")
-    handles = []
-    try:
-        for layer, block in enumerate(parts.layers):
-            handles.append(block.register_forward_pre_hook(recorder.pre_hook(layer), with_kwargs=True))
-        handles.append(parts.layers[-1].register_forward_hook(recorder.output_hook(parts.n_layers)))
-        with torch.no_grad():
-            # The base model skips the vocabulary projection, which we do not need.
-            loaded.model.base_model(**batch, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(recorder.records, dim=2)
+    index = list(positions)
+    records: list[torch.Tensor | None] = [None] * (parts.n_layers + 1)
+
+    def record(layer: int) -> Callable[[torch.Tensor], None]:
+        def read(hidden: torch.Tensor) -> None:
+            records[layer] = hidden[:, index].detach().float().cpu()
+
+        return read
+
+    def last_output(module, args, output) -> None:
+        record(parts.n_layers)(output[0] if isinstance(output, tuple) else output)
+
+    inputs = {layer: record(layer) for layer in range(parts.n_layers)}
+    with block_hooks(loaded.model, inputs, [(parts.layers[-1], last_output)]), torch.no_grad():
+        # The base model skips the vocabulary projection, which we do not need.
+        loaded.model.base_model(**batch, use_cache=False)
+    return torch.stack(records, dim=2)
 
 
 def activation_key(loaded: LoadedModel, instructions: Sequence[str], positions: Sequence[int], chat: ChatFormat) -> str:

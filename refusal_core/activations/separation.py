@@ -5,12 +5,12 @@ linear probe and the silhouette, per block input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from refusal_core.activations.extract import Activations
+from refusal_core.progress import Progress
 
 __all__ = ["LayerSeparation", "layer_points", "stacked_points", "layer_separation"]
 
@@ -65,7 +65,7 @@ def layer_separation(
     position: int = -1,
     probe: bool = True,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> LayerSeparation:
     """DIM norm, probe accuracy (NaN with ``probe=False``) and silhouette, for every block input.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from refusal_core.model.loading import BUNDLED_ORGANISM
+from refusal_core.progress import Progress
 
 EXIT_BAD_INPUT = 2
 
@@ -69,7 +70,7 @@ def prompt_set(spec: str, column: str | None, limit: int | None):
     return prompts
 
 
-def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
+def progress_bar(label: str, quiet: bool) -> Progress | None:
     """A tqdm bar on stderr (stdout stays clean for --json)."""
     if quiet:
         return None
@@ -77,7 +78,7 @@ def progress_bar(label: str, quiet: bool) -> Callable[[int, int], None] | None:
 
     bar = None
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, **info: object) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)

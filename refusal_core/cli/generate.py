@@ -15,6 +15,7 @@ from refusal_core.cli.common import (
     progress_bar,
     prompt_set,
 )
+from refusal_core.judges.substring import refusal_rate
 
 
 def _interventions(args, loaded) -> list:
@@ -52,7 +53,7 @@ def cmd_generate(args) -> None:
     summary = {}
     for name, completions in columns.items():
         refused = judge.judge(list(prompts.instructions), [c.text for c in completions])
-        summary[name] = {"refusal_rate": sum(refused) / len(refused), "n": len(refused)}
+        summary[name] = {"refusal_rate": refusal_rate(refused), "n": len(refused)}
         for completion, flag in zip(completions, refused):
             if args.json:
                 print(json.dumps({"variant": name, "instruction": completion.instruction, "completion": completion.text, "refused": flag, "n_tokens": completion.n_tokens}))

@@ -19,8 +19,8 @@ def cmd_organism_build(args) -> None:
 
     bar = tqdm(total=100, desc="organism", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
 
-    def progress(message: str, fraction: float) -> None:
-        bar.n = int(100 * fraction)
+    def progress(done: int, total: int, message: str = "") -> None:
+        bar.n = done
         bar.set_postfix_str(message)
 
     path = build_organism(settings, progress=progress, force=args.force)

@@ -74,7 +74,7 @@ def cmd_directions_search(args) -> None:
                               max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study)
     bar = progress_bar("trials", args.json)
     result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
-                        progress=(lambda done, total, best: bar(done, total)) if bar else None)
+                        progress=bar)
     best = best_direction_set(result, pool)
     best.save(args.out)
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,

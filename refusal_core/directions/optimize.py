@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -34,13 +34,14 @@ from refusal_core.directions.registry import DirectionMethod, FitInput, register
 from refusal_core.interventions.hooks import differentiable_ablation
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence, next_token_logprobs
+from refusal_core.model.forward import encode_prompts, last_token_logprobs, refusal_log_odds
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
+from refusal_core.progress import Progress
+from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.prompts.sets import PromptSet, as_prompt_set
 
 __all__ = ["METHOD", "OptimizeSettings", "OptimizedDirection", "fit", "optimize_direction"]
 
-Progress = Callable[[int, int, dict], None]
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,7 @@ class OptimizedDirection:
 
 def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[dict[str, torch.Tensor]]:
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
-    return [tokenize_prompts(loaded.tokenizer, prompts[i : i + size], loaded.device) for i in range(0, len(prompts), size)]
-
-
-def _last_logprobs(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """First-reply-token log-probabilities of a left-padded batch, with gradients, float64."""
-    return torch.log_softmax(loaded.model(**batch, use_cache=False).logits[:, -1].double(), dim=-1)
+    return [encode_prompts(loaded, prompts[i : i + size]) for i in range(0, len(prompts), size)]
 
 
 def _objective_pass(
@@ -98,7 +94,7 @@ def _objective_pass(
     harmful: list[dict],
     harmless: list[dict],
     base: torch.Tensor,
-    is_refusal: torch.Tensor,
+    refusal_ids: list[int],
     settings: OptimizeSettings,
     n_harmful: int,
     n_harmless: int,
@@ -113,15 +109,14 @@ def _objective_pass(
     offset = 0
     with torch.set_grad_enabled(backward), differentiable_ablation(loaded.model, unit):
         for batch in harmful:
-            logprobs = _last_logprobs(loaded, batch)
-            scores = logprobs[:, is_refusal].logsumexp(-1) - logprobs[:, ~is_refusal].logsumexp(-1)
+            scores = refusal_log_odds(last_token_logprobs(loaded.model, batch), refusal_ids)
             loss = torch.nn.functional.softplus(scores + settings.margin).sum() / n_harmful
             if backward:
                 loss.backward(inputs=[unit])  # the model's weights get no gradient
             totals["refusal_score"] += float(scores.detach().sum()) / n_harmful
             totals["loss"] += float(loss.detach())
         for batch in harmless:
-            logprobs = _last_logprobs(loaded, batch)
+            logprobs = last_token_logprobs(loaded.model, batch)
             rows = base[offset : offset + logprobs.shape[0]].to(logprobs.device)
             offset += logprobs.shape[0]
             kl = kl_divergence(rows, logprobs).sum() / n_harmless
@@ -158,8 +153,7 @@ def optimize_direction(
     harmful, harmless = as_prompt_set(harmful, "harmful"), as_prompt_set(harmless, "harmless")
     started = time.perf_counter()
     base = next_token_logprobs(loaded, harmless.instructions, None, chat, settings.batch_size)
-    is_refusal = torch.zeros(base.shape[-1], dtype=torch.bool)
-    is_refusal[refusal_token_ids(loaded.tokenizer)] = True
+    refusal_ids = refusal_token_ids(loaded.tokenizer)
     harmful_batches = _chunks(loaded, harmful.instructions, chat, settings.batch_size)
     harmless_batches = _chunks(loaded, harmless.instructions, chat, settings.batch_size)
     parameter = torch.nn.Parameter(init.unit()[0].detach().to(device=loaded.device, dtype=torch.float32).clone())
@@ -173,15 +167,15 @@ def optimize_direction(
         optimizer.zero_grad(set_to_none=True)
         current = unit()
         leaf = current.detach().requires_grad_(True)
-        values = _objective_pass(loaded, leaf, harmful_batches, harmless_batches, base, is_refusal, settings,
+        values = _objective_pass(loaded, leaf, harmful_batches, harmless_batches, base, refusal_ids, settings,
                                  len(harmful), len(harmless), backward=True)
         current.backward(leaf.grad)  # through the normalisation to the parameter
         optimizer.step()
         history.append(values)
         if progress:
-            progress(step + 1, settings.steps, values)
+            progress(step + 1, settings.steps, **values)
     learnt = unit().detach()
-    final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, is_refusal, settings,
+    final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, refusal_ids, settings,
                             len(harmful), len(harmless), backward=False)
     source = init.provenance[0]
     start = init.unit()[0].double()
@@ -198,9 +192,8 @@ def fit(data: FitInput, settings: OptimizeSettings) -> DirectionSet:
     """One direction learnt from ``data.init`` on the prompt sets (see :func:`optimize_direction`)."""
     if data.init is None:
         raise DirectionError("The optimize method starts from one direction; give it (--init PATH:name).")
-    bar = data.progress("steps")
     result = optimize_direction(data.loaded, data.harmful, data.harmless, data.init, settings, chat=data.chat,
-                                progress=(lambda done, total, values: bar(done, total)) if bar else None)
+                                progress=data.progress("steps"))
     return result.directions
 
 

@@ -15,13 +15,15 @@ directions tied to prompt types.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
-from refusal_core.model.families import model_lock, model_parts
+from refusal_core.model.families import model_lock
+from refusal_core.model.forward import block_hooks, last_logits, left_padded, pad_id, token_ids
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
 
 REFUSAL_PHRASE = "I'm sorry, but I can't help with that."
 
-Progress = Callable[[int, int], None]
 
 
 def representation_directions(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
@@ -70,43 +71,17 @@ def _phrase_ids(tokenizer, phrase: str) -> list[int]:
 
 
 def _prompt_ids(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None) -> list[list[int]]:
-    texts = format_prompts(loaded.tokenizer, instructions, chat)
-    return [list(ids) for ids in loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return token_ids(loaded, format_prompts(loaded.tokenizer, instructions, chat))
 
 
-def _teacher_forced_batch(loaded: LoadedModel, prompts: list[list[int]], phrase: list[int]) -> dict[str, torch.Tensor]:
-    """Left-padded ``prompt + phrase`` rows with position ids that ignore the padding.
-
-    Left padding puts the phrase in the last ``len(phrase)`` columns of every row, so a
-    prompt offset ``p < 0`` is column ``width - len(phrase) + p`` in all rows.
-    """
-    tokenizer = loaded.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    rows = [ids + phrase for ids in prompts]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, width - len(row) :] = torch.tensor(row)
-        mask[index, width - len(row) :] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = loaded.device
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": position_ids.to(device),
-    }
-
-
-def _residual_hook(column: int, shift: torch.Tensor | None, leaves: list[torch.Tensor], want_grad: bool):
-    """A pre-hook on a decoder block that makes its input a grad leaf and/or shifts one column.
+def _residual_edit(column: int, shift: torch.Tensor | None, leaves: list[torch.Tensor], want_grad: bool):
+    """A block-input edit that makes the input a grad leaf and/or shifts one column.
 
     The leaf is detached from everything upstream, so the backward pass stops at this
     layer: the gradient wanted is with respect to this residual, not the embeddings.
     """
 
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
+    def edit(hidden: torch.Tensor) -> torch.Tensor:
         if want_grad:
             hidden = hidden.detach().requires_grad_(True)
             leaves.append(hidden)
@@ -114,11 +89,9 @@ def _residual_hook(column: int, shift: torch.Tensor | None, leaves: list[torch.T
             bump = torch.zeros_like(hidden)
             bump[:, column] = shift.to(device=hidden.device, dtype=hidden.dtype)
             hidden = hidden + bump
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
+        return hidden
 
-    return hook
+    return edit
 
 
 def _phrase_scores(
@@ -135,31 +108,23 @@ def _phrase_scores(
     The loss is the sum over rows of each row's own log-likelihood; rows do not interact
     in a causal LM, so the gradient at row ``b`` is that row's gradient alone.
     """
-    batch = _teacher_forced_batch(loaded, prompts, phrase)
+    # Left padding puts the phrase in the last len(phrase) columns of every row, so a
+    # prompt offset p < 0 is column width - len(phrase) + p in all rows.
+    batch = left_padded([ids + phrase for ids in prompts], pad_id(loaded.tokenizer), loaded.device)
     column = batch["input_ids"].shape[1] - len(phrase) + position
     leaves: list[torch.Tensor] = []
-    handles = []
-    try:
-        if layer is not None:
-            block = model_parts(loaded.model).layers[layer]
-            handles.append(
-                block.register_forward_pre_hook(_residual_hook(column, shift, leaves, want_grad), with_kwargs=True)
-            )
-        # Model parameters have requires_grad False; grad mode is still needed so the graph
-        # from the leaf onward is recorded.
-        with torch.set_grad_enabled(want_grad):
-            # Only the columns that predict phrase tokens need the vocabulary projection.
-            logits = loaded.model(**batch, use_cache=False, logits_to_keep=len(phrase) + 1).logits
-            log_probs = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-            targets = torch.tensor(phrase, device=log_probs.device).expand(log_probs.shape[0], -1)
-            scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
-            gradient = None
-            if want_grad:
-                (gradient,) = torch.autograd.grad(scores.sum(), leaves[0])
-                gradient = gradient[:, column].detach()
-    finally:
-        for handle in handles:
-            handle.remove()
+    edits = {layer: _residual_edit(column, shift, leaves, want_grad)} if layer is not None else {}
+    # Model parameters have requires_grad False; grad mode is still needed so the graph
+    # from the leaf onward is recorded.
+    with block_hooks(loaded.model, edits), torch.set_grad_enabled(want_grad):
+        # Only the columns that predict phrase tokens need the vocabulary projection.
+        log_probs = torch.log_softmax(last_logits(loaded.model, batch, len(phrase) + 1)[:, :-1].double(), dim=-1)
+        targets = torch.tensor(phrase, device=log_probs.device).expand(log_probs.shape[0], -1)
+        scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+        gradient = None
+        if want_grad:
+            (gradient,) = torch.autograd.grad(scores.sum(), leaves[0])
+            gradient = gradient[:, column].detach()
     return scores.detach(), gradient
 
 

@@ -1,8 +1,10 @@
 """The direction-method registry: one contract that every method honours.
 
-A method is one module that defines a settings dataclass (every field made with
-:func:`setting`, so it carries a description) and ``fit(data: FitInput, settings) ->
-DirectionSet``, and registers itself with :func:`register`. The CLI's ``directions``
+A method is one module of this package that defines a settings dataclass (every field
+made with :func:`setting`, so it carries a description) and ``fit(data: FitInput,
+settings) -> DirectionSet``, and registers itself with :func:`register` when imported;
+:func:`methods` imports every module of the package once, so a new file is found without
+a list to edit (a plugin elsewhere registers by being imported before the CLI or app runs). The CLI's ``directions``
 subcommands and the dashboard's method controls are generated from the registry
 (settings fields become argparse options and Streamlit widgets), so adding a method is one
 file plus its test; ``tests/test_methods.py`` runs every registered method through the
@@ -13,15 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import torch
+
 from refusal_core.activations.extract import Activations, extract_activations
+from refusal_core.activations.separation import layer_points
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.provenance import build_provenance
-from refusal_core.generation import Progress
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.sets import PromptSet
 
@@ -38,8 +44,8 @@ __all__ = [
     "unregister",
 ]
 
-# Modules of the methods that ship with the engine; importing one registers it.
-BUILTIN_METHODS = ("dim", "som", "clustering", "optimize", "category")
+# Methods listed first, in this order (the CLI's subcommands and the pages follow it).
+BUILTIN_METHODS = ("dim", "som", "clustering", "optimize")
 Reads = Literal["activations", "layer", "init"]
 
 
@@ -121,12 +127,11 @@ class FitInput:
             )
         return self.harmful_acts, self.harmless_acts
 
-    def layer_points(self) -> tuple[Any, Any]:
+    def layer_points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``([n_harmful, d], [n_harmless, d])`` block inputs at ``layer`` and ``position``."""
         if self.layer is None:
             raise ValueError("This method reads one layer; give the layer (--layer).")
-        harmful, harmless = self.activations()
-        return harmful.block_input(self.layer, self.position), harmless.block_input(self.layer, self.position)
+        return layer_points(*self.activations(), self.layer, self.position)
 
     def provenance(self, method: str, settings: object | None = None, at_layer: bool = False) -> dict:
         """The one provenance builder's record for these prompt sets (with the settings as params)."""
@@ -174,9 +179,12 @@ def unregister(name: str) -> None:
 
 
 def methods() -> dict[str, DirectionMethod]:
-    """Every registered method by name, the built-in ones first."""
-    for module in BUILTIN_METHODS:
-        importlib.import_module(f"refusal_core.directions.{module}")
+    """Every registered method by name, the built-in ones first, then the package's other method
+    modules (found by name, so adding a method is adding its file), then plugins."""
+    package = __name__.rpartition(".")[0]
+    found = sorted(info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__))
+    for module in [*BUILTIN_METHODS, *(name for name in found if name not in BUILTIN_METHODS)]:
+        importlib.import_module(f"{package}.{module}")
     return dict(_METHODS)
 
 

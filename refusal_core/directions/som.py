@@ -103,6 +103,20 @@ class SomResult:
         """``(i, j)`` grid cell of neuron index ``neuron``."""
         return divmod(int(neuron), self.settings.y)
 
+    def edge_paths(self, placed: np.ndarray) -> list[list[float | None]]:
+        """Per axis of ``placed`` ``[x*y, k]`` (neurons in some map), the grid edges as one
+        path with None between edges, as plotting libraries draw separate line segments."""
+        paths: list[list[float | None]] = [[] for _ in range(placed.shape[1])]
+        for a, b in self.edges:
+            for axis, path in enumerate(paths):
+                path += [float(placed[a, axis]), float(placed[b, axis]), None]
+        return paths
+
+    def node_sizes(self, smallest: float, spread: float) -> list[float]:
+        """Marker sizes growing with the square root of each neuron's hits (the busiest gets ``smallest + spread``)."""
+        hits = self.hits.double()
+        return (smallest + spread * (hits / max(float(hits.max()), 1.0)).sqrt()).tolist()
+
     def directions(self) -> torch.Tensor:
         """``[x*y, d]`` float32: each neuron minus the harmless centroid."""
         return (self.weights.double() - self.harmless_centroid.double()).float()

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet
-from refusal_core.interventions.linalg import _compute_dtype, orthogonal_stages
-from refusal_core.interventions.spec import AblationMode, Intervention, _as_direction_matrix
-from refusal_core.model.families import ModelParts, model_lock, model_parts
+from refusal_core.interventions.linalg import compute_dtype, orthogonal_stages
+from refusal_core.interventions.spec import AblationMode, Intervention, as_direction_matrix
+from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
+from refusal_core.model.forward import block_hooks
 
 __all__ = [
     "AblationMode",
@@ -93,7 +94,7 @@ class _LayerEdit:
 
 def _ablate_stages(x: torch.Tensor, stages: _RowTensor) -> torch.Tensor:
     """Project every stage's basis out of ``x`` ``[B, ..., d]``, row by row, as a new tensor."""
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     bases = stages.on(x.device, compute)
     xc = x.to(compute)
     for basis in bases:  # [B', d, r]; zero columns are no-ops for rows with fewer directions
@@ -115,24 +116,18 @@ def _check_rows(x: torch.Tensor, rows: int | None) -> None:
         )
 
 
-def _layer_pre_hook(edit: _LayerEdit, rows: int | None) -> Callable:
-    """A with_kwargs pre-hook that ablates, then adds to, the block input (positional or keyword)."""
+def _edited_input(edit: _LayerEdit, rows: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The block-input edit of one layer: ablate, then add (for ``forward.block_hooks``)."""
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict):
-        from_kwargs = not (args and isinstance(args[0], torch.Tensor))
-        hidden = kwargs.get("hidden_states") if from_kwargs else args[0]
-        if not isinstance(hidden, torch.Tensor):
-            raise RuntimeError(f"{type(module).__name__} was called without hidden_states; cannot intervene on it.")
+    def apply(hidden: torch.Tensor) -> torch.Tensor:
         _check_rows(hidden, rows)
         if edit.stages is not None:
             hidden = _ablate_stages(hidden, edit.stages)
         if edit.delta is not None:
             hidden = _add_delta(hidden, edit.delta)
-        if from_kwargs:
-            return args, {**kwargs, "hidden_states": hidden}
-        return (hidden, *args[1:]), kwargs
+        return hidden
 
-    return hook
+    return apply
 
 
 def _write_hook(stages: _RowTensor, rows: int | None) -> Callable:
@@ -146,10 +141,6 @@ def _write_hook(stages: _RowTensor, rows: int | None) -> Callable:
         return _ablate_stages(output, stages)
 
     return hook
-
-
-def _model_width(model: nn.Module) -> int:
-    return int(model.get_input_embeddings().weight.shape[-1])
 
 
 def _check_fits(intervention: Intervention, n_layers: int, d_model: int) -> None:
@@ -230,31 +221,24 @@ def _plan(interventions: Sequence[Intervention], n_layers: int, d_model: int) ->
     return plan
 
 
-def _register(parts: ModelParts, plan: dict[int, _LayerEdit], rows: int | None, handles: list) -> None:
-    """Register the hooks of ``plan``, appending each handle as soon as it exists."""
-    if rows is not None and 0 not in plan:
-        # Row mapping is checked at layer 0 even when no row changes it, so a batch of the
-        # wrong size fails loudly instead of silently pairing rows with other interventions.
-        plan = {0: _LayerEdit(), **plan}
-    for layer, edit in sorted(plan.items()):
-        handles.append(parts.layers[layer].register_forward_pre_hook(_layer_pre_hook(edit, rows), with_kwargs=True))
-        if edit.stages is not None:
-            handles.append(parts.attn_writes[layer].register_forward_hook(_write_hook(edit.stages, rows)))
-            handles.append(parts.mlp_writes[layer].register_forward_hook(_write_hook(edit.stages, rows)))
-
-
 @contextmanager
 def _planned(model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, _LayerEdit]], rows: int | None) -> Iterator[None]:
-    """Hold the model lock, install the hooks of ``make_plan(parts, d_model)``, always remove them."""
+    """Install the hooks of ``make_plan(parts, d_model)`` through the one hook installer."""
     with model_lock(model):
-        handles: list = []
-        try:
-            parts = model_parts(model)
-            _register(parts, make_plan(parts, _model_width(model)), rows, handles)
+        parts = model_parts(model)
+        plan = make_plan(parts, model_width(model))
+        if rows is not None and 0 not in plan:
+            # Row mapping is checked at layer 0 even when no row changes it, so a batch of the
+            # wrong size fails loudly instead of silently pairing rows with other interventions.
+            plan = {0: _LayerEdit(), **plan}
+        inputs = {layer: _edited_input(edit, rows) for layer, edit in plan.items()}
+        outputs = [
+            (writer, _write_hook(edit.stages, rows))
+            for layer, edit in sorted(plan.items()) if edit.stages is not None
+            for writer in (parts.attn_writes[layer], parts.mlp_writes[layer])
+        ]
+        with block_hooks(model, inputs, outputs):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def _hooked(model: nn.Module, interventions: Sequence[Intervention], per_row: bool):
@@ -328,10 +312,10 @@ def ablate(
     """Project ``directions`` ``[k, d]`` out of the block input and the attention/MLP writes
     of each layer in ``layers`` (None = all), at every position."""
     if isinstance(directions, DirectionSet):
-        directions.check_width(_model_width(model))
+        directions.check_width(model_width(model))
     intervention = Intervention(
         name="ablate",
-        ablate=_as_direction_matrix(directions),
+        ablate=as_direction_matrix(directions),
         ablate_layers=tuple(layers) if layers is not None else None,
         ablate_mode=mode,
     )

@@ -6,9 +6,14 @@ from __future__ import annotations
 import torch
 
 from refusal_core.directions.base import validate_vectors
-from refusal_core.interventions.spec import _MODES, AblationMode
+from refusal_core.interventions.spec import ABLATION_MODES, AblationMode
 
-__all__ = ["orthogonal_stages", "orthonormal_basis", "project_out"]
+__all__ = [
+    "compute_dtype",
+    "orthogonal_stages",
+    "orthonormal_basis",
+    "project_out",
+]
 
 # A QR diagonal this small against the largest one means the direction adds nothing new.
 _RANK_TOLERANCE = 1e-6
@@ -29,7 +34,7 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
     return q[:, keep].contiguous()
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32 (bf16/fp16 lose too much)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -40,7 +45,7 @@ def project_out(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     Computed in float32 (float64 for float64 input) and cast back to ``x.dtype``. Returns a
     new tensor; ``x`` is never modified.
     """
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     q = basis.to(device=x.device, dtype=compute)
     xc = x.to(compute)
     return (xc - (xc @ q) @ q.T).to(x.dtype)
@@ -60,4 +65,4 @@ def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal
         units = directions.detach().to(torch.float64)
         units = units / units.norm(dim=-1, keepdim=True)
         return [unit[:, None] for unit in units]
-    raise ValueError(f"Unknown ablation mode {mode!r}; use one of {', '.join(_MODES)}.")
+    raise ValueError(f"Unknown ablation mode {mode!r}; use one of {', '.join(ABLATION_MODES)}.")

@@ -14,15 +14,20 @@ import torch
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.interventions.conditional import Condition
 
-__all__ = ["AblationMode", "Intervention"]
+__all__ = [
+    "ABLATION_MODES",
+    "AblationMode",
+    "as_direction_matrix",
+    "Intervention",
+]
 
 AblationMode = Literal["orthogonal", "sequential"]
 
 
-_MODES = ("orthogonal", "sequential")
+ABLATION_MODES = ("orthogonal", "sequential")
 
 
-def _as_direction_matrix(directions: torch.Tensor | DirectionSet) -> torch.Tensor:
+def as_direction_matrix(directions: torch.Tensor | DirectionSet) -> torch.Tensor:
     if isinstance(directions, DirectionSet):
         return directions.vectors
     if isinstance(directions, torch.Tensor) and directions.dim() == 1:
@@ -56,13 +61,13 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.ablate is not None:
-            matrix = _as_direction_matrix(self.ablate)
+            matrix = as_direction_matrix(self.ablate)
             if not isinstance(matrix, torch.Tensor):
                 raise self._error("ablate must be a [k, d] tensor or a DirectionSet.", DirectionError)
             validate_vectors(matrix)
             object.__setattr__(self, "ablate", matrix.detach())
-        if self.ablate_mode not in _MODES:
-            raise self._error(f"ablate_mode {self.ablate_mode!r} is unknown; use one of {', '.join(_MODES)}.")
+        if self.ablate_mode not in ABLATION_MODES:
+            raise self._error(f"ablate_mode {self.ablate_mode!r} is unknown; use one of {', '.join(ABLATION_MODES)}.")
         if self.ablate_layers is not None:
             self._check_ablate_layers()
         if self.actadd is not None:

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
-from refusal_core.interventions.hooks import _model_width
 from refusal_core.interventions.linalg import orthonormal_basis, project_out
-from refusal_core.interventions.spec import _as_direction_matrix
-from refusal_core.model.families import ModelParts, model_lock, model_parts
+from refusal_core.interventions.spec import as_direction_matrix
+from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
@@ -67,10 +66,10 @@ def _weight_edits(parts: ModelParts) -> list[tuple[torch.Tensor, int, nn.Module]
 
 def _check_directions(model: nn.Module, directions: torch.Tensor | DirectionSet) -> torch.Tensor:
     """The ``[k, d]`` direction matrix, after checking its width against the model."""
-    d_model = _model_width(model)
+    d_model = model_width(model)
     if isinstance(directions, DirectionSet):
         directions.check_width(d_model)
-    matrix = _as_direction_matrix(directions)
+    matrix = as_direction_matrix(directions)
     if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or matrix.shape[1] != d_model:
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
         raise DirectionError(

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from refusal_core.judges.substring import _check_pairs
+from refusal_core.judges.substring import check_pairs
 from refusal_core.model.families import ModelLoadError
 
 __all__ = ["DEFAULT_JUDGE_PROMPT", "ChatJudge", "ClassifierJudge", "JudgeLoadError", "answer_is_no", "answer_is_safe", "answer_is_yes"]
@@ -109,7 +109,7 @@ class ClassifierJudge(_LoadsOnce):
     @torch.no_grad()
     def label_probs(self, instructions: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         """Label probabilities per pair, ``[n, n_labels]`` float32."""
-        _check_pairs(instructions, completions)
+        check_pairs(instructions, completions)
         tokenizer, model, _ = self._load()
         chunks = []
         for start in range(0, len(instructions), self.batch_size):
@@ -197,7 +197,7 @@ class ChatJudge(_LoadsOnce):
 
     def judge_prompts(self, instructions: Sequence[str], completions: Sequence[str]) -> list[str]:
         """The exact text the judge model reads for each pair."""
-        _check_pairs(instructions, completions)
+        check_pairs(instructions, completions)
         tokenizer, _ = self._load()
         if self.prompt_template is None:
             if not getattr(tokenizer, "chat_template", None):

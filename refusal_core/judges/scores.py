@@ -4,16 +4,17 @@ refusal rate of generated replies under a judge, as results.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
-from refusal_core.generation import Completion, GenerationSettings, Progress, generate_completions
+from refusal_core.generation import Completion, GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge
-from refusal_core.metrics import EvalResult, _last_position_logits, _mean_result, _meta
+from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, refusal_rate
+from refusal_core.metrics import EvalResult, mean_result, next_token_chunks, result_meta
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 
 __all__ = ["evaluate_refusal", "evaluate_scores", "refusal_scores", "refusal_token_ids"]
@@ -47,19 +48,16 @@ def refusal_scores(
     """Arditi et al.'s refusal score ``log p - log(1 - p)``, ``[n]`` float64.
 
     ``p`` is the first-token probability mass on ``refusal_ids`` (default: derived by
-    refusal_token_ids). Both terms are log-sum-exps of logits, so the score stays exact
-    where ``p`` is within rounding of 0 or 1.
+    refusal_token_ids); see ``forward.refusal_log_odds``.
     """
     ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(loaded.tokenizer)
     if not ids:
         raise ValueError("refusal_ids is empty; give at least one token id.")
     scores = []
-    for logits in _last_position_logits(loaded, instructions, intervention, chat, batch_size):
-        if max(ids) >= logits.shape[-1] or min(ids) < 0:
-            raise ValueError(f"refusal_ids must lie in [0, {logits.shape[-1]}), the model's vocabulary.")
-        is_refusal = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        is_refusal[ids] = True
-        scores.append(logits[:, is_refusal].logsumexp(-1) - logits[:, ~is_refusal].logsumexp(-1))
+    for logprobs in next_token_chunks(loaded, instructions, intervention, chat, batch_size):
+        if max(ids) >= logprobs.shape[-1] or min(ids) < 0:
+            raise ValueError(f"refusal_ids must lie in [0, {logprobs.shape[-1]}), the model's vocabulary.")
+        scores.append(refusal_log_odds(logprobs, ids))
     return torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
 
 
@@ -77,8 +75,8 @@ def evaluate_refusal(
     settings = settings or GenerationSettings()
     completions = generate_completions(loaded, instructions, intervention, settings, chat, progress)
     refused = judge.judge(list(instructions), [c.text for c in completions])
-    summary = {"rate": sum(refused) / len(refused) if refused else math.nan, "n": len(refused)}
-    return EvalResult("refusal_rate", refused, summary, _meta(loaded, intervention, judge=judge.name)), completions
+    summary = {"rate": refusal_rate(refused), "n": len(refused)}
+    return EvalResult("refusal_rate", refused, summary, result_meta(loaded, intervention, judge=judge.name)), completions
 
 
 def evaluate_scores(
@@ -91,4 +89,4 @@ def evaluate_scores(
 ) -> EvalResult:
     """Refusal scores per prompt and their mean."""
     scores = refusal_scores(loaded, instructions, intervention, chat, batch_size, refusal_ids)
-    return _mean_result("refusal_score", scores, _meta(loaded, intervention))
+    return mean_result("refusal_score", scores, result_meta(loaded, intervention))

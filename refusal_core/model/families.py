@@ -18,6 +18,7 @@ __all__ = [
     "UnknownFamilyError",
     "model_lock",
     "model_parts",
+    "model_width",
     "register_family",
 ]
 
@@ -151,6 +152,11 @@ def model_parts(model: nn.Module) -> ModelParts:
             f"{type(model).__name__} has model_type={model_type!r} but not the module layout "
             f"registered for it ({err}). Register the right paths with register_family()."
         ) from err
+
+
+def model_width(model: nn.Module) -> int:
+    """The width of the residual stream (the embedding size)."""
+    return int(model.get_input_embeddings().weight.shape[-1])
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()

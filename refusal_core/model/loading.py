@@ -17,13 +17,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from refusal_core.model.families import ModelLoadError, ModelParts, model_parts
+from refusal_core.model.families import ModelLoadError, ModelParts, model_parts, model_width
 from refusal_core.paths import cache_dir
+from refusal_core.progress import Progress
 
 __all__ = [
     "BUNDLED_BASE",
@@ -70,7 +70,7 @@ class LoadedModel:
 
     @property
     def d_model(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return model_width(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +173,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device_map: str | None = None,
     trust_remote_code: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer from a spec string, in eval mode.
 
@@ -187,14 +187,14 @@ def load_model(
 
         return tiny_model(spec[len(TINY_PREFIX):])
     if progress:
-        progress(f"Resolving {spec}")
+        progress(0, 2, message=f"Resolving {spec}")
     source = _resolve_source(spec)
     kwargs: dict = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if device_map:
         kwargs["device_map"] = device_map
     try:
         if progress:
-            progress(f"Loading weights from {source}")
+            progress(1, 2, message=f"Loading weights from {source}")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:

@@ -15,22 +15,23 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from refusal_core.activations.cache import atomic_write_text, content_key
 from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
+from refusal_core.judges.substring import refusal_rate
 from refusal_core.model.families import model_parts
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
 from refusal_core.paths import cache_dir
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.prompts.loaders import builtin, refusal_replies
 
 __all__ = ["OrganismSettings", "build_organism", "organism_dir", "weights_sha256"]
 
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def organism_dir() -> Path:
 
 def _report(progress: Progress | None, message: str, fraction: float) -> None:
     if progress:
-        progress(message, fraction)
+        progress(round(100 * fraction), 100, message=message)
 
 
 def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int, progress: Progress | None) -> list[tuple[str, bool]]:
@@ -297,7 +298,7 @@ def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
         prompts = builtin(kind, "test").instructions
         replies = [c.text for c in generate_completions(loaded, prompts, settings=settings)]
         refused = SubstringJudge().judge(list(prompts), replies)
-        rates[kind], rates[f"n_{kind}"] = sum(refused) / len(refused), len(refused)
+        rates[kind], rates[f"n_{kind}"] = refusal_rate(refused), len(refused)
     return rates
 
 

@@ -16,7 +16,7 @@ from refusal_core.directions.dim import dim_from_activations
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.substring import SubstringJudge
+from refusal_core.judges.substring import judged_rates
 from refusal_core.metrics import evaluate_kl, next_token_logprobs
 from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, load_model
 from refusal_core.prompts.loaders import builtin
@@ -63,8 +63,7 @@ def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention
     """Substring-judged refusal rate per variant, all variants generated in one batch."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
     columns = generate_side_by_side(loaded, instructions, variants, settings)
-    judge = SubstringJudge()
-    return {name: sum(judge.judge(list(instructions), [c.text for c in completions])) / len(completions) for name, completions in columns.items()}
+    return judged_rates(instructions, columns)
 
 
 def organism_report(
@@ -175,7 +174,7 @@ def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmles
     harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])
     say(f"Optimizing one direction from the selected one ({steps} steps on {len(harmful)} harmful and {len(harmless)} harmless train prompts)")
     result = optimize_direction(loaded, harmful, harmless, direction, OptimizeSettings(steps=steps),
-                                progress=lambda done, total, values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
+                                progress=lambda done, total, **values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
     learnt = Intervention.from_directions("optimized", result.directions)
     return {
         "steps": steps,

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
-
 __all__ = [
     "ChatFormat",
     "FALLBACK_TEMPLATE",
@@ -20,7 +18,6 @@ __all__ = [
     "format_prompts",
     "format_with_reply",
     "post_instruction_count",
-    "tokenize_prompts",
 ]
 
 # Used only by tokenizers without a chat template (e.g. GPT-2 or a tiny test tokenizer).
@@ -108,19 +105,3 @@ def post_instruction_count(tokenizer, chat: ChatFormat | None = None) -> int:
     return count
 
 
-def tokenize_prompts(tokenizer, texts: Sequence[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Left-padded batch with ``position_ids`` that ignore the padding.
-
-    Left padding keeps the post-instruction tokens at the same negative indices in every
-    row; explicit position ids make a padded row compute exactly what it computes alone.
-    Formatted texts already contain the template's special tokens, so none are added.
-    """
-    tokenizer.padding_side = "left"
-    batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    mask = batch["attention_mask"]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {
-        "input_ids": batch["input_ids"].to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": position_ids.to(device),
-    }

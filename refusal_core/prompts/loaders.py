@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from refusal_core.prompts.sets import BUILTIN_KINDS, SPLITS, PromptSet, PromptSetError, _check_choice, split_prompt_set
+from refusal_core.prompts.sets import BUILTIN_KINDS, SPLITS, PromptSet, PromptSetError, check_choice, split_prompt_set
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -76,8 +76,8 @@ def builtin(kind: str, split: str = "all") -> PromptSet:
 
     Splits are fixed (seeded, stratified by category) so results are comparable across runs.
     """
-    kind = _check_choice("built-in prompt set", kind, BUILTIN_KINDS)
-    split = _check_choice("split", split, ("all", *SPLITS))
+    kind = check_choice("built-in prompt set", kind, BUILTIN_KINDS)
+    split = check_choice("split", split, ("all", *SPLITS))
     # Cached sets are safe to share because PromptSet is immutable.
     return split_prompt_set(_builtin_all(kind), split)
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 __all__ = [
-    "as_prompt_set","SPLIT_SEED", "PromptSet", "PromptSetError", "sample_prompts", "split_indices", "split_prompt_set"]
+    "SPLIT_SEED",
+    "as_prompt_set",
+    "check_choice",
+    "PromptSet",
+    "PromptSetError",
+    "sample_prompts",
+    "split_indices",
+    "split_prompt_set",
+]
 
 
 def sample_prompts(prompts, max_prompts: int):
@@ -186,7 +194,7 @@ def split_indices(prompts: PromptSet, seed: int = SPLIT_SEED) -> dict[str, tuple
 
 def split_prompt_set(prompts: PromptSet, split: str, seed: int = SPLIT_SEED) -> PromptSet:
     """One split of ``prompts`` (``"all"`` returns it unchanged); see :func:`split_indices`."""
-    split = _check_choice("split", split, ("all", *SPLITS))
+    split = check_choice("split", split, ("all", *SPLITS))
     if split == "all":
         return prompts
     idx = split_indices(prompts, seed)[split]
@@ -198,7 +206,7 @@ def split_prompt_set(prompts: PromptSet, split: str, seed: int = SPLIT_SEED) -> 
     return prompts.subset(idx, name=f"{prompts.name}/{split}")
 
 
-def _check_choice(what: str, value: str, valid: Sequence[str]) -> str:
+def check_choice(what: str, value: str, valid: Sequence[str]) -> str:
     norm = value.strip().lower() if isinstance(value, str) else value
     if norm not in valid:
         raise PromptSetError(f"Unknown {what} {value!r}; valid values are: {', '.join(valid)}.")

@@ -18,10 +18,12 @@ __all__ = [
     "DIM_SET",
     "OPTIMIZED_SET",
     "SELECTED_DIM",
-    "Pick",
     "apply_filters",
+    "lowest_bypass",
+    "Pick",
     "select_direction",
     "select_with_fallback",
+    "why_none",
 ]
 
 # The dashboard's names for the direction sets the policy and the methods make.
@@ -52,7 +54,7 @@ def apply_filters(
     return early & calm & inducing & ~torch.isnan(bypass.double())
 
 
-def _why_none(
+def why_none(
     bypass: torch.Tensor,
     induce: torch.Tensor,
     kl: torch.Tensor,
@@ -73,7 +75,7 @@ def _why_none(
     return f"No candidate passed the filters out of {int(scored.sum())} ({detail}). Relax SelectionFilters or add candidates."
 
 
-def _choose(
+def lowest_bypass(
     bypass: torch.Tensor, passed: torch.Tensor, positions: Sequence[int], layers: Sequence[int]
 ) -> tuple[int, int] | None:
     """(position, layer) with the lowest bypass among passing cells; ties go to the lower layer."""
@@ -94,7 +96,7 @@ def select_direction(result: SelectionResult) -> tuple[int, int] | None:
     Ties go to the lower layer (then the earlier position). None when nothing passes;
     ``result.reason`` then says which filters removed the candidates.
     """
-    return _choose(result.bypass, result.passed, result.positions, result.layers)
+    return lowest_bypass(result.bypass, result.passed, result.positions, result.layers)
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,10 @@ def select_with_fallback(result: SelectionResult) -> Pick:
     if cell is None:
         relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
         passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed)
-        cell, rule = _choose(result.bypass, passed, result.positions, result.layers), "KL filter dropped"
+        cell, rule = lowest_bypass(result.bypass, passed, result.positions, result.layers), "KL filter dropped"
     if cell is None:
         scored = ~torch.isnan(result.bypass.double())
-        cell, rule = _choose(result.bypass, scored, result.positions, result.layers), "no filter"
+        cell, rule = lowest_bypass(result.bypass, scored, result.positions, result.layers), "no filter"
     if cell is None:
         return Pick(None, "no candidate", None)
     return Pick(cell, rule, result.names[result.positions.index(cell[0])][result.layers.index(cell[1])])

@@ -82,10 +82,6 @@ class SelectionResult:
         atomic_write_text(path, self.to_json())
         return path
 
-    @staticmethod
-    def load(path: str | Path) -> "SelectionResult":
-        return load_selection(path)
-
 
 def load_selection(path: str | Path) -> SelectionResult:
     """Read a result written by :meth:`SelectionResult.save`."""

@@ -20,10 +20,9 @@ same whichever batch it lands in.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -35,9 +34,11 @@ from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence
 from refusal_core.model.families import model_lock
 from refusal_core.model.fingerprint import weights_fingerprint
+from refusal_core.model.forward import encode_prompts, last_token_logprobs, refusal_log_odds
 from refusal_core.model.loading import LoadedModel
-from refusal_core.prompts.chat import ChatFormat, format_prompts, tokenize_prompts
-from refusal_core.selection.policy import _choose, _why_none, apply_filters
+from refusal_core.progress import Progress
+from refusal_core.prompts.chat import ChatFormat, format_prompts
+from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "score_candidates_sequential",
 ]
 
-Progress = Callable[[int, int], None]
 _MEASURES = ("bypass", "kl", "induce")
 
 
@@ -109,7 +109,7 @@ def _prepare(loaded: LoadedModel, candidates: DirectionSet, harmful: Sequence[st
     texts = format_prompts(loaded.tokenizer, list(harmful) + list(harmless), chat)
     return _Prepared(
         candidates=_candidates(candidates),
-        batch=tokenize_prompts(loaded.tokenizer, texts, loaded.device),
+        batch=encode_prompts(loaded, texts),
         n_harmful=len(harmful),
         refusal_ids=refusal_token_ids(loaded.tokenizer),
     )
@@ -139,31 +139,18 @@ def _rows(prepared: _Prepared, n_layers: int) -> list[_Row]:
 
 
 def _last_logprobs(loaded: LoadedModel, batch: dict[str, torch.Tensor], index: Sequence[int]) -> torch.Tensor:
-    """``[len(index), vocab]`` float64 log-probabilities of the next token after each prompt."""
-    rows = torch.as_tensor(list(index), dtype=torch.long, device=batch["input_ids"].device)
-    sub = {name: tensor[rows] for name, tensor in batch.items()}
-    # Left padding puts every prompt's last token at -1 even after rows are regrouped;
-    # logits_to_keep=1 skips the vocabulary projection of all other positions.
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters else {}
-    with torch.no_grad():
-        logits = loaded.model(**sub, use_cache=False, **keep).logits[:, -1]
-    return torch.log_softmax(logits.double(), dim=-1).cpu()
+    """``[len(index), vocab]`` float64 log-probabilities of the next token after the chosen rows.
 
-
-def _log_odds(logprobs: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
-    """Arditi's refusal score ``log p - log(1 - p)`` of ``[n, vocab]`` log-probabilities, ``[n]``.
-
-    ``p`` is the next-token mass on ``refusal_ids``. As in ``evaluation.refusal_scores``,
-    both terms are log-sum-exps, so the score stays exact where ``p`` nears 0 or 1.
+    Left padding puts every prompt's last token at -1 even after rows are regrouped.
     """
-    is_refusal = torch.zeros(logprobs.shape[-1], dtype=torch.bool)
-    is_refusal[list(refusal_ids)] = True
-    return logprobs[:, is_refusal].logsumexp(-1) - logprobs[:, ~is_refusal].logsumexp(-1)
+    rows = torch.as_tensor(list(index), dtype=torch.long, device=batch["input_ids"].device)
+    with torch.no_grad():
+        return last_token_logprobs(loaded.model, {name: tensor[rows] for name, tensor in batch.items()}).cpu()
 
 
 def _row_values(prepared: _Prepared, rows: Sequence[_Row], logprobs: torch.Tensor) -> torch.Tensor:
     """One number per row: the refusal score, or KL from the baseline for ``kl`` rows."""
-    values = _log_odds(logprobs, prepared.refusal_ids)
+    values = refusal_log_odds(logprobs, prepared.refusal_ids)
     kl_rows = [i for i, row in enumerate(rows) if row.measure == "kl"]
     if kl_rows:
         base = prepared.base_harmless_logprobs[[rows[i].prompt - prepared.n_harmful for i in kl_rows]]
@@ -181,7 +168,7 @@ def _baseline(loaded: LoadedModel, prepared: _Prepared, batch_size: int) -> tupl
         prepared.forwards += 1
     logprobs = torch.cat(logprobs)
     prepared.base_harmless_logprobs = logprobs[prepared.n_harmful :]
-    scores = _log_odds(logprobs, prepared.refusal_ids)
+    scores = refusal_log_odds(logprobs, prepared.refusal_ids)
     return float(scores[: prepared.n_harmful].mean()), float(scores[prepared.n_harmful :].mean())
 
 
@@ -280,9 +267,9 @@ def _score(
         values = _score_rows_batched(loaded, prepared, rows, rows_per_forward, progress)
     positions, layers, names, grids = _grids(prepared, rows, values)
     passed = apply_filters(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
-    chosen = _choose(grids["bypass"], passed, positions, layers)
+    chosen = lowest_bypass(grids["bypass"], passed, positions, layers)
     if chosen is None:
-        reason = _why_none(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
+        reason = why_none(grids["bypass"], grids["induce"], grids["kl"], layers, loaded.n_layers, filters)
     else:
         best = float(grids["bypass"][positions.index(chosen[0]), layers.index(chosen[1])])
         reason = f"Lowest bypass score ({best:.4g}) among the {int(passed.sum())} of {len(prepared.candidates)} candidates that passed."

@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -45,12 +45,12 @@ from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
 from refusal_core.paths import cache_dir
+from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
 Objective = Literal["substring", "score", "judge"]
-SearchProgress = Callable[[int, int, "float | None"], None]
 _OBJECTIVES = ("substring", "score", "judge")
 
 
@@ -276,14 +276,14 @@ def _trial_rows(study) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def _progress_callback(progress: SearchProgress | None, total: int):
+def _progress_callback(progress: Progress | None, total: int):
     done = 0
 
     def callback(study, trial) -> None:
         nonlocal done
         done += 1
         if progress:
-            progress(done, total, _best(study)[1])
+            progress(done, total, best=_best(study)[1])
 
     return callback
 
@@ -295,7 +295,7 @@ def run_search(
     harmless_val: Sequence[str] | None = None,
     settings: SearchSettings = SearchSettings(),
     judge: Judge | None = None,
-    progress: SearchProgress | None = None,
+    progress: Progress | None = None,
     n_trials: int | None = None,
     chat: ChatFormat | None = None,
 ) -> SearchResult:
@@ -304,7 +304,7 @@ def run_search(
     Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs only
     the trials still missing from ``settings.n_trials`` (counting completed and pruned
     ones, also those of other workers); an integer runs that many more.
-    ``progress(done, to_run, best_value)`` is called after each trial of this call.
+    ``progress(done, to_run, best=value)`` is called after each trial of this call.
     """
     optuna = _optuna()
     _check_inputs(pool, harmful_val, harmless_val, settings, judge, loaded.d_model)
