@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
+from refusal_core.directions.dim import VANISHING
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 
 __all__ = ["METHOD", "SHARED", "CategorySettings", "category_direction_set", "category_directions", "category_name", "fit"]
@@ -84,19 +85,25 @@ def category_direction_set(
 
     Each direction's provenance is ``provenance`` (the one builder's record) plus
     ``category`` (None for the shared one), ``part`` (``shared``, ``full`` or ``specific``)
-    and ``n_category`` (its prompt count).
+    and ``n_category`` (its prompt count). A specific part that vanishes (one category
+    only) is left out and listed in ``meta["dropped"]``.
     """
     full, shared, specific = category_directions(harmful_points, harmless_points, categories, min_prompts)
     counts = {category: sum(1 for label in categories if label == category) for category in full}
     vectors, names, records = [shared], [SHARED], [{**provenance, "category": None, "part": "shared", "n_category": sum(counts.values())}]
+    dropped = []
     for category in full:
+        if not full[category].norm() > 0:
+            raise DirectionError(f"Category {category!r} has a zero direction; its prompts match the harmless mean.")
         for part, vector in (("full", full[category]), ("specific", specific[category])):
-            if not vector.norm() > 0:
-                raise DirectionError(f"Category {category!r} has a zero {part} direction; its prompts match the harmless mean.")
+            if not vector.norm() > VANISHING * full[category].norm():
+                # With one category (or one that lies along the shared direction) nothing is left.
+                dropped.append(category_name(category, part))
+                continue
             vectors.append(vector)
             names.append(category_name(category, part))
             records.append({**provenance, "category": category, "part": part, "n_category": counts[category]})
-    meta = {**provenance, "categories": list(full)}
+    meta = {**provenance, "categories": list(full), "dropped": dropped}
     return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=meta)
 
 
@@ -122,7 +129,8 @@ def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
         if record["part"] != "full":
             continue
         vector = directions.vectors[directions.names.index(name)]
-        specific = directions.vectors[directions.names.index(category_name(record["category"], "specific"))]
+        specific_name = category_name(record["category"], "specific")
+        specific = directions.vectors[directions.names.index(specific_name)] if specific_name in directions.names else torch.zeros(1)
         cosine = float(cosine_matrix(torch.stack([vector, shared]))[0, 1])
         rows.append({"category": record["category"], "n": record["n_category"], "norm": float(vector.norm()),
                      "specific_norm": float(specific.norm()), "cos_shared": cosine})
