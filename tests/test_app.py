@@ -219,9 +219,8 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     at = _start()
     at.switch_page("pages/categories.py").run()
     _assert_ok(at)
-    at.number_input(key="categories_layer").set_value(1)
-    at.number_input(key="categories_condition_layer").set_value(1)
-    at.number_input(key="categories_max_prompts").set_value(36)
+    for key, value in {"categories_layer": 1, "categories_condition_layer": 1, "categories_max_prompts": 36}.items():
+        at.number_input(key=key).set_value(value)
     at.button(key="categories_fit").click().run(timeout=300)  # activations of the built-in train and val splits
     _assert_ok(at)
     ws = _workspace(at)
