@@ -32,6 +32,7 @@ MODEL_CHOICES = {
     "Hugging Face id or local path": None,
 }
 DTYPES = ["float32", "bfloat16", "float16"]
+ICON = Path(__file__).resolve().parent / "docs" / "icon.png"
 SPLITS = ["train", "val", "test", "all"]
 
 
@@ -44,7 +45,7 @@ def organism_builder() -> None:
         st.code("python -m refusal_core organism build")
         return
     if not st.button(
-        "Build the organism", help="Fine-tunes the bundled SmolLM2 to refuse; takes a few minutes on CPU."
+        "Build the organism", help="Applies the shipped refusal fine-tune (a small delta) to the bundled SmolLM2; under a minute on CPU."
     ):
         return
     lock = _state.organism_build_lock()
@@ -99,10 +100,11 @@ def model_sidebar() -> None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def parse_upload(name: str, data: bytes, column: str | None) -> PromptSet:
-    """A PromptSet from an uploaded file (written to a temporary file of the same suffix)."""
-    suffix = Path(name).suffix.lower()
+    """A PromptSet from an uploaded file, written to a temporary folder under the user's own
+    file name, so that error messages name the user's file and not a temporary one."""
+    base = Path(name).name or f"upload{Path(name).suffix.lower()}"
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+        path = Path(tmp) / base
         path.write_bytes(data)
         prompts = load_prompt_file(path, column=column or None)
     return PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)
@@ -132,7 +134,7 @@ def prompt_set_sidebar(kind: str) -> PromptSet | None:
 def prompts_sidebar() -> None:
     st.header("Prompts")
     max_prompts = int(
-        st.number_input("Max prompts per set", min_value=2, max_value=5000, value=64, step=8, key="atlas_max_prompts")
+        st.number_input("Max prompts per set", min_value=2, max_value=5000, value=32, step=8, key="atlas_max_prompts")
     )
     chosen = {}
     for kind in ("harmful", "harmless"):
@@ -155,25 +157,34 @@ def cache_sidebar() -> None:
             st.success(f"Removed {removed} cached activation files; computed results in this session are kept.")
 
 
+# Explicit URL paths, so a page opened by its address (/generate) is the page the sidebar links to.
 PAGES = [
-    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", default=True),
-    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:"),
-    st.Page("pages/directions.py", title="Directions", icon=":material/explore:"),
-    st.Page("pages/categories.py", title="Categories", icon=":material/category:"),
-    st.Page("pages/generate.py", title="Generate", icon=":material/chat:"),
-    st.Page("pages/search.py", title="Search", icon=":material/manage_search:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/home.py", title="Start", icon=":material/flag:", default=True),
+    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", url_path="data"),
+    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:", url_path="manifold"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/explore:", url_path="directions"),
+    st.Page("pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
+    st.Page("pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
+    st.Page("pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 
 
 def main() -> None:
-    st.set_page_config(page_title="Refusal Atlas", page_icon=":material/explore:", layout="wide")
+    # A local icon: a Material icon name makes the browser fetch the favicon from a font CDN,
+    # which fails (and retries) on an offline machine.
+    st.set_page_config(page_title="Refusal Atlas", page_icon=str(ICON), layout="wide")
     page = st.navigation(PAGES)
+    _state.restore_widgets(page.url_path)
+    _state.umap_warm_up()
     with st.sidebar:
         model_sidebar()
         prompts_sidebar()
         cache_sidebar()
-    page.run()
+    try:
+        page.run()
+    finally:  # also when the page stops early (st.stop) or reruns
+        _state.remember_widgets()
 
 
 main()

@@ -118,11 +118,11 @@ def bench_first_fingerprint(loaded: LoadedModel, report: Report) -> None:
     """The weights fingerprint that every cache lookup needs, first call in a process.
 
     It is memoised afterwards, so the timed hits above do not pay it; a freshly started
-    app does, once per model. The memo is a private dict of refusal_core.model.fingerprint.
+    app does, once per model; ``fingerprint.clear_memo()`` empties the memo.
     """
     from refusal_core.model import fingerprint
 
-    fingerprint._FINGERPRINTS.clear()
+    fingerprint.clear_memo()
     seconds, _, _ = timed(lambda: weights_fingerprint(loaded.model))
     report.add_value("weights_fingerprint_first_call", seconds, "s")
 

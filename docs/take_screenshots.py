@@ -1,17 +1,18 @@
-"""Save one PNG per dashboard page to docs/screenshots/<page>.png, with work done on each.
+"""Save one PNG per dashboard page to docs/screenshots/<page>.png, each after its main action.
 
 Usage: ``python docs/take_screenshots.py [--out DIR]`` (needs ``apt-get install chromium``).
-Starts ``streamlit run app.py`` on a free 127.0.0.1 port with the real bundled models (the
-organism when built, else the sidebar's fallback, SmolLM2-135M-Instruct) and walks through
-the pages in one browser session, pressing each page's main button with its default
-settings: compute activations and DIM directions, train the SOM, score the DIM candidates,
-generate side by side. Search and Export are captured as they open. Takes several minutes
-on a CPU. Reuses the helpers of ``tests/browser_util.py``.
+Serves ``streamlit run app.py`` on a free 127.0.0.1 port with the real bundled models and
+walks the pages in one Playwright session as a user would, with small settings so it takes
+a few minutes on a CPU: compute activations and DIM candidates, train the default SOM,
+score the last-position DIM candidates of a few layers, generate the baseline next to the
+selected direction ablated and added, run a short subset search over the SOM, download the
+direction, and last the Start page with every step of the guided path done.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -20,63 +21,91 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import browser_util  # noqa: E402 - needs the repository root on sys.path
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-# The Deploy button and developer menu add nothing to a screenshot of the app.
-SERVER_ARGS = ["--client.toolbarMode", "minimal"]
-# Page title -> what is done there before the screenshot, in order: ("click", button label
-# prefix), ("check", checkbox label prefix) or ("expand", text in an expander's header).
-WALK = {
-    "Data & activations": [("click", "Compute activations and DIM directions")],
-    "Manifold": [("click", "Train SOM at layer")],
-    "Directions": [("click", "Score candidates")],
-    "Generate": [
-        ("expand", "SOM 3x3"),
-        ("check", "Ablate the whole set 'SOM"),
-        ("expand", " DIM (1 direction"),  # Selected or Closest DIM; the full DIM set is a multiselect
-        ("check", "dim/pos"),
-        ("check", "Add a direction (ActAdd)"),
-        ("click", "Generate "),
-    ],
-    "Search": [],
-    "Export": [],
-}
-WORK_TIMEOUT_S = 900.0
+from tests import ui  # noqa: E402 - needs the repository root on sys.path
+from tests.app_server import chromium_launch_options, streamlit_server  # noqa: E402
+
+VIEWPORT = {"width": 1400, "height": 2000}  # computed pages are long; show the results below the controls
+# Plotly draws a chart a moment after Streamlit's run ends; the screenshot waits until all are drawn.
+CHARTS_DRAWN = "() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+
+
+def data(page: Page) -> None:
+    ui.set_number(page, "Max prompts per set", 32)
+    ui.press(page, "Compute activations and DIM directions")
+    expect(page.get_by_text(re.compile(r"^DIM candidates: \d+ directions"))).to_be_visible()
+
+
+def manifold(page: Page) -> None:
+    ui.press(page, re.compile(r"^Train SOM at layer"))
+    expect(page.get_by_text(re.compile(r"^Quantization error: the mean distance"))).to_be_visible()
+
+
+def directions(page: Page) -> None:
+    ui.set_number(page, "Validation prompts per set", 8)
+    ui.set_number(page, "From layer", 18)
+    ui.set_number(page, "To layer", 23)
+    ui.press(page, "Score candidates")
+    expect(page.get_by_text(re.compile(r"added as the set (Selected|Closest) DIM"))).to_be_visible()
+
+
+def generate(page: Page) -> None:
+    ui.set_number(page, "Max new tokens", 32)
+    selected = page.get_by_test_id("stExpander").filter(has_text=re.compile(r"(Selected|Closest) DIM \(1 directions\)"))
+    ui.expand(page, re.compile(r"(Selected|Closest) DIM \(1 directions\)"))
+    name = selected.get_by_role("checkbox").nth(1).locator("xpath=ancestor::label").inner_text().strip()
+    ui.tick(page, name)
+    ui.tick(page, "Add a direction (ActAdd)")
+    ui.press(page, re.compile(r"^Generate \d+ prompts x 3 columns$"))
+    expect(page.get_by_test_id("stMetric")).to_have_count(3)
+
+
+def search(page: Page) -> None:
+    ui.set_number(page, "k (directions per trial)", 2)
+    ui.set_number(page, "Trials", 12)
+    ui.press(page, "Run search")
+    expect(page.get_by_text(re.compile(r"^\d+ scored trials"))).to_be_visible()
+
+
+def export(page: Page) -> None:
+    with page.expect_download():
+        page.get_by_role("button", name=re.compile(r"^Download \.zip")).click()
+    ui.after_action(page)
+
+
+WALK = [("data", "Data & activations", data), ("manifold", "Manifold", manifold),
+        ("directions", "Directions", directions), ("generate", "Generate", generate),
+        ("search", "Search", search), ("export", "Export", export), ("home", "Start", None)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
     args = parser.parse_args(argv)
-    if browser_util.chromium_binary() is None:
-        print("chromium is not installed (apt-get install chromium)", file=sys.stderr)
-        return 1
-    failed = False
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="atlas-shots-") as tmp:
         log = Path(tmp) / "server.log"
-        with browser_util.streamlit_server(log_path=log, extra_args=SERVER_ARGS) as url, browser_util.browser_session() as tab:
-            tab.resize(1400, 2200)  # computed pages are long; show the charts below the controls too
-            for index, page in enumerate(browser_util.app_pages()):
-                started = time.monotonic()
-                png = args.out / f"{page.name}.png"
-                if index == 0:
-                    tab.goto(f"{url}/{page.url_path}")
-                else:
-                    tab.nav(page.title)
-                settled = tab.wait(page.title)
-                for action, label in WALK.get(page.title, []):
-                    getattr(tab, action)(label)
-                    settled = tab.wait(page.title, WORK_TIMEOUT_S) and settled
-                tab.screenshot(png)
-                problems = browser_util.dom_problems(tab.dom(), page.title)
-                if not settled:
-                    problems.append("did not finish rendering")
-                failed |= bool(problems)
-                shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
-                print(f"{shown}: {time.monotonic() - started:.1f} s" + (f"  PROBLEMS: {problems}" if problems else ""), flush=True)
-        if failed:
-            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-    return 1 if failed else 0
+        with streamlit_server(log_path=log) as url, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(**chromium_launch_options())
+            page = browser.new_page(viewport=VIEWPORT)
+            try:
+                ui.open_app(page, url, "Start")
+                for name, title, action in WALK:
+                    started = time.monotonic()
+                    ui.go(page, title)
+                    if action is not None:
+                        action(page)
+                    expect(page.get_by_test_id("stException")).to_have_count(0)
+                    page.wait_for_function(CHARTS_DRAWN, timeout=ui.PAGE_TIMEOUT_MS)
+                    page.screenshot(path=str(args.out / f"{name}.png"))
+                    print(f"{name}.png: {time.monotonic() - started:.1f} s", flush=True)
+            except Exception:
+                print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
+            finally:
+                browser.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ Session keys (all prefixed ``atlas_``):
 - ``atlas_model_error``: the last load error message, or absent;
 - ``atlas_prompts``: ``{"harmful": PromptSet, "harmless": PromptSet}`` chosen in the sidebar;
 - ``atlas_workspaces``: ``{model key: Workspace}``, one per model used in this session,
-  so switching models and back keeps what was computed.
+  so switching models and back keeps what was computed;
+- ``atlas_default_<widget key>``: the default a widget was last given by ``follow_default``.
+
+- ``atlas_kept_widgets``: values of the Generate page's widgets, kept while other pages are
+  shown (see ``restore_widgets``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,13 +34,20 @@ from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
-from refusal_core.progress import Progress
+from refusal_core.progress import Progress, ProgressClock, stage_text
 from refusal_core.projection import Projection
 from refusal_core.prompts.sets import PromptSet
+from refusal_core.selection.policy import CLOSEST_DIM, SELECTED_DIM
 from refusal_core.selection.result import SelectionResult
 from refusal_core.selection.search import SearchResult
 from refusal_core.sinks import MassiveActivations
 
+SELECTED_SETS = (SELECTED_DIM, CLOSEST_DIM)
+# Widget keys of each page whose values survive a visit to another page (buttons cannot be
+# assigned through st.session_state, so they are left out).
+KEPT_WIDGETS = {"generate": "generate_"}
+NOT_ASSIGNABLE = {"generate_run"}
+KEPT = "atlas_kept_widgets"
 MODEL = "atlas_model"
 MODEL_ERROR = "atlas_model_error"
 PROMPTS = "atlas_prompts"
@@ -113,6 +125,7 @@ class Workspace:
     generations: OrderedDict[str, dict[str, list[Completion]]] = field(default_factory=OrderedDict)
     memo: OrderedDict[str, Memo] = field(default_factory=OrderedDict)
     max_memo: int = 6
+    exports: list[str] = field(default_factory=list)  # what this session exported: "zip", "pt", model folders
 
     @property
     def has_activations(self) -> bool:
@@ -130,6 +143,19 @@ class Workspace:
     def add_set(self, name: str, directions: DirectionSet) -> None:
         """Store (or replace) a named direction set."""
         self.direction_sets[name] = directions
+
+    def free_name(self, name: str) -> str:
+        """``name``, or ``name (2)``, ``name (3)``, ... when a set of that name exists already."""
+        candidate, number = name, 1
+        while candidate in self.direction_sets:
+            number += 1
+            candidate = f"{name} ({number})"
+        return candidate
+
+    @property
+    def has_ablated(self) -> bool:
+        """Whether a generation of this session had a column with directions ablated."""
+        return any(name.startswith("ablate") for result in self.generations.values() for name in result)
 
     def combined(self, names: Sequence[str]) -> DirectionSet:
         """The chosen sets as one set, direction names prefixed with ``<set>:``."""
@@ -204,21 +230,99 @@ def chosen_prompts() -> dict[str, PromptSet]:
 
 
 def progress_callback(label: str) -> Progress:
-    """A ``progress(done, total)`` callback drawing an ``st.progress`` bar here."""
-    bar = st.progress(0.0, text=label)
+    """A ``Progress`` drawing an ``st.progress`` bar here: the stage, the share done and the time
+    left; the bar is removed once ``done`` reaches ``total``, so finished work leaves no bar behind."""
+    slot = st.empty()
+    bar = slot.progress(0.0, text=label)
+    clock = ProgressClock()
 
     def update(done: int, total: int, **info: object) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{label} ({done}/{total})")
+        if done >= total:
+            slot.empty()
+            return
+        stage = stage_text(info) or f"{done}/{total}"
+        bar.progress(min(1.0, done / max(total, 1)), text=clock.line(label, done, total, stage))
 
     return update
 
 
+def run_through_app() -> None:
+    """Rerun through app.py when Streamlit ran this page file on its own.
+
+    A page opened by its address (``/generate``) before any session of this server has
+    run app.py is run by Streamlit's legacy ``pages/`` folder mode: the page alone, without
+    the sidebar that loads the model. Leaving that mode and rerunning runs app.py, whose
+    ``st.navigation`` picks the same page by its URL path.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def restore_widgets(url_path: str) -> None:
+    """Give the widgets of page ``url_path`` back the values they had when the page was left.
+
+    Streamlit drops a page's widget values as soon as another page is shown, so leaving a
+    page reset its ticks and choices. ``remember_widgets`` copies them aside after every
+    run; this puts them back, before the page draws its widgets, for the keys it has not
+    drawn since.
+    """
+    prefixes = KEPT_WIDGETS.get(url_path)
+    if not prefixes:
+        return
+    for key, value in st.session_state.get(KEPT, {}).items():
+        if key.startswith(prefixes) and key not in st.session_state:
+            st.session_state[key] = value
+
+
+def remember_widgets() -> None:
+    """Copy the current values of every kept page's widgets aside (see ``restore_widgets``)."""
+    kept = st.session_state.setdefault(KEPT, {})
+    prefixes = tuple(p for value in KEPT_WIDGETS.values() for p in ((value,) if isinstance(value, str) else value))
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(prefixes) and key not in NOT_ASSIGNABLE:
+            kept[key] = st.session_state[key]
+
+
+def keep_valid(key: str, options) -> None:
+    """Drop the choices of multiselect ``key`` that are no longer among its ``options``."""
+    if isinstance(st.session_state.get(key), list):
+        st.session_state[key] = [value for value in st.session_state[key] if value in options]
+
+
+def follow_default(key: str, default, options) -> None:
+    """Set widget ``key`` to ``default`` whenever the default changes (a Selected DIM appeared,
+    say) or its value is no longer one of ``options`` (for a multiselect: holds one that is not);
+    leave the user's own choice alone otherwise."""
+    marker = f"atlas_default_{key}"
+    value = st.session_state.get(key)
+    valid = all(v in options for v in value) if isinstance(value, list) else value in options
+    if st.session_state.get(marker) != default or not valid:
+        st.session_state[marker] = default
+        st.session_state[key] = default
+
+
+def preferred_direction(ws: Workspace) -> tuple[str, str] | None:
+    """``(set, name)`` of the direction chosen on the Directions page: Selected DIM, else Closest DIM."""
+    for set_name in SELECTED_SETS:
+        directions = ws.direction_sets.get(set_name)
+        if directions is not None and len(directions):
+            return set_name, directions.names[0]
+    return None
+
+
 def default_direction_names(directions: DirectionSet, limit: int = 32) -> list[str]:
-    """Directions to preselect: DIM candidates at the last position, else the first ``limit``."""
+    """Directions to preselect: DIM candidates at the last position (at most ``limit``, evenly
+    spaced over the layers), else the first ``limit``."""
     records = directions.provenance
     if records and all(r.get("method") == "dim" and "position" in r for r in records):
         last = max(r["position"] for r in records)
-        return [n for n, r in zip(directions.names, records) if r["position"] == last][:limit]
+        names = [n for n, r in zip(directions.names, records) if r["position"] == last]
+        if len(names) > limit:
+            names = [names[round(i * (len(names) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else names[:1]
+        return names
     return list(directions.names[:limit])
 
 
@@ -226,3 +330,24 @@ def default_direction_names(directions: DirectionSet, limit: int = 32) -> list[s
 def organism_build_lock() -> threading.Lock:
     """One organism build at a time across all sessions (they would write the same folder)."""
     return threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warm_up() -> threading.Thread | None:
+    """Load (or, without set-up's on-disk cache, compile) UMAP's numba kernels once per server,
+    in a background thread started with the app, so that the first UMAP map does not stall.
+    ``REFUSAL_ATLAS_UMAP_WARM_UP=0`` turns it off (the fast tests do)."""
+    if os.environ.get("REFUSAL_ATLAS_UMAP_WARM_UP", "1") == "0":
+        return None
+    from refusal_core.projection import warm_up_umap
+
+    def run() -> None:
+        try:
+            warm_up_umap()
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first map compiles
+            pass
+
+    thread = threading.Thread(target=run, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
+

@@ -3,6 +3,10 @@ well each layer separates harmful from harmless prompts, and build the DIM candi
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -16,7 +20,9 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.directions.registry import FitInput
 from refusal_core.prompts.chat import TemplateError
 from refusal_core.selection.policy import DIM_SET
+REPORT = "data_compute_report"
 
+_state.run_through_app()
 st.title("Data & activations")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -39,13 +45,17 @@ def describe_sets() -> None:
 
 
 def compute_activations() -> None:
-    """Both sets at every post-instruction position, then the DIM candidates."""
+    """Both sets at every post-instruction position, then the DIM candidates.
+
+    Keeps a report of what came from the cache and what was computed, and how long each
+    took, for ``show_report``.
+    """
     try:
         positions = default_positions(loaded.tokenizer)
     except TemplateError as err:
         st.error(f"{err}")
         return
-    results = {}
+    results, started = {}, time.perf_counter()
     for kind in ("harmful", "harmless"):
         update = _state.progress_callback(f"Activations of the {kind} prompts")
         try:
@@ -53,16 +63,33 @@ def compute_activations() -> None:
         except ValueError as err:
             st.error(f"Could not compute {kind} activations: {err}")
             return
-    ws.set_activations(prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
+    seconds = time.perf_counter() - started
+    cached = all(result.from_cache for result in results.values())
+    same = ws.has_activations and (ws.harmful_acts.key, ws.harmless_acts.key) == (results["harmful"].key, results["harmless"].key)
+    if not same:  # unchanged activations keep what this session derived from them
+        ws.set_activations(prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
+    started = time.perf_counter()
     try:
         data = FitInput(loaded, prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
         ws.add_set(DIM_SET, dim.fit(data, dim.DimSettings()))
     except DirectionError as err:
         st.error(f"Activations are ready, but the DIM directions failed: {err}")
-    if all(result.from_cache for result in results.values()):
-        st.success("Loaded from the activation cache instantly (same model, prompts and positions as before).")
-    else:
-        st.success("Activations computed and cached; the next time they load instantly.")
+    how = (
+        "loaded from the activation cache (same model, prompts and positions as before; the model did not run)"
+        if cached
+        else "computed by the model and saved to the activation cache (the next time they load from it)"
+    )
+    st.session_state[REPORT] = [
+        f"Activations: {how}, {seconds:.1f} s.",
+        f"DIM candidates: computed from them, {time.perf_counter() - started:.1f} s.",
+    ]
+
+
+def show_report() -> None:
+    """What the last compute took from the cache and what it computed, with the separation below."""
+    report = st.session_state.get(REPORT)
+    if report and ws.has_activations:
+        st.success("  \n".join(report))
 
 
 def stale() -> bool:
@@ -92,6 +119,33 @@ def separation_figure(separation) -> go.Figure:
     return figure
 
 
+@st.cache_resource
+def separation_store() -> tuple[OrderedDict, threading.Lock]:
+    """Per-layer separations shared by every session, keyed by the activations' content keys
+    (the results are frozen and never changed, so sharing them is safe)."""
+    return OrderedDict(), threading.Lock()
+
+
+def separation_for(position: int, probe: bool):
+    """The separation at ``position`` and how it was obtained: ``(separation, how)``."""
+    key = (ws.harmful_acts.key, ws.harmless_acts.key, position, probe)
+    store, lock = separation_store()
+    with lock:
+        found = store.get(key)
+    if found is not None:
+        return found, "kept from an earlier run on the same activations"
+    started = time.perf_counter()
+    separation = layer_separation(
+        ws.harmful_acts, ws.harmless_acts, position, probe=probe, progress=_state.progress_callback("Separation per layer")
+    )
+    with lock:
+        store[key] = separation
+        while len(store) > 32:
+            store.popitem(last=False)
+    what = "the cross-validated probe is the slow part" if probe else "no probe"
+    return separation, f"computed now, {time.perf_counter() - started:.1f} s ({what})"
+
+
 def show_separation() -> None:
     st.subheader("Which layer separates harmful from harmless?")
     positions = list(ws.harmful_acts.positions)
@@ -100,21 +154,12 @@ def show_separation() -> None:
         "Position (offset from the end of the prompt)", positions, index=len(positions) - 1, key="data_position"
     )
     probe = cols[1].checkbox("Linear-probe accuracy (cross-validated; the slow part)", value=True, key="data_probe")
-    separation = ws.remember(
-        f"separation|{position}|{probe}",
-        lambda: layer_separation(
-            ws.harmful_acts,
-            ws.harmless_acts,
-            position,
-            probe=probe,
-            progress=_state.progress_callback("Separation per layer"),
-        ),
-    )
+    separation, how = separation_for(position, probe)
     st.plotly_chart(separation_figure(separation), width="stretch")
     best = int(separation.layers[int(separation.silhouette.argmax())])
     st.caption(
-        f"Highest silhouette at layer {best}. Probe and silhouette near their plateau mark the layers "
-        "where refusal is decided."
+        f"Per-layer separation: {how}. Highest silhouette at layer {best}. Probe and silhouette near their plateau "
+        "mark the layers where refusal is decided."
     )
 
 
@@ -149,6 +194,7 @@ describe_sets()
 ready = "harmful" in prompts and "harmless" in prompts
 if st.button("Compute activations and DIM directions", type="primary", disabled=not ready, key="data_compute"):
     compute_activations()
+show_report()
 if stale():
     st.warning("The sidebar's prompt sets changed since these activations were computed; press compute to update them.")
 if ws.has_activations:

@@ -16,12 +16,17 @@ from refusal_core.directions.optimize import OptimizeSettings, optimize_directio
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
+from refusal_core.selection.racing import race_candidates
 from refusal_core.selection.result import SelectionFilters
-from refusal_core.selection.scoring import score_candidates
 from refusal_core.sinks import massive_activations, massive_share
 
-MAX_DEFAULT = 32
+# Preselected directions per set: twelve tags fit the multiselect box without clipping.
+MAX_DEFAULT = 12
+# Plotly's Magma and Inferno start at #000004, which Streamlit's chart theme treats as a
+# placeholder and recolours; Plasma starts at #0d0887, so the lowest KL is drawn as such.
+KL_COLOURSCALE = "Plasma"
 
+_state.run_through_app()
 st.title("Directions")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -58,18 +63,42 @@ def comparison() -> None:
         return
     chosen = DirectionSet.concat([ws.direction_sets[s].select([n]) for s, n in pairs], prefixes=[f"{s}:" for s, _ in pairs])
     cosines = cosine_matrix(chosen.vectors).tolist()
-    left, right = st.columns([3, 2])
-    heat = go.Figure(
-        go.Heatmap(z=cosines, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu_r", colorbar=dict(title="cos"))
-    )
-    heat.update_layout(height=max(420, 14 * len(labels) + 200), margin=dict(t=20), yaxis=dict(autorange="reversed"))
-    left.plotly_chart(heat, width="stretch")
+    st.plotly_chart(cosine_figure(cosines, labels), width="stretch", key="directions_cosines")
     bars = go.Figure(go.Bar(x=chosen.norms(), y=labels, orientation="h"))
     bars.update_layout(
-        height=max(420, 14 * len(labels) + 200), margin=dict(t=20), xaxis_title="norm", yaxis=dict(autorange="reversed")
+        height=max(300, 16 * len(labels) + 80),
+        margin=dict(t=20),
+        xaxis_title="norm",
+        yaxis=dict(autorange="reversed", automargin=True, type="category"),
     )
-    right.plotly_chart(bars, width="stretch")
+    with st.expander("Norms"):
+        st.plotly_chart(bars, width="stretch")
     massive_section(chosen, labels)
+
+
+def cosine_figure(cosines: list[list[float]], labels: list[str]) -> go.Figure:
+    """The cosine heatmap at full width, tall enough for one readable row per direction; the
+    margins grow to fit the longest label (automargin), so no label is cut."""
+    heat = go.Figure(
+        go.Heatmap(
+            z=cosines,
+            x=labels,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu_r",
+            colorbar=dict(title="cos"),
+            hovertemplate="%{y}<br>%{x}<br>cos %{z:.3f}<extra></extra>",
+        )
+    )
+    side = max(420, 18 * len(labels) + 220)
+    heat.update_layout(
+        height=side,
+        margin=dict(t=20, l=10, r=10, b=10),
+        xaxis=dict(automargin=True, tickangle=-45, type="category"),
+        yaxis=dict(automargin=True, autorange="reversed", type="category", scaleanchor="x"),
+    )
+    return heat
 
 
 def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
@@ -120,12 +149,26 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
             colorbar=dict(title=title),
         )
     )
+    eligible = result.eligible()
     failed = [
         (layer, str(p))
         for i, p in enumerate(result.positions)
         for j, layer in enumerate(result.layers)
-        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j])
+        if not bool(result.passed[i, j]) and not math.isnan(grid[i][j]) and bool(eligible[i, j])
     ]
+    raced_out = [
+        (layer, str(p))
+        for i, p in enumerate(result.positions)
+        for j, layer in enumerate(result.layers)
+        if not bool(eligible[i, j]) and not math.isnan(grid[i][j])
+    ]
+    if raced_out:
+        figure.add_trace(
+            go.Scatter(
+                x=[f[0] for f in raced_out], y=[f[1] for f in raced_out], mode="markers", name="raced out (fewer prompts)",
+                marker=dict(symbol="circle-open", size=7, line=dict(width=1, color="grey")), hoverinfo="skip",
+            )
+        )
     if failed:
         figure.add_trace(
             go.Scatter(
@@ -148,8 +191,15 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
                 name="chosen",
             )
         )
+    # Positions are labels, not a numeric axis: with one position a numeric axis would show
+    # ticks at -0.6 ... -1.4. Layers are whole numbers.
     figure.update_layout(
-        title=title, xaxis_title="layer", yaxis_title="position", height=300, margin=dict(t=40), showlegend=False
+        title=title,
+        xaxis=dict(title="layer", tickformat="d", dtick=1 if len(result.layers) <= 12 else None),
+        yaxis=dict(title="position", type="category"),
+        height=220 + 20 * len(result.positions),
+        margin=dict(t=40),
+        showlegend=False,
     )
     return figure
 
@@ -161,7 +211,7 @@ def selection_section() -> None:
         st.info("Compute the DIM candidates on the Data page first.")
         return
     cols = st.columns(4)
-    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 16, key="selection_n_val"))
+    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="selection_n_val"))
     max_kl = float(cols[1].number_input("Max KL", 0.0, 100.0, 0.1, step=0.05, key="selection_max_kl"))
     min_induce = float(
         cols[2].number_input("Min induce score", -100.0, 100.0, 0.0, step=0.5, key="selection_min_induce")
@@ -170,19 +220,34 @@ def selection_section() -> None:
         cols[3].number_input("Max layer fraction", 0.05, 1.0, 0.8, step=0.05, key="selection_layer_fraction")
     )
     all_positions = sorted({record["position"] for record in candidates.provenance})
-    chosen_positions = st.multiselect(
-        "Candidate positions", all_positions, default=all_positions, key="selection_positions"
+    all_layers = sorted({record["layer"] for record in candidates.provenance})
+    cols = st.columns([2, 1, 1])
+    # The last position alone by default: scoring costs one forward per prompt per candidate,
+    # and every extra position multiplies it (add them here when there is time).
+    chosen_positions = cols[0].multiselect(
+        "Candidate positions", all_positions, default=all_positions[-1:], key="selection_positions"
     )
-    if st.button("Score candidates", type="primary", key="selection_run", disabled=not chosen_positions):
-        subset = candidates.select(
-            [n for n, r in zip(candidates.names, candidates.provenance) if r["position"] in chosen_positions]
-        )
+    first, last = all_layers[0], all_layers[-1]
+    low = int(cols[1].number_input("From layer", first, last, first, key="selection_from_layer"))
+    high = int(cols[2].number_input("To layer", first, last, last, key="selection_to_layer"))
+    names = [
+        n
+        for n, r in zip(candidates.names, candidates.provenance)
+        if r["position"] in chosen_positions and low <= r["layer"] <= high
+    ]
+    exhaustive = st.checkbox(
+        "Score every candidate on every prompt (exhaustive; about 40x slower)", value=False, key="selection_exhaustive",
+        help="By default candidates are raced: all on a few prompts, the promising ones on more, the finalists on all.",
+    )
+    st.caption(f"{len(names)} candidates to score, on up to {n_val} harmful and {n_val} harmless validation prompts.")
+    if st.button("Score candidates", type="primary", key="selection_run", disabled=not names):
+        subset = candidates.select(names)
         try:
             harmful_val, harmless_val = validation_prompts(n_val)
             filters = SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
             update = _state.progress_callback(f"Scoring {len(subset)} candidates")
-            ws.selection = score_candidates(
-                loaded, subset, harmful_val, harmless_val, filters, progress=update
+            ws.selection = race_candidates(
+                loaded, subset, harmful_val, harmless_val, filters, exhaustive=exhaustive, progress=update
             )
         except (ValueError, DirectionError, PromptSetError) as err:
             st.error(f"Selection failed: {err}")
@@ -190,6 +255,8 @@ def selection_section() -> None:
         pick = select_with_fallback(ws.selection)
         if pick.name is not None:
             ws.add_set(pick.set_name, candidates.select([pick.name]))
+            # One offered direction at a time: the other set would point the defaults elsewhere.
+            ws.direction_sets.pop(CLOSEST_DIM if pick.set_name == SELECTED_DIM else SELECTED_DIM, None)
     result = ws.selection
     if result is None:
         st.caption(
@@ -203,18 +270,35 @@ def selection_section() -> None:
         offered = f" {pick.describe()}: `{pick.name}` (added as the set *{pick.set_name}*)." if pick.name else ""
         st.markdown(f"**No candidate chosen.** {result.reason}{offered}")
     st.caption(
-        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}."
+        f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}. "
+        + scoring_note(result)
     )
     st.plotly_chart(
         grid_figure(result, result.bypass, "bypass (refusal score after ablation; lower is better)", "Viridis"),
         width="stretch",
+        key="selection_bypass_chart",
     )
     st.plotly_chart(
         grid_figure(result, result.induce, "induce (refusal score after adding; higher is better)", "Viridis"),
         width="stretch",
+        key="selection_induce_chart",
     )
     st.plotly_chart(
-        grid_figure(result, result.kl, "KL on harmless prompts (lower is better)", "Magma"), width="stretch"
+        grid_figure(result, result.kl, "KL on harmless prompts (lower is better)", KL_COLOURSCALE),
+        width="stretch",
+        key="selection_kl_chart",
+    )
+
+
+def scoring_note(result) -> str:
+    """How the grids were scored: raced (finalists on every prompt, others on fewer) or exhaustively."""
+    timing = result.timing
+    if timing.get("mode") != "racing":
+        return f"Every candidate scored on every prompt ({timing.get('seconds', 0):.0f} s)."
+    return (
+        f"Raced in {timing['seconds']:.0f} s: {timing['scored']} candidates scored on a few prompts, the "
+        f"{len(timing['finalists'])} finalists on every prompt, and only finalists can be chosen; layers the layer "
+        "filter excludes and candidates far from the late-layer refusal signal are left blank."
     )
 
 
@@ -224,14 +308,13 @@ def optimize_section() -> None:
     if not starts:
         st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
         return
-    preferred = next((i for i, (set_name, _) in enumerate(starts) if set_name in (SELECTED_DIM, CLOSEST_DIM)), 0)
-    start = st.selectbox("Start from", starts, index=preferred, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
-    n_train = int(st.number_input("Train prompts per set", 1, 400, 32, key="optimize_n"))
-    # Fewer steps than the CLI's default: a page action should finish in well under a minute.
-    values = settings_widgets(OptimizeSettings, "optimize", defaults={"steps": 20})
+    preferred = _state.preferred_direction(ws)
+    _state.follow_default("optimize_start", preferred if preferred in starts else starts[0], starts)
+    start = st.selectbox("Start from", starts, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key="optimize_start")
+    values = settings_widgets(OptimizeSettings, "optimize")
     if st.button("Optimize", type="primary", key="optimize_run"):
-        harmful = sample_prompts(builtin("harmful", "train"), n_train)
-        harmless = sample_prompts(builtin("harmless", "train"), n_train)
+        harmful = sample_prompts(builtin("harmful", "train"), values["max_harmful"])
+        harmless = sample_prompts(builtin("harmless", "train"), values["max_harmless"])
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
             result = optimize_direction(
@@ -254,9 +337,10 @@ def optimize_section() -> None:
         return
     final, first = result.final, result.history[0]
     st.markdown(
-        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*): refusal score {first['refusal_score']:+.2f} → "
-        f"{final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → {final['kl']:.4f} on its train prompts; "
-        f"cosine {final['cosine_to_init']:.2f} to the start. Measure it on held-out prompts on the Generate page."
+        f"**{result.directions.names[0]}** (added as the set *{OPTIMIZED_SET}*), {result.seconds:.0f} s: before → after, "
+        f"refusal score {first['refusal_score']:+.2f} → {final['refusal_score']:+.2f}, harmless KL {first['kl']:.4f} → "
+        f"{final['kl']:.4f} on its train prompts; cosine {final['cosine_to_init']:.2f} to the start. Measure it on "
+        "held-out prompts on the Generate page."
     )
     steps_axis = list(range(len(result.history))) + [len(result.history)]
     figure = go.Figure()

@@ -5,7 +5,6 @@ chosen directions orthogonalized out of its weights."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -13,12 +12,19 @@ import streamlit as st
 from pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
-from refusal_core.interventions.export import export_orthogonalized
+from refusal_core.errors import UserError
+from refusal_core.interventions.export import default_export_dir, export_orthogonalized
 
+_state.run_through_app()
 st.title("Export")
 loaded = _state.require_model()
 ws = _state.workspace()
 SEEN_UPLOADS = "export_seen_uploads"
+
+
+def exported(what: str) -> None:
+    """Record an export for the Start page's guided path."""
+    ws.exports.append(what)
 
 
 def sets_table() -> None:
@@ -40,7 +46,10 @@ def sets_table() -> None:
 def downloads() -> None:
     st.header("Download")
     options = list(ws.direction_sets)
-    chosen = st.multiselect("Direction sets to download", options, default=options[:1], key="export_sets")
+    preferred = _state.preferred_direction(ws)
+    default = [preferred[0]] if preferred else options[:1]
+    _state.follow_default("export_sets", default, options)
+    chosen = st.multiselect("Direction sets to download", options, key="export_sets")
     if not chosen:
         return
     sets = {name: ws.direction_sets[name] for name in chosen}
@@ -53,6 +62,8 @@ def downloads() -> None:
             file_name=f"{stem}.zip",
             mime="application/zip",
             key="export_zip",
+            on_click=exported,
+            args=("zip",),
         )
         cols[1].download_button(
             "Download .pt (unit vectors [k, d])",
@@ -60,6 +71,8 @@ def downloads() -> None:
             file_name=f"{stem}.pt",
             mime="application/octet-stream",
             key="export_pt",
+            on_click=exported,
+            args=("pt",),
         )
     except DirectionError as err:
         st.error(str(err))
@@ -83,41 +96,59 @@ def imports() -> None:
     except DirectionError as err:
         st.error(f"Import failed: {err}")
         return
+    added = []
     for stem, directions in found.items():
-        ws.add_set(f"imported:{stem}", directions)
+        wanted = f"imported:{stem}"
+        name = ws.free_name(wanted)
+        ws.add_set(name, directions)
+        note = "" if name == wanted else f", renamed because a set named {wanted} exists already"
+        added.append(f"{name} ({len(directions)} directions{note})")
     st.session_state[SEEN_UPLOADS] = ids
-    st.success("Imported " + ", ".join(f"imported:{stem} ({len(d)} directions)" for stem, d in found.items()) + ".")
+    st.success("Imported " + "; ".join(added) + ".")
 
 
 def orthogonalized_model() -> None:
-    st.header("Orthogonalized model")
     if not ws.direction_sets:
         return
+    st.header("Orthogonalized model")
     st.caption(
         "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
         "the model (the shared model in memory is restored)."
     )
-    set_name = st.selectbox("Direction set", list(ws.direction_sets), key="export_model_set")
+    options = list(ws.direction_sets)
+    preferred = _state.preferred_direction(ws)
+    _state.follow_default("export_model_set", preferred[0] if preferred else options[0], options)
+    set_name = st.selectbox("Direction set", options, key="export_model_set")
     directions = ws.direction_sets[set_name]
     names = st.multiselect(
         "Directions", list(directions.names), default=list(directions.names[:1]), key=f"export_model_names_{set_name}"
     )
-    default_dir = Path("exports") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{loaded.spec}-orthogonalized")
+    default_dir = default_export_dir(loaded.spec)
     out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir")
-    overwrite = st.checkbox("Overwrite a non-empty folder", key="export_model_overwrite")
+    overwrite = st.checkbox(
+        "Replace an earlier export in this folder",
+        key="export_model_overwrite",
+        help="Only a folder written by an earlier export (it holds a .refusal-atlas-export file) is ever replaced.",
+    )
     if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
         try:
             with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
                 path = export_orthogonalized(
                     loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
                 )
-        except (ValueError, OSError, DirectionError) as err:
+        except UserError as err:
             st.error(f"Export failed: {err}")
+        except OSError as err:
+            st.error(f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space.")
         else:
+            exported(str(path))
             st.success(f"Saved to {path.resolve()}. Load it in the sidebar as a local path to check it.")
 
 
-sets_table()
+# The table is drawn last into a slot at the top, so it already lists what this run imported.
+table_slot = st.container()
 downloads()
 imports()
 orthogonalized_model()
+with table_slot:
+    sets_table()

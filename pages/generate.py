@@ -14,6 +14,7 @@ from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import refusal_rate, substring_refused
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
 
+_state.run_through_app()
 st.title("Generate")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -32,6 +33,7 @@ def prompt_choices() -> list[str]:
             options += [f"[{kind}] {text}" for text in prompts.instructions]
     harmful_first = [o for o in options if o.startswith("[harmful]")][:2]
     harmless_first = [o for o in options if o.startswith("[harmless]")][:1]
+    _state.keep_valid("generate_prompts", options)
     picked = st.multiselect(
         "Prompts from the sets", options, default=harmful_first + harmless_first, key="generate_prompts"
     )
@@ -61,11 +63,31 @@ def ablation_layers() -> tuple[tuple[int, ...] | None, str]:
     return layers, mode
 
 
+def no_sets_hint() -> None:
+    """What a fresh page needs before it can switch a direction off."""
+    st.info(
+        "No direction sets yet, so only the baseline column can be generated. Compute activations and the DIM "
+        "candidates first, then score them on the Directions page to get the set *Selected DIM*; its direction "
+        "can be ablated here."
+    )
+    cols = st.columns(2)
+    cols[0].page_link("pages/data.py", label="Compute activations (Data & activations)", icon=":material/database:")
+    cols[1].page_link("pages/directions.py", label="Find a direction (Directions)", icon=":material/explore:")
+
+
+def ticked(set_name: str, directions) -> bool:
+    """Whether any box of this set is ticked (its expander then opens by itself)."""
+    keys = [f"generate_set_{set_name}"] + [f"generate_dir_{set_name}_{name}" for name in directions.names]
+    return any(st.session_state.get(key) is True for key in keys) or bool(st.session_state.get(f"generate_dirs_{set_name}"))
+
+
 def ablation_variants(layers, mode) -> list:
     """One variant per checked direction, and one per set ablated as a whole."""
     variants = []
+    if not ws.direction_sets:
+        no_sets_hint()
     for set_name, directions in ws.direction_sets.items():
-        with st.expander(f"{set_name} ({len(directions)} directions)"):
+        with st.expander(f"{set_name} ({len(directions)} directions)", expanded=ticked(set_name, directions)):
             if st.checkbox(f"Ablate the whole set '{set_name}' together", key=f"generate_set_{set_name}"):
                 variants.append(
                     Intervention(
@@ -75,6 +97,7 @@ def ablation_variants(layers, mode) -> list:
             if len(directions) <= MAX_CHECKBOXES:
                 picked = [name for name in directions.names if st.checkbox(name, key=f"generate_dir_{set_name}_{name}")]
             else:
+                _state.keep_valid(f"generate_dirs_{set_name}", directions.names)
                 picked = st.multiselect(
                     "Directions to ablate one at a time", list(directions.names), key=f"generate_dirs_{set_name}"
                 )
@@ -118,10 +141,10 @@ def actadd_variant() -> list:
         st.info("No directions to add yet.")
         return []
     cols = st.columns([3, 1, 1])
+    _state.follow_default("generate_actadd_direction", options[default_actadd(options)], options)
     set_name, name = cols[0].selectbox(
         "Direction",
         options,
-        index=default_actadd(options),
         format_func=lambda o: f"{o[0]}:{o[1]}",
         key="generate_actadd_direction",
     )
@@ -131,7 +154,8 @@ def actadd_variant() -> list:
     default_layer = (
         int(own_layer) if isinstance(own_layer, int) and 0 <= own_layer < loaded.n_layers else loaded.n_layers // 2
     )
-    layer = int(cols[1].number_input("Layer", 0, loaded.n_layers - 1, default_layer, key="generate_actadd_layer"))
+    _state.follow_default("generate_actadd_layer", default_layer, range(loaded.n_layers))
+    layer = int(cols[1].number_input("Layer", 0, loaded.n_layers - 1, key="generate_actadd_layer"))
     coeff = float(
         cols[2].number_input(
             "Coefficient",
@@ -176,11 +200,22 @@ def show_results(results: dict) -> None:
     names = list(results)
     judge = substring_refused
     rates = {name: refusal_rate([judge(c.text) for c in results[name]]) for name in names}
+    # Labels sit above the bars, so a 0% bar (no height) still shows its figure.
     chart = go.Figure(
-        go.Bar(x=names, y=[rates[n] for n in names], text=[f"{rates[n]:.0%}" for n in names], textposition="auto")
+        go.Bar(
+            x=names,
+            y=[rates[n] for n in names],
+            text=[f"{rates[n]:.0%}" for n in names],
+            textposition="outside",
+            cliponaxis=False,
+        )
     )
-    chart.update_layout(yaxis=dict(range=[0, 1], title="refusal rate (substring judge)"), height=260, margin=dict(t=20))
-    st.plotly_chart(chart, width="stretch")
+    chart.update_layout(
+        yaxis=dict(range=[0, 1.15], title="refusal rate (substring judge)", tickformat=".0%"),
+        height=280,
+        margin=dict(t=30),
+    )
+    st.plotly_chart(chart, width="stretch", key="generate_rates")
     for start in range(0, len(names), COLUMNS_PER_ROW):
         row = names[start : start + COLUMNS_PER_ROW]
         columns = st.columns(len(row))

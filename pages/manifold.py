@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -20,6 +21,7 @@ from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.som import SomSettings, neuron_prompts, som_direction_set, train_som
 from refusal_core.projection import ProjectionError, fit_projection
 
+_state.run_through_app()
 st.title("Manifold")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -27,6 +29,9 @@ _state.require_activations(ws)
 harmful_set, harmless_set = ws.harmful, ws.harmless
 n_layers = ws.harmful_acts.n_layers
 positions = list(ws.harmful_acts.positions)
+# Set colours chosen here: Streamlit's theme would draw the first two traces in two blues.
+SET_COLOURS = {"harmful": "#d62728", "harmless": "#1f77b4", "not clustered": "#bbbbbb"}
+PALETTE = px.colors.qualitative.Dark24
 
 
 def controls() -> tuple[int, int, str, int, str]:
@@ -76,7 +81,8 @@ def projection_for(
 
 def scatter_traces(table: pd.DataFrame, embedding: np.ndarray, colour: str, dims: int) -> list:
     traces = []
-    for label, rows in table.groupby(colour, sort=True):
+    for number, (label, rows) in enumerate(table.groupby(colour, sort=True)):
+        tint = SET_COLOURS.get(str(label), PALETTE[number % len(PALETTE)])
         index = rows.index.to_numpy()
         hover = ["<br>".join(textwrap.wrap(text, 70)) for text in rows["prompt"]]
         common = dict(
@@ -92,13 +98,20 @@ def scatter_traces(table: pd.DataFrame, embedding: np.ndarray, colour: str, dims
                     x=embedding[index, 0],
                     y=embedding[index, 1],
                     z=embedding[index, 2],
-                    marker=dict(size=4, opacity=0.8),
+                    marker=dict(size=4, opacity=0.8, color=tint),
                     **common,
                 )
             )
         else:
+            # Clicking a SOM node selects it; without `unselected` Plotly would fade every other point.
             traces.append(
-                go.Scatter(x=embedding[index, 0], y=embedding[index, 1], marker=dict(size=8, opacity=0.75), **common)
+                go.Scatter(
+                    x=embedding[index, 0],
+                    y=embedding[index, 1],
+                    marker=dict(size=8, opacity=0.75, color=tint),
+                    unselected=dict(marker=dict(opacity=0.75)),
+                    **common,
+                )
             )
     return traces
 
@@ -120,11 +133,17 @@ def som_traces(projection, dims: int) -> list:
             ),
         ]
     return [
-        go.Scatter(**edges, mode="lines", line=dict(color="black", width=1.5), name="SOM grid", hoverinfo="skip"),
+        go.Scatter(
+            **edges, mode="lines", line=dict(color="black", width=1.5), name="SOM grid", hoverinfo="skip",
+            unselected=dict(marker=dict(opacity=1.0)),
+        ),
         go.Scatter(
             **nodes, mode="markers+text", name="SOM neurons", text=labels, textposition="top center",
             marker=dict(size=result.node_sizes(10, 30), color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
             hovertext=hover, hoverinfo="text",
+            # A clicked node turns orange; the others, and the prompts' points, keep their look.
+            selected=dict(marker=dict(color="#ff7f0e")),
+            unselected=dict(marker=dict(opacity=0.8), textfont=dict(color="black")),
         ),
     ]
 
@@ -136,7 +155,8 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
         neighbours = int(st.number_input("n_neighbors", 2, 200, 15, key="manifold_neighbours"))
         min_dist = float(st.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05, key="manifold_min_dist"))
     try:
-        with st.spinner("Fitting the map..."):
+        warming = method == "umap" and (thread := _state.umap_warm_up()) is not None and thread.is_alive()
+        with st.spinner("Fitting the map (UMAP's compiled kernels are still loading in the background)..." if warming else "Fitting the map..."):
             projection = projection_for(points, layer, position, method, dims, neighbours, min_dist)
     except ProjectionError as err:
         st.error(str(err))
@@ -188,15 +208,9 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
     if ws.som is None:
         return
     result = ws.som.result
-    st.caption(
-        f"{ws.som.set_name} (added to the direction sets): quantization error {result.quantization_error:.3g}, "
-        f"topographic error {result.topographic_error:.3g}."
-        + (
-            ""
-            if (ws.som.layer, ws.som.position) == (layer, position)
-            else " Move the layer/position controls to the SOM's to see it on the map."
-        )
-    )
+    som_quality(result)
+    if (ws.som.layer, ws.som.position) != (layer, position):
+        st.caption("Move the layer/position controls to the SOM's to see it on the map.")
     neurons = list(range(result.n_neurons))
     if clicked is not None and clicked in neurons:
         st.session_state["som_neuron"] = clicked
@@ -207,6 +221,36 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
     )
     members = groups.get(neuron, [])
     st.dataframe(pd.DataFrame(members, columns=["prompt", "category"]), hide_index=True, width="stretch")
+
+
+def som_quality(result) -> None:
+    """The map's two errors beside it, with what they mean."""
+    st.caption(f"{ws.som.set_name}: added to the direction sets, one direction per neuron.")
+    cols = st.columns(2)
+    cols[0].metric(
+        "Quantization error",
+        f"{result.quantization_error:.3g}",
+        help="Mean distance from a prompt to its neuron, in residual-stream units; lower means the neurons are "
+        "better prototypes of their prompts.",
+    )
+    cols[1].metric(
+        "Topographic error",
+        "n/a" if np.isnan(result.topographic_error) else f"{result.topographic_error:.1%}",
+        help="Share of prompts whose two nearest neurons are not neighbours on the grid; 0 means the grid keeps "
+        "neighbourhoods, a large share means the grid is folded.",
+    )
+    folded = result.topographic_error > 0.1
+    st.caption(
+        f"Quantization error: the mean distance from a prompt to its neuron, {result.quantization_error / result.spread:.0%} "
+        f"of the mean distance to the centre of all harmful prompts ({result.spread:.3g}, a 1x1 map's error). "
+        "Topographic error: the share of prompts whose nearest and second-nearest neurons are not grid neighbours; "
+        + (
+            "above 10% the grid is folded over the data, so neighbouring neurons need not hold similar prompts "
+            "(try a larger sigma or more iterations)."
+            if folded
+            else "at or below 10% the grid lies flat over the data, so neighbouring neurons hold similar prompts."
+        )
+    )
 
 
 def per_prompt_section(layer: int, position: int) -> None:

@@ -16,6 +16,7 @@ from refusal_core.selection.search import SearchSettings, best_direction_set, ru
 
 MAX_DEFAULT = 32
 
+_state.run_through_app()
 st.title("Search")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -46,10 +47,10 @@ def pick_pool():
         prefixes.append(f"{set_name}:")
     if not parts:
         return None
-    return DirectionSet.concat(parts, prefixes=prefixes)
+    return DirectionSet.concat(parts, prefixes=prefixes), " + ".join(p.rstrip(":") for p in prefixes)
 
 
-def settings_form(pool_size: int):
+def settings_form(pool_size: int, pool_label: str):
     cols = st.columns(4)
     k = int(cols[0].number_input("k (directions per trial)", 1, max(1, pool_size), min(3, pool_size), key="search_k"))
     n_trials = int(cols[1].number_input("Trials", 1, 10000, 20, key="search_trials"))
@@ -60,7 +61,7 @@ def settings_form(pool_size: int):
         help="score: mean refusal score (no generation, fast); substring: refusal rate of greedy replies.",
     )
     kl_penalty = float(cols[3].number_input("KL penalty", 0.0, 100.0, 0.0, step=0.1, key="search_kl"))
-    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 16, key="search_n_val"))
+    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="search_n_val"))
     max_new = int(
         cols[1].number_input("Max new tokens", 1, 512, 32, key="search_max_new", disabled=objective != "substring")
     )
@@ -74,6 +75,7 @@ def settings_form(pool_size: int):
         max_new_tokens=max_new,
         seed=seed,
         ablate_mode=mode,
+        study_label=pool_label,
     )
     return settings, n_val
 
@@ -123,7 +125,8 @@ def run(pool, settings, n_val: int) -> None:
     except PromptSetError as err:
         st.error(str(err))
         return
-    bar = st.progress(0.0, text="Starting the study")
+    slot = st.empty()
+    bar = slot.progress(0.0, text="Starting the study")
     chart = st.empty()
     best_so_far: list[float] = []
 
@@ -142,6 +145,7 @@ def run(pool, settings, n_val: int) -> None:
         st.error(f"Search failed: {err}")
         return
     chart.empty()
+    slot.empty()
     ws.search = _state.SearchState(result=result, pool=pool)
     if result.ran == 0:
         st.success(f"Study {result.study_name} already held {len(result.trials)} trials; shown without recomputing.")
@@ -152,11 +156,23 @@ def show_result() -> None:
         return
     result, pool = ws.search.result, ws.search.pool
     st.subheader(f"Study {result.study_name}")
+    scored = [t for t in result.trials if t["value"] is not None]
+    skipped = sum(t["state"] == "PRUNED" for t in result.trials)
+    reused = sum(t["reused_from"] is not None for t in scored)
+    other = len(result.trials) - len(scored) - skipped
+    parts = [f"{len(scored)} scored trials (all in the chart, the best {min(len(scored), 10)} in the table)"]
+    if reused:
+        parts.append(f"{reused} of them reused the score of an earlier trial with the same directions")
+    if skipped:
+        parts.append(f"{skipped} skipped because a slot repeated a direction")
+    if other:
+        parts.append(f"{other} failed or still running")
+    started = f"; started {result.started.replace('T', ' ')}" if result.started else ""
     st.caption(
-        f"{len(result.trials)} trials in all ({result.ran} run now, {result.seconds:.1f} s). "
-        f"Stored in {result.storage}; rerunning resumes it."
+        "; ".join(parts) + f". {result.ran} trials run now in {result.seconds:.1f} s{started}. "
+        f"Stored in {result.storage}; running the same search again resumes it."
     )
-    st.plotly_chart(trial_figure(result.trials), width="stretch")
+    st.plotly_chart(trial_figure(result.trials), width="stretch", key="search_trials_chart")
     if result.best_names is None:
         st.info("No trial completed yet; run more trials.")
         return
@@ -179,12 +195,13 @@ def show_result() -> None:
             st.success(f"Added '{name}' to this session's direction sets.")
 
 
-pool = pick_pool()
-if pool is None:
+picked = pick_pool()
+if picked is None:
     st.info("Choose at least one direction for the pool.")
     st.stop()
+pool, pool_label = picked
 st.caption(f"Pool of {len(pool)} directions.")
-settings, n_val = settings_form(len(pool))
+settings, n_val = settings_form(len(pool), pool_label)
 if st.button("Run search", type="primary", key="search_run"):
     run(pool, settings, n_val)
 show_result()

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 import torch
 
 from refusal_core.interventions.conditional import resolve_rows
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
@@ -104,13 +105,13 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
+            raise SettingsError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise SettingsError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+            raise SettingsError(f"batch_size must be at least 1, got {self.batch_size}.")
 
 
 @dataclass(frozen=True)
@@ -156,10 +157,10 @@ def generate_side_by_side(
     """
     names = [variant.name for variant in variants]
     if not variants:
-        raise ValueError("Give at least one variant (Intervention() is the unmodified model).")
+        raise SettingsError("Give at least one variant (Intervention() is the unmodified model).")
     if len(set(names)) != len(names):
         duplicates = sorted({name for name in names if names.count(name) > 1})
-        raise ValueError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
+        raise SettingsError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
     per_prompt = [resolve_rows(loaded, instructions, variant, chat) for variant in variants]
     stop_ids = end_of_turn_ids(loaded.tokenizer, chat)

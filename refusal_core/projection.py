@@ -12,18 +12,22 @@ would draw a geometry that neither the DIM nor the SOM directions live in.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["Projection", "ProjectionError", "fit_projection"]
+from refusal_core.errors import UserError
+
+__all__ = ["Projection", "ProjectionError", "fit_projection", "warm_up_umap"]
 
 Method = Literal["pca", "umap"]
 METHODS: tuple[str, ...] = ("pca", "umap")
 
 
-class ProjectionError(ValueError):
+class ProjectionError(UserError, ValueError):
     """The points cannot be projected as asked; the message says how to fix it."""
 
 
@@ -97,11 +101,50 @@ def _fit_pca(centred: np.ndarray, n_components: int, seed: int):
     return pca, embedding, np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
 
 
-def _fit_umap(centred: np.ndarray, n_components: int, seed: int, n_neighbors: int, min_dist: float):
+# umap-learn's modules whose numba kernels a fit compiles.
+_UMAP_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.distances", "umap.sparse", "umap.utils", "umap.spectral")
+_UMAP_IMPORT_LOCK = threading.Lock()
+_umap_cached = False
+
+
+def _import_umap():
+    """Import umap-learn with numba's on-disk cache turned on for its kernels.
+
+    umap-learn marks one of its numba kernels ``cache=True`` (pynndescent, which it uses,
+    marks most of its own), so every new process compiled the rest again before its first
+    map, most of that map's time. ``Dispatcher.enable_caching`` is what
+    ``cache=True`` does; called before a kernel's first compilation it makes numba write
+    the machine code next to umap's sources (``__pycache__``, or ``NUMBA_CACHE_DIR`` when set)
+    and load it in later processes. numba checks the source file's timestamp and its own
+    version, so an upgraded umap-learn recompiles rather than using stale code.
+    """
+    global _umap_cached
     try:
         import umap
+        from numba.core.registry import CPUDispatcher
     except ImportError as err:  # pragma: no cover - umap-learn is in requirements.txt
         raise ProjectionError("UMAP needs the umap-learn package: pip install umap-learn") from err
+    with _UMAP_IMPORT_LOCK:
+        if not _umap_cached:
+            for name in _UMAP_KERNEL_MODULES:
+                module = importlib.import_module(name)
+                for kernel in vars(module).values():
+                    if isinstance(kernel, CPUDispatcher) and kernel.__module__ == name:
+                        kernel.enable_caching()
+            _umap_cached = True
+    return umap
+
+
+def warm_up_umap() -> None:
+    """Fit one tiny UMAP map, so that numba compiles (or loads from its disk cache) every
+    kernel a map needs: set-up calls this once, and the dashboard at start in the background.
+    The compiled code does not depend on the number or width of the points."""
+    points = np.random.default_rng(0).normal(size=(40, 16))
+    fit_projection(points, "umap", 2, seed=0)
+
+
+def _fit_umap(centred: np.ndarray, n_components: int, seed: int, n_neighbors: int, min_dist: float):
+    umap = _import_umap()
     # UMAP cannot look at more neighbours than there are other points.
     neighbours = max(2, min(int(n_neighbors), centred.shape[0] - 1))
     # A fixed random_state makes UMAP deterministic (it then runs single-threaded).

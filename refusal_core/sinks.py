@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.spec import Intervention
 from refusal_core.metrics import harmless_kl, next_token_logprobs
 from refusal_core.model.families import model_lock
@@ -65,9 +66,9 @@ def massive_activations(
     three orders of magnitude above the median "massive".
     """
     if not instructions:
-        raise ValueError("massive_activations needs at least one instruction.")
+        raise SettingsError("massive_activations needs at least one instruction.")
     if not ratio > 1:
-        raise ValueError(f"ratio must be above 1, got {ratio}.")
+        raise SettingsError(f"ratio must be above 1, got {ratio}.")
     batch = encode_prompts(loaded, format_prompts(loaded.tokenizer, instructions, chat))
     with model_lock(loaded.model):  # never read a forward pass that another session is intervening on
         hidden = loaded.model(**batch, output_hidden_states=True).hidden_states
@@ -110,7 +111,7 @@ def random_direction_kl(
     """Mean harmless first-token KL of ablating each of ``n_directions`` seeded random unit
     directions; ``base`` as in ``evaluation.harmless_kl``."""
     if n_directions < 1:
-        raise ValueError("n_directions must be at least 1.")
+        raise SettingsError("n_directions must be at least 1.")
     width = loaded.d_model
     generator = torch.Generator().manual_seed(seed)
     if base is None:

@@ -21,6 +21,7 @@ AppTest = streamlit_testing.AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = [
+    "pages/home.py",
     "pages/data.py",
     "pages/manifold.py",
     "pages/directions.py",
@@ -39,23 +40,8 @@ def tiny_app(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def navigation_only(monkeypatch):
-    """Make AppTest run app.py on every rerun, as a real server does.
-
-    AppTest resets ``PagesManager.uses_pages_directory`` to None before each run, and the
-    ``pages/`` folder beside app.py then sets it True, so a rerun on a page executes that
-    page file alone through Streamlit's legacy multipage path, without app.py's sidebar.
-    A server sets the flag False at the first ``st.navigation`` call and keeps it.
-    """
-    from streamlit.runtime import pages_manager
-    from streamlit.testing.v1 import app_test
-
-    class NavigationPagesManager(pages_manager.PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+def _run_app_py_on_every_rerun(navigation_only):
+    """Every test here drives app.py as a server does (see conftest.navigation_only)."""
 
 
 def _assert_ok(at: AppTest) -> None:
@@ -85,6 +71,7 @@ def _start() -> AppTest:
 
 def _with_activations() -> AppTest:
     at = _start()
+    at.switch_page("pages/data.py").run()
     at.button(key="data_compute").click().run()
     _assert_ok(at)
     return at
@@ -154,6 +141,9 @@ def test_directions_heatmaps_and_selection():
     result = _workspace(at).selection
     assert result is not None
     assert _charts(at) == 5 + extra  # plus bypass, induce and KL grids
+    # Optimization now starts from the selected (or closest) candidate, not the first DIM one.
+    assert at.selectbox(key="optimize_start").value[0] in ("Selected DIM", "Closest DIM")
+    assert any("Raced in" in c.value for c in at.caption)
     from refusal_core.selection.policy import select_with_fallback
 
     sets = _workspace(at).direction_sets
@@ -179,7 +169,8 @@ def test_directions_optimize_adds_a_learnt_set():
     start = at.selectbox(key="optimize_start")
     assert start.value[0] == "DIM"  # no selection yet: the first DIM candidate
     at.number_input(key="optimize_steps").set_value(2)
-    at.number_input(key="optimize_n").set_value(2)
+    at.number_input(key="optimize_max_harmful").set_value(2)
+    at.number_input(key="optimize_max_harmless").set_value(2)
     before = _charts(at)
     at.button(key="optimize_run").click().run()
     _assert_ok(at)
@@ -313,7 +304,7 @@ def test_bad_prompt_file_and_failed_model_load_show_errors_and_keep_the_app_runn
     at.radio(key="atlas_model_choice").set_value("Hugging Face id or local path").run()
     at.text_input(key="atlas_model_path").set_value("/nonexistent/refusal-atlas-model").run()
     assert not at.exception
-    assert any("Could not load" in e.value or "failed" in e.value for e in at.error)
+    assert any("No model folder at /nonexistent/refusal-atlas-model" in e.value for e in at.error)
     at.switch_page("pages/generate.py").run()
     assert not at.exception
     assert any("No model is loaded" in info.value for info in at.info)

@@ -69,7 +69,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(model_dir, tmp_path, capsys):
     code, _, err = _run(capsys, "directions", "som", "--model", model_dir, "--layer", "7", "--limit", "4", "--out", str(tmp_path / "s"))
     assert code == 2 and "layers 0..2" in err
     code, _, err = _run(capsys, "activations", "--model", str(tmp_path / "nowhere"))
-    assert code == 2 and "Could not load" in err
+    assert code == 2 and "No model folder at" in err and "nowhere" in err
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     code, _, err = _run(capsys, "generate", "--model", model_dir, "--prompts", str(empty))
@@ -95,14 +95,16 @@ def test_select_chooses_or_names_the_closest_candidate(model_dir, tmp_path, caps
     code, out, _ = _run(capsys, *common, "--out", str(tmp_path / "open.json"), "--max-kl", "1e9", "--min-induce=-1e9",
                         "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "best"))
     payload = json.loads(out)
-    assert code == 0 and payload["n_passed"] == payload["n_candidates"] and "closest" not in payload
+    # Raced by default: every finalist (scored on every prompt) passes open filters, and only finalists do.
+    assert code == 0 and payload["mode"] == "racing" and "closest" not in payload
+    assert payload["n_passed"] == len(payload["finalists"]) < payload["n_candidates"]
     assert payload["saved"]["closest"] is False
     position, layer = payload["chosen"]
     assert load_direction_set(tmp_path / "best", d_model=64).names == (f"dim/pos{position}/layer{layer}",)
     code, out, _ = _run(capsys, *common, "--out", str(tmp_path / "strict.json"), "--max-kl", "0", "--min-induce", "1e9",
-                        "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "closest"))
+                        "--max-layer-fraction", "1", "--save-direction", str(tmp_path / "closest"), "--exhaustive")
     payload = json.loads(out)
-    assert code == 0 and payload["chosen"] is None and payload["n_passed"] == 0
+    assert code == 0 and payload["mode"] == "exhaustive" and payload["chosen"] is None and payload["n_passed"] == 0
     assert payload["closest"]["rule"] == "no filter"  # nothing induces a refusal score of 1e9
     # With nothing chosen, --save-direction keeps the closest candidate and says so.
     closest_name = f"dim/pos{payload['closest']['position']}/layer{payload['closest']['layer']}"
@@ -113,7 +115,7 @@ def test_select_chooses_or_names_the_closest_candidate(model_dir, tmp_path, caps
     )
 
 
-def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_path, capsys):
+def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_path, capsys, monkeypatch):
     dim = str(tmp_path / "dim")
     assert _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "4", "--out", dim)[0] == 0
     out = str(tmp_path / "rdo")
@@ -126,6 +128,10 @@ def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_pa
     assert learnt.provenance[0]["method"] == "rdo" and learnt.vectors[0].norm().item() == pytest.approx(1.0, abs=1e-5)
     code, _, err = _run(capsys, "directions", "optimize", "--model", model_dir, "--init", dim, "--limit", "3", "--out", out)
     assert code == 2 and "--init must name one direction" in err
+    # Without --init it starts from cache/best (where `select --save-direction` puts it), or says how to make it.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, "directions", "optimize", "--model", model_dir, "--limit", "3", "--out", out)
+    assert code == 2 and "No --init given" in err and "--save-direction cache/best" in err
 
 
 def test_every_command_writes_provenance_from_the_one_builder(model_dir, tmp_path, capsys):

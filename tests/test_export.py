@@ -68,16 +68,27 @@ def test_export_reloads_and_matches_hooked_ablation(tmp_path, family, tie):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
-def test_refuses_non_empty_target_unless_overwrite(tmp_path):
+def test_refuses_a_folder_of_other_files_even_with_overwrite(tmp_path):
     loaded = tiny_model("llama")
     target = tmp_path / "export"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="overwrite=True"):
-        export_orthogonalized(loaded, two_directions(), target)
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="no .refusal-atlas-export file"):
+            export_orthogonalized(loaded, two_directions(), target, overwrite=overwrite)
     assert (target / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_replaces_an_earlier_export_only_with_overwrite(tmp_path):
+    loaded = tiny_model("llama")
+    target = tmp_path / "export"
+    export_orthogonalized(loaded, two_directions().select(["som/unit-0"]), target)
+    with pytest.raises(ExportError, match="--overwrite"):
+        export_orthogonalized(loaded, two_directions(), target)
+    assert load_direction_set(target / "directions").names == ("som/unit-0",)
     export_orthogonalized(loaded, two_directions(), target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
+    assert load_direction_set(target / "directions").names == two_directions().names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
@@ -90,7 +101,8 @@ def test_failed_export_leaves_model_and_disk_as_they_were(tmp_path, monkeypatch,
         raise OSError("disk full")
 
     # The model fails while its weights are edited and its config swapped; the tokenizer after.
-    monkeypatch.setattr(getattr(loaded, failing), "save_pretrained", broken_save)
+    owner = loaded.model if failing == "model" else loaded.tokenizer.unwrapped
+    monkeypatch.setattr(owner, "save_pretrained", broken_save)
     with pytest.raises(OSError, match="disk full"):
         export_orthogonalized(loaded, two_directions(), tmp_path / "export")
     assert_unchanged(loaded.model, before)

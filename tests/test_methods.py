@@ -116,7 +116,7 @@ def test_an_added_method_runs_from_the_cli(toy_method, tiny_llama, tmp_path, cap
     assert code == 0 and "demo/0" in out and "Wrote 1 directions" in out
 
 
-def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch):
+def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch, navigation_only):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv(TEST_MODEL_ENV, "tiny")

@@ -56,7 +56,7 @@ def test_missing_organism_tells_how_to_build(tmp_path):
 def test_unknown_spec_and_dtype_are_clear(tmp_path):
     with pytest.raises(ModelLoadError, match="bundled:refusal-organism"):
         load_model("bundled:nonsense")
-    with pytest.raises(ModelLoadError, match="Could not load"):
+    with pytest.raises(ModelLoadError, match="No model folder at .*no-such-model"):
         load_model(str(tmp_path / "no-such-model"))
     with pytest.raises(ModelLoadError, match="dtype"):
         resolve_dtype("float7")

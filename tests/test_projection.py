@@ -99,3 +99,16 @@ def test_rejects_bad_inputs():
     projection = fit_projection(points, "pca", 2)
     with pytest.raises(ProjectionError, match="width"):
         projection.transform(points[:, :10])
+
+
+def test_umap_kernels_use_numbas_disk_cache():
+    """Without the on-disk cache every new server compiled UMAP's kernels before its first map."""
+    from numba.core.caching import NullCache
+
+    from refusal_core.projection import _import_umap
+
+    umap = _import_umap()
+    import umap.layouts
+
+    assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch._cache, NullCache)
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)

@@ -54,6 +54,8 @@ def test_search_evaluates_distinct_subsets_and_resumes(tiny_llama, pool):
         if trial["reused_from"] is not None:
             assert trial["value"] == first.trials[trial["reused_from"]]["value"]
 
+    assert first.study_name.startswith("search-k2-") and first.started is not None
+
     resumed = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings, n_trials=3)
     assert resumed.study_name == first.study_name and resumed.ran == 3
     assert len(resumed.trials) == 9 and resumed.trials[:6] == first.trials
@@ -99,3 +101,12 @@ def test_bad_inputs_raise_before_any_trial(tiny_llama, pool):
         run_search(tiny_llama, pool, HARMFUL, settings=SearchSettings(kl_penalty=1.0))
     with pytest.raises(ValueError):
         SearchSettings(objective="accuracy")
+
+
+def test_study_names_say_which_pool_and_k(tiny_llama, pool):
+    settings = SearchSettings(k=1, n_trials=1, objective="score", study_label="SOM 3x3 L18 P-1")
+    result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings)
+    name, suffix = result.study_name.rsplit("-", 1)
+    assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 8
+    # The label names the study; it does not change what is measured, so it is not part of the settings' identity.
+    assert "study_label" not in settings.identity()

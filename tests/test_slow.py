@@ -34,6 +34,43 @@ def organism():
     return build_organism()
 
 
+def test_the_built_organism_is_the_shipped_one(organism):
+    """The organism here has the sha256 the shipped delta records: the same weights on every machine."""
+    from refusal_core.model.fingerprint import weights_sha256
+    from refusal_core.model.loading import BUNDLED_ORGANISM, load_model
+    from refusal_core.organism.delta import SHIPPED_DELTA, OrganismDelta
+
+    assert weights_sha256(load_model(BUNDLED_ORGANISM).model) == OrganismDelta.load(SHIPPED_DELTA).sha256
+
+
+@pytest.mark.targets
+def test_a_fresh_build_from_scratch_still_meets_the_targets(organism, tmp_path):
+    """The recipe behind the shipped delta still works: a build from scratch (in its own cache,
+    its delta written aside) meets the five targets too. Its sha256 may differ from the
+    shipped one by float rounding, which is why the organism is shipped as a delta."""
+    import os
+    import shutil
+
+    from refusal_core.model.loading import bundled_model_dir
+
+    cache = tmp_path / "cache"
+    # The converted base model is reused; everything else is made again.
+    shutil.copytree(bundled_model_dir("smollm2-135m-instruct"), cache / "models" / "smollm2-135m-instruct")
+    env = {**os.environ, "REFUSAL_ATLAS_CACHE": str(cache)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "refusal_core", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+
+    built = cli("organism", "build", "--from-scratch", "--delta-out", str(tmp_path / "delta.safetensors"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (tmp_path / "delta.safetensors").stat().st_size < 25e6
+    reported = cli("organism", "report", "--json")
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    report = json.loads(reported.stdout)
+    failed = [t["metric"] for t in report["targets"] if not t["pass"]]
+    assert not failed, json.dumps(report["metrics"], indent=2)
+
+
 @pytest.mark.targets
 def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organism):
     """Issue 4's five targets on the held-out test prompts, and a single direction optimized

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from refusal_core.directions.dim import dim_directions
-from refusal_core.directions.som import SomSettings, neuron_prompts, som_direction_set, train_som
+from refusal_core.directions.som import SomSettings, neuron_prompts, pca_grid, som_direction_set, train_som
 
 D = 32
 
@@ -107,7 +108,7 @@ def test_neuron_prompts_cover_every_prompt_once():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(x=0), dict(y=-1), dict(sigma=0.0), dict(learning_rate=float("nan")), dict(iterations=0),
-     dict(topology="torus"), dict(neighborhood="cone"), dict(seed=-1)],
+     dict(topology="torus"), dict(neighborhood="cone"), dict(initialization="kmeans"), dict(seed=-1)],
 )
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
@@ -124,3 +125,43 @@ def test_bad_data():
         train_som(harmful[:0], harmless, SMALL)
     with pytest.raises(ValueError, match="order"):
         som_direction_set(train_som(harmful, harmless, SomSettings(x=1, y=1)), {}, order="size")
+
+
+def _plane(seed: int = 0, n: int = 200, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts on a 40 x 20 rectangle in a random plane of ``width`` dimensions, far from the origin
+    (as residual activations are), with a little noise off the plane; returns (points, plane basis [width, 2])."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(width, 2, generator=generator))[0]
+    on_plane = torch.rand(n, 2, generator=generator) * torch.tensor([40.0, 20.0])
+    points = 300 + on_plane @ basis.T + 0.3 * torch.randn(n, width, generator=generator)
+    return points, basis
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_map_on_two_dimensional_data_is_not_folded(seed):
+    points, basis = _plane(seed)
+    result = train_som(points, torch.randn(20, points.shape[1]), SomSettings())
+    # Almost every prompt's two nearest neurons are grid neighbours...
+    assert result.topographic_error <= 0.05
+    assert result.quantization_error < 0.5 * result.spread
+    # ...and the grid lies flat: along each grid axis the neurons advance the same way on the plane.
+    plane = (result.weights.double() @ basis.double()).reshape(3, 3, 2).numpy()
+    rows = np.sign(np.diff(plane[:, :, 0], axis=0))  # grid x follows the long side (first component)
+    columns = np.sign(np.diff(plane[:, :, 1], axis=1))
+    assert abs(rows.sum()) == rows.size and abs(columns.sum()) == columns.size
+
+
+def test_pca_grid_spans_one_standard_deviation_of_the_first_two_components():
+    points, basis = _plane(0)
+    data = points.double().numpy()
+    grid = pca_grid(data, 3, 3)
+    assert grid.shape == (3, 3, data.shape[1])
+    assert np.allclose(grid[1, 1], data.mean(axis=0))
+    along_first = grid[2, 1] - grid[1, 1]
+    projected = (data - data.mean(axis=0)) @ (along_first / np.linalg.norm(along_first))
+    assert np.linalg.norm(along_first) == pytest.approx(projected.std(ddof=1), rel=1e-6)
+    # The first component is the rectangle's long side, inside the plane.
+    in_plane = basis.double().numpy().T @ along_first
+    assert np.linalg.norm(in_plane) == pytest.approx(np.linalg.norm(along_first), rel=1e-3)
+    assert abs(in_plane[0]) > 3 * abs(in_plane[1])
+    assert np.allclose(grid[0, 0] + grid[2, 2], 2 * grid[1, 1])

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry
+from refusal_core.errors import SettingsError
 from refusal_core.model.families import model_lock, model_parts
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.forward import block_hooks, encode_prompts
@@ -50,7 +51,7 @@ class Activations:
 
     def position_index(self, position: int) -> int:
         if position not in self.positions:
-            raise ValueError(f"Position {position} was not recorded; recorded positions: {list(self.positions)}.")
+            raise SettingsError(f"Position {position} was not recorded; use one of the recorded positions {list(self.positions)}.")
         return self.positions.index(position)
 
     def block_input(self, layer: int, position: int = -1) -> torch.Tensor:
@@ -66,7 +67,7 @@ class Activations:
     @staticmethod
     def _check_layer(layer: int, n_layers: int) -> None:
         if not 0 <= layer < n_layers:
-            raise ValueError(f"Layer {layer} is out of range; this model has layers 0..{n_layers - 1}.")
+            raise SettingsError(f"Layer {layer} is out of range; this model has layers 0..{n_layers - 1}.")
 
 
 def default_positions(tokenizer, chat: ChatFormat | None = None) -> tuple[int, ...]:
@@ -77,11 +78,11 @@ def default_positions(tokenizer, chat: ChatFormat | None = None) -> tuple[int, .
 
 def _validate(instructions: Sequence[str], positions: Sequence[int], batch_size: int) -> None:
     if len(instructions) == 0:
-        raise ValueError("No prompts given; pass at least one instruction.")
+        raise SettingsError("No prompts given; pass at least one instruction.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}.")
     if not positions or any(p >= 0 for p in positions):
-        raise ValueError(f"Positions must be negative offsets from the end (e.g. -1), got {list(positions)}.")
+        raise SettingsError(f"Positions must be negative offsets from the end (e.g. -1), got {list(positions)}.")
 
 
 def _forward_batch(loaded: LoadedModel, texts: Sequence[str], positions: Sequence[int]) -> torch.Tensor:
@@ -90,7 +91,7 @@ def _forward_batch(loaded: LoadedModel, texts: Sequence[str], positions: Sequenc
     batch = encode_prompts(loaded, texts)
     shortest = int(batch["attention_mask"].sum(-1).min())
     if -min(positions) > shortest:
-        raise ValueError(f"Position {min(positions)} reaches before the start of a {shortest}-token prompt.")
+        raise SettingsError(f"Position {min(positions)} reaches before the start of a {shortest}-token prompt.")
     index = list(positions)
     records: list[torch.Tensor | None] = [None] * (parts.n_layers + 1)
 
@@ -140,18 +141,19 @@ def extract_activations(
     positions = tuple(positions) if positions is not None else default_positions(loaded.tokenizer, chat)
     _validate(instructions, positions, batch_size)
     instructions = tuple(instructions)
-    key = activation_key(loaded, instructions, positions, chat)
-    path = entry_path("activations", key)
-    expected = {"key": key}
-    if use_cache:
-        cached = load_entry(path, expected)
+    texts = format_prompts(loaded.tokenizer, instructions, chat)
+    # One lock from the weights fingerprint to the last forward pass: a weight edit by
+    # another session in between would file these activations under the wrong key.
+    with model_lock(loaded.model):
+        key = activation_key(loaded, instructions, positions, chat)
+        path = entry_path("activations", key)
+        expected = {"key": key}
+        cached = load_entry(path, expected) if use_cache else None
         if cached is not None:
             if progress:
                 progress(len(instructions), len(instructions))
             return Activations(cached["acts"], positions, instructions, key, from_cache=True)
-    texts = format_prompts(loaded.tokenizer, instructions, chat)
-    chunks = []
-    with model_lock(loaded.model):
+        chunks = []
         for start in range(0, len(texts), batch_size):
             chunks.append(_forward_batch(loaded, texts[start : start + batch_size], positions))
             if progress:

@@ -1,8 +1,9 @@
 """Command line: ``python -m refusal_core COMMAND ...``.
 
 Human-readable output by default, ``--json`` for machines. Bad input (a missing file, a
-width mismatch, a layer out of range, an unloadable model) prints one clear message to
-stderr and exits with code 2. Each command group lives in its own module and adds its
+width mismatch, a layer out of range, an unloadable model: any ``errors.UserError``) prints
+one clear message to stderr and exits with code 2. Any other exception is a bug: Python
+prints its traceback and the exit code is 1. Each command group lives in its own module and adds its
 parsers with ``add_parsers(sub)``; ``common`` holds the loading preamble they share.
 """
 
@@ -13,7 +14,8 @@ import sys
 from typing import Sequence
 
 from refusal_core.cli import activations, categories, directions, export, generate, organism
-from refusal_core.cli.common import EXIT_BAD_INPUT, bad_input_errors
+from refusal_core.cli.common import EXIT_BAD_INPUT
+from refusal_core.errors import UserError
 
 __all__ = ["build_parser", "main"]
 
@@ -30,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except bad_input_errors() as err:
+    except UserError as err:
+        # Only the message: the user's input is at fault, and a traceback would bury the fix.
+        # Every other exception propagates (traceback, exit code 1): it is a bug.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -1,5 +1,5 @@
 """The loading preamble every command shares: model and prompt-set arguments, loading them,
-progress bars on stderr, ``--json`` output and the errors that mean bad input (exit code 2).
+progress bars on stderr, ``--json`` output and ``CliError`` for bad arguments (exit code 2).
 """
 
 from __future__ import annotations
@@ -10,23 +10,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from refusal_core.errors import SettingsError
 from refusal_core.model.loading import BUNDLED_ORGANISM
-from refusal_core.progress import Progress
+from refusal_core.progress import Progress, stage_text
 
 EXIT_BAD_INPUT = 2
 
 
-class CliError(Exception):
+class CliError(SettingsError):
     """Bad input discovered by the CLI itself."""
-
-
-def bad_input_errors() -> tuple[type[BaseException], ...]:
-    from refusal_core.directions.base import DirectionError
-    from refusal_core.model.families import ModelLoadError
-    from refusal_core.prompts.chat import TemplateError
-    from refusal_core.prompts.sets import PromptSetError
-
-    return (CliError, DirectionError, ModelLoadError, PromptSetError, TemplateError, ValueError, FileNotFoundError, FileExistsError)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +63,8 @@ def prompt_set(spec: str, column: str | None, limit: int | None):
 
 
 def progress_bar(label: str, quiet: bool) -> Progress | None:
-    """A tqdm bar on stderr (stdout stays clean for --json)."""
+    """A ``Progress`` drawing one tqdm line on stderr (stdout stays clean for --json):
+    the stage text, done of total and tqdm's own elapsed/remaining estimate."""
     if quiet:
         return None
     from tqdm import tqdm
@@ -80,12 +73,20 @@ def progress_bar(label: str, quiet: bool) -> Progress | None:
 
     def update(done: int, total: int, **info: object) -> None:
         nonlocal bar
+        if bar is None and done >= total:
+            return  # nothing left to show (e.g. the closing report after the bar finished)
+        stage = stage_text(info)
         if bar is None:
-            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        if stage:
+            bar.set_description_str(f"{label}: {stage}", refresh=False)
+        bar.total = total
         bar.n = done
         bar.refresh()
         if done >= total:
             bar.close()
+            bar = None
 
     return update
 
@@ -107,7 +108,7 @@ def activations_for(args, loaded, which: str):
 
 def check_layer(layer: int, n_layers: int) -> None:
     if not 0 <= layer < n_layers:
-        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")
+        raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}; choose one of them.")
 
 
 def load_directions(spec: str, d_model: int):

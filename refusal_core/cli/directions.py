@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from refusal_core.cli import selection
 from refusal_core.cli.common import (
@@ -20,6 +21,10 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.directions.registry import DirectionMethod, FitInput, methods, settings_fields
+
+# Where the README's `directions select --save-direction` keeps the selected DIM candidate;
+# methods that refine one direction start from it by default.
+DEFAULT_INIT = "cache/best"
 
 
 def add_parsers(sub) -> None:
@@ -39,7 +44,8 @@ def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentP
         parser.add_argument("--layer", type=int, required=True, help="the block whose input the method reads")
         parser.add_argument("--position", type=int, default=-1, help="post-instruction token, as an offset from the end (default -1)")
     if method.reads == "init":
-        parser.add_argument("--init", required=True, help="the direction to start from: PATH:name (e.g. the selected DIM candidate)")
+        parser.add_argument("--init", default=None, help=f"the direction to start from: PATH:name (default {DEFAULT_INIT}, "
+                            "where the README's `directions select --save-direction` puts the selected DIM candidate)")
     taken = set(parser._option_string_actions)
     for field in settings_fields(method.settings):
         if field.flag in taken:
@@ -62,7 +68,10 @@ def run_method(method: DirectionMethod, args) -> None:
     if method.reads == "layer":
         check_layer(args.layer, loaded.n_layers)
     if method.reads == "init":
-        init = load_directions(args.init, loaded.d_model)
+        if args.init is None and not Path(f"{DEFAULT_INIT}.safetensors").exists():
+            raise CliError(f"No --init given and no selected direction at {DEFAULT_INIT}; run `directions select ... "
+                           f"--save-direction {DEFAULT_INIT}` first, or give --init PATH:name.")
+        init = load_directions(args.init or DEFAULT_INIT, loaded.d_model)
         if len(init) != 1:
             raise CliError(f"--init must name one direction (PATH:name); {args.init} holds {len(init)}: {', '.join(init.names[:6])}"
                            + (" ..." if len(init) > 6 else "") + ".")

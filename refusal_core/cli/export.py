@@ -23,6 +23,6 @@ def add_parsers(sub) -> None:
     export = sub.add_parser("export-model", help="write a model with directions orthogonalized out of its weights")
     add_model_args(export)
     export.add_argument("--ablate", required=True, help="direction set: PATH or PATH:name1,name2")
-    export.add_argument("--out", required=True)
-    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--out", default=None, help="output folder (default: cache/exports/<model>-orthogonalized)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (never a folder of other files)")
     export.set_defaults(func=cmd_export_model)

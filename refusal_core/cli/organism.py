@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+from refusal_core.cli.common import CliError
 from refusal_core.model.loading import BUNDLED_ORGANISM
 
 
@@ -13,8 +15,14 @@ def cmd_organism_build(args) -> None:
     from refusal_core.organism.build import OrganismSettings, build_organism
 
     chosen = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
-              "distill_weight": args.distill_weight}
-    settings = OrganismSettings(**{name: value for name, value in chosen.items() if value is not None})
+              "distill_weight": args.distill_weight, "delta_rank": args.rank}
+    given = {name: value for name, value in chosen.items() if value is not None}
+    if args.from_scratch and args.from_fine_tune:
+        raise CliError("--from-scratch trains a fine-tune and --from-fine-tune cuts an existing one; give one of them.")
+    if (given or args.delta_out) and not (args.from_scratch or args.from_fine_tune):
+        flags = ", ".join("--" + name.replace("_", "-").replace("delta-rank", "rank") for name in given) or "--delta-out"
+        raise CliError(f"{flags} only apply to a fine-tune from scratch; add --from-scratch (or --from-fine-tune DIR; the default build applies the shipped delta).")
+    settings = OrganismSettings(**given)
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc="organism", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
@@ -23,7 +31,8 @@ def cmd_organism_build(args) -> None:
         bar.n = done
         bar.set_postfix_str(message)
 
-    path = build_organism(settings, progress=progress, force=args.force)
+    path = build_organism(settings, progress=progress, force=args.force, from_scratch=args.from_scratch, delta_out=args.delta_out,
+                          from_fine_tune=args.from_fine_tune)
     bar.close()
     print(f"Refusal organism ready at {path}")
 
@@ -43,17 +52,29 @@ def cmd_organism_report(args) -> None:
 def add_parsers(sub) -> None:
     """``organism build|report``."""
     organism = sub.add_parser("organism", help="build or measure the offline refusal model organism").add_subparsers(dest="action", required=True)
-    build = organism.add_parser("build", help=f"fine-tune the bundled SmolLM2 into {BUNDLED_ORGANISM}")
+    build = organism.add_parser(
+        "build", help=f"make {BUNDLED_ORGANISM}: the bundled SmolLM2 plus the shipped delta (seconds, identical on every machine), "
+                      "or --from-scratch: the full fine-tune recipe, which writes a new delta")
     from refusal_core.organism.build import OrganismSettings
+    from refusal_core.organism.delta import SHIPPED_DELTA
 
     recipe = OrganismSettings()  # the help texts name the real defaults
-    build.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {recipe.steps})")
-    build.add_argument("--batch-size", type=int, default=None, help=f"sequences per step (default {recipe.batch_size})")
-    build.add_argument("--learning-rate", type=float, default=None, help=f"AdamW learning rate (default {recipe.learning_rate:g})")
-    build.add_argument("--seed", type=int, default=None, help=f"seed (default {recipe.seed})")
+    build.add_argument("--from-scratch", action="store_true",
+                       help="run the fine-tune recipe (minutes) instead of applying the shipped delta, cut it to a low-rank delta, "
+                            "write that delta (--delta-out) and build the organism from it")
+    build.add_argument("--from-fine-tune", type=Path, default=None, metavar="DIR",
+                       help="cut the full fine-tune saved in model directory DIR into a delta instead of training one "
+                            "(e.g. to try another --rank); writes the delta and builds the organism like --from-scratch")
+    build.add_argument("--delta-out", type=Path, default=None,
+                       help=f"with --from-scratch or --from-fine-tune: where the new delta goes (default: the shipped {SHIPPED_DELTA.name} in refusal_core/data/, to commit)")
+    build.add_argument("--rank", type=int, default=None, help=f"with --from-scratch or --from-fine-tune: rank of the delta (default {recipe.delta_rank})")
+    build.add_argument("--steps", type=int, default=None, help=f"with --from-scratch: optimizer steps (default {recipe.steps})")
+    build.add_argument("--batch-size", type=int, default=None, help=f"with --from-scratch: sequences per step (default {recipe.batch_size})")
+    build.add_argument("--learning-rate", type=float, default=None, help=f"with --from-scratch: AdamW learning rate (default {recipe.learning_rate:g})")
+    build.add_argument("--seed", type=int, default=None, help=f"with --from-scratch: seed (default {recipe.seed})")
     build.add_argument("--distill-weight", type=float, default=None,
-                       help=f"weight of the first-token distillation to the base model on harmless prompts (default {recipe.distill_weight:g}; 0 turns it off)")
-    build.add_argument("--force", action="store_true", help="rebuild even if it exists")
+                       help=f"with --from-scratch: weight of the first-token distillation to the base model on harmless prompts (default {recipe.distill_weight:g}; 0 turns it off)")
+    build.add_argument("--force", action="store_true", help="rebuild even if it exists (--from-scratch always rebuilds)")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")
     report.add_argument("--model", default=BUNDLED_ORGANISM)

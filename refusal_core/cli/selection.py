@@ -17,20 +17,23 @@ from refusal_core.cli.common import (
 
 def cmd_directions_select(args) -> None:
     from refusal_core.selection.policy import select_with_fallback
+    from refusal_core.selection.racing import RacingSettings, race_candidates
     from refusal_core.selection.result import SelectionFilters
-    from refusal_core.selection.scoring import score_candidates
 
     loaded = load_model_from_args(args)
     candidates = load_directions(args.dirs, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
     filters = SelectionFilters(max_kl=args.max_kl, min_induce=args.min_induce, max_layer_fraction=args.max_layer_fraction)
-    result = score_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
-                              batch_size=args.batch_size, progress=progress_bar("candidates", args.json), chat=chat_format(args))
+    result = race_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
+                             RacingSettings(rows_per_forward=args.batch_size), exhaustive=args.exhaustive,
+                             progress=progress_bar("Scoring candidates", args.json), chat=chat_format(args))
     result.save(args.out)
     pick = select_with_fallback(result)
     chosen = pick.cell if pick.chosen else None
-    payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum())}
+    payload = {"out": args.out, "chosen": chosen, "n_candidates": len(candidates), "n_passed": int(result.passed.sum()),
+               "mode": result.timing["mode"], "seconds": result.timing["seconds"], "rows": result.timing["rows"],
+               "finalists": result.timing["finalists"]}
 
     def scores(cell) -> dict:
         p, l = result.positions.index(cell[0]), result.layers.index(cell[1])
@@ -47,7 +50,10 @@ def cmd_directions_select(args) -> None:
         payload["saved"] = {"path": args.save_direction, "name": pick.name, "closest": not pick.chosen}
 
     def human() -> None:
-        print(f"Scored {len(candidates)} candidates; {payload['n_passed']} pass the filters. Table written to {args.out}")
+        how = ("every candidate on every prompt" if payload["mode"] == "exhaustive" else
+               f"by racing, {len(payload['finalists'])} finalists on every prompt")
+        print(f"Scored {len(candidates)} candidates {how} ({payload['rows']} rows, {payload['seconds']:.0f} s); "
+              f"{payload['n_passed']} pass the filters. Table written to {args.out}")
         if chosen is None:
             print("No candidate passes the filters; relax --max-kl / --min-induce / --max-layer-fraction.")
             if "closest" in payload:
@@ -66,22 +72,24 @@ def cmd_directions_select(args) -> None:
 def cmd_directions_search(args) -> None:
     from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
+    # Settings first: a bad --storage or --study fails before the model is loaded.
+    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
+                              heartbeat_seconds=args.heartbeat)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
-    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, kl_penalty=args.kl_penalty,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study)
-    bar = progress_bar("trials", args.json)
     result = run_search(loaded, pool, list(harmful.instructions), list(harmless.instructions), settings,
-                        progress=bar)
+                        progress=progress_bar("Search", args.json))
     best = best_direction_set(result, pool)
     best.save(args.out)
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
-               "storage": result.storage, "trials": result.trials}
+               "storage": result.storage, "trials": result.trials, "ran": result.ran}
+    finished = sum(1 for trial in result.trials if trial["state"] in ("COMPLETE", "PRUNED"))
 
     def human() -> None:
-        print(f"Study {result.study_name} ({result.storage}): {len(result.trials)} trials")
+        print(f"Study {result.study_name} ({result.storage}): {finished} finished trials, {result.ran} run by this worker")
         print(f"Best {args.k} directions: {', '.join(result.best_names)} (objective {result.best_value:.3f}); written to {args.out}")
 
     emit(args, payload, human)
@@ -95,6 +103,8 @@ def add_select_parser(directions) -> None:
     select.add_argument("--min-induce", type=float, default=0.0)
     select.add_argument("--max-layer-fraction", type=float, default=0.8)
     select.add_argument("--out", required=True, help="JSON score table")
+    select.add_argument("--exhaustive", action="store_true",
+                        help="score every candidate on every prompt (slow: hours on a CPU) instead of racing them")
     select.add_argument("--save-direction", default=None, help="also save the chosen direction (or, when none passes the filters, the closest) as a set")
     select.set_defaults(func=cmd_directions_select)
 
@@ -104,12 +114,17 @@ def add_search_parser(directions) -> None:
     add_model_args(search), add_set_args(search, split="val")
     search.add_argument("--pool", required=True, help="direction set to pick from (PATH or PATH:name,...)")
     search.add_argument("--k", type=int, default=3)
-    search.add_argument("--trials", type=int, default=20)
+    search.add_argument("--trials", type=int, default=20,
+                        help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
     search.add_argument("--objective", choices=["substring", "score"], default="substring")
     search.add_argument("--kl-penalty", type=float, default=0.0)
     search.add_argument("--max-new-tokens", type=int, default=32)
-    search.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under cache/search/)")
-    search.add_argument("--study", default=None, help="study name (default: derived from the inputs; reuse to resume)")
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); default: SQLite under cache/search/")
+    search.add_argument("--study", default=None,
+                        help="study name (letters, digits, . _ -; default: derived from the inputs); workers with the same --storage and --study share one study")
+    search.add_argument("--heartbeat", type=int, default=10,
+                        help="seconds between a running trial's heartbeats; a worker silent for 3x this long has its trial re-run by another")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_directions_search)

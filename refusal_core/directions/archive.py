@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from refusal_core.activations.cache import human_bytes
-from refusal_core.directions.base import DirectionError, DirectionSet, load_direction_set
+from refusal_core.directions.base import DirectionError, DirectionSet, direction_set_from_bytes
 
 __all__ = ["MAX_UPLOAD_BYTES", "direction_sets_zip", "read_direction_uploads", "stacked_unit_pt"]
 
@@ -70,7 +70,13 @@ def _load_pt(name: str, data: bytes) -> DirectionSet:
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a tensor file"
-        raise DirectionError(f"{name} is not a tensor file that can be loaded safely ({err}).") from err
+        # PyTorch's own message suggests retrying with weights_only=False, which would run
+        # code from the file; it is not shown.
+        raise DirectionError(
+            f"{name} is not a tensor file that can be loaded safely: it is damaged or holds objects other "
+            "than tensors. Save the directions as one tensor of shape [d] or [k, d] (torch.save(vectors, path)), "
+            "or upload the .zip or .safetensors + .json export instead."
+        ) from err
     if isinstance(loaded, dict) and len(loaded) == 1:
         loaded = next(iter(loaded.values()))
     if not isinstance(loaded, torch.Tensor) or loaded.dim() not in (1, 2):
@@ -106,7 +112,7 @@ def _expand_zips(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
                     if base.lower().endswith((".safetensors", ".json", ".pt")):
                         out.append((base, archive.read(member)))
         except zipfile.BadZipFile as err:
-            raise DirectionError(f"{name} is not a valid zip archive ({err}).") from err
+            raise DirectionError(f"{name} is not a valid zip archive ({err}); upload the .zip the Download button gave, whole.") from err
     return out
 
 
@@ -138,8 +144,7 @@ def read_direction_uploads(files: Sequence[tuple[str, bytes]], d_model: int) -> 
             raise DirectionError(
                 f"{stem}: the {' and '.join(sorted(missing))} file is missing; upload both files of the pair."
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            for suffix, data in parts.items():
-                (Path(tmp) / f"direction{suffix}").write_bytes(data)
-            sets[stem] = load_direction_set(Path(tmp) / "direction", d_model=d_model)
+        sets[stem] = direction_set_from_bytes(
+            parts[".safetensors"], parts[".json"], f"{stem}.safetensors", f"{stem}.json", d_model=d_model
+        )
     return sets

@@ -10,21 +10,23 @@ from typing import Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 from refusal_core.activations.cache import atomic_write_text, save_entry
+from refusal_core.errors import UserError
 
 __all__ = [
     "DirectionError",
     "DirectionSet",
     "cosine_matrix",
+    "direction_set_from_bytes",
     "load_direction_set",
 ]
 
 FORMAT_VERSION = 1
 
 
-class DirectionError(ValueError):
+class DirectionError(UserError, ValueError):
     """A direction set is malformed or does not fit the model; the message says how to fix it."""
 
 
@@ -71,7 +73,7 @@ class DirectionSet:
         wanted = list(names)
         missing = [name for name in wanted if name not in self.names]
         if missing:
-            raise DirectionError(f"No direction named {', '.join(missing)}; this set has: {', '.join(self.names)}.")
+            raise DirectionError(f"No direction named {', '.join(missing)}; use one of this set's names: {', '.join(self.names)}.")
         index = [self.names.index(name) for name in wanted]
         return dataclasses.replace(
             self,
@@ -84,7 +86,8 @@ class DirectionSet:
         if self.d_model != d_model:
             raise DirectionError(
                 f"These directions have width {self.d_model} but the model's residual stream has width "
-                f"{d_model}; they were made for another model ({self.meta.get('model', 'unknown')})."
+                f"{d_model}; they were made for another model ({self.meta.get('model', 'unknown')}). Use directions "
+                "computed on this model, or load the model they were made for."
             )
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -138,19 +141,38 @@ def load_direction_set(path: str | Path, d_model: int | None = None) -> Directio
     tensors_path, json_path = _paths(path)
     for needed in (tensors_path, json_path):
         if not needed.is_file():
-            raise DirectionError(f"{needed} not found; a direction set is a .safetensors file plus a .json file beside it.")
+            raise DirectionError(
+                f"{needed} not found; a direction set is a .safetensors file plus a .json file beside it. Check the "
+                "path, or give the stem of a set saved by this toolkit (e.g. cache/dim for cache/dim.safetensors)."
+            )
+    return direction_set_from_bytes(
+        tensors_path.read_bytes(), json_path.read_bytes(), str(tensors_path), str(json_path), d_model
+    )
+
+
+def direction_set_from_bytes(
+    tensors: bytes, metadata: bytes, tensors_label: str, json_label: str, d_model: int | None = None
+) -> DirectionSet:
+    """Parse and validate a set from the bytes of its two files; errors name the labels
+    (the user's file names), never a temporary copy."""
     try:
-        vectors = load_file(str(tensors_path))["vectors"].float()
+        vectors = load_safetensors(tensors)["vectors"].float()
     except (SafetensorError, KeyError, OSError) as err:
-        raise DirectionError(f"{tensors_path} is not a readable direction file ({err}); export the set again.") from err
+        raise DirectionError(f"{tensors_label} is not a readable direction file ({err}); export the set again.") from err
     try:
-        document = json.loads(json_path.read_text())
+        document = json.loads(metadata.decode())
         names, provenance = tuple(document["names"]), tuple(document["provenance"])
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
-        raise DirectionError(f"{json_path} is not valid direction metadata ({err}); export the set again.") from err
-    directions = DirectionSet(vectors=vectors, names=names, provenance=provenance, meta=document.get("meta", {}))
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise DirectionError(f"{json_label} is not valid direction metadata ({err}); export the set again.") from err
+    try:
+        directions = DirectionSet(vectors=vectors, names=names, provenance=provenance, meta=document.get("meta", {}))
+    except DirectionError as err:
+        raise DirectionError(f"{tensors_label}: {err}") from err
     if d_model is not None:
-        directions.check_width(d_model)
+        try:
+            directions.check_width(d_model)
+        except DirectionError as err:
+            raise DirectionError(f"{tensors_label}: {err}") from err
     return directions
 
 

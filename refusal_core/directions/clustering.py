@@ -19,6 +19,7 @@ import torch
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.per_prompt import gradient_directions, representation_directions
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
+from refusal_core.errors import SettingsError
 
 __all__ = ["METHOD", "METHODS", "SOURCES", "ClusterResult", "ClusterSettings", "cluster_direction_set", "cluster_directions", "fit"]
 
@@ -68,7 +69,7 @@ def _unit_rows(vectors: torch.Tensor) -> np.ndarray:
         shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
         raise ValueError(f"Directions must be an [n, d] tensor, got {shape}.")
     if vectors.shape[0] < 2:
-        raise ValueError(f"Clustering needs at least 2 directions, got {vectors.shape[0]}.")
+        raise SettingsError(f"Clustering needs at least 2 directions, got {vectors.shape[0]}.")
     data = vectors.detach().cpu().double()
     if not torch.isfinite(data).all():
         raise ValueError("Directions contain NaN or infinite values; recompute them.")
@@ -116,7 +117,7 @@ def _choose_k(unit: np.ndarray, method: str, k_range: Sequence[int], seed: int) 
     """The k in ``k_range`` (2 <= k < n) with the best cosine silhouette; ties: smaller k."""
     candidates = sorted({int(k) for k in k_range if 2 <= int(k) < len(unit)})
     if not candidates:
-        raise ValueError(f"k_range {list(k_range)} has no k with 2 <= k < {len(unit)} (the number of directions).")
+        raise SettingsError(f"k_range {list(k_range)} has no k with 2 <= k < {len(unit)} (the number of directions).")
     scores = {k: _silhouette(unit, _fit(unit, k, method, seed)) for k in candidates}
     best = max(candidates, key=lambda k: (np.nan_to_num(scores[k], nan=-2.0), -k))
     return best, scores
@@ -166,7 +167,7 @@ def cluster_directions(
     contingency table, adjusted Rand index and normalised mutual information.
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown clustering method {method!r}; use one of {', '.join(METHODS)}.")
+        raise SettingsError(f"Unknown clustering method {method!r}; use one of {', '.join(METHODS)}.")
     unit = _unit_rows(vectors)
     n = len(unit)
     if categories is not None and len(categories) != n:
@@ -175,7 +176,7 @@ def cluster_directions(
     if k is None:
         k, silhouettes = _choose_k(unit, method, k_range, seed)
     elif isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer from 1 to the number of directions ({n}), got {k!r}.")
+        raise SettingsError(f"k must be an integer from 1 to the number of directions ({n}), got {k!r}.")
     labels = _canonical(_fit(unit, k, method, seed))
     found = int(labels.max()) + 1  # k-means can return fewer clusters on duplicate points.
     contingency, ari, nmi = _alignment(labels, categories) if categories is not None else (None, None, None)

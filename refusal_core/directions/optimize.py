@@ -31,17 +31,18 @@ import torch
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import differentiable_ablation
 from refusal_core.judges.scores import refusal_token_ids
 from refusal_core.metrics import kl_divergence, next_token_logprobs
-from refusal_core.model.forward import encode_prompts, last_token_logprobs, refusal_log_odds
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
-from refusal_core.prompts.chat import ChatFormat, format_prompts
-from refusal_core.prompts.sets import PromptSet, as_prompt_set
+from refusal_core.prompts.chat import ChatFormat
+from refusal_core.prompts.sets import PromptSet, as_prompt_set, sample_prompts
+from refusal_core.selection.rows import PromptRows, last_logits, prompt_rows
 
 __all__ = ["METHOD", "OptimizeSettings", "OptimizedDirection", "fit", "optimize_direction"]
-
 
 
 @dataclass(frozen=True)
@@ -51,20 +52,27 @@ class OptimizeSettings:
     ``kl_weight`` trades harmless KL against refusal; ``margin`` is how far below zero a
     harmful prompt's refusal score must go before it stops contributing. Prompts are run in
     chunks of ``batch_size`` with gradients accumulated, so memory does not grow with the
-    number of prompts.
+    number of prompts. ``max_harmful``/``max_harmless`` cap the prompts the method (CLI and
+    dashboard) learns on; :func:`optimize_direction` itself takes the prompts it is given.
+    The defaults finish in about a minute on SmolLM2 on a 2-core CPU.
     """
 
-    steps: int = setting(30, "Adam steps", minimum=1, maximum=500)
+    steps: int = setting(8, "Adam steps", minimum=1, maximum=500)
     learning_rate: float = setting(0.02, "Adam learning rate on the direction", flag="--lr", minimum=1e-5, maximum=10.0)
     kl_weight: float = setting(10.0, "weight of the harmless KL against the refusal term", label="KL weight", minimum=0.0, maximum=1000.0)
     margin: float = setting(2.0, "stop pushing a harmful prompt once its refusal score is this far below 0", minimum=0.0)
     batch_size: int = setting(16, "prompts per forward pass (gradients are accumulated)", minimum=1)
+    max_harmful: int = setting(8, "harmful prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000)
+    max_harmless: int = setting(16, "harmless prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be at least 1; got steps={self.steps}, batch_size={self.batch_size}.")
+        if self.steps < 1 or self.batch_size < 1 or self.max_harmful < 1 or self.max_harmless < 1:
+            raise SettingsError(
+                "steps, batch_size, max_harmful and max_harmless must be at least 1; got "
+                f"steps={self.steps}, batch_size={self.batch_size}, max_harmful={self.max_harmful}, max_harmless={self.max_harmless}."
+            )
         if not self.learning_rate > 0 or not self.kl_weight >= 0 or not self.margin >= 0:
-            raise ValueError("learning_rate must be positive, and kl_weight and margin non-negative.")
+            raise SettingsError("learning_rate must be positive, and kl_weight and margin non-negative.")
 
 
 @dataclass(frozen=True)
@@ -83,16 +91,24 @@ class OptimizedDirection:
     settings: OptimizeSettings = field(default_factory=OptimizeSettings)
 
 
-def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[dict[str, torch.Tensor]]:
-    prompts = format_prompts(loaded.tokenizer, instructions, chat)
-    return [encode_prompts(loaded, prompts[i : i + size]) for i in range(0, len(prompts), size)]
+def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[tuple[PromptRows, list[int]]]:
+    rows = prompt_rows(loaded, instructions, chat)
+    return [(rows, list(range(i, min(i + size, len(rows))))) for i in range(0, len(rows), size)]
+
+
+def _last_logprobs(loaded: LoadedModel, chunk: tuple[PromptRows, list[int]]) -> torch.Tensor:
+    """First-reply-token log-probabilities of one chunk of prompts, with gradients, float64.
+
+    The shared chat-template prefix runs once per chunk (``selection.rows``).
+    """
+    return torch.log_softmax(last_logits(loaded, *chunk).double(), dim=-1)
 
 
 def _objective_pass(
     loaded: LoadedModel,
     unit: torch.Tensor,
-    harmful: list[dict],
-    harmless: list[dict],
+    harmful: list[tuple[PromptRows, list[int]]],
+    harmless: list[tuple[PromptRows, list[int]]],
     base: torch.Tensor,
     refusal_ids: list[int],
     settings: OptimizeSettings,
@@ -109,14 +125,14 @@ def _objective_pass(
     offset = 0
     with torch.set_grad_enabled(backward), differentiable_ablation(loaded.model, unit):
         for batch in harmful:
-            scores = refusal_log_odds(last_token_logprobs(loaded.model, batch), refusal_ids)
+            scores = refusal_log_odds(_last_logprobs(loaded, batch), refusal_ids)
             loss = torch.nn.functional.softplus(scores + settings.margin).sum() / n_harmful
             if backward:
                 loss.backward(inputs=[unit])  # the model's weights get no gradient
             totals["refusal_score"] += float(scores.detach().sum()) / n_harmful
             totals["loss"] += float(loss.detach())
         for batch in harmless:
-            logprobs = last_token_logprobs(loaded.model, batch)
+            logprobs = _last_logprobs(loaded, batch)
             rows = base[offset : offset + logprobs.shape[0]].to(logprobs.device)
             offset += logprobs.shape[0]
             kl = kl_divergence(rows, logprobs).sum() / n_harmless
@@ -147,7 +163,7 @@ def optimize_direction(
     if len(init) != 1:
         raise DirectionError(f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name.")
     if not harmful or not harmless:
-        raise ValueError("optimize_direction needs at least one harmful and one harmless prompt.")
+        raise SettingsError("optimize_direction needs at least one harmful and one harmless prompt.")
     if init.d_model != loaded.d_model:
         raise DirectionError(f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}.")
     harmful, harmless = as_prompt_set(harmful, "harmful"), as_prompt_set(harmless, "harmless")
@@ -173,7 +189,8 @@ def optimize_direction(
         optimizer.step()
         history.append(values)
         if progress:
-            progress(step + 1, settings.steps, **values)
+            progress(step + 1, settings.steps, **values, stage=f"step {step + 1}/{settings.steps}: refusal score "
+                                                               f"{values['refusal_score']:+.2f}, harmless KL {values['kl']:.4f}")
     learnt = unit().detach()
     final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, refusal_ids, settings,
                             len(harmful), len(harmless), backward=False)
@@ -192,8 +209,8 @@ def fit(data: FitInput, settings: OptimizeSettings) -> DirectionSet:
     """One direction learnt from ``data.init`` on the prompt sets (see :func:`optimize_direction`)."""
     if data.init is None:
         raise DirectionError("The optimize method starts from one direction; give it (--init PATH:name).")
-    result = optimize_direction(data.loaded, data.harmful, data.harmless, data.init, settings, chat=data.chat,
-                                progress=data.progress("steps"))
+    harmful, harmless = sample_prompts(data.harmful, settings.max_harmful), sample_prompts(data.harmless, settings.max_harmless)
+    result = optimize_direction(data.loaded, harmful, harmless, data.init, settings, chat=data.chat, progress=data.progress("Optimizing"))
     return result.directions
 
 

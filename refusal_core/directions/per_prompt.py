@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.model.families import model_lock
 from refusal_core.model.forward import block_hooks, last_logits, left_padded, pad_id, token_ids
 from refusal_core.model.loading import LoadedModel
@@ -66,7 +67,7 @@ def _phrase_ids(tokenizer, phrase: str) -> list[int]:
     """
     ids = tokenizer(phrase, add_special_tokens=False)["input_ids"] if phrase else []
     if not ids:
-        raise ValueError("The refusal phrase is empty; give the reply whose likelihood to maximise.")
+        raise SettingsError("The refusal phrase is empty; give the reply whose likelihood to maximise.")
     return list(ids)
 
 
@@ -132,19 +133,19 @@ def _check_request(
     loaded: LoadedModel, instructions: Sequence[str], layer: int | None, position: int, batch_size: int
 ) -> None:
     if len(instructions) == 0:
-        raise ValueError("No prompts given; pass at least one instruction.")
+        raise SettingsError("No prompts given; pass at least one instruction.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}.")
     if layer is not None and not 0 <= layer < loaded.n_layers:
-        raise ValueError(f"Layer {layer} is out of range; this model has layers 0..{loaded.n_layers - 1}.")
+        raise SettingsError(f"Layer {layer} is out of range; this model has layers 0..{loaded.n_layers - 1}.")
     if position >= 0:
-        raise ValueError(f"Position must be a negative offset from the end of the prompt (e.g. -1), got {position}.")
+        raise SettingsError(f"Position must be a negative offset from the end of the prompt (e.g. -1), got {position}.")
 
 
 def _check_reach(prompts: list[list[int]], position: int) -> None:
     shortest = min(len(ids) for ids in prompts)
     if -position > shortest:
-        raise ValueError(f"Position {position} reaches before the start of a {shortest}-token prompt.")
+        raise SettingsError(f"Position {position} reaches before the start of a {shortest}-token prompt.")
 
 
 def _run_batches(

@@ -21,12 +21,19 @@ import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
+from refusal_core.errors import SettingsError
 
-__all__ = ["METHOD", "SomResult", "SomSettings", "fit", "neuron_prompts", "som_direction_set", "train_som"]
+__all__ = ["METHOD", "SomResult", "SomSettings", "fit", "neuron_prompts", "pca_grid", "som_direction_set", "train_som"]
 
 TOPOLOGIES = ("rectangular", "hexagonal")
 NEIGHBORHOODS = ("gaussian", "bubble", "mexican_hat")
+INITIALIZATIONS = ("pca", "random")
 ORDERS = ("hits", "grid")
+# MiniSom's schedules: the learning rate falls linearly to zero, so the map settles; the
+# neighbourhood spread falls to a third of its start, so neighbours are pulled together
+# early (the grid unfolds) and each neuron fits its own prompts late.
+LEARNING_RATE_DECAY = "linear_decay_to_zero"
+SIGMA_DECAY = "asymptotic_decay"
 
 
 @dataclass(frozen=True)
@@ -34,37 +41,47 @@ class SomSettings:
     """How the map is shaped and trained.
 
     ``x`` and ``y`` are the grid size (``x * y`` neurons, hence directions); ``sigma`` is the
-    initial neighbourhood spread in grid units; ``learning_rate`` the initial step size
-    (MiniSom decays both asymptotically to a third over training); ``iterations`` the number
-    of single-sample updates; ``topology`` the grid ("rectangular": 4 neighbours,
-    "hexagonal": 6); ``neighborhood`` MiniSom's neighbourhood function; ``seed`` makes the
+    initial neighbourhood spread in grid units (it decays to a third over training);
+    ``learning_rate`` the initial step size (it decays linearly to zero); ``iterations`` the
+    number of single-sample updates; ``topology`` the grid ("rectangular": 4 neighbours,
+    "hexagonal": 6); ``neighborhood`` MiniSom's neighbourhood function; ``initialization``
+    "pca" (the grid laid flat over the harmful prompts' first two principal components, see
+    ``pca_grid``) or "random" (neurons at randomly chosen prompts); ``seed`` makes the
     initialisation and sample order reproducible.
     """
 
     x: int = setting(3, "grid rows (x * y neurons, hence directions)", label="Grid x", minimum=1, maximum=20)
     y: int = setting(3, "grid columns", label="Grid y", minimum=1, maximum=20)
-    sigma: float = setting(1.0, "initial neighbourhood spread, in grid units", minimum=0.05, maximum=20.0)
-    learning_rate: float = setting(0.5, "initial step size (MiniSom decays it to a third)", minimum=0.001, maximum=5.0)
+    sigma: float = setting(1.5, "initial neighbourhood spread, in grid units (decays to a third)", minimum=0.05, maximum=20.0)
+    learning_rate: float = setting(0.5, "initial step size (decays linearly to zero)", minimum=0.001, maximum=5.0)
     iterations: int = setting(2000, "single-sample updates", minimum=1, maximum=200000)
     topology: str = setting("rectangular", "grid: rectangular (4 neighbours) or hexagonal (6)", choices=TOPOLOGIES)
     neighborhood: str = setting("gaussian", "MiniSom's neighbourhood function", choices=NEIGHBORHOODS)
+    initialization: str = setting(
+        "pca", "pca: the grid laid flat over the first two principal components; random: at random prompts",
+        choices=INITIALIZATIONS,
+    )
     seed: int = setting(0, "seeds the initialisation and the sample order", minimum=0)
 
     def __post_init__(self) -> None:
         for name in ("x", "y", "iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
+                raise SettingsError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
         for name in ("sigma", "learning_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"SomSettings.{name} must be a positive finite number, got {value!r}.")
+                raise SettingsError(f"SomSettings.{name} must be a positive finite number, got {value!r}.")
         if self.topology not in TOPOLOGIES:
-            raise ValueError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
+            raise SettingsError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
         if self.neighborhood not in NEIGHBORHOODS:
-            raise ValueError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
+            raise SettingsError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
+        if self.initialization not in INITIALIZATIONS:
+            raise SettingsError(
+                f"Unknown SOM initialization {self.initialization!r}; use one of {', '.join(INITIALIZATIONS)}."
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"SomSettings.seed must be a non-negative integer, got {self.seed!r}.")
+            raise SettingsError(f"SomSettings.seed must be a non-negative integer, got {self.seed!r}.")
 
     @property
     def n_neurons(self) -> int:
@@ -80,9 +97,11 @@ class SomResult:
     ``edges`` pairs ``(a, b)``, ``a < b``, of neighbouring neurons in the topology;
     ``hits`` ``[x*y]`` how many harmful prompts each neuron wins; ``winners`` ``[n_harmful]``
     the winning neuron of each harmful prompt; ``quantization_error`` mean distance of a
-    prompt to its winner; ``topographic_error`` share of prompts whose two best neurons are
-    not adjacent (MiniSom's definition; NaN for a 1x1 map, where it is undefined);
-    ``harmless_centroid`` ``[d]`` float32 mean harmless representation.
+    prompt to its winner; ``spread`` mean distance of a prompt to the harmful mean (the
+    quantization error of a 1x1 map, a yardstick for the former); ``topographic_error``
+    share of prompts whose two best neurons are not adjacent (MiniSom's definition, where
+    diagonal cells of a rectangular grid count as adjacent; NaN for a 1x1 map, where it is
+    undefined); ``harmless_centroid`` ``[d]`` float32 mean harmless representation.
     """
 
     weights: torch.Tensor
@@ -94,6 +113,7 @@ class SomResult:
     topographic_error: float
     settings: SomSettings
     harmless_centroid: torch.Tensor
+    spread: float = float("nan")
 
     @property
     def n_neurons(self) -> int:
@@ -153,28 +173,55 @@ def _make_som(settings: SomSettings, width: int):
         from minisom import MiniSom
     except ImportError as err:  # pragma: no cover - minisom is in requirements.txt
         raise ImportError("SOM directions need MiniSom: pip install minisom") from err
+    # A 1x1 map is never trained (see _fit_weights); its sigma would only trip MiniSom's
+    # "sigma too high for the map" warning.
     return MiniSom(
         settings.x,
         settings.y,
         width,
-        sigma=settings.sigma,
+        sigma=settings.sigma if settings.n_neurons > 1 else 1.0,
         learning_rate=settings.learning_rate,
+        decay_function=LEARNING_RATE_DECAY,
+        sigma_decay_function=SIGMA_DECAY,
         neighborhood_function=settings.neighborhood,
         topology=settings.topology,
         random_seed=settings.seed,
     )
 
 
+def pca_grid(data: np.ndarray, x: int, y: int) -> np.ndarray:
+    """``[x, y, d]`` neurons evenly spaced over the plane of ``data``'s first two principal components.
+
+    Cell ``(i, j)`` sits at ``mean + a_i * s1 * pc1 + b_j * s2 * pc2`` with ``a``, ``b``
+    evenly spaced in [-1, 1] and ``s1``, ``s2`` the data's standard deviations along the
+    components, so the grid covers the bulk of the data whatever its scale. (MiniSom's own
+    ``pca_weights_init`` spans one unit, not one standard deviation, which for residual
+    activations with norms in the hundreds puts every neuron near the mean.) The components
+    come from an SVD of the centred ``[n, d]`` data, never a ``d x d`` covariance. With a
+    single component (or one prompt) the second axis collapses onto the first's plane.
+    """
+    mean = data.mean(axis=0)
+    centred = data - mean
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    scale = singular / math.sqrt(max(len(data) - 1, 1))
+    axes = [components[k] * scale[k] if k < len(scale) else np.zeros_like(mean) for k in (0, 1)]
+    grid = np.empty((x, y, data.shape[1]))
+    for i, a in enumerate(np.linspace(-1, 1, x) if x > 1 else [0.0]):
+        for j, b in enumerate(np.linspace(-1, 1, y) if y > 1 else [0.0]):
+            grid[i, j] = mean + a * axes[0] + b * axes[1]
+    return grid
+
+
 def _fit_weights(som, data: np.ndarray, settings: SomSettings) -> np.ndarray:
     """Trained neuron weights ``[x*y, d]`` float64.
 
-    Neurons start at randomly chosen harmful representations (``random_weights_init``,
-    drawn from the seeded generator). PCA initialisation was not chosen: it places neurons
-    at the mean plus or minus one unit along the first two principal components, which is
-    mis-scaled for raw residual activations whose norms are tens to hundreds, and it costs a
-    d x d eigendecomposition. Training is MiniSom's ``train(..., random_order=True)``,
-    whose sample order comes from the same seeded generator, so equal inputs and seed give
-    identical weights.
+    With ``initialization="pca"`` (the default) the grid starts flat over the first two
+    principal components (``pca_grid``), already ordered like the data, so training only
+    refines it; started at random prompts instead, a 3x3 map of real activations often
+    stayed folded (neighbouring cells far apart, a topographic error near one half). MiniSom
+    has no public setter for a whole initial grid, so the array is written into its
+    ``_weights``. Training is MiniSom's ``train(..., random_order=True)``, whose sample
+    order comes from the seeded generator, so equal inputs and seed give identical weights.
 
     A 1x1 map is set to its exact fixed point instead. With one neuron every update is
     ``w += lr(t) * (x - w)``, whose only fixed point is the data mean, but MiniSom's
@@ -185,7 +232,10 @@ def _fit_weights(som, data: np.ndarray, settings: SomSettings) -> np.ndarray:
     """
     if settings.n_neurons == 1:
         return data.mean(axis=0, keepdims=True)
-    som.random_weights_init(data)
+    if settings.initialization == "pca":
+        som._weights[...] = pca_grid(data, settings.x, settings.y)
+    else:
+        som.random_weights_init(data)
     som.train(data, settings.iterations, random_order=True)
     return som.get_weights().reshape(settings.n_neurons, -1).copy()
 
@@ -228,12 +278,13 @@ def train_som(harmful: torch.Tensor, harmless: torch.Tensor, settings: SomSettin
         topographic_error=topographic_error,
         settings=settings,
         harmless_centroid=harmless.detach().cpu().double().mean(0).float(),
+        spread=float(np.linalg.norm(data - data.mean(axis=0), axis=1).mean()),
     )
 
 
 def _neuron_order(result: SomResult, order: str) -> list[int]:
     if order not in ORDERS:
-        raise ValueError(f"Unknown order {order!r}; use one of {', '.join(ORDERS)}.")
+        raise SettingsError(f"Unknown order {order!r}; use one of {', '.join(ORDERS)}.")
     if order == "grid":
         return list(range(result.n_neurons))
     hits = result.hits.tolist()

@@ -12,26 +12,29 @@ import copy
 import datetime
 import importlib.metadata
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import transformers
 
 from refusal_core.directions.base import DirectionSet
+from refusal_core.interventions.export_target import (
+    ExportError,
+    check_target,
+    default_export_dir,
+    new_partial_dir,
+    recover_leftovers,
+    replace_dir,
+    write_marker,
+)
 from refusal_core.interventions.weights import orthogonalized_weights
 from refusal_core.model.families import model_lock
 from refusal_core.model.loading import LoadedModel
 
-__all__ = ["ExportError", "export_orthogonalized", "model_card"]
+__all__ = ["ExportError", "default_export_dir", "export_orthogonalized", "model_card"]
 
 _PROVENANCE_COLUMNS = ("model", "layer", "position", "method", "data_hash", "params")
-
-
-class ExportError(FileExistsError):
-    """The export target is in the way; the message says how to proceed."""
 
 
 def package_version() -> str:
@@ -114,15 +117,6 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> s
     return "\n".join(lines)
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory; choose another output path.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(
-            f"{out_dir} is not empty; choose an empty or new directory, or pass overwrite=True to replace it."
-        )
-
-
 def _save_model(loaded: LoadedModel, directions: DirectionSet, target: Path) -> None:
     """Save the orthogonalized model with an untied config, leaving the live model as it was.
 
@@ -144,47 +138,31 @@ def _save_model(loaded: LoadedModel, directions: DirectionSet, target: Path) -> 
                 model.generation_config = generation_config
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move ``tmp`` to ``out_dir``; an existing ``out_dir`` is moved aside first, then deleted."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_orthogonalized(
     loaded: LoadedModel,
     directions: DirectionSet,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     overwrite: bool = False,
     command: str | None = None,
 ) -> Path:
     """Write ``loaded``'s model with ``directions`` orthogonalized out of its weights to ``out_dir``.
 
-    The directory holds a ``save_pretrained`` safetensors model (embedding and lm_head both
-    saved, ``tie_word_embeddings`` False), the tokenizer, ``directions.safetensors`` and
-    ``directions.json``, and a README.md model card. It is written to a temporary directory
-    beside ``out_dir`` and moved into place, so ``out_dir`` is either absent, the old one, or
-    complete. A non-empty ``out_dir`` raises ExportError unless ``overwrite`` is True.
-    Families whose weights cannot be orthogonalized (Gemma 2/3) raise ValueError.
-    Returns ``out_dir``.
+    ``out_dir`` defaults to ``cache/exports/<spec>-orthogonalized``. The folder holds a
+    ``save_pretrained`` safetensors model (embedding and lm_head both saved,
+    ``tie_word_embeddings`` False), the tokenizer, ``directions.safetensors`` and
+    ``directions.json``, a README.md model card and the export marker. It is written to a
+    temporary folder beside ``out_dir`` and moved into place (see ``export_target``), so
+    ``out_dir`` is absent, the old export, or complete. A non-empty ``out_dir`` raises
+    ExportError unless it holds an earlier export and ``overwrite`` is True. Families whose
+    weights cannot be orthogonalized (Gemma 2/3) raise SettingsError. Returns ``out_dir``.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else default_export_dir(loaded.spec)
     directions.check_width(loaded.d_model)
-    _check_target(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    recover_leftovers(out_dir)
+    check_target(out_dir, overwrite)
+    version = package_version()
+    tmp = new_partial_dir(out_dir, version)
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the export is an ordinary directory.
         _save_model(loaded, directions, tmp)
         loaded.tokenizer.save_pretrained(tmp)
         directions.save(tmp / "directions")
@@ -192,8 +170,9 @@ def export_orthogonalized(
             f"export_orthogonalized({loaded.spec!r}, <{len(directions)} directions>, {str(out_dir)!r})"
         )
         (tmp / "README.md").write_text(model_card(loaded, directions, command))
-        _check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
-        _replace_dir(tmp, out_dir)
+        write_marker(tmp, complete=True, version=version)  # last: only a whole export is marked complete
+        check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

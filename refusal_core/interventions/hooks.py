@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.linalg import compute_dtype, orthogonal_stages
 from refusal_core.interventions.spec import AblationMode, Intervention, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
@@ -161,7 +162,7 @@ def _check_fits(intervention: Intervention, n_layers: int, d_model: int) -> None
         layers.append(intervention.actadd_layer)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ValueError(
+        raise SettingsError(
             f"Intervention {intervention.name!r} uses layer(s) {bad}, but this model has layers 0..{n_layers - 1}."
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from refusal_core.directions.base import validate_vectors
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.spec import ABLATION_MODES, AblationMode
 
 __all__ = [
@@ -65,4 +66,4 @@ def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal
         units = directions.detach().to(torch.float64)
         units = units / units.norm(dim=-1, keepdim=True)
         return [unit[:, None] for unit in units]
-    raise ValueError(f"Unknown ablation mode {mode!r}; use one of {', '.join(ABLATION_MODES)}.")
+    raise SettingsError(f"Unknown ablation mode {mode!r}; use one of {', '.join(ABLATION_MODES)}.")

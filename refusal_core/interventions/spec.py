@@ -13,6 +13,7 @@ import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.interventions.conditional import Condition
+from refusal_core.errors import SettingsError
 
 __all__ = [
     "ABLATION_MODES",
@@ -154,5 +155,5 @@ class Intervention:
         if layer is None:
             layer = chosen.provenance[0].get("layer")
             if layer is None:
-                raise ValueError(f"Direction {direction!r} has no layer in its provenance; pass layer=.")
+                raise SettingsError(f"Direction {direction!r} has no layer in its provenance; pass layer=.")
         return Intervention(name=name, actadd=chosen.vectors[0], actadd_layer=int(layer), actadd_coeff=float(coeff))

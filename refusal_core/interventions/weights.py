@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.linalg import orthonormal_basis, project_out
 from refusal_core.interventions.spec import as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
@@ -81,7 +82,7 @@ def _check_directions(model: nn.Module, directions: torch.Tensor | DirectionSet)
 
 def _check_orthogonalizable(model: nn.Module, parts: ModelParts) -> None:
     if not parts.family.weights_orthogonalizable:
-        raise ValueError(
+        raise SettingsError(
             f"{type(model).__name__} normalises the attention and MLP outputs after their projections, so "
             "editing weights cannot remove a direction exactly. Use the ablate() hooks instead "
             "(orthogonalized weights cannot be made or exported for this family)."

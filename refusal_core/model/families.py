@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from refusal_core.errors import UserError
+
 __all__ = [
     "FAMILIES",
     "Family",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model spec could not be turned into a model; the message says how to fix it."""
 
 

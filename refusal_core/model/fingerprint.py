@@ -1,41 +1,104 @@
-"""Identities of a model's weights: a cheap fingerprint for cache keys, and an exact
-sha256 that says whether two builds are identical."""
+"""Identities of a model's weights: a cheap fingerprint for cache keys, computed in bounded
+memory and under the model lock, and an exact sha256 that says whether two builds are identical.
+
+Hashing every byte of a large model is slow, so each tensor contributes its name, shape,
+dtype, its float64 sum and a strided sample of about 4096 values. The sum is accumulated
+block by block (at most ``BLOCK_ELEMENTS`` values converted to float64 at a time), so the
+extra memory is a few tens of megabytes whatever the model's size, where a whole-tensor
+float64 copy of a 128k x 4096 embedding would take 4 GB.
+
+The result is memoised on the tensors' storage pointers and in-place version counters, so
+an edited weight (which bumps ``_version``) gets a new fingerprint; the memo keeps the
+``MEMO_SIZE`` most recent models' entries only.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
-__all__ = ["weights_fingerprint", "weights_sha256"]
+from refusal_core.model.families import model_lock
+
+__all__ = ["BLOCK_ELEMENTS", "MEMO_SIZE", "clear_memo", "weights_fingerprint", "weights_sha256"]
+
+# 4M values: 32 MB of float64 per block, under 1% of a 1B-parameter float32 model.
+BLOCK_ELEMENTS = 1 << 22
+SAMPLE_SIZE = 4096
+MEMO_SIZE = 16
+
+_MEMO: "OrderedDict[tuple, str]" = OrderedDict()
+_MEMO_GUARD = threading.Lock()
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
+def clear_memo() -> None:
+    """Forget every memoised fingerprint (benchmarks time the first call with this)."""
+    with _MEMO_GUARD:
+        _MEMO.clear()
+
+
+def _blocks(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Views of ``tensor`` along dim 0 holding at most about BLOCK_ELEMENTS values each."""
+    if tensor.dim() == 0 or tensor.numel() <= BLOCK_ELEMENTS:
+        return [tensor]
+    row = max(1, tensor[0].numel())
+    return list(tensor.split(max(1, BLOCK_ELEMENTS // row), dim=0))
+
+
+def _tensor_summary(tensor: torch.Tensor) -> tuple[float, bytes]:
+    """(float64 sum, bytes of every ``stride``-th value as float32), streamed block by block.
+
+    The sample takes the same values as ``tensor.reshape(-1)[::stride]`` would, without
+    flattening a non-contiguous tensor as a whole.
+    """
+    numel = tensor.numel()
+    stride = max(1, numel // SAMPLE_SIZE)
+    total = 0.0
+    samples = []
+    offset = 0
+    for block in _blocks(tensor.detach()):
+        flat = block.reshape(-1)  # a view for contiguous blocks; a copy of one block at most
+        total += float(flat.double().sum().item())
+        first = (-offset) % stride
+        samples.append(flat[first::stride].float().cpu())
+        offset += flat.numel()
+    sample = torch.cat(samples) if samples else torch.empty(0)
+    return total, sample.numpy().tobytes()
+
+
+def _memo_key(model: nn.Module) -> tuple:
+    return tuple((name, p.data_ptr(), p._version) for name, p in model.state_dict(keep_vars=True).items())
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """An identity of the model's current weights, cheap to recompute.
+    """32 hex characters that change when any weight of ``model`` changes.
 
-    Hashing every byte of a large model is slow, so each tensor contributes its name,
-    shape, dtype, exact float64 sum and a strided sample of values. The result is memoised
-    on the tensors' storage pointers and in-place version counters, so an edited weight
-    (which bumps ``_version``) gets a new fingerprint.
+    Runs under ``model_lock(model)``: another session's weight edit (which holds the lock
+    while the weights are edited) is never half-seen, and a caller that holds the lock
+    across the fingerprint and its own forward pass files results under the right key.
     """
-    state = tuple((name, p.data_ptr(), p._version) for name, p in model.state_dict(keep_vars=True).items())
-    cached = _FINGERPRINTS.get(state)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256(model.config.to_json_string().encode() if hasattr(model, "config") else b"")
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            stride = max(1, flat.numel() // 4096)
-            sample = flat[::stride].float().cpu().numpy().tobytes()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{flat.double().sum().item()!r}".encode())
-            digest.update(sample)
-    fingerprint = digest.hexdigest()[:32]
-    _FINGERPRINTS[state] = fingerprint
+    with model_lock(model):
+        key = _memo_key(model)
+        with _MEMO_GUARD:
+            cached = _MEMO.get(key)
+            if cached is not None:
+                _MEMO.move_to_end(key)
+                return cached
+        config = model.config.to_json_string().encode() if hasattr(model, "config") else b""
+        digest = hashlib.sha256(config)
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                total, sample = _tensor_summary(tensor)
+                digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total!r}".encode())
+                digest.update(sample)
+        fingerprint = digest.hexdigest()[:32]
+    with _MEMO_GUARD:
+        _MEMO[key] = fingerprint
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.popitem(last=False)
     return fingerprint
 
 

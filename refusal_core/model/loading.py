@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from refusal_core.model.families import ModelLoadError, ModelParts, model_parts, model_width
+from refusal_core.model.families import ModelLoadError, ModelParts, model_lock, model_parts, model_width
+from refusal_core.model.locked_tokenizer import LockedTokenizer
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 
@@ -53,12 +54,21 @@ TEST_MODEL_ENV = "REFUSAL_ATLAS_TEST_MODEL"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model, its tokenizer and where they came from."""
+    """A model, its tokenizer and where they came from.
+
+    The tokenizer is wrapped in a ``LockedTokenizer`` that holds ``model_lock(model)`` for
+    every use, because sessions of the dashboard share both and a fast tokenizer gives wrong
+    results (or fails) when two threads use it at once.
+    """
 
     model: nn.Module
     tokenizer: object
     spec: str
     source: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokenizer, LockedTokenizer):
+            object.__setattr__(self, "tokenizer", LockedTokenizer(self.tokenizer, model_lock(self.model)))
 
     @property
     def parts(self) -> ModelParts:
@@ -164,6 +174,12 @@ def _resolve_source(spec: str) -> str:
         return str(target)
     if spec.startswith("bundled:"):
         raise ModelLoadError(f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM} or {BUNDLED_BASE}.")
+    if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().exists():
+        # A path, not a hub id: say so instead of the hub client's "Repo id must be..." text.
+        raise ModelLoadError(
+            f"No model folder at {spec}; give a folder holding a Hugging Face model (config.json and weights), "
+            f"a Hugging Face id, {BUNDLED_ORGANISM} or {BUNDLED_BASE}."
+        )
     return spec
 
 

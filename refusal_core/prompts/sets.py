@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from refusal_core.errors import SettingsError, UserError
+
 __all__ = [
     "SPLIT_SEED",
     "as_prompt_set",
@@ -31,7 +33,7 @@ def sample_prompts(prompts, max_prompts: int):
     order, and the choice is deterministic.
     """
     if max_prompts < 1:
-        raise ValueError(f"max_prompts must be at least 1, got {max_prompts}.")
+        raise SettingsError(f"max_prompts must be at least 1, got {max_prompts}.")
     if len(prompts) <= max_prompts:
         return prompts
     by_category: dict[Any, list[int]] = OrderedDict()
@@ -58,7 +60,7 @@ SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 SPLIT_SEED = 0
 
 
-class PromptSetError(ValueError):
+class PromptSetError(UserError, ValueError):
     """A prompt set could not be built or loaded; the message says why and how to fix it."""
 
 

@@ -140,12 +140,13 @@ def select_with_fallback(result: SelectionResult) -> Pick:
     Directions page all take their direction here.
     """
     cell, rule = select_direction(result), "all filters"
+    eligible = result.eligible()
     if cell is None:
         relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
-        passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed)
+        passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed) & eligible
         cell, rule = lowest_bypass(result.bypass, passed, result.positions, result.layers), "KL filter dropped"
     if cell is None:
-        scored = ~torch.isnan(result.bypass.double())
+        scored = ~torch.isnan(result.bypass.double()) & eligible
         cell, rule = lowest_bypass(result.bypass, scored, result.positions, result.layers), "no filter"
     if cell is None:
         return Pick(None, "no candidate", None)

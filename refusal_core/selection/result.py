@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from refusal_core.activations.cache import atomic_write_text
+from refusal_core.errors import SettingsError
 
 __all__ = ["FORMAT_VERSION", "SelectionFilters", "SelectionResult", "load_selection"]
 
@@ -46,6 +47,15 @@ class SelectionResult:
     filters: SelectionFilters
     provenance: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    coverage: torch.Tensor | None = None
+    complete: torch.Tensor | None = None
+    samples: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def eligible(self) -> torch.Tensor:
+        """Boolean grid of the cells the policy may choose: complete ones (every scored one when not raced)."""
+        if self.complete is not None:
+            return self.complete.bool()
+        return ~torch.isnan(self.bypass.double())
 
     def chosen_name(self) -> str | None:
         """Name of the chosen candidate in the scored direction set, or None."""
@@ -73,6 +83,8 @@ class SelectionResult:
             "filters": dataclasses.asdict(self.filters),
             "provenance": self.provenance,
             "timing": self.timing,
+            "coverage": _grid_to_lists(self.coverage) if self.coverage is not None else None,
+            "complete": self.complete.tolist() if self.complete is not None else None,
         }
         return json.dumps(document, indent=2, default=str)
 
@@ -104,6 +116,8 @@ def load_selection(path: str | Path) -> SelectionResult:
             filters=SelectionFilters(**document["filters"]),
             provenance=document.get("provenance", {}),
             timing=document.get("timing", {}),
+            coverage=_lists_to_grid(document["coverage"]) if document.get("coverage") is not None else None,
+            complete=torch.tensor(document["complete"], dtype=torch.bool) if document.get("complete") is not None else None,
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a saved selection result ({err}); run the selection again.") from err
@@ -137,6 +151,6 @@ class SelectionFilters:
 
     def __post_init__(self) -> None:
         if not self.max_kl >= 0:
-            raise ValueError(f"max_kl must be non-negative, got {self.max_kl}.")
+            raise SettingsError(f"max_kl must be non-negative, got {self.max_kl}.")
         if not 0 < self.max_layer_fraction <= 1:
-            raise ValueError(f"max_layer_fraction must be in (0, 1], got {self.max_layer_fraction}.")
+            raise SettingsError(f"max_layer_fraction must be in (0, 1], got {self.max_layer_fraction}.")

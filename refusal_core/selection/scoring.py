@@ -27,7 +27,8 @@ from typing import Iterator, Sequence
 import torch
 
 from refusal_core.activations.cache import content_key
-from refusal_core.directions.base import DirectionSet
+from refusal_core.directions.base import DirectionError, DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import apply_intervention, row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_token_ids
@@ -91,20 +92,23 @@ def _candidates(directions: DirectionSet) -> list[_Candidate]:
     out = []
     for name, vector, record in zip(directions.names, directions.vectors, directions.provenance):
         if "layer" not in record or "position" not in record:
-            raise ValueError(
-                f"Candidate {name!r} has no layer/position in its provenance; build candidates with "
-                "refusal_core.directions.dim_direction_set."
+            raise DirectionError(
+                f"Candidate {name!r} has no layer/position in its provenance; score the set written by "
+                "`directions dim` (refusal_core.directions.dim.dim_direction_set)."
             )
         out.append(_Candidate(name, int(record["position"]), int(record["layer"]), vector.float()))
     cells = [(c.position, c.layer) for c in out]
     if len(set(cells)) != len(cells):
-        raise ValueError("Two candidates share a (position, layer) cell; score one difference-in-means set at a time.")
+        raise DirectionError(
+            "Two candidates share a (position, layer) cell; score one difference-in-means set at a time "
+            "(the set written by `directions dim`)."
+        )
     return out
 
 
 def _prepare(loaded: LoadedModel, candidates: DirectionSet, harmful: Sequence[str], harmless: Sequence[str], chat) -> _Prepared:
     if not harmful or not harmless:
-        raise ValueError("Selection needs at least one harmful and one harmless validation prompt.")
+        raise SettingsError("Selection needs at least one harmful and one harmless validation prompt.")
     candidates.check_width(loaded.d_model)
     texts = format_prompts(loaded.tokenizer, list(harmful) + list(harmless), chat)
     return _Prepared(
@@ -256,7 +260,7 @@ def _score(
 ) -> SelectionResult:
     """Shared driver; ``rows_per_forward=None`` selects the sequential scorer."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise SettingsError(f"batch_size must be at least 1, got {batch_size}.")
     started = time.perf_counter()
     prepared = _prepare(loaded, candidates, harmful_val, harmless_val, chat)
     baseline_harmful, baseline_harmless = _baseline(loaded, prepared, batch_size)
@@ -334,7 +338,7 @@ def score_candidates(
     counts rows.
     """
     if candidates_per_batch is not None and candidates_per_batch < 1:
-        raise ValueError(f"candidates_per_batch must be at least 1, got {candidates_per_batch}.")
+        raise SettingsError(f"candidates_per_batch must be at least 1, got {candidates_per_batch}.")
     rows_per_candidate = len(harmful_val) + 2 * len(harmless_val)
     rows_per_forward = batch_size if candidates_per_batch is None else candidates_per_batch * rows_per_candidate
     return _score(loaded, candidates, harmful_val, harmless_val, filters, batch_size, chat, progress, rows_per_forward)

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 
 from refusal_core.activations.cache import content_key, tensor_digest
 from refusal_core.directions.base import DirectionSet
+from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import evaluate_refusal, refusal_scores
@@ -44,9 +45,9 @@ from refusal_core.judges.substring import Judge, SubstringJudge
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
-from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
+from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
@@ -59,7 +60,8 @@ class SearchSettings:
     """How a subset search runs.
 
     ``k``: directions ablated together per trial.
-    ``n_trials``: trials the study should hold in all; a resumed search runs only the rest.
+    ``n_trials``: trials the study should hold in all (complete or pruned), counted over every
+    worker sharing it: a resumed search, or a second worker, runs only the rest (see ``study``).
     ``objective``: what a trial minimises on the harmful prompts: ``substring`` (refusal rate
     of greedy replies judged by SubstringJudge), ``score`` (mean Arditi refusal score, no
     generation, much cheaper) or ``judge`` (refusal rate by the Judge passed to run_search).
@@ -68,8 +70,11 @@ class SearchSettings:
     ``seed``: seed of the TPE sampler.
     ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
     file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
+    ``heartbeat_seconds``: how often a running trial tells the storage it is alive; a trial
+    silent for three times this long is failed and re-run by another worker.
     ``study_name``: None derives one from the model, pool, prompts and these settings, so
-    the same search finds its own study again and a changed one starts afresh.
+    the same search finds its own study again and a changed one starts afresh: ``<label>-k<k>-<hash>``
+    with ``study_label`` (the pool's name, say; "search" when None) made file-name safe.
     ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
     ``batch_size``: prompts per forward pass or ``generate`` call.
     """
@@ -82,26 +87,33 @@ class SearchSettings:
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
+    study_label: str | None = None
     ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
     batch_size: int = 16
+    heartbeat_seconds: int = 10
 
     def __post_init__(self) -> None:
+        check_storage(self.storage)
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+        if not (isinstance(self.heartbeat_seconds, int) and self.heartbeat_seconds >= 1):
+            raise SettingsError(f"heartbeat_seconds must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
         if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}.")
+            raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise ValueError(f"n_trials must be non-negative, got {self.n_trials}.")
+            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
         if self.objective not in _OBJECTIVES:
-            raise ValueError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
+            raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(_OBJECTIVES)}.")
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
-            raise ValueError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
+            raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
         if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be at least 1.")
+            raise SettingsError("max_new_tokens and batch_size must be at least 1.")
         if self.ablate_mode not in ("orthogonal", "sequential"):
-            raise ValueError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
+            raise SettingsError(f"ablate_mode must be 'orthogonal' or 'sequential', got {self.ablate_mode!r}.")
 
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
-        skip = {"n_trials", "storage", "study_name", "batch_size"}
+        skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds"}
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -112,7 +124,8 @@ class SearchResult:
     ``trials``: one dict per trial (``number``, ``names`` sorted, ``value``, ``refusal``,
     ``kl``, ``state``, ``reused_from``), in trial order, including trials of earlier runs
     and other workers. ``best_names``/``best_value`` are None until a trial completes.
-    ``ran`` counts the trials this call ran; ``seconds`` is its wall time.
+    ``ran`` counts the trials this call ran; ``seconds`` is its wall time; ``started`` when
+    the study's first trial began (ISO 8601, local time; None without trials).
     """
 
     trials: tuple[dict, ...]
@@ -124,6 +137,7 @@ class SearchResult:
     provenance: dict = field(default_factory=dict)
     ran: int = 0
     seconds: float = 0.0
+    started: str | None = None
 
 
 def _optuna():
@@ -135,15 +149,6 @@ def _optuna():
     # Optuna logs one INFO line per trial; progress goes through our callback instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def storage_url(storage: str | None, study_name: str) -> str:
-    """The Optuna storage URL: the given URL, a path as SQLite, or the default cache file."""
-    if storage is not None and "://" in storage:
-        return storage
-    path = Path(storage) if storage is not None else cache_dir() / "search" / f"{study_name}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path.resolve()}"
 
 
 def _default_study_name(
@@ -166,21 +171,22 @@ def _default_study_name(
         list(harmless) if harmless is not None else None,
         (chat or ChatFormat()).identity(loaded.tokenizer),
     )
-    return f"search-{key[:16]}"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.study_label or "search").strip("_.")[:60] or "search"
+    return f"{label}-k{settings.k}-{key[:8]}"
 
 
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
     pool.check_width(d_model)
     if settings.k > len(pool):
-        raise ValueError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
+        raise SettingsError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
     if not harmful:
-        raise ValueError("The search needs at least one harmful validation prompt.")
+        raise SettingsError("The search needs at least one harmful validation prompt.")
     if settings.kl_penalty > 0 and not harmless:
-        raise ValueError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
+        raise SettingsError("kl_penalty > 0 needs harmless validation prompts to measure KL on.")
     if settings.objective == "judge" and judge is None:
-        raise ValueError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
+        raise SettingsError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
     if judge is not None and settings.objective != "judge":
-        raise ValueError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
+        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' to use it.")
 
 
 class _Evaluator:
@@ -301,9 +307,9 @@ def run_search(
 ) -> SearchResult:
     """Search for the ``settings.k`` pool directions whose joint ablation best stops refusal.
 
-    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs only
-    the trials still missing from ``settings.n_trials`` (counting completed and pruned
-    ones, also those of other workers); an integer runs that many more.
+    Creates or resumes the study (``load_if_exists``). With ``n_trials=None`` it runs trials
+    until the study holds ``settings.n_trials`` finished ones (completed and pruned, also
+    those of other workers; see ``study.run_to_total``); an integer runs that many more.
     ``progress(done, to_run, best=value)`` is called after each trial of this call.
     """
     optuna = _optuna()
@@ -311,36 +317,29 @@ def run_search(
     started = time.perf_counter()
     name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     url = storage_url(settings.storage, name)
-    study = optuna.create_study(
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        storage=url,
-        study_name=name,
-        load_if_exists=True,
-    )
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    callbacks = []
-    if n_trials is None:
-        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
-        # Workers sharing the study stop once it holds n_trials, whoever ran them.
-        callbacks.append(optuna.study.MaxTrialsCallback(settings.n_trials, states=counted))
-    else:
-        to_run = n_trials
-    callbacks.append(_progress_callback(progress, to_run))
+    study = open_study(url, name, settings.seed, settings.heartbeat_seconds)
     evaluator = _Evaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
-    if to_run > 0:
-        study.optimize(_objective(evaluator, settings.k), n_trials=to_run, callbacks=callbacks)
+    objective = _objective(evaluator, settings.k)
+    if n_trials is None:
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        to_run = max(0, settings.n_trials - len(study.get_trials(deepcopy=False, states=counted)))
+        ran = run_to_total(study, objective, settings.n_trials, _progress_callback(progress, to_run))
+    else:
+        study.optimize(objective, n_trials=n_trials, callbacks=[_progress_callback(progress, n_trials)])
+        ran = n_trials
     best_names, best_value = _best(study)
+    first = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
     return SearchResult(
         trials=_trial_rows(study),
         best_names=best_names,
         best_value=best_value,
         study_name=name,
-        storage=url,
+        storage=redact(url),
         settings=settings,
         provenance=_provenance(loaded, pool, harmful_val, harmless_val, judge),
-        ran=to_run,
+        ran=ran,
         seconds=round(time.perf_counter() - started, 4),
+        started=first.isoformat(timespec="seconds") if first else None,
     )
 
 
@@ -363,7 +362,7 @@ def best_direction_set(result: SearchResult, pool: DirectionSet) -> DirectionSet
     ``params`` also records the study, its storage, the objective and the value reached.
     """
     if result.best_names is None:
-        raise ValueError(f"Study {result.study_name} has no completed trial yet; run more trials.")
+        raise SettingsError(f"Study {result.study_name} has no completed trial yet; run more trials.")
     chosen = pool.select(result.best_names)
     params = {
         "study_name": result.study_name,

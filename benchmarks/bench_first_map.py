@@ -1,0 +1,93 @@
+"""The first UMAP map in a fresh dashboard server, with and without set-up's numba warm-up.
+
+Two fresh ``streamlit run app.py`` servers in headless Chromium, each with a new, empty numba
+cache folder (``NUMBA_CACHE_DIR``), so neither sees code compiled by earlier runs:
+
+- ``cold``: nothing compiled beforehand and the app's background warm-up turned off
+  (``REFUSAL_ATLAS_UMAP_WARM_UP=0``): what every fresh server paid before set-up warmed UMAP;
+- ``set-up``: ``projection.warm_up_umap()`` first runs in its own process, as ``setup.sh``
+  does (timed: what set-up pays), then the server starts with its background warm-up on.
+
+In each server: open the app, press "Compute activations and DIM directions" on the Data
+page, open Manifold (a PCA map), then choose UMAP; the figure is the time from that click
+until the page has settled, which includes ~3 s of the harness's own waiting (a 1 s pause
+after the click, two 0.5 s idle polls and 1.5 s for the chart to draw). Goal: <= 15 s.
+
+Run from the repository root (needs chromium): ``.venv/bin/python benchmarks/bench_first_map.py``.
+The organism must be built (``organism build``), or the servers use the tiny test model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import browser_util  # noqa: E402
+
+GOAL_S = 15.0
+WORK_TIMEOUT_S = 900.0
+WARM_UP = "from refusal_core.projection import warm_up_umap; warm_up_umap()"
+
+
+def first_umap_map(env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Seconds from choosing UMAP to the settled page, and from server start to that click."""
+    started = time.monotonic()
+    with browser_util.streamlit_server(env={**browser_util.server_env(), **env}, log_path=log) as url, \
+            browser_util.browser_session() as tab:
+        tab.goto(url)
+        if not tab.wait("Data & activations"):
+            raise RuntimeError(f"the Data page did not render; see {log}")
+        tab.click("Compute activations and DIM directions")
+        tab.wait("Data & activations", WORK_TIMEOUT_S)
+        tab.nav("Manifold")
+        if not tab.wait("Manifold", WORK_TIMEOUT_S):
+            raise RuntimeError(f"the Manifold page did not render; see {log}")
+        clicked = time.monotonic()
+        tab._click_first('[data-testid="stRadio"] label', "UMAP", "starts", "radio option")
+        if not tab.wait("Manifold", WORK_TIMEOUT_S):
+            raise RuntimeError(f"the UMAP map did not finish within {WORK_TIMEOUT_S:.0f} s; see {log}")
+        problems = browser_util.dom_problems(tab.dom(), "Manifold")
+        if problems:
+            raise RuntimeError(f"the Manifold page shows problems: {problems}")
+        return time.monotonic() - clicked, clicked - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-cold", action="store_true", help="measure only the server after set-up's warm-up")
+    args = parser.parse_args()
+    if browser_util.chromium_binary() is None:
+        print("chromium is not installed (apt-get install chromium)", file=sys.stderr)
+        return 1
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="atlas-first-map-") as tmp:
+        warm_cache = Path(tmp) / "numba-setup"
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(warm_cache), "PYTHONPATH": str(ROOT)}
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", WARM_UP], env=env, check=True, cwd=ROOT)
+        print(f"set-up warm-up (warm_up_umap in a fresh process, empty cache): {time.monotonic() - started:.1f} s", flush=True)
+        cases = [("set-up", {"NUMBA_CACHE_DIR": str(warm_cache)})]
+        if not args.skip_cold:
+            cases.append(("cold", {"NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cold"), "REFUSAL_ATLAS_UMAP_WARM_UP": "0"}))
+        for name, case_env in cases:
+            seconds, before = first_umap_map(case_env, Path(tmp) / f"server-{name}.log")
+            rows.append((name, seconds, before))
+            print(f"{name}: first UMAP map {seconds:.1f} s (clicked {before:.0f} s after the server started)", flush=True)
+    print(f"\n{'server':8s} {'first UMAP map':>15s}  goal <= {GOAL_S:.0f} s")
+    for name, seconds, _ in rows:
+        print(f"{name:8s} {seconds:13.1f} s  {'PASS' if seconds <= GOAL_S else 'FAIL'}")
+    if len(rows) == 2:
+        print(f"RATIO set-up / cold: {rows[0][1] / rows[1][1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
