@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from refusal_core.activations.extract import Activations, extract_activations
+from refusal_core.errors import SettingsError
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.directions.category import SHARED, category_direction_set
 from refusal_core.directions.provenance import build_provenance
@@ -92,7 +93,7 @@ class CategoryFit:
         """Ablate the shared refusal direction on the prompts of ``categories`` only."""
         unknown = [c for c in categories if c not in self.conditions]
         if unknown or not categories:
-            raise ValueError(f"Unknown categories {unknown or '(none)'}; choose from {', '.join(self.conditions)}.")
+            raise SettingsError(f"Unknown categories {unknown or '(none)'}; choose from {', '.join(self.conditions)}.")
         shared = self.directions.select([SHARED]).vectors
         return Intervention(name=name or "refusal off: " + ", ".join(categories), ablate=shared, condition=self.condition_for(categories))
 
@@ -121,7 +122,7 @@ def fit_categories(
     harmless = cap(harmless or builtin("harmless", "train"))
     for which, value in (("layer", layer), ("condition layer", condition_layer)):
         if not 0 <= value < loaded.n_layers:
-            raise ValueError(f"The {which} {value} is out of range; this model has layers 0..{loaded.n_layers - 1}.")
+            raise SettingsError(f"The {which} {value} is out of range; this model has layers 0..{loaded.n_layers - 1}.")
     harmful_acts, harmless_acts = (_acts(loaded, s, batch_size, progress(f"{s.name} activations")) for s in (harmful, harmless))
     provenance = build_provenance(loaded.spec, harmful, harmless, "category", layer=layer, position=-1)
     directions = category_direction_set(harmful_acts.block_input(layer), harmless_acts.block_input(layer), harmful.categories, provenance)

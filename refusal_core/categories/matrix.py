@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from refusal_core.categories.fit import CategoryFit, fit_categories
+from refusal_core.errors import SettingsError
 from refusal_core.directions.category import SHARED, category_name
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.conditional import fires, projection_scores
@@ -94,7 +95,7 @@ def categories_report(
     layer = round(0.75 * loaded.n_layers) if layer is None else layer
     condition_layer = round(0.4 * loaded.n_layers) if condition_layer is None else condition_layer
     if part not in ("full", "specific"):
-        raise ValueError(f"part must be 'full' or 'specific', got {part!r}.")
+        raise SettingsError(f"part must be 'full' or 'specific', got {part!r}.")
     say(f"Category directions at layer {layer}; conditions at layer {condition_layer}, thresholds on val")
     fitted = fit_categories(loaded, layer, condition_layer, shrinkage, max_prompts=max_train_prompts)
     order = fitted.categories
