@@ -178,6 +178,7 @@ PAGES = [
     st.Page("pages/data.py", title="Data & activations", icon=":material/database:", url_path="data"),
     st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:", url_path="manifold"),
     st.Page("pages/directions.py", title="Directions", icon=":material/explore:", url_path="directions"),
+    st.Page("pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
     st.Page("pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
     st.Page("pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
     st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),

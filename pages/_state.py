@@ -30,11 +30,13 @@ import torch
 from refusal_core import damage
 from refusal_core.activations.extract import Activations
 from refusal_core.activations.separation import LayerSeparation
+from refusal_core.categories.fit import CategoryFit
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import ClusterResult
 from refusal_core.directions.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
+from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
 from refusal_core.progress import Progress, ProgressClock, stage_text
 from refusal_core.projection import Projection
@@ -106,7 +108,8 @@ class Workspace:
 
     ``harmful``/``harmless`` are the PromptSets the activations were computed from;
     ``direction_sets`` maps a display name to a DirectionSet; the other fields hold the
-    latest result of each page, or None. It lives in the session (never in a shared
+    latest result of each page, or None; ``conditionals`` are the conditional interventions
+    the Categories page made (refusal off for chosen categories) for the Generate page. It lives in the session (never in a shared
     cache) and holds nothing that other sessions use.
     """
 
@@ -122,6 +125,9 @@ class Workspace:
     selection: SelectionResult | None = None
     search: SearchState | None = None
     optimized: OptimizedDirection | None = None
+    categories: CategoryFit | None = None
+    category_report: dict | None = None
+    conditionals: dict[str, Intervention] = field(default_factory=dict)
     generations: OrderedDict[str, dict[str, list[Completion]]] = field(default_factory=OrderedDict)
     judged: OrderedDict[str, dict[str, damage.ColumnDamage]] = field(default_factory=OrderedDict)
     base_logprobs: OrderedDict[str, torch.Tensor] = field(default_factory=OrderedDict)

@@ -116,6 +116,11 @@ def ablation_variants(layers, mode) -> list:
     return variants
 
 
+def conditional_variants() -> list:
+    """The Categories page's conditional interventions (refusal off for chosen categories)."""
+    return [item for name, item in ws.conditionals.items() if st.checkbox(name, key=f"generate_conditional_{name}")]
+
+
 def default_actadd(options: list[tuple[str, str]]) -> int:
     """The selected DIM direction if there is one, else DIM at the last position and ~60% depth."""
     for wanted in (SELECTED_DIM, CLOSEST_DIM):
@@ -193,6 +198,7 @@ def run_key(prompts: list[str], variants: list, settings) -> str:
     for v in variants:
         parts += [v.name, v.ablate_layers, v.ablate_mode, v.actadd_layer, v.actadd_coeff]
         parts += [v.ablate if v.ablate is not None else "-", v.actadd if v.actadd is not None else "-"]
+        parts += [v.condition.key() if v.condition is not None else "-"]
     return content_key(*parts)
 
 
@@ -283,7 +289,7 @@ def show_column(name: str, completions: list, judged) -> None:
 
 prompts = prompt_choices()
 layers, mode = ablation_layers()
-variants = [Intervention(name="baseline")] + ablation_variants(layers, mode) + actadd_variant()
+variants = [Intervention(name="baseline")] + ablation_variants(layers, mode) + conditional_variants() + actadd_variant()
 settings = settings_row()
 key = run_key(prompts, variants, settings)
 if st.button(

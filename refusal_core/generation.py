@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from refusal_core.interventions.conditional import resolve_rows
 from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
@@ -150,7 +151,9 @@ def generate_side_by_side(
 
     Rows are (prompt, variant) pairs, prompt-major, cut into chunks of
     ``settings.batch_size`` rows; each chunk is one ``model.generate`` call with row i
-    under its own intervention. ``progress(done, total)`` counts rows.
+    under its own intervention. A conditional variant is resolved per prompt first (its
+    condition read on the unmodified model), so it runs only on the prompts that fire.
+    ``progress(done, total)`` counts rows.
     """
     names = [variant.name for variant in variants]
     if not variants:
@@ -159,6 +162,7 @@ def generate_side_by_side(
         duplicates = sorted({name for name in names if names.count(name) > 1})
         raise SettingsError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    per_prompt = [resolve_rows(loaded, instructions, variant, chat) for variant in variants]
     stop_ids = end_of_turn_ids(loaded.tokenizer, chat)
     rows = [(p, v) for p in range(len(prompts)) for v in range(len(variants))]
     results: dict[tuple[int, int], Completion] = {}
@@ -167,7 +171,7 @@ def generate_side_by_side(
         replies = _generate_chunk(
             loaded,
             [prompts[p] for p, _ in chunk],
-            [variants[v] for _, v in chunk],
+            [per_prompt[v][p] for p, v in chunk],
             settings,
             stop_ids,
             seed=settings.seed + start // settings.batch_size,

@@ -25,6 +25,7 @@ PAGES = [
     "pages/data.py",
     "pages/manifold.py",
     "pages/directions.py",
+    "pages/categories.py",
     "pages/generate.py",
     "pages/search.py",
     "pages/export.py",
@@ -204,6 +205,35 @@ def test_generate_actadd_changes_the_columns():
     assert texts[: len(baseline)] == baseline  # the baseline column is unchanged
     assert texts[len(baseline) :] != baseline  # the added direction changed the replies
     assert len(_workspace(at).generations) == 2
+
+
+def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
+    at = _start()
+    at.switch_page("pages/categories.py").run()
+    _assert_ok(at)
+    for key, value in {"categories_layer": 1, "categories_condition_layer": 1, "categories_max_prompts": 36}.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="categories_fit").click().run(timeout=300)  # activations of the built-in train and val splits
+    _assert_ok(at)
+    ws = _workspace(at)
+    assert len(ws.categories.categories) == 12 and "Category directions" in ws.direction_sets
+    assert _charts(at) == 2  # cosine heatmap and projections
+    at.number_input(key="categories_per_category").set_value(1)
+    at.number_input(key="categories_max_new").set_value(8)
+    at.button(key="categories_run").click().run(timeout=300)
+    _assert_ok(at)
+    assert _charts(at) == 4 and len(ws.category_report["conditional"]["matrix"]) == 12
+    at.multiselect(key="categories_off").set_value(["drugs", "weapons"]).run(timeout=300)
+    at.button(key="categories_add").click().run(timeout=300)
+    _assert_ok(at)
+    name = "refusal off: drugs, weapons"
+    assert ws.conditionals[name].condition.labels == ("drugs", "weapons")
+    at.switch_page("pages/generate.py").run()
+    at.number_input(key="generate_max_new").set_value(6)
+    at.checkbox(key=f"generate_conditional_{name}").check().run()
+    at.button(key="generate_run").click().run(timeout=300)
+    _assert_ok(at)
+    assert [m.label for m in at.metric] == ["baseline", name]
 
 
 def test_search_runs_and_adopts_the_best_subset():

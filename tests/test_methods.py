@@ -124,6 +124,9 @@ def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch,
     at.number_input(key="atlas_max_prompts").set_value(4).run()
     at.switch_page("pages/directions.py").run()
     assert not at.exception, [e.value for e in at.exception]
+    choice = at.selectbox(key="method_choice")
+    assert "toy" in choice.options or "Toy mean" in choice.options  # listed among the other methods, by title
+    choice.set_value("toy").run()
     assert at.selectbox(key="method_choice").value == "toy"
     assert at.number_input(key="method_toy_scale").value == 2.0
     assert at.selectbox(key="method_toy_label").options == ["toy", "demo"]

@@ -146,6 +146,11 @@ def _write_hook(stages: _RowTensor, rows: int | None) -> Callable:
 
 def _check_fits(intervention: Intervention, n_layers: int, d_model: int) -> None:
     """Range-check layers and widths against the model, naming the valid values."""
+    if intervention.condition is not None:
+        raise ValueError(
+            f"Intervention {intervention.name!r} is conditional: resolve it per prompt first "
+            "(interventions.conditional.resolve_rows; generate_side_by_side does this)."
+        )
     width = intervention.d_model
     if width is not None and width != d_model:
         raise DirectionError(

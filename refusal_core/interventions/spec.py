@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
+from refusal_core.interventions.conditional import Condition
 from refusal_core.errors import SettingsError
 
 __all__ = [
@@ -46,7 +47,8 @@ class Intervention:
     vector ``[d]`` added, times ``actadd_coeff``, to the input of layer ``actadd_layer``
     at every position; it is not normalised because Arditi et al. add the difference in
     means itself. Where a layer both ablates and adds, the ablation comes first, so the
-    addition is exactly ``coeff * vector`` at that layer.
+    addition is exactly ``coeff * vector`` at that layer. ``condition`` (optional) limits it
+    to the prompts that fire (``interventions.conditional``); generation resolves it per prompt.
     """
 
     name: str = "baseline"
@@ -56,6 +58,7 @@ class Intervention:
     actadd: torch.Tensor | None = None
     actadd_layer: int | None = None
     actadd_coeff: float = 1.0
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         if self.ablate is not None:
@@ -72,6 +75,8 @@ class Intervention:
             self._check_actadd()
         elif self.actadd_layer is not None:
             raise self._error("actadd_layer is set but actadd is None; give the vector to add.")
+        if self.condition is not None:
+            self._check_condition()
 
     def _error(self, message: str, kind: type[ValueError] = ValueError) -> ValueError:
         return kind(f"Intervention {self.name!r}: {message}")
@@ -103,6 +108,14 @@ class Intervention:
         if self.ablate is not None and self.ablate.shape[1] != vector.shape[0]:
             widths = f"ablate has width {self.ablate.shape[1]} but actadd has width {vector.shape[0]}"
             raise self._error(f"{widths}; both must be the model's residual width.", DirectionError)
+
+    def _check_condition(self) -> None:
+        if not isinstance(self.condition, Condition):
+            raise self._error(f"condition must be a Condition, got {type(self.condition).__name__}.")
+        if self.ablate is None and self.actadd is None:
+            raise self._error("a condition needs something to apply when it fires; give ablate or actadd.")
+        if self.condition.d_model != self.d_model:
+            raise self._error(f"the condition has width {self.condition.d_model} but the vectors {self.d_model}.", DirectionError)
 
     @property
     def is_baseline(self) -> bool:
