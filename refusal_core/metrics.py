@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from refusal_core.interventions.hooks import apply_intervention
+from refusal_core.interventions.hooks import apply_intervention, row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import check_pairs
 from refusal_core.model.families import model_lock
@@ -46,14 +46,31 @@ __all__ = [
 
 
 @contextmanager
-def _intervened(model: torch.nn.Module, intervention: Intervention | None) -> Iterator[None]:
-    """Hold the model's lock, with ``intervention`` (or none) in place on every row.
+def _intervened(
+    model: torch.nn.Module, intervention: Intervention | None, rows: Sequence[Intervention] | None = None
+) -> Iterator[None]:
+    """Hold the model's lock, with ``intervention`` (or none) in place on every row, or with
+    ``rows`` (one plain intervention per batch row) when given.
 
     The lock is taken even without an intervention, so a baseline forward never runs while
     another session's hooks are on the shared model.
     """
+    if rows is not None:
+        with model_lock(model), row_interventions(model, rows):
+            yield
+        return
     with model_lock(model), apply_intervention(model, intervention or Intervention()):
         yield
+
+
+def _per_row(loaded: LoadedModel, instructions: Sequence[str], intervention: Intervention | None, chat, batch_size: int):
+    """A conditional intervention resolved to one plain intervention per prompt (it fires on
+    some prompts only); None for a plain intervention, which applies to every row alike."""
+    if intervention is None or intervention.condition is None:
+        return None
+    from refusal_core.interventions.conditional import resolve_rows
+
+    return resolve_rows(loaded, instructions, intervention, chat, batch_size)
 
 
 def next_token_chunks(
@@ -65,9 +82,11 @@ def next_token_chunks(
 ) -> Iterator[torch.Tensor]:
     """First-reply-token log-probabilities, ``[chunk, vocab]`` float64 on the CPU, chunk by chunk."""
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
+    per_row = _per_row(loaded, instructions, intervention, chat, batch_size)
     for start in range(0, len(prompts), batch_size):
         batch = encode_prompts(loaded, prompts[start : start + batch_size])
-        with torch.no_grad(), _intervened(loaded.model, intervention):
+        rows = None if per_row is None else per_row[start : start + batch_size]
+        with torch.no_grad(), _intervened(loaded.model, intervention, rows):
             logprobs = last_token_logprobs(loaded.model, batch).cpu()
         yield logprobs
 

@@ -15,6 +15,7 @@ from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.conditional import Condition, condition_scores, resolve_rows
 from refusal_core.interventions.hooks import apply_intervention
 from refusal_core.interventions.spec import Intervention
+from refusal_core.metrics import next_token_logprobs
 from refusal_core.prompts.sets import PromptSet
 from tests.tiny import assert_no_hooks
 
@@ -101,6 +102,23 @@ def test_conditional_ablation_runs_exactly_on_the_rows_above_the_threshold(tiny_
         expected = out["ablate"][index] if fired else out["baseline"][index]
         assert out["conditional"][index].text == expected.text
     assert [a.text for a in out["ablate"]] != [b.text for b in out["baseline"]]  # the ablation changes something
+
+
+def test_first_token_logprobs_under_a_conditional_ablation_follow_each_row(tiny_llama, one_thread):
+    """The judges' refusal score and the KL read first-token log-probabilities under a column's
+    intervention: a conditional one gives the plain ablation's on the rows that fire and the
+    unmodified model's on the others, batched across both kinds of rows."""
+    condition, scores = _condition(tiny_llama, PROMPTS)
+    above = scores >= condition.thresholds[0]
+    ablation = torch.randn(2, tiny_llama.d_model, generator=torch.Generator().manual_seed(4))
+    conditional = Intervention("conditional", ablate=ablation, condition=condition)
+    got = next_token_logprobs(tiny_llama, PROMPTS, conditional, batch_size=3)
+    plain = next_token_logprobs(tiny_llama, PROMPTS, Intervention("ablate", ablate=ablation), batch_size=3)
+    base = next_token_logprobs(tiny_llama, PROMPTS, None, batch_size=3)
+    assert_no_hooks(tiny_llama.model)
+    expected = torch.where(above[:, None], plain, base)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain[above], base[above], atol=1e-5)  # the ablation changes the fired rows
 
 
 def test_conditional_intervention_is_not_applied_unresolved(tiny_llama):
