@@ -402,6 +402,7 @@ def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
     at = AppTest.from_file(APP, default_timeout=600).run()
     at.radio(key="atlas_model_choice").set_value("SmolLM2-135M-Instruct (bundled, non-refusing contrast)").run()
     at.number_input(key="atlas_max_prompts").set_value(8).run()
+    at.switch_page("pages/data.py").run()  # the app opens on the Start page
     at.button(key="data_compute").click().run()
     _assert_ok(at)
     assert _workspace(at, "bundled:smollm2-135m-instruct").harmful_acts.n_layers == 30

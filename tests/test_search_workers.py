@@ -107,19 +107,19 @@ def test_two_workers_fill_one_study_to_its_total(storage, inputs, tmp_path):
 _KILLED_WORKER = textwrap.dedent(
     """
     import pathlib, sys, time
-    from refusal_core.selection import search
+    from refusal_core.selection import trials
 
-    evaluate = search._Evaluator.refusal
+    evaluate = trials.TrialEvaluator.measure
     calls = []
 
-    def refusal(self, intervention):
+    def measure(self, names):
         calls.append(1)
         if len(calls) == 2:  # the second evaluated subset: mid-trial, never finished
             pathlib.Path(sys.argv[1]).write_text("mid-trial")
             time.sleep(600)
-        return evaluate(self, intervention)
+        return evaluate(self, names)
 
-    search._Evaluator.refusal = refusal
+    trials.TrialEvaluator.measure = measure
     from refusal_core.cli import main
     sys.exit(main(sys.argv[2:]))
     """
