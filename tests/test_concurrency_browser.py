@@ -25,8 +25,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 RESULT_TIMEOUT_MS = 180_000
 
 pytestmark = pytest.mark.slow
@@ -71,8 +69,10 @@ def server(tmp_path_factory):
         process.wait(30)
 
 
-def test_two_sessions_generate_at_once_offline(server):
-    from playwright.sync_api import expect, sync_playwright
+def test_two_sessions_generate_at_once_offline(server, browser):
+    # ``browser`` is pytest-playwright's session browser (Debian's Chromium, launched with
+    # conftest's options): a second sync_playwright() inside that session's loop would fail.
+    from playwright.sync_api import expect
 
     url, log = server
     outside: list[str] = []
@@ -86,11 +86,12 @@ def test_two_sessions_generate_at_once_offline(server):
             outside.append(route.request.url)
             route.abort("internetdisconnected")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    contexts = []
+    try:
         pages = []
         for _ in range(2):  # two contexts: two independent Streamlit sessions
             context = browser.new_context(viewport={"width": 1300, "height": 900})
+            contexts.append(context)
             context.route("**/*", only_local)
             page = context.new_page()
             page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
@@ -109,7 +110,9 @@ def test_two_sessions_generate_at_once_offline(server):
             expect(page.get_by_text(re.compile(r"\d+% refused")).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
             assert page.get_by_text("Generation failed").count() == 0
             assert page.locator("[data-testid='stException']").count() == 0
-        browser.close()
+    finally:
+        for context in contexts:
+            context.close()
 
     server_log = log.read_text(errors="replace")
     assert "Traceback" not in server_log and "Already borrowed" not in server_log, server_log[-3000:]
