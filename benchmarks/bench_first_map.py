@@ -10,8 +10,8 @@ cache folder (``NUMBA_CACHE_DIR``), so neither sees code compiled by earlier run
 
 In each server: open the app, press "Compute activations and DIM directions" on the Data
 page, open Manifold (a PCA map), then choose UMAP; the figure is the time from that click
-until the page has settled, which includes ~3 s of the harness's own waiting (a 1 s pause
-after the click, two 0.5 s idle polls and 1.5 s for the chart to draw). Goal: <= 15 s.
+until Streamlit's run has ended and Plotly has drawn the map (Playwright drives Debian's
+Chromium, as the browser tests do). Goal: <= 15 s.
 
 Run from the repository root (needs chromium): ``.venv/bin/python benchmarks/bench_first_map.py``.
 The organism must be built (``organism build``), or the servers use the tiny test model.
@@ -30,41 +30,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import browser_util  # noqa: E402
+from tests.app_server import CHROMIUM, chromium_launch_options, organism_env, streamlit_server  # noqa: E402
 
 GOAL_S = 15.0
-WORK_TIMEOUT_S = 900.0
+WORK_TIMEOUT_MS = 900_000
 WARM_UP = "from refusal_core.projection import warm_up_umap; warm_up_umap()"
 
 
 def first_umap_map(env: dict[str, str], log: Path) -> tuple[float, float]:
     """Seconds from choosing UMAP to the settled page, and from server start to that click."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests import ui
+
     started = time.monotonic()
-    with browser_util.streamlit_server(env={**browser_util.server_env(), **env}, log_path=log) as url, \
-            browser_util.browser_session() as tab:
-        tab.goto(url)
-        if not tab.wait("Data & activations"):
-            raise RuntimeError(f"the Data page did not render; see {log}")
-        tab.click("Compute activations and DIM directions")
-        tab.wait("Data & activations", WORK_TIMEOUT_S)
-        tab.nav("Manifold")
-        if not tab.wait("Manifold", WORK_TIMEOUT_S):
-            raise RuntimeError(f"the Manifold page did not render; see {log}")
-        clicked = time.monotonic()
-        tab._click_first('[data-testid="stRadio"] label', "UMAP", "starts", "radio option")
-        if not tab.wait("Manifold", WORK_TIMEOUT_S):
-            raise RuntimeError(f"the UMAP map did not finish within {WORK_TIMEOUT_S:.0f} s; see {log}")
-        problems = browser_util.dom_problems(tab.dom(), "Manifold")
-        if problems:
-            raise RuntimeError(f"the Manifold page shows problems: {problems}")
-        return time.monotonic() - clicked, clicked - started
+    with streamlit_server(env={**organism_env(), **env}, log_path=log) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**chromium_launch_options())
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            ui.open_app(page, url, "Start")
+            ui.go(page, "Data & activations")
+            ui.press(page, "Compute activations and DIM directions", WORK_TIMEOUT_MS)
+            ui.go(page, "Manifold")
+            clicked = time.monotonic()
+            page.get_by_test_id("stRadio").filter(has_text="Map").get_by_text("UMAP", exact=True).click()
+            ui.after_action(page, WORK_TIMEOUT_MS)
+            expect(ui.chart(page, "manifold_chart")).to_be_visible()
+            seconds = time.monotonic() - clicked
+            problems = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").all_inner_texts()
+            if problems:
+                raise RuntimeError(f"the Manifold page shows problems: {problems}")
+        finally:
+            browser.close()
+        return seconds, clicked - started
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-cold", action="store_true", help="measure only the server after set-up's warm-up")
     args = parser.parse_args()
-    if browser_util.chromium_binary() is None:
+    if not Path(CHROMIUM).is_file():
         print("chromium is not installed (apt-get install chromium)", file=sys.stderr)
         return 1
     rows = []

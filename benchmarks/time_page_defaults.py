@@ -23,12 +23,12 @@ from benchmarks._common import Report, apply_threads, base_parser  # noqa: E402
 
 
 def _printer(label: str):
-    from refusal_core.progress import ProgressClock
+    from refusal_core.progress import ProgressClock, stage_text
 
     clock, last = ProgressClock(), [0.0]
 
-    def update(done: int, total: int, stage: str = "") -> None:
-        line = clock.line(label, done, total, stage)
+    def update(done: int, total: int, /, **info: object) -> None:  # the one Progress signature
+        line = clock.line(label, done, total, stage_text(info))
         if time.perf_counter() - last[0] > 15 or done >= total:
             last[0] = time.perf_counter()
             print(f"  {line}", flush=True)
