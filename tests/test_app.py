@@ -220,9 +220,11 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     assert _charts(at) == 2  # cosine heatmap and projections
     at.number_input(key="categories_per_category").set_value(1)
     at.number_input(key="categories_max_new").set_value(8)
+    at.selectbox(key="atlas_judge").set_value("substring")  # the sidebar's judge judges the matrix (no model use)
     at.button(key="categories_run").click().run(timeout=300)
     _assert_ok(at)
     assert _charts(at) == 4 and len(ws.category_report["conditional"]["matrix"]) == 12
+    assert ws.category_report["judge"] == "substring" and ws.category_report["ablation"]["broken_harmful"] is None
     at.multiselect(key="categories_off").set_value(["drugs", "weapons"]).run(timeout=300)
     at.button(key="categories_add").click().run(timeout=300)
     _assert_ok(at)

@@ -136,9 +136,10 @@ def test_conditional_intervention_is_not_applied_unresolved(tiny_llama):
 
 def test_categories_report_cli_prints_a_full_matrix(capsys, one_thread):
     code = main(["categories", "report", "--model", "tiny:llama", "--per-category", "1", "--n-harmless", "2",
-                 "--max-new-tokens", "3", "--layer", "1", "--condition-layer", "1", "--max-train-prompts", "36", "--json"])
+                 "--max-new-tokens", "3", "--layer", "1", "--condition-layer", "1", "--max-train-prompts", "36", "--judge", "substring", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["judge"] == "substring" and report["ablation"]["broken_harmful"] is None  # the phrase judge has no broken verdict
     n = len(report["categories"])
     assert n == 12
     for block in ("ablation", "conditional"):
@@ -149,3 +150,41 @@ def test_categories_report_cli_prints_a_full_matrix(capsys, one_thread):
             others = [v for j, v in enumerate(report[block]["matrix"][i]) if j != i]
             assert s["others_min"] == min(others)
     assert main(["categories", "report", "--model", "tiny:llama", "--layer", "99"]) == 2
+    assert main(["categories", "report", "--model", "tiny:llama", "--max-new-tokens", "0"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["categories", "report", "--model", "tiny:llama", "--judge", "vibes"])
+    assert exited.value.code == 2
+
+
+def test_categories_report_counts_the_judges_labels_and_reads_conditional_rows_per_prompt(monkeypatch, tiny_llama, one_thread):
+    """Every reply under the shared ablation is judged broken, every other reply refused: the
+    matrices must count broken apart from refusal, and the conditional matrix must take each
+    prompt's label from the shared column exactly where the row's condition fires."""
+    from refusal_core.categories import matrix
+    from refusal_core.judges import Verdict
+
+    class FakeJudge:
+        def verdicts(self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None):
+            assert first_token_logprobs is not None and first_token_logprobs.shape[0] == len(replies)
+            label = "broken" if intervention is not None and intervention.name == "shared" else "refused"
+            return [Verdict(label, {}, {}, False) for _ in replies]
+
+    monkeypatch.setattr(matrix, "judge_by_name", lambda name: FakeJudge())
+    fired = {}
+    original = matrix._fired
+    monkeypatch.setattr(matrix, "_fired", lambda *args: fired.update(original(*args)) or fired)
+    report = matrix.categories_report(tiny_llama, layer=1, condition_layer=1, per_category=2, n_harmless=3, max_new_tokens=2,
+                                      max_train_prompts=36, judge="panel")
+    order, conditional = report["categories"], report["conditional"]
+    harmful, _ = matrix.test_prompts(2, 3)
+    n = len(harmful)
+    assert report["baseline"]["by_category"] == [1.0] * 12 and report["baseline"]["broken_harmful"] == 0.0
+    assert report["shared"]["by_category"] == [0.0] * 12 and report["shared"]["broken_harmless"] == 1.0
+    assert report["ablation"]["matrix"] == [[1.0] * 12] * 12 and report["ablation"]["broken_harmful"] == [0.0] * 12
+    for i, category in enumerate(order):
+        flags = fired[category]
+        assert conditional["broken_harmful"][i] == pytest.approx(sum(flags[:n]) / n)
+        assert conditional["harmless"][i] == pytest.approx(1 - sum(flags[n:]) / 3)
+        for j, other in enumerate(order):
+            mine = [f for f, c in zip(flags[:n], harmful.categories) if c == other]
+            assert conditional["matrix"][i][j] == pytest.approx(1 - sum(mine) / len(mine))

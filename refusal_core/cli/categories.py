@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import sys
 
-from refusal_core.cli.common import add_model_args, load_model_from_args, progress_bar
+from refusal_core.cli.common import CliError, add_judge_arg, add_model_args, load_model_from_args, progress_bar
 
 
 def cmd_categories_report(args) -> None:
     from refusal_core.categories.matrix import categories_report
     from refusal_core.categories.text import format_report
 
+    for flag in ("per_category", "n_harmless", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}.")
     loaded = load_model_from_args(args)
     report = categories_report(
         loaded, layer=args.layer, condition_layer=args.condition_layer, part=args.part, per_category=args.per_category,
         n_harmless=args.n_harmless, max_new_tokens=args.max_new_tokens, shrinkage=args.shrinkage, batch_size=args.batch_size,
-        max_train_prompts=args.max_train_prompts, say=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)), progress=progress_bar("generating", args.json),
+        max_train_prompts=args.max_train_prompts, judge=args.judge, say=(lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr)), progress=progress_bar("generating", args.json),
     )
     print(json.dumps(report, default=str) if args.json else format_report(report))
 
@@ -27,14 +30,19 @@ def add_parsers(sub) -> None:
     group = sub.add_parser("categories", help="refusal by harm category: ablation and conditional-ablation matrices")
     actions = group.add_subparsers(dest="action", required=True)
     report = actions.add_parser("report", help="12x12 refusal matrix, harmless refusal and KL, selectivity per category (test split)")
+    from refusal_core.categories.matrix import DEFAULTS
+
     add_model_args(report)
     report.add_argument("--layer", type=int, default=None, help="layer of the category directions (default: 3/4 of the depth)")
     report.add_argument("--condition-layer", type=int, default=None, help="layer the conditions read (default: 2/5 of the depth)")
     report.add_argument("--part", choices=("full", "specific"), default="full",
                         help="ablate each category's full difference in means or its part orthogonal to the shared direction")
-    report.add_argument("--per-category", type=int, default=5, help="harmful test prompts per category (default 5, all of them)")
-    report.add_argument("--n-harmless", type=int, default=16, help="harmless test prompts (default 16)")
-    report.add_argument("--max-new-tokens", type=int, default=48)
+    report.add_argument("--per-category", type=int, default=DEFAULTS["per_category"],
+                        help=f"harmful test prompts per category (default {DEFAULTS['per_category']}, all of them)")
+    report.add_argument("--n-harmless", type=int, default=DEFAULTS["n_harmless"], help=f"harmless test prompts (default {DEFAULTS['n_harmless']})")
+    report.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"],
+                        help=f"greedy reply length (default {DEFAULTS['max_new_tokens']}: the organism's refusals open with the refusal)")
+    add_judge_arg(report)
     report.add_argument("--shrinkage", type=float, default=0.1, help="covariance shrinkage of the condition discriminants")
     report.add_argument("--max-train-prompts", type=int, default=None,
                         help="cap the train and val sets the directions and thresholds come from (default: all)")
