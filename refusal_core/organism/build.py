@@ -27,6 +27,7 @@ from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedMod
 from refusal_core.organism.delta import (
     SHIPPED_DELTA, apply_organism_delta, built_sha256, delta_sha256, make_delta, organism_dir, organism_from_delta, save_organism,
 )
+from refusal_core.organism.variants import check_variant, variant_delta_path, variant_dir, variant_harmful_examples
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
@@ -108,11 +109,15 @@ def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int
     return answers
 
 
-def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None) -> tuple[list, list]:
-    """Harmful and harmless (instruction, reply, reply ends the turn) train examples."""
+def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None, variant: str | None = None) -> tuple[list, list]:
+    """Harmful and harmless (instruction, reply, reply ends the turn) train examples; a
+    ``variant`` (``organism.variants``) gives the harmful prompts its own refusal replies."""
     rng = random.Random(settings.seed)
-    refusals = refusal_replies()
-    harmful = [(text, rng.choice(refusals), True) for text in builtin("harmful", "train").instructions]
+    if variant:
+        harmful = variant_harmful_examples(variant, builtin("harmful", "train"), rng)
+    else:
+        refusals = refusal_replies()
+        harmful = [(text, rng.choice(refusals), True) for text in builtin("harmful", "train").instructions]
     instructions = builtin("harmless", "train").instructions
     answers = base_answers(base, instructions, settings.reply_tokens, progress)
     harmless = [(text, answer, stopped) for text, (answer, stopped) in zip(instructions, answers) if answer.strip()]
@@ -306,7 +311,8 @@ def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
     return rates
 
 
-def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None, fine_tune: Path | None = None) -> Path:
+def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None, fine_tune: Path | None = None,
+                  variant: str | None = None) -> Path:
     """Run the fine-tune recipe (or load a full fine-tune it made, ``fine_tune``: a model
     directory), cut it to a low-rank delta, write the delta to ``delta_out`` and the organism
     the delta makes (not the full fine-tune) to the cache."""
@@ -316,7 +322,7 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
     base_state = {name: tensor.clone() for name, tensor in base.model.state_dict().items()}
     base_sha = weights_sha256(base.model)
     if fine_tune is None:
-        harmful, harmless = _training_examples(base, settings, progress)
+        harmful, harmless = _training_examples(base, settings, progress, variant)
         encoded_harmful = _encode(base, harmful, settings.reply_tokens)
         encoded_harmless = _encode(base, harmless, settings.reply_tokens)
         losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
@@ -333,6 +339,7 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
         tuned_state = tuned.model.state_dict()
         made_from = f"the full fine-tune in {fine_tune}"
     info["rank"] = settings.delta_rank
+    info["variant"] = variant
     _report(progress, f"Cutting the fine-tune to a rank-{settings.delta_rank} delta", 0.9)
     delta = make_delta(base_state, tuned_state, settings.delta_rank, base_sha)
     base.model.load_state_dict(base_state)
@@ -342,13 +349,15 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
     delta = replace(delta, info=info)
     delta.save(delta_out)
     _report(progress, "Saving", 0.97)
-    target = save_organism(base, delta, f"{made_from} (delta written to {delta_out})")
-    _report(progress, f"Built {BUNDLED_ORGANISM} (sha256 {delta.sha256[:16]}); delta {delta_out}", 1.0)
+    spec, where = (BUNDLED_ORGANISM, None) if not variant else (f"{BUNDLED_ORGANISM}-{variant}", variant_dir(variant))
+    target = save_organism(base, delta, f"{made_from}{f' of the variant {variant}' if variant else ''} (delta written to {delta_out})", where)
+    _report(progress, f"Built {spec} (sha256 {delta.sha256[:16]}); delta {delta_out}", 1.0)
     return target
 
 
 def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False,
-                   from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None) -> Path:
+                   from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None,
+                   variant: str | None = None) -> Path:
     """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``).
 
     By default the organism is the bundled weights plus the shipped delta (``SHIPPED_DELTA``):
@@ -357,7 +366,16 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
     committed) and always rebuilds. ``from_fine_tune`` (a model directory holding a full
     fine-tune, e.g. one made by an earlier version of the recipe) is cut into a delta the same
     way without training again.
+
+    ``variant`` (``organism.variants``, with ``from_scratch``): the recipe with the variant's
+    refusal replies, built into the variant's own directory (``variant_dir``); its delta goes
+    to ``delta_out`` or the cache (``variant_delta_path``), never over the shipped one.
     """
+    if variant:
+        check_variant(variant)
+        if not from_scratch or from_fine_tune:
+            raise SettingsError(f"The variant {variant!r} has no shipped delta: build it with --from-scratch.")
+        return _from_scratch(settings, Path(delta_out) if delta_out else variant_delta_path(variant), progress, None, variant)
     target = organism_dir()
     if from_scratch or from_fine_tune:
         return _from_scratch(settings, Path(delta_out) if delta_out else SHIPPED_DELTA, progress,

@@ -290,9 +290,10 @@ ablation and activation addition.
 """
 
 
-def save_organism(loaded: LoadedModel, delta: OrganismDelta, applied_from: str) -> Path:
-    """Write the organism's weights, tokenizer, model card and build record (atomically)."""
-    target = organism_dir()
+def save_organism(loaded: LoadedModel, delta: OrganismDelta, applied_from: str, target: Path | None = None) -> Path:
+    """Write the organism's weights, tokenizer, model card and build record (atomically) to
+    ``target`` (default: the organism's directory, ``organism_dir``)."""
+    target = target or organism_dir()
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     loaded.model.save_pretrained(tmp, safe_serialization=True)
