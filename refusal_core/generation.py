@@ -146,6 +146,7 @@ def generate_side_by_side(
     settings: GenerationSettings = GenerationSettings(),
     chat: ChatFormat | None = None,
     progress: Progress | None = None,
+    first_logprobs: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, list[Completion]]:
     """Replies to every instruction under every variant: variant name -> completions.
 
@@ -153,7 +154,10 @@ def generate_side_by_side(
     ``settings.batch_size`` rows; each chunk is one ``model.generate`` call with row i
     under its own intervention. A conditional variant is resolved per prompt first (its
     condition read on the unmodified model), so it runs only on the prompts that fire.
-    ``progress(done, total)`` counts rows.
+    ``progress(done, total)`` counts rows. ``first_logprobs``, a dict, receives per variant
+    the float64 log-probabilities ``[n, vocab]`` of each prompt's first reply token under that
+    variant, read off the generation's own first step (what ``metrics.next_token_logprobs``
+    computes with a forward of its own, up to float rounding of the batch composition).
     """
     names = [variant.name for variant in variants]
     if not variants:
@@ -161,13 +165,17 @@ def generate_side_by_side(
     if len(set(names)) != len(names):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         raise SettingsError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
+    if first_logprobs is not None and settings.do_sample:
+        raise SettingsError("First-token log-probabilities are read off greedy decoding only; set do_sample=False.")
     prompts = format_prompts(loaded.tokenizer, instructions, chat)
     per_prompt = [resolve_rows(loaded, instructions, variant, chat) for variant in variants]
     stop_ids = end_of_turn_ids(loaded.tokenizer, chat)
     rows = [(p, v) for p in range(len(prompts)) for v in range(len(variants))]
     results: dict[tuple[int, int], Completion] = {}
+    firsts: dict[tuple[int, int], torch.Tensor] = {}
     for start in range(0, len(rows), settings.batch_size):
         chunk = rows[start : start + settings.batch_size]
+        capture = _FirstStep() if first_logprobs is not None else None
         replies = _generate_chunk(
             loaded,
             [prompts[p] for p, _ in chunk],
@@ -175,12 +183,31 @@ def generate_side_by_side(
             settings,
             stop_ids,
             seed=settings.seed + start // settings.batch_size,
+            capture=capture,
         )
-        for (p, v), (text, n_tokens, stopped) in zip(chunk, replies):
+        for row, ((p, v), (text, n_tokens, stopped)) in enumerate(zip(chunk, replies)):
             results[p, v] = Completion(instructions[p], names[v], text, n_tokens, stopped)
+            if capture is not None:
+                firsts[p, v] = capture.logprobs[row]
         if progress:
             progress(start + len(chunk), len(rows))
+    if first_logprobs is not None:
+        first_logprobs.update({name: torch.stack([firsts[p, v] for p in range(len(prompts))]) for v, name in enumerate(names)})
     return {name: [results[p, v] for p in range(len(prompts))] for v, name in enumerate(names)}
+
+
+class _FirstStep:
+    """A logits processor that keeps the log-softmax of the first decoding step's raw scores
+    (``logprobs`` ``[rows, vocab]`` float64) and changes nothing. Greedy decoding with
+    ``repetition_penalty=1.0`` runs no other processor before it, so those are the model's logits."""
+
+    def __init__(self) -> None:
+        self.logprobs: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.logprobs is None:
+            self.logprobs = torch.log_softmax(scores.double(), dim=-1).cpu()
+        return scores
 
 
 def _generate_chunk(
@@ -190,8 +217,9 @@ def _generate_chunk(
     settings: GenerationSettings,
     stop_ids: list[int],
     seed: int,
+    capture: "_FirstStep | None" = None,
 ) -> list[tuple[str, int, bool]]:
-    """One batched ``generate`` call; (text, n_tokens, stopped) per row."""
+    """One batched ``generate`` call; (text, n_tokens, stopped) per row; ``capture`` keeps the first step's log-probs."""
     tokenizer, model = loaded.tokenizer, loaded.model
     batch = encode_prompts(loaded, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -204,9 +232,20 @@ def _generate_chunk(
             pad_token_id=pad_id,
             eos_token_id=stop_ids,
             **_decoding_kwargs(settings),
+            **({} if capture is None else {"logits_processor": _processors(capture)}),
         )
     generated = output[:, batch["input_ids"].shape[1] :].tolist()
     return [_cut_reply(tokenizer, tokens, stop_ids) for tokens in generated]
+
+
+def _processors(capture: _FirstStep):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Capture(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return capture(input_ids, scores)
+
+    return LogitsProcessorList([Capture()])
 
 
 def _decoding_kwargs(settings: GenerationSettings) -> dict:

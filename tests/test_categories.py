@@ -163,7 +163,7 @@ def test_categories_report_counts_the_judges_labels_and_reads_conditional_rows_p
     from refusal_core.categories import matrix
     from refusal_core.judges import Verdict
 
-    class FakeJudge:
+    class FakeJudge:  # not a panel: the report asks it column by column
         def verdicts(self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None):
             assert first_token_logprobs is not None and first_token_logprobs.shape[0] == len(replies)
             label = "broken" if intervention is not None and intervention.name == "shared" else "refused"
@@ -188,3 +188,35 @@ def test_categories_report_counts_the_judges_labels_and_reads_conditional_rows_p
         for j, other in enumerate(order):
             mine = [f for f, c in zip(flags[:n], harmful.categories) if c == other]
             assert conditional["matrix"][i][j] == pytest.approx(1 - sum(mine) / len(mine))
+
+
+def test_first_token_logprobs_of_the_generation_equal_a_forward_of_their_own(tiny_llama, one_thread):
+    ablate = Intervention("ablate", ablate=torch.nn.functional.normalize(torch.randn(1, tiny_llama.d_model, generator=torch.Generator().manual_seed(1))))
+    firsts = {}
+    generate_side_by_side(tiny_llama, PROMPTS, [Intervention(), ablate], GenerationSettings(max_new_tokens=3, batch_size=3), first_logprobs=firsts)
+    for variant in (Intervention(), ablate):
+        torch.testing.assert_close(firsts[variant.name], next_token_logprobs(tiny_llama, PROMPTS, variant), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="greedy"):
+        generate_side_by_side(tiny_llama, PROMPTS, [ablate], GenerationSettings(max_new_tokens=2, do_sample=True), first_logprobs={})
+
+
+def test_the_reports_shared_fluency_pass_gives_the_panels_own_verdicts(tiny_llama, one_thread):
+    """The report judges distinct (prompt, reply) pairs' fluency once for all columns; every
+    verdict must be the one the panel gives column by column."""
+    from refusal_core.categories.matrix import _labels
+    from refusal_core.judges import BrokenThresholds, JudgePanel, PanelSettings
+
+    thresholds = BrokenThresholds(min_logprob=-9.0, max_repeated_ngrams=0.5, max_longest_run=3, max_junk_chars=0.2, min_words=2)
+    panel = JudgePanel(PanelSettings(members=("substring", "refusal_score")), broken_thresholds=thresholds)
+    ablate = Intervention("ablate", ablate=torch.nn.functional.normalize(torch.randn(1, tiny_llama.d_model, generator=torch.Generator().manual_seed(2))))
+    variants = [Intervention(), ablate]
+    firsts = {}
+    columns = generate_side_by_side(tiny_llama, PROMPTS, variants, GenerationSettings(max_new_tokens=8, batch_size=4), first_logprobs=firsts)
+    replies = {name: [c.text for c in completions] for name, completions in columns.items()}
+    replies["ablate"][0] = "I'm sorry, I can't help with that."  # one refusal and one loop, so both verdicts occur
+    replies["ablate"][1] = "the the the the the the the"
+    labels = _labels(panel, tiny_llama, PROMPTS, replies, firsts, {v.name: v for v in variants})
+    for variant in variants:
+        expected = panel.verdicts(tiny_llama, PROMPTS, replies[variant.name], variant)
+        assert labels[variant.name] == [v.label for v in expected]
+    assert "broken" in labels["ablate"] and "refused" in labels["ablate"]

@@ -34,7 +34,11 @@ from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.conditional import fires, projection_scores
 from refusal_core.interventions.spec import Intervention
-from refusal_core.metrics import kl_divergence, next_token_logprobs
+from refusal_core.judges.broken import fluency_stats
+from refusal_core.judges.panel import JudgePanel
+from refusal_core.judges.scores import refusal_token_ids
+from refusal_core.metrics import kl_divergence
+from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet
@@ -133,15 +137,12 @@ def categories_report(
     variants += [Intervention.from_directions(c, fitted.directions, [category_name(c, part)]) for c in order]
     say(f"Generating {len(instructions)} prompts x {len(variants)} columns ({max_new_tokens} tokens)")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    columns = generate_side_by_side(loaded, instructions, variants, settings, progress=progress)
+    firsts: dict[str, torch.Tensor] = {}
+    columns = generate_side_by_side(loaded, instructions, variants, settings, progress=progress, first_logprobs=firsts)
     say(f"Judging {len(columns)} columns ({judge} judge), first-token KL on {len(harmless)} harmless prompts")
-    base = next_token_logprobs(loaded, instructions)
-    labels, kl = {}, {}
-    for variant in variants:
-        logprobs = base if variant.name == "baseline" else next_token_logprobs(loaded, instructions, variant)
-        kl[variant.name] = kl_divergence(base[n:], logprobs[n:])
-        replies = [c.text for c in columns[variant.name]]
-        labels[variant.name] = [v.label for v in judging.verdicts(loaded, instructions, replies, variant, first_token_logprobs=logprobs)]
+    kl = {variant.name: kl_divergence(firsts["baseline"][n:], firsts[variant.name][n:]) for variant in variants}
+    labels = _labels(judging, loaded, instructions, {name: [c.text for c in replies] for name, replies in columns.items()}, firsts,
+                     {variant.name: variant for variant in variants})
     fired = _fired(loaded, fitted, harmful, harmless)
     ablation = _block(labels, {c: (lambda p, c=c: c) for c in order}, harmful, order, [float(kl[c].mean()) for c in order])
     conditional_kl = [float(sum(kl["shared"][p] for p in range(len(harmless)) if fired[c][n + p]) / len(harmless)) for c in order]
@@ -163,6 +164,26 @@ def categories_report(
         for block in (report["baseline"], report["shared"], ablation, conditional):
             block.update(broken_harmful=None, broken_harmless=None)
     return report
+
+
+def _labels(judging, loaded: LoadedModel, instructions: list[str], replies: dict[str, list[str]], firsts: dict[str, torch.Tensor],
+            variants: dict[str, Intervention]) -> dict[str, list[str]]:
+    """Each column's verdict labels. A judge panel reads every distinct (prompt, reply) pair's
+    fluency once (the broken detector's forward on the unmodified model does not depend on
+    the column) and each column's refusal score from its first generation step."""
+    if not isinstance(judging, JudgePanel) or not judging.settings.detect_broken:
+        return {name: [v.label for v in judging.verdicts(loaded, instructions, texts, variants[name], first_token_logprobs=firsts[name])]
+                for name, texts in replies.items()}
+    pairs = list(dict.fromkeys((i, text) for texts in replies.values() for i, text in zip(instructions, texts)))
+    stats = dict(zip(pairs, fluency_stats(loaded, [i for i, _ in pairs], [t for _, t in pairs], None, judging.settings.batch_size)))
+    thresholds = judging.detector.thresholds_for(loaded, None)
+    ids = refusal_token_ids(loaded.tokenizer)
+    out = {}
+    for name, texts in replies.items():
+        scores = refusal_log_odds(firsts[name], ids).tolist() if "refusal_score" in judging.settings.members else None
+        verdicts = judging.verdicts_from_features(texts, scores, [stats[i, t] for i, t in zip(instructions, texts)], thresholds)
+        out[name] = [v.label for v in verdicts]
+    return out
 
 
 def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmless: PromptSet) -> dict[str, list[bool]]:

@@ -1,0 +1,58 @@
+"""The README's "Refusal by category" figures, from a fresh run of ``categories report`` on
+the organism with the report's default settings (the README's settings; run with -m slow).
+
+The README's printed report is parsed, so the README and this test cannot drift apart: each
+category's goal verdict (MET / missed) must be the same for both matrices, and its own
+refusal, the others' minimum and the harmless refusal must be within one prompt of the
+README's (20 points on a category's 5 test prompts, 1/32 on the 32 harmless ones): greedy
+replies are the same on one machine, but another CPU's rounding may flip a reply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+ROW = re.compile(r"^(\S+)\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(MET|missed)$")
+
+
+def readme_selectivity(heading: str = "### Measured on the organism") -> dict[str, list[tuple]]:
+    """The two selectivity tables (ablation, then conditional) of the first report printed after ``heading``."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(heading, 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    rows = [m.groups() for m in map(ROW.match, block.splitlines()) if m]
+    assert len(rows) == 24, f"expected two selectivity tables of 12 rows under {heading!r}, found {len(rows)} rows"
+    return {"ablation": rows[:12], "conditional": rows[12:]}
+
+
+def test_categories_report_reproduces_the_readme_selectivity():
+    from refusal_core.categories.matrix import DEFAULTS
+    from refusal_core.organism.build import build_organism
+
+    build_organism()  # the shipped organism (seconds when it is there)
+    expected = readme_selectivity()
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "refusal_core", "categories", "report", "--json"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["n_test"]["per_category"], report["n_test"]["harmless"], report["max_new_tokens"], report["judge"]) == (
+        DEFAULTS["per_category"], DEFAULTS["n_harmless"], DEFAULTS["max_new_tokens"], DEFAULTS["judge"])
+    harmless_step = 1 / report["n_test"]["harmless"] + 1e-9
+    for block, rows in expected.items():
+        for i, ((category, own, _, others_min, harmless, verdict), got) in enumerate(zip(rows, report[block]["selectivity"])):
+            where = f"{block} / {category}"
+            assert report["categories"][i] == category, where
+            assert got["meets_goal"] == (verdict == "MET"), where
+            assert abs(got["own"] - int(own) / 100) <= 0.2 + 0.005, where
+            assert abs(got["others_min"] - int(others_min) / 100) <= 0.2 + 0.005, where
+            assert abs(got["harmless"] - int(harmless) / 100) <= harmless_step + 0.005, where
+    print(f"categories report: {time.perf_counter() - started:.0f} s")
