@@ -4,7 +4,7 @@ the organism with the report's default settings (the README's settings; run with
 The README's printed report is parsed, so the README and this test cannot drift apart: each
 category's goal verdict (MET / missed) must be the same for both matrices, and its own
 refusal, the others' minimum and the harmless refusal must be within one prompt of the
-README's (20 points on a category's 5 test prompts, 1/32 on the 32 harmless ones): greedy
+README's (20 points on a category's 5 test prompts, 1/24 on the 24 harmless ones): greedy
 replies are the same on one machine, but another CPU's rounding may flip a reply.
 """
 
