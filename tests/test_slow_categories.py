@@ -4,13 +4,16 @@ the organism with the report's default settings (the README's settings; run with
 The README's printed report is parsed, so the README and this test cannot drift apart: each
 category's goal verdict (MET / missed) must be the same for both matrices, and its own
 refusal, the others' minimum and the harmless refusal must be within one prompt of the
-README's (20 points on a category's 5 test prompts, 1/24 on the 24 harmless ones): greedy
-replies are the same on one machine, but another CPU's rounding may flip a reply.
+README's (20 points on a category's 5 test prompts, 1/24 on the 24 harmless ones). The run
+uses one torch thread, as the README's did: greedy replies are then the same bits on this
+machine; another CPU's rounding may flip a reply, which the tolerance allows but a verdict
+on the goal's edge may not survive.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,8 +43,9 @@ def test_categories_report_reproduces_the_readme_selectivity():
     build_organism()  # the shipped organism (seconds when it is there)
     expected = readme_selectivity()
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "refusal_core", "categories", "report", "--json"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "refusal_core", "categories", "report", "--json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert (report["n_test"]["per_category"], report["n_test"]["harmless"], report["max_new_tokens"], report["judge"]) == (
