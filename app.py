@@ -181,6 +181,7 @@ PAGES = [
     st.Page("pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
     st.Page("pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
     st.Page("pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
+    st.Page("pages/many_directions.py", title="Many directions", icon=":material/stacked_line_chart:", url_path="many-directions"),
     st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 

@@ -1,0 +1,105 @@
+"""``experiments many-directions``: one DIM direction against searched sets of SOM, cluster and
+optimized directions, chosen on val and reported on test with bootstrap intervals (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from refusal_core.cli.common import CliError, add_model_args, chat_format, emit, load_model_from_args, progress_bar
+from refusal_core.judges.panel import MIN_RATE_TOKENS
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CliError(f"{flag} takes whole numbers separated by commas (e.g. {flag} 12,16), got {text!r}.") from None
+    if not values:
+        raise CliError(f"{flag} needs at least one number (e.g. {flag} 16).")
+    return values
+
+
+def _grid(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise CliError(f"--som-grid takes ROWSxCOLUMNS (e.g. --som-grid 3x3), got {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+def _pair(values: list[int], flag: str) -> tuple[int, int]:
+    if len(values) not in (1, 2):
+        raise CliError(f"{flag} takes one number (harmful = harmless) or two (harmful, harmless), got {values}.")
+    return (values[0], values[-1])
+
+
+def settings_from_args(args):
+    from refusal_core.experiments.many_directions import ManyDirectionsSettings
+
+    val, test = _pair(args.val_prompts, "--val-prompts"), _pair(args.test_prompts, "--test-prompts")
+    return ManyDirectionsSettings(
+        layers=_ints(args.layers, "--layers"), max_k=args.max_k, som_seeds=_ints(args.som_seeds, "--som-seeds"),
+        som_grid=_grid(args.som_grid), clusters=args.clusters, optimize=not args.no_optimize, optimize_steps=args.optimize_steps,
+        trials=args.trials, val_harmful=val[0], val_harmless=val[1], test_harmful=test[0], test_harmless=test[1],
+        search_tokens=args.search_tokens, test_tokens=args.test_tokens, judge=args.judge, kl_penalty=args.kl_penalty,
+        n_boot=args.n_boot, boot_seed=args.boot_seed, search_seed=args.seed, batch_size=args.batch_size,
+    )
+
+
+def cmd_many_directions(args) -> None:
+    from refusal_core.activations.cache import atomic_write_text
+    from refusal_core.experiments.many_directions import run_many_directions
+    from refusal_core.experiments.results import table_lines
+
+    started = time.perf_counter()
+    settings = settings_from_args(args)  # bad settings fail before the model loads
+    loaded = load_model_from_args(args)
+    result = run_many_directions(loaded, settings, chat=chat_format(args), progress=progress_bar("Many directions", args.json),
+                                 use_cache=not args.no_cache)
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(result, indent=1, default=str))
+    wall = time.perf_counter() - started
+
+    def human() -> None:
+        print(f"Model {result['model']} (weights {result['weights'][:16]}...)")
+        print("Settings: " + ", ".join(f"{name}={value}" for name, value in result["settings"].items()))
+        for line in table_lines(result):
+            print(line)
+        how = f"read back from the cache (computed in {result['seconds']:.0f} s on {result['started']})" if result["cached"] else f"computed in {result['seconds']:.0f} s"
+        print(f"\nWall time {wall:.0f} s: {how}. Saved to {result['path']}" + (f" and {args.out}" if args.out else ""))
+
+    emit(args, {**result, "wall_seconds": round(wall, 1)}, human)
+
+
+def add_parsers(sub) -> None:
+    """``experiments many-directions``."""
+    from refusal_core.damage import JUDGE_CHOICES
+
+    group = sub.add_parser("experiments", help="whole comparisons, run end to end and saved for the dashboard")
+    actions = group.add_subparsers(dest="action", required=True)
+    many = actions.add_parser("many-directions", help="one DIM direction vs searched SOM / cluster sets and the RDO direction (val -> test)")
+    add_model_args(many)
+    many.add_argument("--layers", default="16", help="block inputs to compare at, comma-separated (default 16)")
+    many.add_argument("--max-k", type=int, default=5, help="largest subset searched per family (default 5)")
+    many.add_argument("--som-seeds", default="0,1,2", help="one SOM per seed, comma-separated (default 0,1,2)")
+    many.add_argument("--som-grid", default="3x3", help="SOM grid ROWSxCOLUMNS (default 3x3; 1x1 gives the DIM direction)")
+    many.add_argument("--clusters", type=int, default=6, help="k-means clusters of per-prompt directions (0: leave them out; default 6)")
+    many.add_argument("--no-optimize", action="store_true", help="leave out the optimized (RDO) direction")
+    many.add_argument("--optimize-steps", type=int, default=8, help="Adam steps of the RDO direction (default 8)")
+    many.add_argument("--trials", type=int, default=5, help="search trials per (family, k), capped at the distinct subsets (default 5)")
+    many.add_argument("--val-prompts", type=int, nargs="+", default=[8, 8], metavar="N",
+                      help="harmful and harmless val prompts per search trial (default 8 8)")
+    many.add_argument("--test-prompts", type=int, nargs="+", default=[30, 16], metavar="N",
+                      help="harmful and harmless test prompts every point is reported on (default 30 16)")
+    many.add_argument("--search-tokens", type=int, default=32, help="reply length in the search (default 32)")
+    many.add_argument("--test-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length on the test split (default {MIN_RATE_TOKENS})")
+    many.add_argument("--judge", choices=JUDGE_CHOICES, default="panel", help="judge of the verdicts (default panel)")
+    many.add_argument("--kl-penalty", type=float, default=1.0, help="search objective += this times the harmless KL (default 1.0)")
+    many.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    many.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    many.add_argument("--seed", type=int, default=0, help="seed of the search's TPE sampler")
+    many.add_argument("--batch-size", type=int, default=16, help="rows per batched call (default 16)")
+    many.add_argument("--no-cache", action="store_true", help="compute again even if this exact run is saved in the cache")
+    many.add_argument("--out", default=None, help="also write the result JSON here")
+    many.set_defaults(func=cmd_many_directions)
