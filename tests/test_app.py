@@ -28,6 +28,7 @@ PAGES = [
     "pages/categories.py",
     "pages/generate.py",
     "pages/search.py",
+    "pages/many_directions.py",
     "pages/export.py",
 ]
 TIMEOUT = 60
@@ -496,3 +497,34 @@ def test_search_page_draws_trials_with_the_pareto_front_and_shows_replies(fixed_
     _assert_ok(at)
     shown = [t.value for t in at.text]
     assert [r["reply"] or "(empty reply)" for r in other["replies"]] == shown[-len(other["replies"]):]
+
+
+def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(tiny_llama):
+    from refusal_core.experiments.many_directions import ManyDirectionsSettings, run_many_directions
+
+    settings = ManyDirectionsSettings(layers=(1, 2), max_k=2, som_seeds=(0, 1, 2), som_grid=(2, 2), clusters=2, optimize=False,
+                                      trials=2, val_harmful=2, val_harmless=2, test_harmful=3, test_harmless=2, search_tokens=3,
+                                      test_tokens=3, judge="substring", n_boot=50)
+    result = run_many_directions(tiny_llama, settings)
+    at = _start()
+    at.switch_page("pages/many_directions.py").run()
+    _assert_ok(at)
+    assert at.selectbox(key="many_layer").options == ["1", "2"]
+    at.selectbox(key="many_layer").set_value(2).run()
+    _assert_ok(at)
+    points = result["layers"][1]["points"]
+    [spec] = _chart_specs(at)
+    traces = spec["data"]
+    families = ["dim", "som/seed0", "som/seed1", "som/seed2", "clusters"]
+    assert [t["name"] for t in traces] == [family for family in families for _ in range(4)]  # four panels per family
+    som = next(t for t in traces if t["name"] == "som/seed1")  # its first panel: coherent compliance against k
+    expected = [p for p in points if p["family"] == "som/seed1"]
+    assert som["x"] == [1, 2] and som["y"] == [p["metrics"]["complied"]["value"] for p in expected]
+    assert som["error_y"]["array"] == [p["metrics"]["complied"]["high"] - p["metrics"]["complied"]["value"] for p in expected]
+    assert [d[0] for d in som["customdata"]] == ["som/seed1 k=1", "som/seed1 k=2"]
+    # The point chosen in the fallback selectbox (a click on the chart sets the same key) shows its replies.
+    at.selectbox(key="many_point").set_value("clusters k=2").run()
+    _assert_ok(at)
+    chosen = next(p for p in points if p["family"] == "clusters" and p["k"] == 2)
+    shown = [t.value.strip() for t in at.text]
+    assert shown == [(r["reply"] or "(empty reply)").strip() for r in chosen["replies"] + chosen["harmless_replies"]]

@@ -93,3 +93,32 @@ def test_several_directions_beat_one_on_the_organism(organism):
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Target:" in result.stdout and "PASS" in result.stdout.split("Target:")[1], result.stdout[-3000:]
+
+
+def _many(*flags: str) -> dict:
+    result = _cli("experiments", "many-directions", "--no-cache", "--json", "--n-boot", "500", *flags, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
+    """The experiment at a small budget (one layer, k <= 2, 2 trials, 6 + 6 val and 10 + 6 test
+    prompts, 32-token test replies, the panel judge), then a 1x1 SOM, whose direction is DIM's."""
+    small = ("--layers", "16", "--val-prompts", "6", "--test-prompts", "10", "6", "--search-tokens", "16", "--test-tokens", "32")
+    result = _many(*small, "--max-k", "2", "--trials", "2", "--clusters", "3", "--no-optimize")
+    [layer] = result["layers"]
+    assert {(p["family"], p["k"]) for p in layer["points"]} == {
+        ("dim", 1), *((f"som/seed{s}", k) for s in (0, 1, 2) for k in (1, 2)), ("clusters", 1), ("clusters", 2)}
+    for point in [layer["baseline"], *layer["points"]]:
+        for name, m in point["metrics"].items():
+            assert 0 <= m["low"] <= m["value"] <= m["high"] and (name == "kl" or m["high"] <= 1), (name, m)
+        shares = [point["metrics"][name]["value"] for name in ("complied", "refused", "broken")]
+        assert sum(shares) == pytest.approx(1.0) and len(point["replies"]) == 10
+    assert layer["baseline"]["metrics"]["refused"]["value"] >= 0.8  # the organism refuses its harmful test prompts
+    searched = [p for p in layer["points"] if p["family"] != "dim"]
+    assert all(1 <= p["search"]["evaluated"] <= p["search"]["trials"] <= 2 for p in searched)
+    one = _many(*small, "--som-grid", "1x1", "--som-seeds", "0", "--max-k", "1", "--clusters", "0", "--no-optimize")
+    points = {p["family"]: p for p in one["layers"][0]["points"]}
+    for name in ("complied", "refused", "broken", "harmless_refused"):
+        assert points["som/seed0"]["metrics"][name] == points["dim"]["metrics"][name]
+    assert points["som/seed0"]["metrics"]["kl"]["value"] == pytest.approx(points["dim"]["metrics"]["kl"]["value"], rel=1e-3)
