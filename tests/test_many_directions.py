@@ -109,6 +109,7 @@ def test_the_command_saves_a_result_whose_rates_and_intervals_hold(tiny_llama, o
     (["--trials", "0"], "trials"),
     (["--clusters", "1"], "--clusters"),
     (["--test-prompts", "1", "2", "3"], "--test-prompts"),
+    (["--out", "."], "is a folder"),
 ])
 def test_bad_input_exits_2_naming_the_problem(flags, words, capsys):
     assert main(["experiments", "many-directions", "--model", "tiny:llama", *flags]) == 2

@@ -54,6 +54,8 @@ def cmd_many_directions(args) -> None:
 
     started = time.perf_counter()
     settings = settings_from_args(args)  # bad settings fail before the model loads
+    if args.out and Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a folder; give a file path such as {args.out.rstrip('/')}/many-directions.json.")
     loaded = load_model_from_args(args)
     result = run_many_directions(loaded, settings, chat=chat_format(args), progress=progress_bar("Many directions", args.json),
                                  use_cache=not args.no_cache)

@@ -26,7 +26,7 @@ from refusal_core.directions.optimize import OptimizeSettings
 from refusal_core.errors import SettingsError
 from refusal_core.experiments import families as fam
 from refusal_core.experiments.evaluate import Variant, measure_variants
-from refusal_core.experiments.results import goal_check, load_cached, result_key, save_result
+from refusal_core.experiments.results import goal_check, load_cached, result_key, result_path, save_result
 from refusal_core.generation import GenerationSettings
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
@@ -156,7 +156,7 @@ def _plan(settings: ManyDirectionsSettings) -> tuple[int, int]:
 
 
 def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, settings: ManyDirectionsSettings,
-                   judge, chat, layer: int, tracker: _Tracker) -> list[dict]:
+                   judge, chat, layer: int, tracker: _Tracker, storage: str) -> list[dict]:
     """The best subset of each size k = 1..K of ``family.pool``, chosen on val, with its budget."""
     points = []
     for k in range(1, min(settings.max_k, len(family.pool)) + 1):
@@ -168,7 +168,7 @@ def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, setti
             trials = min(settings.trials, subsets)
             search = SearchSettings(k=k, n_trials=trials, objective="verdicts", judge=settings.judge, kl_penalty=settings.kl_penalty,
                                     max_new_tokens=settings.search_tokens, seed=settings.search_seed, batch_size=settings.batch_size,
-                                    study_label=f"many-L{layer}-{family.name}")
+                                    study_label=f"many-L{layer}-{family.name}", storage=storage)
             stage = f"layer {layer}: search {family.name}, k={k}"
 
             def update(done: int, total: int, **info: object) -> None:
@@ -178,7 +178,8 @@ def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, setti
             result = run_search(loaded, family.pool, prompts.val_harmful.instructions, prompts.val_harmless.instructions,
                                 search, judge=judge, progress=update, chat=chat)
             evaluated = [t for t in result.trials if t["state"] == "COMPLETE" and t["reused_from"] is None]
-            budget = {"trials": len(result.trials), "evaluated": len(evaluated), "seconds": result.seconds, "study": result.study_name,
+            budget = {"trials": len(result.trials), "evaluated": len(evaluated), "ran": result.ran, "seconds": result.seconds,
+                      "study": result.study_name,
                       "prompts": len(prompts.val_harmful) + len(prompts.val_harmless), "best_value": result.best_value}
             if result.best_names is None:
                 names = list(family.pool.names[:k])
@@ -192,7 +193,7 @@ def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, setti
 
 
 def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyDirectionsSettings, judge, chat,
-           tracker: _Tracker) -> dict:
+           tracker: _Tracker, storage: str) -> dict:
     harmful_acts, harmless_acts = acts
     fit_args = (harmful_acts, harmless_acts, prompts.train_harmful, prompts.train_harmless, loaded.spec, layer)
     tracker.report(f"layer {layer}: fitting DIM, {len(settings.som_seeds)} SOMs and clusters")
@@ -213,7 +214,7 @@ def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyD
                "search": {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "one direction: no search"}}
               for f in single]
     for family in searched:
-        points += _search_family(loaded, family, prompts, settings, judge, chat, layer, tracker)
+        points += _search_family(loaded, family, prompts, settings, judge, chat, layer, tracker, storage)
     variants = [Variant("baseline", None)] + [Variant(f"{p['family']}/k{p['k']}", p.pop("vectors")) for p in points]
     start, weight = tracker.done, _test_weight(settings, len(variants))
     generation = GenerationSettings(max_new_tokens=settings.test_tokens, batch_size=settings.batch_size)
@@ -254,6 +255,11 @@ def run_many_directions(
     key = result_key(loaded.spec, fingerprint, settings.as_dict(), prompts.hashes(), (chat or ChatFormat()).identity(loaded.tokenizer))
     if use_cache and (cached := load_cached(key)) is not None:
         return cached
+    # The run's searches share one SQLite file beside the result: an interrupted run resumes
+    # its studies, and a run without the cache starts them afresh.
+    storage = result_path(key).with_suffix(".db")
+    if not use_cache:
+        storage.unlink(missing_ok=True)
     searched, variants = _plan(settings)
     per_layer = searched * settings.max_k * settings.trials + _test_weight(settings, variants) + settings.optimize * settings.optimize_steps
     tracker = _Tracker(progress, per_layer * len(settings.layers))
@@ -264,7 +270,7 @@ def run_many_directions(
     layers = []
     for index, layer in enumerate(settings.layers):
         tracker.done = max(tracker.done, index * per_layer)
-        layers.append(_layer(loaded, layer, acts, prompts, settings, judge, chat, tracker))
+        layers.append(_layer(loaded, layer, acts, prompts, settings, judge, chat, tracker, str(storage)))
     result = {
         "kind": "many-directions", "model": loaded.spec, "weights": fingerprint, "settings": settings.as_dict(),
         "prompts": {"counts": prompts.counts(), "hashes": prompts.hashes()}, "layers": layers,
