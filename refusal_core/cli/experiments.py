@@ -77,31 +77,34 @@ def cmd_many_directions(args) -> None:
 def add_parsers(sub) -> None:
     """``experiments many-directions``."""
     from refusal_core.damage import JUDGE_CHOICES
+    from refusal_core.experiments.many_directions import ManyDirectionsSettings
 
     group = sub.add_parser("experiments", help="whole comparisons, run end to end and saved for the dashboard")
     actions = group.add_subparsers(dest="action", required=True)
     many = actions.add_parser("many-directions", help="one DIM direction vs searched SOM / cluster sets and the RDO direction (val -> test)")
     add_model_args(many)
-    many.add_argument("--layers", default="16", help="block inputs to compare at, comma-separated (default 16)")
-    many.add_argument("--max-k", type=int, default=5, help="largest subset searched per family (default 5)")
-    many.add_argument("--som-seeds", default="0,1,2", help="one SOM per seed, comma-separated (default 0,1,2)")
-    many.add_argument("--som-grid", default="3x3", help="SOM grid ROWSxCOLUMNS (default 3x3; 1x1 gives the DIM direction)")
-    many.add_argument("--clusters", type=int, default=6, help="k-means clusters of per-prompt directions (0: leave them out; default 6)")
+    d = ManyDirectionsSettings()
+    many.add_argument("--layers", default=",".join(map(str, d.layers)), help=f"block inputs to compare at, comma-separated (default {d.layers[0]})")
+    many.add_argument("--max-k", type=int, default=d.max_k, help=f"largest subset searched per family (default {d.max_k})")
+    many.add_argument("--som-seeds", default=",".join(map(str, d.som_seeds)), help="one SOM per seed, comma-separated (default 0,1,2)")
+    many.add_argument("--som-grid", default="x".join(map(str, d.som_grid)), help="SOM grid ROWSxCOLUMNS (default 3x3; 1x1 gives the DIM direction)")
+    many.add_argument("--clusters", type=int, default=d.clusters, help=f"k-means clusters of per-prompt directions (0: leave them out; default {d.clusters})")
     many.add_argument("--no-optimize", action="store_true", help="leave out the optimized (RDO) direction")
-    many.add_argument("--optimize-steps", type=int, default=8, help="Adam steps of the RDO direction (default 8)")
-    many.add_argument("--trials", type=int, default=5, help="search trials per (family, k), capped at the distinct subsets (default 5)")
-    many.add_argument("--val-prompts", type=int, nargs="+", default=[8, 8], metavar="N",
-                      help="harmful and harmless val prompts per search trial (default 8 8)")
-    many.add_argument("--test-prompts", type=int, nargs="+", default=[30, 16], metavar="N",
-                      help="harmful and harmless test prompts every point is reported on (default 30 16)")
-    many.add_argument("--search-tokens", type=int, default=32, help="reply length in the search (default 32)")
-    many.add_argument("--test-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length on the test split (default {MIN_RATE_TOKENS})")
-    many.add_argument("--judge", choices=JUDGE_CHOICES, default="panel", help="judge of the verdicts (default panel)")
-    many.add_argument("--kl-penalty", type=float, default=1.0, help="search objective += this times the harmless KL (default 1.0)")
-    many.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    many.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap resamples")
-    many.add_argument("--seed", type=int, default=0, help="seed of the search's TPE sampler")
-    many.add_argument("--batch-size", type=int, default=16, help="rows per batched call (default 16)")
+    many.add_argument("--optimize-steps", type=int, default=d.optimize_steps, help=f"Adam steps of the RDO direction (default {d.optimize_steps})")
+    many.add_argument("--trials", type=int, default=d.trials, help=f"search trials per (family, k), capped at the distinct subsets (default {d.trials})")
+    many.add_argument("--val-prompts", type=int, nargs="+", default=[d.val_harmful, d.val_harmless], metavar="N",
+                      help=f"harmful and harmless val prompts per search trial (default {d.val_harmful} {d.val_harmless})")
+    many.add_argument("--test-prompts", type=int, nargs="+", default=[d.test_harmful, d.test_harmless], metavar="N",
+                      help=f"harmful and harmless test prompts every point is reported on (default {d.test_harmful} {d.test_harmless})")
+    many.add_argument("--search-tokens", type=int, default=d.search_tokens, help=f"reply length in the search (default {d.search_tokens})")
+    many.add_argument("--test-tokens", type=int, default=d.test_tokens,
+                      help=f"reply length on the test split (default {d.test_tokens}; the judges' rate length is {MIN_RATE_TOKENS})")
+    many.add_argument("--judge", choices=JUDGE_CHOICES, default=d.judge, help=f"judge of the verdicts (default {d.judge})")
+    many.add_argument("--kl-penalty", type=float, default=d.kl_penalty, help=f"search objective += this times the harmless KL (default {d.kl_penalty})")
+    many.add_argument("--n-boot", type=int, default=d.n_boot, help=f"bootstrap resamples (default {d.n_boot})")
+    many.add_argument("--boot-seed", type=int, default=d.boot_seed, help="seed of the bootstrap resamples")
+    many.add_argument("--seed", type=int, default=d.search_seed, help="seed of the search's TPE sampler")
+    many.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batched call (default {d.batch_size})")
     many.add_argument("--no-cache", action="store_true", help="compute again even if this exact run is saved in the cache")
     many.add_argument("--out", default=None, help="also write the result JSON here")
     many.set_defaults(func=cmd_many_directions)

@@ -54,7 +54,12 @@ class ManyDirectionsSettings:
     reply lengths in the search and on the test split; ``judge`` one of ``damage.JUDGE_CHOICES``;
     ``kl_penalty`` the search objective's weight on harmless KL (nats); ``n_boot``,
     ``boot_seed`` the bootstrap; ``search_seed`` the TPE sampler's seed; ``batch_size`` rows per
-    batched call.
+    batched call (64 rows decode about 2.6 times faster per reply token than 8 on a 2-core CPU).
+
+    The defaults finish one layer in about a quarter of an hour on a shared 2-core CPU: 20 searches
+    (3 SOMs and the clusters, k = 1..5) of 3 trials on 6 + 6 val prompts with 24-token replies,
+    then 23 variants on 20 + 8 test prompts with 48-token replies. Both reply lengths are below
+    ``judges.MIN_RATE_TOKENS`` (64) for time; the organism's refusals start at the first token.
     """
 
     layers: tuple[int, ...] = (16,)
@@ -64,19 +69,19 @@ class ManyDirectionsSettings:
     clusters: int = 6
     optimize: bool = True
     optimize_steps: int = 8
-    trials: int = 5
-    val_harmful: int = 8
-    val_harmless: int = 8
-    test_harmful: int = 30
-    test_harmless: int = 16
-    search_tokens: int = 32
-    test_tokens: int = 64
+    trials: int = 3
+    val_harmful: int = 6
+    val_harmless: int = 6
+    test_harmful: int = 20
+    test_harmless: int = 8
+    search_tokens: int = 24
+    test_tokens: int = 48
     judge: str = "panel"
     kl_penalty: float = 1.0
     n_boot: int = 1000
     boot_seed: int = 0
     search_seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
         positive = ("max_k", "optimize_steps", "trials", "val_harmful", "val_harmless", "test_harmful", "test_harmless",
