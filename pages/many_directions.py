@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from pages import _state
 from refusal_core.errors import UserError
-from refusal_core.experiments.results import GOAL, load_result, saved_results
+from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results
 
 PANELS = (("complied", "coherent compliance"), ("refused", "refused"), ("broken", "broken"), ("kl", "harmless KL (nats)"))
 CHART, POINT = "many_chart", "many_point"
@@ -107,8 +107,8 @@ st.markdown(
 by_layer = {entry["layer"]: entry for entry in result["layers"]}
 layer = st.selectbox("Layer", list(by_layer), key="many_layer")
 entry = by_layer[layer]
-goal, base = entry["goal"], entry["baseline"]["metrics"]
-best = goal["best_som"]
+goal, base = goal_check(entry["points"]), entry["baseline"]["metrics"]
+best, several = goal["best_som"], goal["best_several"]
 verdict = "shown" if goal["pass"] else "not shown"
 st.markdown(
     f"Unmodified model: refused {base['refused']['value']:.0%}, complied {base['complied']['value']:.0%}. "
@@ -117,6 +117,9 @@ st.markdown(
     f"DIM leaves {goal['dim_refused']:.0%}"
     + ("" if best is None else f"; best SOM set {best['family']} k={best['k']}: complied {best['complied']:.0%}, broken "
        f"{best['broken']:.0%}, KL {best['kl']:.3f}") + "."
+    + ("" if several is None else f" With several SOM directions (k >= 2) the best is {several['family']} k={several['k']}: "
+       f"complied {several['complied']:.0%}, broken {several['broken']:.0%}, KL {several['kl']:.3f} "
+       f"({'goal met' if goal['several_pass'] else 'goal not met'}).")
 )
 points = entry["points"]
 event = st.plotly_chart(figure(points), width="stretch", on_select="rerun", selection_mode="points", key=CHART)

@@ -102,9 +102,9 @@ def _many(*flags: str) -> dict:
 
 
 def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
-    """The experiment at a small budget (one layer, k <= 2, 2 trials, 6 + 6 val and 10 + 6 test
+    """The experiment at a small budget (one layer, k <= 2, 2 trials, 4 + 4 val and 8 + 4 test
     prompts, 32-token test replies, the panel judge), then a 1x1 SOM, whose direction is DIM's."""
-    small = ("--layers", "16", "--val-prompts", "6", "--test-prompts", "10", "6", "--search-tokens", "16", "--test-tokens", "32")
+    small = ("--layers", "16", "--val-prompts", "4", "--test-prompts", "8", "4", "--search-tokens", "16", "--test-tokens", "32")
     result = _many(*small, "--max-k", "2", "--trials", "2", "--clusters", "3", "--no-optimize")
     [layer] = result["layers"]
     assert {(p["family"], p["k"]) for p in layer["points"]} == {
@@ -113,7 +113,7 @@ def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
         for name, m in point["metrics"].items():
             assert 0 <= m["low"] <= m["value"] <= m["high"] and (name == "kl" or m["high"] <= 1), (name, m)
         shares = [point["metrics"][name]["value"] for name in ("complied", "refused", "broken")]
-        assert sum(shares) == pytest.approx(1.0) and len(point["replies"]) == 10
+        assert sum(shares) == pytest.approx(1.0) and len(point["replies"]) == 8
     assert layer["baseline"]["metrics"]["refused"]["value"] >= 0.8  # the organism refuses its harmful test prompts
     searched = [p for p in layer["points"] if p["family"] != "dim"]
     assert all(1 <= p["search"]["evaluated"] <= p["search"]["trials"] <= 2 for p in searched)
