@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._clicks import clicked_key
 from refusal_core.selection.pareto import trial_front, trial_point
 from refusal_core.selection.search import SearchResult
 
@@ -70,15 +71,8 @@ def _share(value: float | None) -> str:
 
 def _clicked(event) -> int | None:
     """The trial number of the first point selected on the chart, if any."""
-    try:
-        points = event.selection.points
-    except AttributeError:
-        return None
-    for point in points:
-        data = point.get("customdata")
-        if data:
-            return int(data[0])
-    return None
+    key = clicked_key(event)
+    return None if key is None else int(key)
 
 
 def show_front(result: SearchResult) -> None:

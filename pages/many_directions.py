@@ -11,6 +11,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages import _state
+from pages._clicks import clicked_key
 from refusal_core.errors import UserError
 from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results
 
@@ -66,15 +67,8 @@ def figure(points: list[dict]) -> go.Figure:
 
 
 def clicked(event) -> str | None:
-    try:
-        points = event.selection.points
-    except AttributeError:
-        return None
-    for point in points:
-        data = point.get("customdata")
-        if data:
-            return str(data[0])
-    return None
+    key = clicked_key(event)
+    return None if key is None else str(key)
 
 
 def show_replies(replies: list[dict], empty: str) -> None:

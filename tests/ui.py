@@ -53,7 +53,7 @@ def open_app(page: Page, url: str, title: str) -> None:
 
 def go(page: Page, title: str) -> None:
     """Follow the sidebar link to the page ``title`` (same session, so results carry over)."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click()
     expect(heading(page, title)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     idle(page, PAGE_TIMEOUT_MS)
 
