@@ -22,7 +22,6 @@ a minute and 5 GB of memory; ``--layers N`` for a smaller model).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from refusal_core.model import fingerprint  # noqa: E402
+from tests.test_fingerprint import whole_tensor_fingerprint  # noqa: E402  (the previous formula, the test's oracle)
 
 GOAL = 0.10
 
@@ -53,18 +53,6 @@ def peak_extra_bytes(call) -> tuple[int, float, object]:
     result = call()
     seconds = time.perf_counter() - started
     return (_status_kb("VmHWM") - before) * 1024, seconds, result
-
-
-def whole_tensor_fingerprint(model) -> str:
-    """The previous formula: a float64 copy of each whole tensor."""
-    digest = hashlib.sha256(model.config.to_json_string().encode())
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            stride = max(1, flat.numel() // 4096)
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{flat.double().sum().item()!r}".encode())
-            digest.update(flat[::stride].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:32]
 
 
 def build_model(layers: int):

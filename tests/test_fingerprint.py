@@ -12,8 +12,8 @@ from refusal_core.model.fingerprint import weights_fingerprint
 from tests.tiny import tiny_model
 
 
-def _whole_tensor_fingerprint(model) -> str:
-    """The formula before streaming: a float64 copy of each whole tensor."""
+def whole_tensor_fingerprint(model) -> str:
+    """The formula before streaming: a float64 copy of each whole tensor (also timed by benchmarks/bench_fingerprint.py)."""
     digest = hashlib.sha256(model.config.to_json_string().encode())
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().reshape(-1)
@@ -25,7 +25,7 @@ def _whole_tensor_fingerprint(model) -> str:
 
 def test_small_tensors_keep_the_previous_value():
     loaded = tiny_model("llama", seed=11)
-    assert weights_fingerprint(loaded.model) == _whole_tensor_fingerprint(loaded.model)
+    assert weights_fingerprint(loaded.model) == whole_tensor_fingerprint(loaded.model)
 
 
 def test_blocks_bound_the_float64_copy_and_sample_the_same_values(monkeypatch):
