@@ -71,21 +71,29 @@ def measure_variants(
             tick(f"test replies: {base + done}/{n_rows} rows ({len(variants)} variants)", 0.8 * (base + done) / n_rows)
         return update
 
-    columns = generate_side_by_side(loaded, harmful, interventions, settings, chat, rows_done(done_rows))
+    # Each column's first-token log-probs come off its generation's first step (greedy), so
+    # the judge's refusal score and the harmless KL need no forward of their own.
+    firsts: dict[str, torch.Tensor] = {}
+    harmless_firsts: dict[str, torch.Tensor] = {}
+    columns = generate_side_by_side(loaded, harmful, interventions, settings, chat, rows_done(done_rows), first_logprobs=firsts)
     done_rows += len(variants) * len(harmful)
-    harmless_columns = generate_side_by_side(loaded, harmless, interventions, settings, chat, rows_done(done_rows))
-    base_logprobs = next_token_logprobs(loaded, harmless, None, chat, settings.batch_size)
+    harmless_columns = generate_side_by_side(loaded, harmless, interventions, settings, chat, rows_done(done_rows),
+                                             first_logprobs=harmless_firsts)
+    unmodified = next((variant.name for variant in variants if variant.vectors is None), None)
+    base_logprobs = (harmless_firsts[unmodified] if unmodified is not None
+                     else next_token_logprobs(loaded, harmless, None, chat, settings.batch_size))
     measured = {}
     for index, (variant, intervention) in enumerate(zip(variants, interventions)):
         tick(f"judging {variant.name} ({index + 1}/{len(variants)})", 0.8 + 0.2 * index / len(variants))
         completions, harmless_completions = columns[variant.name], harmless_columns[variant.name]
-        verdicts = judge.verdicts(loaded, list(harmful), [c.text for c in completions], intervention, chat=chat)
-        harmless_verdicts = judge.verdicts(loaded, list(harmless), [c.text for c in harmless_completions], intervention, chat=chat)
+        verdicts = judge.verdicts(loaded, list(harmful), [c.text for c in completions], intervention,
+                                  first_token_logprobs=firsts[variant.name], chat=chat)
+        harmless_verdicts = judge.verdicts(loaded, list(harmless), [c.text for c in harmless_completions], intervention,
+                                           first_token_logprobs=harmless_firsts[variant.name], chat=chat)
         if variant.vectors is None:
             kl = [0.0] * len(harmless)
         else:
-            other = next_token_logprobs(loaded, harmless, intervention, chat, settings.batch_size)
-            kl = kl_divergence(base_logprobs, other).double().clamp_min(0.0).tolist()
+            kl = kl_divergence(base_logprobs, harmless_firsts[variant.name]).double().clamp_min(0.0).tolist()
         per_prompt = {
             "complied": [float(v.label == "complied") for v in verdicts],
             "refused": [float(v.label == "refused") for v in verdicts],
