@@ -34,11 +34,8 @@ from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.conditional import fires, projection_scores
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges.broken import fluency_stats
-from refusal_core.judges.panel import JudgePanel
-from refusal_core.judges.scores import refusal_token_ids
+from refusal_core.judges.columns import column_verdicts
 from refusal_core.metrics import kl_divergence
-from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet
@@ -169,22 +166,10 @@ def categories_report(
 
 def _labels(judging, loaded: LoadedModel, instructions: list[str], replies: dict[str, list[str]], firsts: dict[str, torch.Tensor],
             variants: dict[str, Intervention]) -> dict[str, list[str]]:
-    """Each column's verdict labels. A judge panel reads every distinct (prompt, reply) pair's
-    fluency once (the broken detector's forward on the unmodified model does not depend on
-    the column) and each column's refusal score from its first generation step."""
-    if not isinstance(judging, JudgePanel) or not judging.settings.detect_broken:
-        return {name: [v.label for v in judging.verdicts(loaded, instructions, texts, variants[name], first_token_logprobs=firsts[name])]
-                for name, texts in replies.items()}
-    pairs = list(dict.fromkeys((i, text) for texts in replies.values() for i, text in zip(instructions, texts)))
-    stats = dict(zip(pairs, fluency_stats(loaded, [i for i, _ in pairs], [t for _, t in pairs], None, judging.settings.batch_size)))
-    thresholds = judging.detector.thresholds_for(loaded, None)
-    ids = refusal_token_ids(loaded.tokenizer)
-    out = {}
-    for name, texts in replies.items():
-        scores = refusal_log_odds(firsts[name], ids).tolist() if "refusal_score" in judging.settings.members else None
-        verdicts = judging.verdicts_from_features(texts, scores, [stats[i, t] for i, t in zip(instructions, texts)], thresholds)
-        out[name] = [v.label for v in verdicts]
-    return out
+    """Each column's verdict labels (``judges.columns``: fluency once per distinct reply, refusal
+    scores from each column's first generation step)."""
+    verdicts = column_verdicts(judging, loaded, instructions, replies, firsts, variants)
+    return {name: [v.label for v in column] for name, column in verdicts.items()}
 
 
 def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmless: PromptSet) -> dict[str, list[bool]]:

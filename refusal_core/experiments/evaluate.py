@@ -13,6 +13,7 @@ import torch
 from refusal_core.experiments.bootstrap import bootstrap_estimate
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
+from refusal_core.judges.columns import column_verdicts
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat
@@ -34,6 +35,10 @@ class Variant:
 
     def intervention(self) -> Intervention:
         return Intervention(name=self.name) if self.vectors is None else Intervention(name=self.name, ablate=self.vectors)
+
+
+def _texts(columns: dict) -> dict[str, list[str]]:
+    return {name: [completion.text for completion in completions] for name, completions in columns.items()}
 
 
 def _replies(completions, verdicts) -> list[dict]:
@@ -82,14 +87,15 @@ def measure_variants(
     unmodified = next((variant.name for variant in variants if variant.vectors is None), None)
     base_logprobs = (harmless_firsts[unmodified] if unmodified is not None
                      else next_token_logprobs(loaded, harmless, None, chat, settings.batch_size))
+    by_name = {variant.name: intervention for variant, intervention in zip(variants, interventions)}
+    tick(f"judging {len(variants)} variants' harmful replies", 0.8)
+    harmful_by = column_verdicts(judge, loaded, harmful, _texts(columns), firsts, by_name, chat)
+    tick(f"judging {len(variants)} variants' harmless replies", 0.9)
+    harmless_by = column_verdicts(judge, loaded, harmless, _texts(harmless_columns), harmless_firsts, by_name, chat)
     measured = {}
-    for index, (variant, intervention) in enumerate(zip(variants, interventions)):
-        tick(f"judging {variant.name} ({index + 1}/{len(variants)})", 0.8 + 0.2 * index / len(variants))
+    for variant in variants:
         completions, harmless_completions = columns[variant.name], harmless_columns[variant.name]
-        verdicts = judge.verdicts(loaded, list(harmful), [c.text for c in completions], intervention,
-                                  first_token_logprobs=firsts[variant.name], chat=chat)
-        harmless_verdicts = judge.verdicts(loaded, list(harmless), [c.text for c in harmless_completions], intervention,
-                                           first_token_logprobs=harmless_firsts[variant.name], chat=chat)
+        verdicts, harmless_verdicts = harmful_by[variant.name], harmless_by[variant.name]
         if variant.vectors is None:
             kl = [0.0] * len(harmless)
         else:
