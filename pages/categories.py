@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages import _state
 from refusal_core.activations.extract import extract_activations
+from refusal_core.categories.conditions import KINDS, MARGINS, SHRINKAGES, default_grid
 from refusal_core.categories.matrix import categories_report
 from refusal_core.categories.fit import fit_categories
 from refusal_core.directions.base import DirectionError, cosine_matrix
@@ -31,15 +32,25 @@ ws = _state.workspace()
 def fit_controls() -> None:
     cols = st.columns(4)
     layer = int(cols[0].number_input("Direction layer", 0, loaded.n_layers - 1, round(0.75 * loaded.n_layers), key="categories_layer"))
-    condition_layer = int(cols[1].number_input("Condition layer", 0, loaded.n_layers - 1, round(0.4 * loaded.n_layers),
-                                               key="categories_condition_layer", help="the layer whose post-instruction tokens the conditions read"))
-    shrinkage = float(cols[2].number_input("Shrinkage", 0.001, 10.0, 0.1, key="categories_shrinkage",
-                                           help="covariance shrinkage of the condition discriminants"))
+    kind = cols[1].radio("Conditions", KINDS, key="categories_condition_kind", horizontal=True,
+                         help="exclusive: a prompt fires the one category whose discriminant scores highest (over the categories "
+                              "and the harmless set); ovr: each category against the rest, several may fire")
+    auto = cols[2].checkbox("Choose condition layer and shrinkage on val", True, key="categories_condition_auto",
+                            help=f"scan layers {', '.join(map(str, default_grid(loaded.n_layers)))} and shrinkages "
+                                 f"{', '.join(map(str, SHRINKAGES))} (and margins {', '.join(map(str, MARGINS))}), keep the best on val")
     max_prompts = int(cols[3].number_input("Prompts per set", 24, 1000, 1000, key="categories_max_prompts",
                                            help="cap on the train and val sets, taken evenly over the categories"))
+    condition_layer = shrinkage = None
+    if not auto:
+        fixed = st.columns(2)
+        condition_layer = int(fixed[0].number_input("Condition layer", 0, loaded.n_layers - 1, round(0.4 * loaded.n_layers),
+                                                    key="categories_condition_layer", help="the layer whose post-instruction tokens the conditions read"))
+        shrinkage = float(fixed[1].number_input("Shrinkage", 0.001, 10.0, 1.0, key="categories_shrinkage",
+                                                help="covariance shrinkage of the condition discriminants"))
     if st.button("Fit category directions", type="primary", key="categories_fit"):
         try:
-            fitted = fit_categories(loaded, layer, condition_layer, shrinkage, progress=_state.progress_callback, max_prompts=max_prompts)
+            fitted = fit_categories(loaded, layer, condition_layer, shrinkage, progress=_state.progress_callback, max_prompts=max_prompts,
+                                    kind=kind)
         except (ValueError, DirectionError) as err:
             st.error(f"Fitting failed: {err}")
             return
@@ -66,14 +77,18 @@ def projections(fitted) -> None:
     figure = go.Figure()
     for prompts, label in ((harmful, None), (harmless, "(harmless)")):
         acts = extract_activations(loaded, prompts.instructions)
-        scores = projection_scores(acts.acts[:, :, fitted.condition_layer], condition.directions)[:, 0].tolist()
+        scores = condition.margins(projection_scores(acts.acts[:, :, fitted.condition_layer], condition.directions)).tolist()
         groups = prompts.categories if label is None else [label] * len(prompts)
         figure.add_trace(go.Box(x=groups, y=scores, boxpoints="all", text=list(prompts.instructions), name=label or "harmful",
                                 hovertemplate="%{text}<br>%{y:.2f}<extra></extra>"))
-    figure.add_hline(y=condition.thresholds[0], line_dash="dash", annotation_text="threshold (val)")
-    figure.update_layout(height=420, margin=dict(t=20), yaxis_title=f"projection at layer {fitted.condition_layer}")
+    figure.add_hline(y=0.0, line_dash="dash", annotation_text="fires above (chosen on val)")
+    figure.update_layout(height=420, margin=dict(t=20), yaxis_title=f"condition margin at layer {fitted.condition_layer}")
     st.plotly_chart(figure, width="stretch", key="categories_projections")
-    st.caption(f"Val balanced accuracy of this condition: {fitted.val_accuracy[category]:.2f}. Test split prompts.")
+    settings = f"shrinkage {fitted.shrinkage:g}" + (f", margin {fitted.margin:g}" if fitted.margin is not None else "")
+    st.caption(f"{fitted.condition_kind} conditions at layer {fitted.condition_layer}, {settings}. Margin: how far a prompt is inside "
+               f"the condition's region (for exclusive conditions, the smallest lead of this category's score over another class's, "
+               f"in residual units). Val balanced accuracy of this condition: {fitted.val_accuracy[category]:.2f}; the val goal "
+               f"holds for {len(fitted.val_goal)} categories. Test split prompts.")
 
 
 def matrices() -> None:
@@ -85,7 +100,8 @@ def matrices() -> None:
         fitted = ws.categories
         update = _state.progress_callback("Generating (one batch for all columns)")
         ws.category_report = categories_report(loaded, fitted.layer, fitted.condition_layer, part, per_category, 8, max_new, progress=update,
-                                               judge=_state.judge_name())
+                                               judge=_state.judge_name(), shrinkage=fitted.shrinkage, condition_kind=fitted.condition_kind,
+                                               margin=fitted.margin)
     report = ws.category_report
     if report is None:
         return

@@ -212,12 +212,13 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     at = _start()
     at.switch_page("pages/categories.py").run()
     _assert_ok(at)
-    for key, value in {"categories_layer": 1, "categories_condition_layer": 1, "categories_max_prompts": 36}.items():
+    for key, value in {"categories_layer": 1, "categories_max_prompts": 36}.items():
         at.number_input(key=key).set_value(value)
     at.button(key="categories_fit").click().run(timeout=300)  # activations of the built-in train and val splits
     _assert_ok(at)
     ws = _workspace(at)
     assert len(ws.categories.categories) == 12 and "Category directions" in ws.direction_sets
+    assert ws.categories.condition_kind == "exclusive" and len(ws.categories.scan) > 1  # shrinkage and margin chosen on val
     assert _charts(at) == 2  # cosine heatmap and projections
     at.number_input(key="categories_per_category").set_value(1)
     at.number_input(key="categories_max_new").set_value(8)
@@ -230,7 +231,8 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     at.button(key="categories_add").click().run(timeout=300)
     _assert_ok(at)
     name = "refusal off: drugs, weapons"
-    assert ws.conditionals[name].condition.labels == ("drugs", "weapons")
+    condition = ws.conditionals[name].condition
+    assert {label.split(" > ")[0] for label in condition.labels} == {"drugs", "weapons"} and len(set(condition.groups)) == 2
     at.switch_page("pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(6)
     at.checkbox(key=f"generate_conditional_{name}").check().run()

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from refusal_core.categories.fit import choose_threshold, discriminant_directions
+from refusal_core.categories.conditions import choose_threshold, discriminant_directions
 from refusal_core.cli import main
 from refusal_core.directions.category import SHARED, category_direction_set, category_directions, category_name
 from refusal_core.directions.registry import FitInput, get_method, methods

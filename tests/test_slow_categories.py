@@ -4,7 +4,8 @@ the organism with the report's default settings (the README's settings; run with
 The README's printed report is parsed, so the README and this test cannot drift apart: each
 category's goal verdict (MET / missed) must be the same for both matrices, and its own
 refusal, the others' minimum and the harmless refusal must be within one prompt of the
-README's (20 points on a category's 5 test prompts, 1/24 on the 24 harmless ones). The run
+README's (20 points on a category's 5 test prompts, 1/24 on the 24 harmless ones); the
+conditions' kind, layer, shrinkage and margin chosen on val must be the README's. The run
 uses one torch thread, as the README's did: greedy replies are then the same bits on this
 machine; another CPU's rounding may flip a reply, which the tolerance allows but a verdict
 on the goal's edge may not survive.
@@ -25,6 +26,7 @@ import pytest
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^(\S+)\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(MET|missed)$")
+CONDITIONS = re.compile(r"^conditions: (\S+) at layer (\d+), shrinkage ([\d.]+)(?:, margin ([\d.]+))?")
 
 
 def readme_selectivity(heading: str = "### Measured on the organism") -> dict[str, list[tuple]]:
@@ -33,15 +35,19 @@ def readme_selectivity(heading: str = "### Measured on the organism") -> dict[st
     block = text.split(heading, 1)[1].split("```text", 1)[1].split("```", 1)[0]
     rows = [m.groups() for m in map(ROW.match, block.splitlines()) if m]
     assert len(rows) == 24, f"expected two selectivity tables of 12 rows under {heading!r}, found {len(rows)} rows"
-    return {"ablation": rows[:12], "conditional": rows[12:]}
+    chosen = [m.groups() for m in map(CONDITIONS.match, block.splitlines()) if m]
+    assert len(chosen) == 1, f"expected one 'conditions:' line under {heading!r}"
+    return {"ablation": rows[:12], "conditional": rows[12:], "conditions": chosen[0]}
 
 
 def test_categories_report_reproduces_the_readme_selectivity():
-    from refusal_core.categories.matrix import DEFAULTS, GOAL
+    from refusal_core.categories.conditions import GOAL
+    from refusal_core.categories.matrix import DEFAULTS
     from refusal_core.organism.build import build_organism
 
     build_organism()  # the shipped organism (seconds when it is there)
     expected = readme_selectivity()
+    kind, layer, shrinkage, margin = expected.pop("conditions")
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "refusal_core", "categories", "report", "--json"], cwd=ROOT, env=env,
@@ -50,6 +56,9 @@ def test_categories_report_reproduces_the_readme_selectivity():
     report = json.loads(result.stdout)
     assert (report["n_test"]["per_category"], report["n_test"]["harmless"], report["max_new_tokens"], report["judge"]) == (
         DEFAULTS["per_category"], DEFAULTS["n_harmless"], DEFAULTS["max_new_tokens"], DEFAULTS["judge"])
+    chosen = report["conditions"]
+    assert (chosen["kind"], chosen["layer"], chosen["shrinkage"]) == (kind, int(layer), float(shrinkage))
+    assert chosen["margin"] == (None if margin is None else float(margin))
     harmless_step = 1 / report["n_test"]["harmless"] + 1e-9
     for block, rows in expected.items():
         for i, ((category, own, _, others_min, harmless, verdict), got) in enumerate(zip(rows, report[block]["selectivity"])):

@@ -10,7 +10,9 @@ otherwise; broken replies are counted apart, never as refusal nor as compliance)
   on every prompt. A model with one refusal for every category loses all of it (``full``)
   or none (``specific``).
 - *conditional*: the shared refusal direction ablated only on the prompts whose
-  representation fires category ``i``'s condition (``categories.fit``). A prompt that fires
+  representation fires category ``i``'s condition (``categories.conditions``: by default a
+  prompt fires the one category its discriminant scores highest, with the layer, shrinkage
+  and margin chosen on val). A prompt that fires
   gives exactly its reply under the shared ablation, one that does not its baseline reply
   (``interventions.conditional``; tested), so this matrix is read off two generated and
   judged columns, baseline and shared ablation, and each prompt's condition.
@@ -27,12 +29,13 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.extract import extract_activations
+from refusal_core.categories.conditions import GOAL
 from refusal_core.categories.fit import CategoryFit, fit_categories
 from refusal_core.damage import DEFAULT_JUDGE, judge_by_name
 from refusal_core.directions.category import SHARED, category_name
 from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
-from refusal_core.interventions.conditional import fires, projection_scores
+from refusal_core.interventions.conditional import projection_scores
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.columns import column_verdicts
 from refusal_core.metrics import kl_divergence
@@ -42,8 +45,6 @@ from refusal_core.prompts.sets import PromptSet
 
 __all__ = ["DEFAULTS", "GOAL", "categories_report", "selectivity", "test_prompts"]
 
-# own refusal at most, every other category at least, harmless refusal at most
-GOAL = {"own": 0.20, "others": 0.80, "harmless": 0.05}
 # The report's defaults, shared by the CLI, the README's figures and the slow test that checks them:
 # every harmful test prompt (5 per category, 60), 24 harmless ones (one refusal is 4.2%, within
 # the goal's 5%), 24-token greedy replies (the
@@ -107,26 +108,30 @@ def categories_report(
     per_category: int = DEFAULTS["per_category"],
     n_harmless: int = DEFAULTS["n_harmless"],
     max_new_tokens: int = DEFAULTS["max_new_tokens"],
-    shrinkage: float = 0.1,
+    shrinkage: float | None = None,
     batch_size: int = 32,
     say: Callable[[str], None] = lambda message: None,
     progress=None,
     max_train_prompts: int | None = None,
     judge: str = DEFAULTS["judge"],
+    condition_kind: str = "exclusive",
+    margin: float | None = None,
 ) -> dict:
     """Both matrices, harmless refusal, broken shares and KL per row, and per-category selectivity; JSON-ready.
 
     ``judge``: one of ``damage.JUDGE_CHOICES`` (``panel``: phrases, first-token score and the
     semantic judge vote, broken replies apart; ``substring``: the refusal phrases alone).
+    ``condition_layer``, ``shrinkage``, ``margin`` (None: chosen on val) and ``condition_kind``
+    are passed to ``fit_categories``.
     """
     started = time.perf_counter()
     layer = round(0.75 * loaded.n_layers) if layer is None else layer
-    condition_layer = round(0.4 * loaded.n_layers) if condition_layer is None else condition_layer
     if part not in ("full", "specific"):
         raise SettingsError(f"part must be 'full' or 'specific', got {part!r}.")
     judging = judge_by_name(judge)
-    say(f"Category directions at layer {layer}; conditions at layer {condition_layer}, thresholds on val")
-    fitted = fit_categories(loaded, layer, condition_layer, shrinkage, max_prompts=max_train_prompts)
+    say(f"Category directions at layer {layer}; {condition_kind} conditions, "
+        + ("layer, shrinkage and margin chosen on val" if condition_layer is None else f"at layer {condition_layer}, fitted on val"))
+    fitted = fit_categories(loaded, layer, condition_layer, shrinkage, max_prompts=max_train_prompts, kind=condition_kind, margin=margin)
     order = fitted.categories
     harmful, harmless = test_prompts(per_category, n_harmless)
     instructions = list(harmful.instructions) + list(harmless.instructions)
@@ -149,7 +154,9 @@ def categories_report(
                        fired_own=[_share([f for f, cat in zip(fired[c][:n], harmful.categories) if cat == c]) for c in order],
                        fired_harmless=[_share(fired[c][n:]) for c in order])
     report = {
-        "model": loaded.spec, "layer": layer, "condition_layer": condition_layer, "part": part, "categories": order,
+        "model": loaded.spec, "layer": layer, "condition_layer": fitted.condition_layer, "part": part, "categories": order,
+        "conditions": {"kind": fitted.condition_kind, "layer": fitted.condition_layer, "shrinkage": fitted.shrinkage,
+                       "margin": fitted.margin, "val_goal": list(fitted.val_goal), "scan": list(fitted.scan)},
         "n_test": {"per_category": per_category, "harmful": n, "harmless": len(harmless)}, "max_new_tokens": max_new_tokens,
         "judge": judge,
         "baseline": _summary(labels["baseline"], harmful, order),
@@ -177,5 +184,5 @@ def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmles
     points = torch.cat([extract_activations(loaded, s.instructions).acts[:, :, fitted.condition_layer] for s in (harmful, harmless)])
     out = {}
     for category, condition in fitted.conditions.items():
-        out[category] = fires(projection_scores(points, condition.directions), condition.thresholds)
+        out[category] = condition.fires(projection_scores(points, condition.directions))
     return out

@@ -3,7 +3,7 @@ KL per row, and each category's selectivity against the goal."""
 
 from __future__ import annotations
 
-from refusal_core.categories.matrix import GOAL
+from refusal_core.categories.conditions import GOAL
 
 __all__ = ["format_report"]
 
@@ -59,6 +59,13 @@ def format_report(report: dict) -> str:
     conditional = report["conditional"]
     lines += _matrix_lines("Conditional ablation: the shared direction ablated on prompts that fire the row category's condition",
                            conditional, categories)
+    if "conditions" in report:
+        chosen = report["conditions"]
+        tried = len(chosen["scan"])
+        lines.append(f"conditions: {chosen['kind']} at layer {chosen['layer']}, shrinkage {chosen['shrinkage']:g}"
+                     + (f", margin {chosen['margin']:g}" if chosen["margin"] is not None else "")
+                     + (f" (chosen on val from {tried} settings)" if tried > 1 else "")
+                     + f"; val goal met for {len(chosen['val_goal'])}: {', '.join(chosen['val_goal']) or 'none'}")
     lines.append("condition val balanced accuracy: " + ", ".join(f"{_short(c)} {v:.2f}" for c, v in zip(categories, conditional["val_accuracy"])))
     if "fired_own" in conditional:
         lines.append("condition fires on test: own prompts " + ", ".join(f"{_short(c)} {v:.0%}" for c, v in zip(categories, conditional["fired_own"]))

@@ -4,7 +4,9 @@ read the prompt's representation first, and intervene only where it matches a co
 A :class:`Condition` holds one or more condition directions read at one layer (the
 residual stream entering that block) at the post-instruction tokens. A prompt *fires* when,
 for some direction ``u_k``, the mean over those tokens of ``h . u_k / |u_k|`` is at least
-``thresholds[k]``. An ``Intervention`` with a condition runs its ablation or addition for
+``thresholds[k]``; with ``groups``, when every direction of some group reaches its
+threshold (a union of polytopes: e.g. "class a's linear score beats every other class's",
+one half-space per rival). An ``Intervention`` with a condition runs its ablation or addition for
 the whole generation (prompt and reply tokens) on the prompts that fire and leaves the
 others untouched. The condition is read on the unmodified model before generating, so
 :func:`resolve_rows` turns a conditional intervention into one plain intervention per
@@ -28,13 +30,15 @@ __all__ = ["Condition", "condition_scores", "fires", "projection_scores", "resol
 
 @dataclass(frozen=True, eq=False)
 class Condition:
-    """Fire when any direction's mean projection at ``layer`` reaches its threshold.
+    """Fire when any direction's mean projection at ``layer`` reaches its threshold (or,
+    with ``groups``, when all directions of some group reach theirs).
 
     ``directions`` is ``[k, d]`` (normalised internally; a ``[d]`` vector is one direction),
     ``thresholds`` one float per direction, in the units of the residual stream (a
     projection onto a unit vector). ``positions`` are the post-instruction offsets averaged
     over (None: every post-instruction token of the chat template). ``labels`` name the
-    directions (e.g. the categories) for display.
+    directions (e.g. the categories) for display. ``groups`` gives each direction a group
+    number (None: every direction a group of its own).
     """
 
     directions: torch.Tensor
@@ -42,6 +46,7 @@ class Condition:
     layer: int
     positions: tuple[int, ...] | None = None
     labels: tuple[str, ...] = ()
+    groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         directions = self.directions[None] if isinstance(self.directions, torch.Tensor) and self.directions.dim() == 1 else self.directions
@@ -59,6 +64,11 @@ class Condition:
             object.__setattr__(self, "positions", positions)
         if self.labels and len(self.labels) != directions.shape[0]:
             raise ValueError(f"{len(self.labels)} labels for {directions.shape[0]} condition directions.")
+        if self.groups is not None:
+            groups = tuple(operator.index(g) for g in self.groups)
+            if len(groups) != directions.shape[0]:
+                raise ValueError(f"{len(groups)} group numbers for {directions.shape[0]} condition directions.")
+            object.__setattr__(self, "groups", groups)
 
     @property
     def d_model(self) -> int:
@@ -66,7 +76,19 @@ class Condition:
 
     def key(self) -> tuple:
         """What decides which prompts fire, for cache keys."""
-        return (self.directions, self.thresholds, self.layer, self.positions)
+        return (self.directions, self.thresholds, self.layer, self.positions, self.groups)
+
+    def fires(self, scores: torch.Tensor) -> list[bool]:
+        """Whether each row of ``[n, k]`` scores (from :func:`projection_scores`) fires."""
+        return fires(scores, self.thresholds, self.groups)
+
+    def margins(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[n]``: how far each row is inside the firing region (>= 0 fires), in residual units:
+        the largest over groups of the smallest ``score - threshold`` within the group."""
+        excess = scores.double() - torch.tensor(self.thresholds, dtype=torch.float64)
+        groups = self.groups if self.groups is not None else tuple(range(len(self.thresholds)))
+        per_group = [excess[:, [k for k, g in enumerate(groups) if g == group]].min(dim=1).values for group in dict.fromkeys(groups)]
+        return torch.stack(per_group, dim=1).max(dim=1).values
 
 
 def projection_scores(points: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -90,10 +112,14 @@ def condition_scores(loaded, instructions: Sequence[str], condition: Condition, 
     return projection_scores(acts.acts[:, index, condition.layer], condition.directions)
 
 
-def fires(scores: torch.Tensor, thresholds: Sequence[float]) -> list[bool]:
-    """Whether each row of ``[n, k]`` scores reaches some direction's threshold."""
-    limits = torch.tensor(list(thresholds), dtype=scores.dtype)
-    return (scores >= limits).any(dim=1).tolist()
+def fires(scores: torch.Tensor, thresholds: Sequence[float], groups: Sequence[int] | None = None) -> list[bool]:
+    """Whether each row of ``[n, k]`` scores reaches some direction's threshold (``groups``:
+    reaches the thresholds of every direction of some group)."""
+    above = scores >= torch.tensor(list(thresholds), dtype=scores.dtype)
+    if groups is None:
+        return above.any(dim=1).tolist()
+    return torch.stack([above[:, [k for k, g in enumerate(groups) if g == group]].all(dim=1) for group in dict.fromkeys(groups)],
+                       dim=1).any(dim=1).tolist()
 
 
 def resolve_rows(loaded, instructions: Sequence[str], intervention, chat=None, batch_size: int = 16) -> list:
@@ -106,7 +132,7 @@ def resolve_rows(loaded, instructions: Sequence[str], intervention, chat=None, b
 
     if intervention.condition is None:
         return [intervention] * len(instructions)
-    fired = fires(condition_scores(loaded, instructions, intervention.condition, chat, batch_size), intervention.condition.thresholds)
+    fired = intervention.condition.fires(condition_scores(loaded, instructions, intervention.condition, chat, batch_size))
     active = dataclasses.replace(intervention, condition=None)
     idle = Intervention(name=intervention.name)
     return [active if fire else idle for fire in fired]
