@@ -151,9 +151,15 @@ def test_categories_report_cli_prints_a_full_matrix(capsys, one_thread):
             assert s["others_min"] == min(others)
     assert main(["categories", "report", "--model", "tiny:llama", "--layer", "99"]) == 2
     assert main(["categories", "report", "--model", "tiny:llama", "--max-new-tokens", "0"]) == 2
-    with pytest.raises(SystemExit) as exited:
-        main(["categories", "report", "--model", "tiny:llama", "--judge", "vibes"])
-    assert exited.value.code == 2
+    assert main(["categories", "report", "--model", "tiny:llama", "--condition-layer", "99"]) == 2
+    assert main(["categories", "report", "--model", "tiny:llama", "--shrinkage", "0"]) == 2
+    assert main(["categories", "report", "--model", "tiny:llama", "--margin", "nan", "--max-train-prompts", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "condition layer 99" in err and "--shrinkage" in err and "margin" in err
+    for bad in (["--judge", "vibes"], ["--condition", "nearest"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["categories", "report", "--model", "tiny:llama", *bad])
+        assert exited.value.code == 2
 
 
 def test_categories_report_counts_the_judges_labels_and_reads_conditional_rows_per_prompt(monkeypatch, tiny_llama, one_thread):
