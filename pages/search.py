@@ -181,7 +181,7 @@ def show_result() -> None:
     if reused:
         parts.append(f"{reused} of them reused the score of an earlier trial with the same directions")
     if skipped:
-        parts.append(f"{skipped} skipped because a slot repeated a direction")
+        parts.append(f"{skipped} pruned")
     if other:
         parts.append(f"{other} failed or still running")
     started = f"; started {result.started.replace('T', ' ')}" if result.started else ""

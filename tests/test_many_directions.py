@@ -9,6 +9,7 @@ run takes seconds.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -96,6 +97,11 @@ def test_the_command_saves_a_result_whose_rates_and_intervals_hold(tiny_llama, o
             assert len(point["names"]) == point["k"]
             if point["family"].startswith(("som", "clusters")) and point["search"]["trials"]:
                 assert 1 <= point["search"]["evaluated"] <= point["search"]["trials"] <= 3 and point["search"]["prompts"] == 6
+                # Trials are capped at the distinct subsets; a budget that covers them all evaluates each once.
+                subsets = math.comb(layer["pool_sizes"][point["family"]], point["k"])
+                assert point["search"]["trials"] == min(3, subsets)
+                if subsets <= 3:
+                    assert point["search"]["evaluated"] == subsets
     # The same run again is read back from the cache, not computed.
     assert main([*argv, "--json"]) == 0
     again = json.loads(capsys.readouterr().out)

@@ -31,11 +31,9 @@ def test_search_evaluates_distinct_subsets_and_resumes(tiny_llama, pool):
     assert len(first.trials) == 6 and first.ran == 6
     assert Path(first.storage.removeprefix("sqlite:///")).is_file()
     for trial in first.trials:
-        if trial["state"] == "COMPLETE":
-            assert len(set(trial["names"])) == 2 and set(trial["names"]) <= set(pool.names)
-            assert trial["value"] == pytest.approx(trial["refusal"]) and trial["kl"] >= 0
-        else:
-            assert trial["state"] == "PRUNED" and len(set(trial["names"])) < 2
+        assert trial["state"] == "COMPLETE"
+        assert len(set(trial["names"])) == 2 and set(trial["names"]) <= set(pool.names)
+        assert trial["value"] == pytest.approx(trial["refusal"]) and trial["kl"] >= 0
     # A set is evaluated once; later draws of it reuse the first trial's value.
     sets = [tuple(t["names"]) for t in evaluated(first)]
     assert len(sets) == len(set(sets))
@@ -99,3 +97,50 @@ def test_study_names_say_which_pool_and_k(tiny_llama, pool):
     assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 8
     # The label names the study; it does not change what is measured, so it is not part of the settings' identity.
     assert "study_label" not in settings.identity()
+
+
+def test_large_k_draws_distinct_directions_without_pruning(tiny_llama, pool):
+    # k = 4 of 5: drawing four slots independently repeats a direction in 81% of trials.
+    settings = SearchSettings(k=4, n_trials=4, objective="score", kl_penalty=0.0)
+    result = run_search(tiny_llama, pool, HARMFUL, None, settings)
+    assert [t["state"] for t in result.trials] == ["COMPLETE"] * 4
+    for trial in result.trials:
+        assert len(set(trial["names"])) == 4 and set(trial["names"]) <= set(pool.names)
+        assert trial["names"] == sorted(trial["names"])
+
+
+def test_budget_covering_every_subset_evaluates_each_once_then_reuses(tiny_llama, pool):
+    every = SearchSettings(k=4, n_trials=5, objective="score", kl_penalty=0.0)
+    result = run_search(tiny_llama, pool, HARMFUL, None, every)
+    assert len(evaluated(result)) == 5 and len({tuple(t["names"]) for t in result.trials}) == 5
+    # Trials beyond C(n, k) can only draw a set already measured: they reuse its value.
+    more = run_search(tiny_llama, pool, HARMFUL, None, every, n_trials=3)
+    assert more.study_name == result.study_name and len(more.trials) == 8 and len(evaluated(more)) == 5
+    for trial in more.trials[5:]:
+        earlier = more.trials[trial["reused_from"]]
+        assert trial["names"] == earlier["names"] and trial["value"] == earlier["value"] and trial["refusal"] == earlier["refusal"]
+
+
+def test_a_study_of_the_older_slot_encoding_is_refused_not_resumed(tiny_llama, pool, tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    old = optuna.create_study(storage=url, study_name="old-slots")
+    old.add_trial(optuna.trial.create_trial(
+        params={"slot_0": "random0", "slot_1": "random1"},
+        distributions={f"slot_{i}": optuna.distributions.CategoricalDistribution(pool.names) for i in range(2)},
+        value=0.5, user_attrs={"names": ["random0", "random1"]},
+    ))
+    settings = SearchSettings(k=2, n_trials=3, objective="score", kl_penalty=0.0, storage=url, study_name="old-slots")
+    with pytest.raises(ValueError, match="older subset search"):
+        run_search(tiny_llama, pool, HARMFUL, None, settings)
+    assert len(optuna.load_study(storage=url, study_name="old-slots").trials) == 1
+
+
+def test_default_study_name_carries_the_subset_encoding(tiny_llama, pool, monkeypatch):
+    import refusal_core.selection.search as search
+
+    settings = SearchSettings(k=2, n_trials=0, objective="score", kl_penalty=0.0)
+    current = run_search(tiny_llama, pool, HARMFUL, None, settings).study_name
+    monkeypatch.setattr(search, "ENCODING", "another-encoding")
+    assert run_search(tiny_llama, pool, HARMFUL, None, settings).study_name != current

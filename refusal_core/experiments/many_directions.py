@@ -35,6 +35,7 @@ from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet, sample_prompts
 from refusal_core.selection.search import SearchSettings, run_search
+from refusal_core.selection.subsets import ENCODING
 
 __all__ = ["ExperimentPrompts", "ManyDirectionsSettings", "builtin_prompts", "run_many_directions"]
 
@@ -188,7 +189,7 @@ def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, setti
                       "prompts": len(prompts.val_harmful) + len(prompts.val_harmless), "best_value": result.best_value}
             if result.best_names is None:
                 names = list(family.pool.names[:k])
-                budget["note"] = "no trial completed (every drawn subset repeated a direction): the first k of the pool"
+                budget["note"] = "no trial completed: the first k of the pool"
             else:
                 names = list(result.best_names)
             tracker.report(stage, start + min(settings.trials, subsets))
@@ -257,7 +258,8 @@ def run_many_directions(
     if bad:
         raise SettingsError(f"Layers {bad} do not exist: this model has layers 0..{loaded.n_layers - 1}; choose --layers among them.")
     fingerprint = weights_fingerprint(loaded.model)
-    key = result_key(loaded.spec, fingerprint, settings.as_dict(), prompts.hashes(), (chat or ChatFormat()).identity(loaded.tokenizer))
+    # The subset encoding is part of the key: a result searched with an older encoding is not read back as this one's.
+    key = result_key(ENCODING, loaded.spec, fingerprint, settings.as_dict(), prompts.hashes(), (chat or ChatFormat()).identity(loaded.tokenizer))
     if use_cache and (cached := load_cached(key)) is not None:
         return cached
     # The run's searches share one SQLite file beside the result: an interrupted run resumes

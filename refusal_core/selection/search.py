@@ -11,10 +11,12 @@ several machines with a shared database, can fill one study together.
 
 Trials and their user attributes:
 
-- ``slot_0 .. slot_{k-1}``: categorical parameters over the pool names.
-- A trial whose slots repeat a direction is pruned (``TrialPruned``, user attribute
-  ``pruned="duplicate"``) without any evaluation; TPE treats pruned trials as worse than
-  every completed one, so it learns to avoid repeats.
+- ``pick_0 .. pick_{k-1}``: pick i is an index into the pool names not picked before it
+  (``subsets.py``), so every trial draws ``k`` distinct directions and none is spent on a
+  repeat. When ``n_trials`` covers all C(n, k) subsets, a new study queues each subset once
+  and the search is exhaustive. Studies carry the encoding's version (``subsets.ENCODING``)
+  in their default name and as a study attribute; one made with the older encoding
+  (``slot_i`` over all names, repeats pruned) is refused, not resumed.
 - ``names``: the chosen names, sorted, so a set is one key whatever the slot order. The
   directions are ablated in this sorted order, which fixes the result of ``sequential``
   ablation too. A trial that draws a set some completed trial already evaluated copies that
@@ -50,6 +52,7 @@ from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.selection.pareto import trial_front
+from refusal_core.selection.subsets import ENCODING, check_encoding, enqueue_every_subset, suggest_subset, trial_names
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
 
@@ -179,6 +182,7 @@ def _default_study_name(
 ) -> str:
     key = content_key(
         "search",
+        ENCODING,
         weights_fingerprint(loaded.model),
         list(pool.names),
         tensor_digest({"vectors": pool.vectors.float()}),
@@ -221,16 +225,11 @@ _MEASURES = ("refusal", "refused", "broken", "kl", "replies")
 
 
 def _objective(evaluator: TrialEvaluator, k: int):
-    """The Optuna objective: prune repeats within a trial, reuse repeated sets, else evaluate."""
-    optuna = _optuna()
+    """The Optuna objective: draw k distinct directions, reuse a set already evaluated, else evaluate."""
 
     def objective(trial) -> float:
-        picked = [trial.suggest_categorical(f"slot_{i}", evaluator.pool.names) for i in range(k)]
-        names = sorted(picked)
+        names = sorted(suggest_subset(trial, evaluator.pool.names, k))
         trial.set_user_attr("names", names)
-        if len(set(names)) < k:
-            trial.set_user_attr("pruned", "duplicate")
-            raise optuna.TrialPruned(f"slots repeat a direction: {picked}")
         earlier = _earlier_trial(trial.study, names)
         if earlier is not None:
             for attr in _MEASURES:
@@ -254,11 +253,11 @@ def _best(study) -> tuple[tuple[str, ...] | None, float | None]:
     return tuple(best.user_attrs["names"]), float(best.value)
 
 
-def _trial_rows(study) -> tuple[dict, ...]:
+def _trial_rows(study, pool_names: Sequence[str]) -> tuple[dict, ...]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
-        names = attrs.get("names") or sorted(value for name, value in trial.params.items() if name.startswith("slot_"))
+        names = attrs.get("names") or trial_names(trial.params, pool_names) or []
         rows.append(
             {
                 "number": trial.number,
@@ -312,6 +311,9 @@ def run_search(
     name = settings.study_name or _default_study_name(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     url = storage_url(settings.storage, name)
     study = open_study(url, name, settings.seed, settings.heartbeat_seconds)
+    check_encoding(study)
+    if not study.get_trials(deepcopy=False) and math.comb(len(pool), settings.k) <= settings.n_trials:
+        enqueue_every_subset(study, pool.names, settings.k)
     evaluator = TrialEvaluator(loaded, pool, harmful_val, harmless_val, settings, judge, chat)
     objective = _objective(evaluator, settings.k)
     if n_trials is None:
@@ -324,7 +326,7 @@ def run_search(
     best_names, best_value = _best(study)
     first = min((t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start), default=None)
     return SearchResult(
-        trials=_trial_rows(study),
+        trials=_trial_rows(study, pool.names),
         best_names=best_names,
         best_value=best_value,
         study_name=name,
