@@ -24,6 +24,7 @@ then the best val accuracy, then the smallest margin, then the grid's order.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,13 +34,13 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.errors import SettingsError
 from refusal_core.interventions.conditional import Condition, projection_scores
 
-__all__ = ["GOAL", "KINDS", "ConditionChoice", "choose_conditions", "choose_threshold", "default_grid", "discriminant_directions",
-           "exclusive_conditions", "val_goal"]
+__all__ = ["GOAL", "HARMLESS", "KINDS", "ConditionChoice", "balanced_accuracy", "choose_conditions", "choose_threshold", "default_grid",
+           "discriminant_directions", "exclusive_conditions", "fired_matrix", "val_goal"]
 
 # The report's goal per category: own refusal at most, every other category at least, harmless refusal at most.
 GOAL = {"own": 0.20, "others": 0.80, "harmless": 0.05}
 KINDS = ("exclusive", "ovr")
-HARMLESS = "(harmless)"
+HARMLESS = "(harmless)"  # the label of the harmless prompts, a class of their own that gets no condition
 # The grids choose_conditions scans when the caller fixes nothing (margins only for ``exclusive``).
 SHRINKAGES = (0.3, 1.0, 3.0)
 MARGINS = (0.0, 1.0, 2.0)
@@ -102,8 +103,9 @@ def exclusive_conditions(points: torch.Tensor, labels: Sequence[str], categories
     missing = [c for c in categories if c not in means]
     if missing:
         raise DirectionError(f"No point is labelled {missing[0]!r}.")
-    weights = torch.linalg.solve(regular, torch.stack([means[c] for c in classes]).T).T
-    biases = -0.5 * (weights * torch.stack([means[c] for c in classes])).sum(1)
+    centres = torch.stack([means[c] for c in classes])
+    weights = torch.linalg.solve(regular, centres.T).T
+    biases = -0.5 * (weights * centres).sum(1)
     out = {}
     for category in categories:
         a = classes.index(category)
@@ -127,8 +129,10 @@ def _ovr_conditions(points, labels, categories, layer, shrinkage, val_points, va
 
 
 def fired_matrix(conditions: dict[str, Condition], points: torch.Tensor) -> torch.Tensor:
-    """``[n, n_categories]`` bool: which of ``points`` ``[n, d]`` fire each category's condition."""
-    return torch.tensor([c.fires(projection_scores(points[:, None], c.directions)) for c in conditions.values()]).T.reshape(len(points), -1)
+    """``[n, n_categories]`` bool: which of ``points`` fire each category's condition; ``points``
+    ``[n, n_tokens, d]`` (each condition reads their mean projection) or ``[n, d]``."""
+    tokens = points if points.dim() == 3 else points[:, None]
+    return torch.tensor([c.fires(projection_scores(tokens, c.directions)) for c in conditions.values()]).T.reshape(len(points), -1)
 
 
 def val_goal(fired: torch.Tensor, labels: Sequence[str | None], categories: Sequence[str]) -> list[bool]:
@@ -200,4 +204,4 @@ def choose_conditions(
             best_key = key
             best = ConditionChoice(kind, conditions, layer, shrinkage, margin, tuple(c for c, m in zip(categories, met) if m),
                                    dict(zip(categories, balanced_accuracy(fired, val_labels, categories))), ())
-    return ConditionChoice(**{**best.__dict__, "scan": tuple(scan)})
+    return dataclasses.replace(best, scan=tuple(scan))

@@ -13,6 +13,7 @@ dimensions).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,7 +24,7 @@ from refusal_core.errors import SettingsError
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.category import SHARED, category_direction_set
 from refusal_core.directions.provenance import build_provenance
-from refusal_core.categories.conditions import KINDS, MARGINS, SHRINKAGES, choose_conditions, default_grid
+from refusal_core.categories.conditions import HARMLESS, KINDS, MARGINS, SHRINKAGES, choose_conditions, default_grid
 from refusal_core.interventions.conditional import Condition
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel
@@ -60,10 +61,9 @@ class CategoryFit:
         """One condition that fires when any of ``categories`` fires."""
         chosen = [self.conditions[c] for c in categories]
         groups, offset = [], 0
-        for condition in chosen:
-            own = condition.groups if condition.groups is not None else tuple(range(len(condition.thresholds)))
-            groups += [g + offset for g in own]
-            offset += max(own) + 1
+        for condition in chosen:  # each condition's groups, numbered after the ones before it
+            groups += [g + offset for g in condition.group_ids]
+            offset += max(condition.group_ids) + 1
         labels = tuple(label for c, condition in zip(categories, chosen) for label in (condition.labels or (c,) * len(condition.thresholds)))
         return Condition(torch.cat([c.directions for c in chosen]), tuple(t for c in chosen for t in c.thresholds),
                          self.condition_layer, labels=labels, groups=tuple(groups))
@@ -109,9 +109,10 @@ def fit_categories(
     for which, value in (("layer", layer), ("condition layer", condition_layer)):
         if value is not None and not 0 <= value < loaded.n_layers:
             raise SettingsError(f"The {which} {value} is out of range; this model has layers 0..{loaded.n_layers - 1}.")
-    for which, value in (("shrinkage", shrinkage), ("margin", margin)):
-        if value is not None and not (value == value and abs(value) != float("inf") and (value > 0 or which == "margin")):
-            raise SettingsError(f"The {which} must be a finite number{' > 0' if which == 'shrinkage' else ''}, got {value}.")
+    if shrinkage is not None and not (math.isfinite(shrinkage) and shrinkage > 0):
+        raise SettingsError(f"The shrinkage must be a finite number > 0, got {shrinkage}.")
+    if margin is not None and not math.isfinite(margin):
+        raise SettingsError(f"The margin must be a finite number, got {margin}.")
     harmful_acts, harmless_acts = (_acts(loaded, s, batch_size, progress(f"{s.name} activations")) for s in (harmful, harmless))
     provenance = build_provenance(loaded.spec, harmful, harmless, "category", layer=layer, position=-1)
     directions = category_direction_set(harmful_acts.block_input(layer), harmless_acts.block_input(layer), harmful.categories, provenance)
@@ -125,7 +126,7 @@ def fit_categories(
 
     choice = choose_conditions(
         {at: means((harmful_acts, harmless_acts), at) for at in layers},
-        [c or "(none)" for c in harmful.categories] + ["(harmless)"] * len(harmless),
+        [c or "(none)" for c in harmful.categories] + [HARMLESS] * len(harmless),
         {at: means(val_acts, at) for at in layers},
         list(val_harmful.categories) + [None] * len(val_harmless),
         categories, kind,

@@ -29,13 +29,12 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.extract import extract_activations
-from refusal_core.categories.conditions import GOAL
+from refusal_core.categories.conditions import GOAL, fired_matrix
 from refusal_core.categories.fit import CategoryFit, fit_categories
 from refusal_core.damage import DEFAULT_JUDGE, judge_by_name
 from refusal_core.directions.category import SHARED, category_name
 from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
-from refusal_core.interventions.conditional import projection_scores
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.columns import column_verdicts
 from refusal_core.metrics import kl_divergence
@@ -182,7 +181,5 @@ def _labels(judging, loaded: LoadedModel, instructions: list[str], replies: dict
 def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmless: PromptSet) -> dict[str, list[bool]]:
     """Per category, whether each test prompt (harmful, then harmless) fires its condition."""
     points = torch.cat([extract_activations(loaded, s.instructions).acts[:, :, fitted.condition_layer] for s in (harmful, harmless)])
-    out = {}
-    for category, condition in fitted.conditions.items():
-        out[category] = condition.fires(projection_scores(points, condition.directions))
-    return out
+    fired = fired_matrix(fitted.conditions, points)
+    return {category: fired[:, k].tolist() for k, category in enumerate(fitted.conditions)}

@@ -25,7 +25,7 @@ import torch
 
 from refusal_core.directions.base import DirectionError, validate_vectors
 
-__all__ = ["Condition", "condition_scores", "fires", "projection_scores", "resolve_rows"]
+__all__ = ["Condition", "condition_scores", "fires", "group_columns", "projection_scores", "resolve_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +78,11 @@ class Condition:
         """What decides which prompts fire, for cache keys."""
         return (self.directions, self.thresholds, self.layer, self.positions, self.groups)
 
+    @property
+    def group_ids(self) -> tuple[int, ...]:
+        """Each direction's group number: ``groups``, or every direction a group of its own."""
+        return self.groups if self.groups is not None else tuple(range(len(self.thresholds)))
+
     def fires(self, scores: torch.Tensor) -> list[bool]:
         """Whether each row of ``[n, k]`` scores (from :func:`projection_scores`) fires."""
         return fires(scores, self.thresholds, self.groups)
@@ -86,8 +91,7 @@ class Condition:
         """``[n]``: how far each row is inside the firing region (>= 0 fires), in residual units:
         the largest over groups of the smallest ``score - threshold`` within the group."""
         excess = scores.double() - torch.tensor(self.thresholds, dtype=torch.float64)
-        groups = self.groups if self.groups is not None else tuple(range(len(self.thresholds)))
-        per_group = [excess[:, [k for k, g in enumerate(groups) if g == group]].min(dim=1).values for group in dict.fromkeys(groups)]
+        per_group = [excess[:, columns].min(dim=1).values for columns in group_columns(self.group_ids)]
         return torch.stack(per_group, dim=1).max(dim=1).values
 
 
@@ -118,8 +122,12 @@ def fires(scores: torch.Tensor, thresholds: Sequence[float], groups: Sequence[in
     above = scores >= torch.tensor(list(thresholds), dtype=scores.dtype)
     if groups is None:
         return above.any(dim=1).tolist()
-    return torch.stack([above[:, [k for k, g in enumerate(groups) if g == group]].all(dim=1) for group in dict.fromkeys(groups)],
-                       dim=1).any(dim=1).tolist()
+    return torch.stack([above[:, columns].all(dim=1) for columns in group_columns(groups)], dim=1).any(dim=1).tolist()
+
+
+def group_columns(groups: Sequence[int]) -> list[list[int]]:
+    """The direction indices of each group, in order of first appearance."""
+    return [[k for k, g in enumerate(groups) if g == group] for group in dict.fromkeys(groups)]
 
 
 def resolve_rows(loaded, instructions: Sequence[str], intervention, chat=None, batch_size: int = 16) -> list:
