@@ -1,9 +1,9 @@
 """Refusal Atlas dashboard: the router and the sidebar every page shares.
 
 Run with ``streamlit run app.py``. The sidebar chooses the model, device and dtype, the
-harmful and harmless prompt sets, and shows the on-disk cache; the pages (in ``pages/``)
+harmful and harmless prompt sets, and shows the on-disk cache; the pages (in ``app_pages/``)
 compute and draw. Pages only call ``refusal_core``; per-session results live in the
-session's Workspace (``pages/_state.py``).
+session's Workspace (``app_pages/_state.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 from refusal_core import damage
 from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
 from refusal_core.model.families import ModelLoadError
@@ -174,15 +174,15 @@ def cache_sidebar() -> None:
 
 # Explicit URL paths, so a page opened by its address (/generate) is the page the sidebar links to.
 PAGES = [
-    st.Page("pages/home.py", title="Start", icon=":material/flag:", default=True),
-    st.Page("pages/data.py", title="Data & activations", icon=":material/database:", url_path="data"),
-    st.Page("pages/manifold.py", title="Manifold", icon=":material/scatter_plot:", url_path="manifold"),
-    st.Page("pages/directions.py", title="Directions", icon=":material/explore:", url_path="directions"),
-    st.Page("pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
-    st.Page("pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
-    st.Page("pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
-    st.Page("pages/many_directions.py", title="Many directions", icon=":material/stacked_line_chart:", url_path="many-directions"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("app_pages/home.py", title="Start", icon=":material/flag:", default=True),
+    st.Page("app_pages/data.py", title="Data & activations", icon=":material/database:", url_path="data"),
+    st.Page("app_pages/manifold.py", title="Manifold", icon=":material/scatter_plot:", url_path="manifold"),
+    st.Page("app_pages/directions.py", title="Directions", icon=":material/explore:", url_path="directions"),
+    st.Page("app_pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
+    st.Page("app_pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
+    st.Page("app_pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
+    st.Page("app_pages/many_directions.py", title="Many directions", icon=":material/stacked_line_chart:", url_path="many-directions"),
+    st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 
 

@@ -19,20 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAGES = ["pages/data.py", "pages/manifold.py", "pages/directions.py", "pages/generate.py", "pages/search.py", "pages/export.py"]
-
-
-def _navigation_only() -> None:
-    """Rerun app.py (router + sidebar) on every page, as a real server does (see tests/test_app.py)."""
-    from streamlit.runtime import pages_manager
-    from streamlit.testing.v1 import app_test
-
-    class NavigationPagesManager(pages_manager.PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pages_manager.PagesManager.uses_pages_directory = False
-
-    app_test.PagesManager = NavigationPagesManager
+PAGES = ["app_pages/data.py", "app_pages/manifold.py", "app_pages/directions.py", "app_pages/generate.py", "app_pages/search.py", "app_pages/export.py"]
 
 
 def main() -> None:
@@ -42,7 +29,6 @@ def main() -> None:
     args = parser.parse_args()
     from streamlit.testing.v1 import AppTest
 
-    _navigation_only()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     started = time.perf_counter()
     at.run()

@@ -2,7 +2,7 @@
 
 Uses the features stored per reply (first-token refusal log-odds, reply log-likelihood under
 the unmodified model) and the shipped broken thresholds and semantic classifier; no chat model
-is loaded. tests/test_judges.py computes the same table and holds it to the goals.
+is loaded. tests/unit/test_judges.py computes the same table and holds it to the goals.
 
     .venv/bin/python scripts/judge_accuracy.py
 """

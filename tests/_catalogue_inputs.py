@@ -1,4 +1,4 @@
-"""Bad input files for the error catalogue (tests/test_error_catalogue.py)."""
+"""Bad input files for the error catalogue (tests/unit/test_error_catalogue.py)."""
 
 from __future__ import annotations
 

@@ -62,23 +62,3 @@ def browser_type_launch_args(browser_type_launch_args):
 def browser_context_args(browser_context_args):
     """A desktop-sized window, so the wide layout and its charts are drawn as a user sees them."""
     return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
-
-
-@pytest.fixture
-def navigation_only(monkeypatch):
-    """Make AppTest run app.py on every rerun, as a real server does.
-
-    AppTest resets ``PagesManager.uses_pages_directory`` to None before each run, and the
-    ``pages/`` folder beside app.py then sets it True, so a rerun on a page executes that
-    page file alone through Streamlit's legacy multipage path, without app.py's sidebar.
-    A server sets the flag False at the first ``st.navigation`` call and keeps it.
-    """
-    from streamlit.runtime import pages_manager
-    from streamlit.testing.v1 import app_test
-
-    class NavigationPagesManager(pages_manager.PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)

@@ -1,6 +1,6 @@
 """Acting on the dashboard in a Playwright page as a user does: by the labels on screen.
 
-Shared by ``tests/test_browser.py`` and ``docs/take_screenshots.py``. Every wait is on a
+Shared by ``tests/browser/test_guided_path.py`` and ``docs/take_screenshots.py``. Every wait is on a
 condition (a heading, Streamlit's script-run state, a text), bounded by a timeout; none sleeps.
 """
 

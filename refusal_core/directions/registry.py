@@ -7,7 +7,7 @@ settings) -> DirectionSet``, and registers itself with :func:`register` when imp
 a list to edit (a plugin elsewhere registers by being imported before the CLI or app runs). The CLI's ``directions``
 subcommands and the dashboard's method controls are generated from the registry
 (settings fields become argparse options and Streamlit widgets), so adding a method is one
-file plus its test; ``tests/test_methods.py`` runs every registered method through the
+file plus its test; ``tests/unit/test_methods.py`` runs every registered method through the
 same checks.
 """
 

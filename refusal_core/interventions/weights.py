@@ -15,53 +15,36 @@ from refusal_core.errors import SettingsError
 from refusal_core.interventions.linalg import orthonormal_basis, project_out
 from refusal_core.interventions.spec import as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
+from refusal_core.model.writers import WriterError, residual_writes
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
 
-def _output_axis(module: nn.Module) -> int:
-    """Which axis of ``module.weight`` indexes the residual stream it writes to."""
-    from transformers.pytorch_utils import Conv1D
-
-    if isinstance(module, nn.Embedding):
-        return -1  # [vocab, d]
-    if isinstance(module, Conv1D):
-        return -1  # GPT-2's Conv1D stores [d_in, d_out]
-    if isinstance(module, nn.Linear):
-        return 0  # [d_out, d_in]
-    raise ValueError(
-        f"Cannot orthogonalize the weights of a {type(module).__name__}; only nn.Linear, nn.Embedding and "
-        "transformers' Conv1D are supported. Use the ablate() hooks instead."
-    )
-
-
 def _orthogonalized(weight: torch.Tensor, basis: torch.Tensor, axis: int) -> torch.Tensor:
-    """``weight`` with the basis projected out of its residual-stream axis (0 or -1), same dtype."""
-    if axis == 0:
-        return project_out(weight.T, basis).T
-    return project_out(weight, basis)
+    """``weight`` with the basis projected out of its residual-stream axis, same dtype."""
+    return project_out(weight.movedim(axis, -1), basis).movedim(-1, axis)
 
 
-def _weight_edits(parts: ModelParts) -> list[tuple[torch.Tensor, int, nn.Module]]:
-    """(parameter, residual axis, module) for every weight and bias that writes to the residual stream.
+def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
+    """(parameter, residual axis) for every weight and bias that writes to the residual stream.
 
-    Built, and checked, before anything is edited, so an unsupported module or a quantized
-    weight fails with the model untouched. A Parameter shared by two modules appears once.
+    Read from the one writer list (``model/writers.py``) and checked before anything is
+    edited, so an unsupported module or a quantized weight fails with the model untouched.
     """
-    edits, seen = [], set()
-    for module in [*parts.embeddings, *parts.attn_writes, *parts.mlp_writes]:
-        axis = _output_axis(module)
-        for param_name, param_axis in (("weight", axis), ("bias", -1)):
-            param = getattr(module, param_name, None)
-            if param is None or id(param) in seen:
-                continue
-            if not param.is_floating_point() or param.device.type == "meta":
-                raise ValueError(
-                    f"Cannot edit the {param.dtype} {param_name} of {type(module).__name__} on {param.device} "
-                    "(quantized or offloaded); use the ablate() hooks instead."
-                )
-            seen.add(id(param))
-            edits.append((param, param_axis, module))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    try:
+        writes = residual_writes(model)
+    except WriterError as err:
+        raise ValueError(str(err)) from err
+    edits = []
+    for write in writes:
+        param = params[write.name]
+        if not param.is_floating_point() or param.device.type == "meta":
+            raise ValueError(
+                f"Cannot edit the {param.dtype} parameter {write.name} on {param.device} "
+                "(quantized or offloaded); use the ablate() hooks instead."
+            )
+        edits.append((param, write.axis))
     return edits
 
 
@@ -105,12 +88,12 @@ def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, b
     parts = model_parts(model)
     _check_orthogonalizable(model, parts)
     basis = orthonormal_basis(_check_directions(model, directions))
-    edits = _weight_edits(parts)
+    edits = _weight_edits(model)
     tied = _tied_embedding(parts)
     tied_weight = tied.weight if tied is not None else None
     if tied_weight is not None:
         parts.lm_head.weight = nn.Parameter(tied_weight.detach().clone(), requires_grad=tied_weight.requires_grad)
-    for param, axis, _module in edits:
+    for param, axis in edits:
         if backups is not None:
             original = parts.lm_head.weight.detach() if param is tied_weight else param.detach().clone()
             backups.append((param, original))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 from refusal_core import damage
 from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionError
@@ -19,7 +19,6 @@ from refusal_core.metrics import next_token_logprobs
 from refusal_core.model.families import ModelLoadError
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
 
-_state.run_through_app()
 st.title("Generate")
 loaded = _state.require_model()
 ws = _state.workspace()
@@ -76,8 +75,8 @@ def no_sets_hint() -> None:
         "can be ablated here."
     )
     cols = st.columns(2)
-    cols[0].page_link("pages/data.py", label="Compute activations (Data & activations)", icon=":material/database:")
-    cols[1].page_link("pages/directions.py", label="Find a direction (Directions)", icon=":material/explore:")
+    cols[0].page_link("app_pages/data.py", label="Compute activations (Data & activations)", icon=":material/database:")
+    cols[1].page_link("app_pages/directions.py", label="Find a direction (Directions)", icon=":material/explore:")
 
 
 def ticked(set_name: str, directions) -> bool:

@@ -9,8 +9,8 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _state
-from pages._methods import other_methods_section, settings_widgets
+from app_pages import _state
+from app_pages._methods import other_methods_section, settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
 from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
 from refusal_core.prompts.loaders import builtin
@@ -26,7 +26,6 @@ MAX_DEFAULT = 12
 # placeholder and recolours; Plasma starts at #0d0887, so the lowest KL is drawn as such.
 KL_COLOURSCALE = "Plasma"
 
-_state.run_through_app()
 st.title("Directions")
 loaded = _state.require_model()
 ws = _state.workspace()

@@ -116,13 +116,13 @@ def test_an_added_method_runs_from_the_cli(toy_method, tiny_llama, tmp_path, cap
     assert code == 0 and "demo/0" in out and "Wrote 1 directions" in out
 
 
-def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch, navigation_only):
+def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60).run()
     at.number_input(key="atlas_max_prompts").set_value(4).run()
-    at.switch_page("pages/directions.py").run()
+    at.switch_page("app_pages/directions.py").run()
     assert not at.exception, [e.value for e in at.exception]
     choice = at.selectbox(key="method_choice")
     assert "toy" in choice.options or "Toy mean" in choice.options  # listed among the other methods, by title

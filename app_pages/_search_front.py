@@ -6,7 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._clicks import clicked_key
+from app_pages._clicks import clicked_key
 from refusal_core.selection.pareto import trial_front, trial_point
 from refusal_core.selection.search import SearchResult
 

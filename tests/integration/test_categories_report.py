@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^(\S+)\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(MET|missed)$")
 CONDITIONS = re.compile(r"^conditions: (\S+) at layer (\d+), shrinkage ([\d.]+)(?:, margin ([\d.]+))?")
 

@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _state
-from pages._search_front import show_front
+from app_pages import _state
+from app_pages._search_front import show_front
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.model.families import ModelLoadError
@@ -22,7 +22,6 @@ from refusal_core.selection.search import SearchSettings, best_direction_set, ru
 
 MAX_DEFAULT = 32
 
-_state.run_through_app()
 st.title("Search")
 loaded = _state.require_model()
 ws = _state.workspace()

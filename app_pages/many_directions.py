@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages import _state
-from pages._clicks import clicked_key
+from app_pages import _state
+from app_pages._clicks import clicked_key
 from refusal_core.errors import UserError
 from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results
 
@@ -19,7 +19,6 @@ PANELS = (("complied", "coherent compliance"), ("refused", "refused"), ("broken"
 CHART, POINT = "many_chart", "many_point"
 LABEL_COLOURS = {"refused": "red", "complied": "green", "broken": "gray"}
 
-_state.run_through_app()
 st.title("Many directions")
 st.caption(
     "One DIM direction against the best k directions of each family, chosen on val by the subset search "

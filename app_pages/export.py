@@ -9,13 +9,12 @@ import re
 import pandas as pd
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
 from refusal_core.errors import UserError
 from refusal_core.interventions.export import default_export_dir, export_orthogonalized
 
-_state.run_through_app()
 st.title("Export")
 loaded = _state.require_model()
 ws = _state.workspace()

@@ -11,8 +11,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _state
-from pages._methods import settings_widgets
+from app_pages import _state
+from app_pages._methods import settings_widgets
 from refusal_core.activations.separation import layer_points, stacked_points
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.clustering import ClusterSettings, cluster_direction_set, cluster_directions
@@ -21,7 +21,6 @@ from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.som import SomSettings, neuron_prompts, som_direction_set, train_som
 from refusal_core.projection import ProjectionError, fit_projection
 
-_state.run_through_app()
 st.title("Manifold")
 loaded = _state.require_model()
 ws = _state.workspace()

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 RESULT_TIMEOUT_MS = 180_000
 
@@ -96,7 +96,7 @@ def test_two_sessions_generate_at_once_offline(server, browser):
             page = context.new_page()
             page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
             # Open the root and follow the navigation: a page URL opened first would run the page
-            # file alone (Streamlit's pages/ folder mode) until app.py's st.navigation has run.
+            # file alone (Streamlit's app_pages/ folder mode) until app.py's st.navigation has run.
             page.goto(url)
             expect(page.get_by_role("link", name="Data & activations", exact=True)).to_be_visible(timeout=RESULT_TIMEOUT_MS)
             page.get_by_role("link", name="Generate", exact=True).click()

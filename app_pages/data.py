@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages import _state
+from app_pages import _state
 from refusal_core.activations.extract import default_positions, extract_activations
 from refusal_core.activations.separation import layer_separation
 from refusal_core.directions import dim
@@ -22,7 +22,6 @@ from refusal_core.prompts.chat import TemplateError
 from refusal_core.selection.policy import DIM_SET
 REPORT = "data_compute_report"
 
-_state.run_through_app()
 st.title("Data & activations")
 loaded = _state.require_model()
 ws = _state.workspace()

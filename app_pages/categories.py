@@ -8,7 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 from refusal_core.activations.extract import extract_activations
 from refusal_core.categories.conditions import KINDS, MARGINS, SHRINKAGES, default_grid
 from refusal_core.categories.matrix import categories_report

@@ -16,7 +16,7 @@ from refusal_core.selection.racing import RacingSettings, _schedule, race_candid
 from refusal_core.selection.result import load_selection
 from refusal_core.selection.rows import prompt_rows, rows_logprobs
 from refusal_core.selection.scoring import _last_logprobs, _prepare, score_candidates
-from tests.test_selection import HARMFUL, HARMLESS, OPEN, assert_grids_close, candidates  # noqa: F401
+from tests.unit.test_selection import HARMFUL, HARMLESS, OPEN, assert_grids_close, candidates  # noqa: F401
 from tests.tiny import assert_no_hooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

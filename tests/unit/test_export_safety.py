@@ -14,17 +14,17 @@ import pytest
 from refusal_core.directions.base import load_direction_set
 from refusal_core.interventions.export import ExportError, default_export_dir, export_orthogonalized
 from refusal_core.interventions.export_target import MARKER, is_export
-from tests.test_export import two_directions
+from tests.unit.test_export import two_directions
 from tests.tiny import tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Run in a child process that kills itself with SIGKILL at one point of an export.
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from refusal_core.interventions import export
-    from tests.test_export import two_directions
+    from tests.unit.test_export import two_directions
     from tests.tiny import tiny_model
 
     target, where = sys.argv[1], sys.argv[2]

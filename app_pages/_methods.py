@@ -8,7 +8,7 @@ from typing import Mapping
 
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.registry import DirectionMethod, FitInput, Setting, methods, settings_fields
 from refusal_core.model.loading import LoadedModel

@@ -19,17 +19,17 @@ from refusal_core.model.loading import TEST_MODEL_ENV
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = [
-    "pages/home.py",
-    "pages/data.py",
-    "pages/manifold.py",
-    "pages/directions.py",
-    "pages/categories.py",
-    "pages/generate.py",
-    "pages/search.py",
-    "pages/many_directions.py",
-    "pages/export.py",
+    "app_pages/home.py",
+    "app_pages/data.py",
+    "app_pages/manifold.py",
+    "app_pages/directions.py",
+    "app_pages/categories.py",
+    "app_pages/generate.py",
+    "app_pages/search.py",
+    "app_pages/many_directions.py",
+    "app_pages/export.py",
 ]
 TIMEOUT = 60
 
@@ -38,11 +38,6 @@ TIMEOUT = 60
 def tiny_app(monkeypatch):
     monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(autouse=True)
-def _run_app_py_on_every_rerun(navigation_only):
-    """Every test here drives app.py as a server does (see conftest.navigation_only)."""
 
 
 def _assert_ok(at: AppTest) -> None:
@@ -72,7 +67,7 @@ def _start() -> AppTest:
 
 def _with_activations() -> AppTest:
     at = _start()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("app_pages/data.py").run()
     at.button(key="data_compute").click().run()
     _assert_ok(at)
     return at
@@ -84,7 +79,7 @@ def test_every_page_runs_before_anything_is_computed():
     for page in PAGES:
         at.switch_page(page).run()
         _assert_ok(at)
-    at.switch_page("pages/manifold.py").run()
+    at.switch_page("app_pages/manifold.py").run()
     assert any("Compute activations first" in info.value for info in at.info)
 
 
@@ -104,7 +99,7 @@ def test_compute_builds_activations_and_dim_then_reuses_the_cache():
 
 def test_manifold_som_and_clusters():
     at = _with_activations()
-    at.switch_page("pages/manifold.py").run()
+    at.switch_page("app_pages/manifold.py").run()
     _assert_ok(at)
     assert _charts(at) == 1
     at.number_input(key="som_x").set_value(2)
@@ -130,7 +125,7 @@ def test_manifold_som_and_clusters():
 
 def test_directions_heatmaps_and_selection():
     at = _with_activations()
-    at.switch_page("pages/directions.py").run()
+    at.switch_page("app_pages/directions.py").run()
     _assert_ok(at)
     massive = _workspace(at).memo["massive"]
     extra = 1 if massive.coordinates else 0  # the massive-share bars, when the model has massive coordinates
@@ -165,7 +160,7 @@ def test_directions_heatmaps_and_selection():
 
 def test_directions_optimize_adds_a_learnt_set():
     at = _with_activations()
-    at.switch_page("pages/directions.py").run()
+    at.switch_page("app_pages/directions.py").run()
     _assert_ok(at)
     start = at.selectbox(key="optimize_start")
     assert start.value[0] == "DIM"  # no selection yet: the first DIM candidate
@@ -189,7 +184,7 @@ def test_directions_optimize_adds_a_learnt_set():
 def test_generate_actadd_changes_the_columns():
     at = _with_activations()
     at.selectbox(key="atlas_judge").set_value("substring")  # the phrase judge: no model use
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("app_pages/generate.py").run()
     _assert_ok(at)
     at.number_input(key="generate_max_new").set_value(6)
     at.button(key="generate_run").click().run()
@@ -210,7 +205,7 @@ def test_generate_actadd_changes_the_columns():
 
 def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     at = _start()
-    at.switch_page("pages/categories.py").run()
+    at.switch_page("app_pages/categories.py").run()
     _assert_ok(at)
     for key, value in {"categories_layer": 1, "categories_max_prompts": 36}.items():
         at.number_input(key=key).set_value(value)
@@ -233,7 +228,7 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     name = "refusal off: drugs, weapons"
     condition = ws.conditionals[name].condition
     assert {label.split(" > ")[0] for label in condition.labels} == {"drugs", "weapons"} and len(set(condition.groups)) == 2
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("app_pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(6)
     at.checkbox(key=f"generate_conditional_{name}").check().run()
     at.button(key="generate_run").click().run(timeout=300)
@@ -244,7 +239,7 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
 def test_search_runs_and_adopts_the_best_subset():
     at = _with_activations()
     at.selectbox(key="atlas_judge").set_value("substring")
-    at.switch_page("pages/search.py").run()
+    at.switch_page("app_pages/search.py").run()
     _assert_ok(at)
     at.number_input(key="search_k").set_value(1)
     at.number_input(key="search_trials").set_value(3)
@@ -261,7 +256,7 @@ def test_search_runs_and_adopts_the_best_subset():
 
 def test_export_then_import_round_trips_and_a_wrong_width_is_refused():
     at = _with_activations()
-    at.switch_page("pages/export.py").run()
+    at.switch_page("app_pages/export.py").run()
     _assert_ok(at)
     assert len(at.get("download_button")) == 2
     ws = _workspace(at)
@@ -285,7 +280,7 @@ def test_export_then_import_round_trips_and_a_wrong_width_is_refused():
 
 def test_pt_import_uses_weights_only():
     at = _start()
-    at.switch_page("pages/export.py").run()
+    at.switch_page("app_pages/export.py").run()
 
     class Evil:
         def __reduce__(self):
@@ -312,7 +307,7 @@ def test_bad_prompt_file_and_failed_model_load_show_errors_and_keep_the_app_runn
     at.text_input(key="atlas_model_path").set_value("/nonexistent/refusal-atlas-model").run()
     assert not at.exception
     assert any("No model folder at /nonexistent/refusal-atlas-model" in e.value for e in at.error)
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("app_pages/generate.py").run()
     assert not at.exception
     assert any("No model is loaded" in info.value for info in at.info)
 
@@ -322,7 +317,7 @@ def test_imported_sets_are_kept_per_model_and_session():
     ws = _workspace(at)
     extra = DirectionSet(torch.randn(2, 64), ("a", "b"), ({}, {}))
     ws.add_set("extra", extra)
-    at.switch_page("pages/directions.py").run()
+    at.switch_page("app_pages/directions.py").run()
     at.multiselect(key="directions_sets").set_value(["DIM", "extra"]).run()
     _assert_ok(at)
     assert _charts(at) == 2
@@ -401,24 +396,6 @@ def test_direction_uploads_pairs_and_errors(tmp_path):
         read_direction_uploads([("notes.txt", b"hi")], d_model=64)
 
 
-@pytest.mark.slow
-def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
-    monkeypatch.delenv(TEST_MODEL_ENV, raising=False)
-    at = AppTest.from_file(APP, default_timeout=600).run()
-    at.radio(key="atlas_model_choice").set_value("SmolLM2-135M-Instruct (bundled, non-refusing contrast)").run()
-    at.number_input(key="atlas_max_prompts").set_value(8).run()
-    at.switch_page("pages/data.py").run()  # the app opens on the Start page
-    at.button(key="data_compute").click().run()
-    _assert_ok(at)
-    assert _workspace(at, "bundled:smollm2-135m-instruct").harmful_acts.n_layers == 30
-    at.selectbox(key="atlas_judge").set_value("substring")
-    at.switch_page("pages/generate.py").run()
-    at.number_input(key="generate_max_new").set_value(8)
-    at.button(key="generate_run").click().run()
-    _assert_ok(at)
-    assert [m.label for m in at.metric] == ["baseline"]
-
-
 # ---------------------------------------------------------------------------------------
 # Issue 15: damage beside every rate, and the search's trade-off view. The judges' broken
 # thresholds are fixed by hand (no calibration): "substring+broken" calls every reply broken
@@ -448,7 +425,7 @@ def _chart_specs(at: AppTest) -> list[dict]:
 def test_generate_columns_show_three_shares_kl_and_the_broken_warning(fixed_judges):
     at = _with_activations()
     at.selectbox(key="atlas_judge").set_value("substring+broken")
-    at.switch_page("pages/generate.py").run()
+    at.switch_page("app_pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(6)
     at.checkbox(key="generate_actadd").check().run()
     at.number_input(key="generate_actadd_coeff").set_value(200.0)
@@ -476,7 +453,7 @@ def test_generate_columns_show_three_shares_kl_and_the_broken_warning(fixed_judg
 def test_search_page_draws_trials_with_the_pareto_front_and_shows_replies(fixed_judges):
     at = _with_activations()
     at.selectbox(key="atlas_judge").set_value("refusal-score")
-    at.switch_page("pages/search.py").run()
+    at.switch_page("app_pages/search.py").run()
     at.number_input(key="search_k").set_value(1)
     at.number_input(key="search_trials").set_value(4)
     at.number_input(key="search_n_val").set_value(2)
@@ -509,7 +486,7 @@ def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(ti
                                       test_tokens=3, judge="substring", n_boot=50)
     result = run_many_directions(tiny_llama, settings)
     at = _start()
-    at.switch_page("pages/many_directions.py").run()
+    at.switch_page("app_pages/many_directions.py").run()
     _assert_ok(at)
     assert at.selectbox(key="many_layer").options == ["1", "2"]
     at.selectbox(key="many_layer").set_value(2).run()

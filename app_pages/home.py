@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from pages import _state
+from app_pages import _state
 
-_state.run_through_app()
 st.title("Start")
 st.markdown(
     "Refusal Atlas finds the directions in a chat model's residual stream through which it refuses, "
@@ -33,7 +32,7 @@ def steps() -> list[Step]:
     return [
         Step(
             "Compute activations",
-            "pages/data.py",
+            "app_pages/data.py",
             "Data & activations",
             "Press **Compute activations and DIM directions**: the residual stream of the harmful and harmless "
             "prompts chosen in the sidebar, and one difference-in-means (DIM) candidate per position and layer.",
@@ -41,7 +40,7 @@ def steps() -> list[Step]:
         ),
         Step(
             "Find a direction",
-            "pages/directions.py",
+            "app_pages/directions.py",
             "Directions",
             "Press **Score candidates**: each candidate is ablated on harmful prompts and added on harmless ones; "
             "the best becomes the set *Selected DIM* (or *Closest DIM* when none passes the filters).",
@@ -49,7 +48,7 @@ def steps() -> list[Step]:
         ),
         Step(
             "See it switched off",
-            "pages/generate.py",
+            "app_pages/generate.py",
             "Generate",
             "Tick the selected direction under *Selected DIM* (or *Closest DIM*) and press **Generate**: the "
             "baseline replies next to the replies with the direction ablated at every layer.",
@@ -57,7 +56,7 @@ def steps() -> list[Step]:
         ),
         Step(
             "Export",
-            "pages/export.py",
+            "app_pages/export.py",
             "Export",
             "Download the direction (safetensors with its provenance, or a .pt tensor), or write a model with "
             "it projected out of the weights.",

@@ -283,21 +283,6 @@ def progress_callback(label: str) -> Progress:
     return update
 
 
-def run_through_app() -> None:
-    """Rerun through app.py when Streamlit ran this page file on its own.
-
-    A page opened by its address (``/generate``) before any session of this server has
-    run app.py is run by Streamlit's legacy ``pages/`` folder mode: the page alone, without
-    the sidebar that loads the model. Leaving that mode and rerunning runs app.py, whose
-    ``st.navigation`` picks the same page by its URL path.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def restore_widgets(url_path: str) -> None:
     """Give the widgets of page ``url_path`` back the values they had when the page was left.
 

@@ -1,6 +1,6 @@
 """The dashboard in headless Chromium, driven by Playwright as a new user would.
 
-Slow (``python -m pytest -m slow tests/test_browser.py``). A real ``streamlit run`` serves
+Slow (``python -m pytest -m slow tests/browser/test_guided_path.py``). A real ``streamlit run`` serves
 the app on the organism (the tiny random Llama of ``tests/tiny.py`` when the organism is
 not built). The main test walks the Start page's guided path end to end in one session and
 checks, on the way, what a user sees of the issue-18 fixes: colour scales, tick labels,
@@ -71,7 +71,7 @@ def test_a_page_opened_by_its_address_is_that_page_of_the_app(page: Page, tmp_pa
         ui.open_app(page, f"{url}/generate", "Generate")
         nav = page.get_by_test_id("stSidebarNav")
         expect(nav.get_by_role("link", name="Start")).to_be_visible()
-        expect(nav.get_by_role("link", name="state")).to_have_count(0)  # the pages/ folder's own listing
+        expect(nav.get_by_role("link", name="state")).to_have_count(0)  # the app_pages/ folder's own listing
         expect(page.get_by_text("No direction sets yet")).to_be_visible()
         expect(page.get_by_role("link", name=re.compile("Compute activations"))).to_be_visible()
         assert page.url.endswith("/generate")

@@ -28,7 +28,7 @@ from tests.tiny import tiny_model
 
 optuna = pytest.importorskip("optuna")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 8
 
 # Worker processes and a database server: about a minute and a half on a busy 2-core machine.

@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from refusal_core.cli import main
 from tests._catalogue_inputs import make_inputs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIX = re.compile(
     r"use |give |choose |pass |add |re-save|recompute|export |install|lower |check |must |should |build |score |"
     r"expected|available|valid values|spec is one of|supported:|register_family|upload|a file path|"
@@ -184,23 +184,14 @@ UPLOAD_CASES = [
 @pytest.fixture(scope="module")
 def app_with_activations():
     pytest.importorskip("streamlit.testing.v1")
-    from tests import test_app
+    from tests.unit import test_app
 
     patch = pytest.MonkeyPatch()
     patch.setenv(test_app.TEST_MODEL_ENV, "tiny")
     patch.setenv("HF_HUB_OFFLINE", "1")
     patch.setenv("REFUSAL_ATLAS_CACHE", tempfile.mkdtemp(prefix="catalogue-cache-"))
-    from streamlit.runtime import pages_manager
-    from streamlit.testing.v1 import app_test
-
-    class NavigationPagesManager(pages_manager.PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            pages_manager.PagesManager.uses_pages_directory = False
-
-    patch.setattr(app_test, "PagesManager", NavigationPagesManager)
     at = test_app._with_activations()
-    at.switch_page("pages/export.py").run()
+    at.switch_page("app_pages/export.py").run()
     yield at, test_app._workspace(at)
     patch.undo()
 
