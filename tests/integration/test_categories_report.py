@@ -29,9 +29,9 @@ ROW = re.compile(r"^(\S+)\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(\d+)%\s+(MET|missed)$")
 CONDITIONS = re.compile(r"^conditions: (\S+) at layer (\d+), shrinkage ([\d.]+)(?:, margin ([\d.]+))?")
 
 
-def readme_selectivity(heading: str = "### Measured on the organism") -> dict[str, list[tuple]]:
+def readme_selectivity(heading: str = "## Measured on the organism") -> dict[str, list[tuple]]:
     """The two selectivity tables (ablation, then conditional) of the first report printed after ``heading``."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "results" / "categories.md").read_text()
     block = text.split(heading, 1)[1].split("```text", 1)[1].split("```", 1)[0]
     rows = [m.groups() for m in map(ROW.match, block.splitlines()) if m]
     assert len(rows) == 24, f"expected two selectivity tables of 12 rows under {heading!r}, found {len(rows)} rows"
