@@ -117,13 +117,15 @@ class GenerationSettings:
 @dataclass(frozen=True)
 class Completion:
     """One reply. ``n_tokens`` counts reply tokens before the end of turn; ``stopped`` says
-    whether the model ended its turn (False: it ran into ``max_new_tokens``)."""
+    whether the model ended its turn (False: it ran into ``max_new_tokens``); ``token_ids``
+    are those reply tokens as generated (what a per-token trace reads)."""
 
     instruction: str
     variant: str
     text: str
     n_tokens: int
     stopped: bool
+    token_ids: tuple[int, ...] = ()
 
 
 def generate_completions(
@@ -185,8 +187,8 @@ def generate_side_by_side(
             seed=settings.seed + start // settings.batch_size,
             capture=capture,
         )
-        for row, ((p, v), (text, n_tokens, stopped)) in enumerate(zip(chunk, replies)):
-            results[p, v] = Completion(instructions[p], names[v], text, n_tokens, stopped)
+        for row, ((p, v), (text, n_tokens, stopped, ids)) in enumerate(zip(chunk, replies)):
+            results[p, v] = Completion(instructions[p], names[v], text, n_tokens, stopped, ids)
             if capture is not None:
                 firsts[p, v] = capture.logprobs[row]
         if progress:
@@ -218,8 +220,8 @@ def _generate_chunk(
     stop_ids: list[int],
     seed: int,
     capture: "_FirstStep | None" = None,
-) -> list[tuple[str, int, bool]]:
-    """One batched ``generate`` call; (text, n_tokens, stopped) per row; ``capture`` keeps the first step's log-probs."""
+) -> list[tuple[str, int, bool, tuple[int, ...]]]:
+    """One batched ``generate`` call; (text, n_tokens, stopped, reply token ids) per row; ``capture`` keeps the first step's log-probs."""
     tokenizer, model = loaded.tokenizer, loaded.model
     batch = encode_prompts(loaded, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -279,9 +281,9 @@ def _seeded(seed: int, active: bool) -> Iterator[None]:
         yield
 
 
-def _cut_reply(tokenizer, tokens: list[int], stop_ids: list[int]) -> tuple[str, int, bool]:
-    """Reply text up to the first end-of-turn token, without special tokens."""
+def _cut_reply(tokenizer, tokens: list[int], stop_ids: list[int]) -> tuple[str, int, bool, tuple[int, ...]]:
+    """Reply text up to the first end-of-turn token, without special tokens, and its token ids."""
     stops = set(stop_ids)
     end = next((i for i, token in enumerate(tokens) if token in stops), None)
     reply = tokens if end is None else tokens[:end]
-    return tokenizer.decode(reply, skip_special_tokens=True), len(reply), end is not None
+    return tokenizer.decode(reply, skip_special_tokens=True), len(reply), end is not None, tuple(reply)

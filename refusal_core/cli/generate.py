@@ -40,6 +40,24 @@ def _interventions(args, loaded) -> list:
     return variants
 
 
+def _trace_directions(args, loaded):
+    """The ``[k, d]`` directions ``--trace`` projects on, checked before any generation."""
+    check_layer(args.trace, loaded.n_layers)
+    spec = args.trace_direction or args.ablate or args.actadd
+    if spec is None:
+        raise CliError("--trace needs directions to project on: give --trace-direction PATH[:names], --ablate or --actadd.")
+    return load_directions(spec, loaded.d_model).vectors
+
+
+def _traces(args, loaded, columns, variants, directions, chat) -> dict:
+    """``--trace LAYER``: each reply's per-token projection on the traced directions."""
+    from refusal_core.views.trace import trace_completions
+
+    by_name = {variant.name: variant for variant in variants}
+    return {name: trace_completions(loaded, completions, by_name[name], args.trace, directions, chat, args.batch_size)
+            for name, completions in columns.items()}
+
+
 def _kl_prompts(args) -> list[str]:
     """Harmless prompts for each column's KL (none with ``--kl-limit 0``)."""
     if args.kl_limit == 0:
@@ -54,6 +72,7 @@ def cmd_generate(args) -> None:
 
     judge = judge_by_name(args.judge, tuple(args.refusal_phrase or ()))
     loaded = load_model_from_args(args)
+    trace_directions = _trace_directions(args, loaded) if args.trace is not None else None
     prompts = prompt_set(args.prompts, args.column, args.limit)
     variants = _interventions(args, loaded)
     if args.baseline or not variants:
@@ -62,13 +81,18 @@ def cmd_generate(args) -> None:
     chat = chat_format(args)
     columns = generate_side_by_side(loaded, prompts.instructions, variants, settings, chat, progress_bar("generating", args.json))
     damage = judge_columns(loaded, columns, variants, judge, _kl_prompts(args), chat=chat, batch_size=args.batch_size)
+    traces = _traces(args, loaded, columns, variants, trace_directions, chat) if trace_directions is not None else {}
     for name, completions in columns.items():
-        for completion, verdict in zip(completions, damage[name].verdicts):
+        for index, (completion, verdict) in enumerate(zip(completions, damage[name].verdicts)):
+            trace = {"trace": traces[name][index].as_dict(), "trace_layer": args.trace} if traces else {}
             if args.json:
                 print(json.dumps({"variant": name, "instruction": completion.instruction, "completion": completion.text,
-                                  "n_tokens": completion.n_tokens, **verdict.as_dict()}))
+                                  "n_tokens": completion.n_tokens, **verdict.as_dict(), **trace}))
             else:
                 print(f"[{name}] {verdict.label.upper()} | {completion.instruction}\n    {completion.text.strip()}\n")
+                if trace:
+                    values = " ".join(f"{value:+.2f}" for value in trace["trace"]["projections"])
+                    print(f"    projection at layer {args.trace}, per token: {values}\n")
     summary = {name: column.summary() for name, column in damage.items()}
     if args.json:
         print(json.dumps({"summary": summary, "model": loaded.spec, "n_prompts": len(prompts), "judge": args.judge,
@@ -105,4 +129,7 @@ def add_parsers(sub) -> None:
     gen.add_argument("--kl-prompts", default="builtin:harmless/test", help="harmless prompts for each column's first-token KL")
     gen.add_argument("--kl-limit", type=int, default=KL_PROMPTS, help=f"use this many of them (default {KL_PROMPTS}; 0: no KL)")
     gen.add_argument("--refusal-phrase", action="append", help="extra phrase that counts as refusal (repeatable; --judge substring only)")
+    gen.add_argument("--trace", type=int, default=None, metavar="LAYER",
+                     help="add each reply's per-token residual projection at this layer to the output (--json: a 'trace' field)")
+    gen.add_argument("--trace-direction", default=None, help="directions the trace projects on (default: --ablate, else --actadd)")
     gen.set_defaults(func=cmd_generate)
