@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from refusal_core import damage
 from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
 from refusal_core.model.families import ModelLoadError
@@ -182,7 +182,9 @@ PAGES = [
     st.Page("app_pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
     st.Page("app_pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
     st.Page("app_pages/many_directions.py", title="Many directions", icon=":material/stacked_line_chart:", url_path="many-directions"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page("app_pages/report.py", title="Report", icon=":material/description:", url_path="report"),
 ]
 
 
@@ -197,6 +199,7 @@ def main() -> None:
         model_sidebar()
         prompts_sidebar()
         judge_sidebar()
+        _charts.format_sidebar()
         cache_sidebar()
     try:
         page.run()

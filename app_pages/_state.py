@@ -134,6 +134,8 @@ class Workspace:
     memo: OrderedDict[str, Memo] = field(default_factory=OrderedDict)
     max_memo: int = 6
     exports: list[str] = field(default_factory=list)  # what this session exported: "zip", "pt", model folders
+    # Results of the views of an intervention (manifold shifts, traces, comparisons), by content key.
+    views: OrderedDict[str, object] = field(default_factory=OrderedDict)
 
     @property
     def has_activations(self) -> bool:
@@ -187,6 +189,10 @@ class Workspace:
     def store_judged(self, key: str, columns: dict[str, damage.ColumnDamage], max_entries: int = 16) -> None:
         """Verdicts, shares and KL of a generation under one judge (key: generation key and judge name)."""
         _store(self.judged, key, columns, max_entries)
+
+    def store_view(self, key: str, value: object, max_entries: int = 8) -> None:
+        """A manifold shift, a trace or a comparison (key: what it was computed from)."""
+        _store(self.views, key, value, max_entries)
 
     def unmodified_logprobs(self, key: str, compute: Callable[[], torch.Tensor], max_entries: int = 2) -> torch.Tensor:
         """The unmodified first-token log-probs of a harmless prompt list, computed once per list."""

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import _state
+from app_pages._trace import trace_section
 from refusal_core import damage
 from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionError
@@ -309,7 +310,9 @@ if st.button(
 if key in ws.generations:
     st.session_state[LAST] = key
     st.caption(f"Results for the settings above, kept in this session (generating again reuses them). Judge: {_state.judge_name()} (sidebar).")
-    show_results(ws.generations[key], judge(key, ws.generations[key], variants))
+    judged_columns = judge(key, ws.generations[key], variants)
+    show_results(ws.generations[key], judged_columns)
+    trace_section(loaded, ws, key, ws.generations[key], variants, judged_columns)
 elif st.session_state.get(LAST) in ws.generations:
     last = st.session_state[LAST]
     st.caption("Showing the last results; the settings above changed, press Generate to update.")

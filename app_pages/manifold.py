@@ -13,6 +13,7 @@ import streamlit as st
 
 from app_pages import _state
 from app_pages._methods import settings_widgets
+from app_pages._shift import shift_section
 from refusal_core.activations.separation import layer_points, stacked_points
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.clustering import ClusterSettings, cluster_direction_set, cluster_directions
@@ -344,7 +345,22 @@ def show_clusters() -> None:
     )
 
 
+def shift_map(layer: int, position: int, method: str) -> None:
+    """The "under an intervention" section, drawn in this page's 2-D map of the layer."""
+    points = stacked_points(ws.harmful_acts, ws.harmless_acts, layer, position)
+    neighbours = int(st.session_state.get("manifold_neighbours", 15))
+    min_dist = float(st.session_state.get("manifold_min_dist", 0.1))
+    try:
+        projection = projection_for(points, layer, position, method, 2, neighbours, min_dist)
+    except ProjectionError as err:
+        st.error(str(err))
+        return
+    som_here = ws.som is not None and (ws.som.layer, ws.som.position) == (layer, position)
+    shift_section(loaded, ws, layer, position, projection, lambda placed: som_traces(placed, 2) if som_here else [])
+
+
 layer, position, method, dims, colour = controls()
 clicked = draw_map(layer, position, method, dims, colour)
+shift_map(layer, position, method)
 som_section(layer, position, clicked)
 per_prompt_section(layer, position)
