@@ -16,7 +16,7 @@ from refusal_core.projection import fit_projection
 from refusal_core.views import figures
 from refusal_core.views.compare import compare_models
 
-st.title("Compare two models")
+st.title("Compare")
 loaded = _state.require_model()
 ws = _state.workspace()
 choice = st.session_state.get(_state.MODEL) or (loaded.spec, "cpu", "float32")

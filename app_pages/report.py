@@ -9,7 +9,7 @@ from app_pages import _state
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.views import report
 
-st.title("Session report")
+st.title("Report")
 loaded = _state.require_model()
 ws = _state.workspace()
 
