@@ -26,6 +26,16 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The tiny random Llama saved as a local model folder, as a user's model would be."""
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    loaded = tiny_model("llama")
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def pool():
     """Five random width-64 directions, a search pool for the tiny models."""
     from refusal_core.directions.base import DirectionSet

@@ -9,16 +9,11 @@ import torch
 
 from refusal_core.cli import main
 from refusal_core.directions.base import DirectionSet, load_direction_set
-from tests.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    loaded = tiny_model("llama")
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -9,18 +9,13 @@ import re
 import pytest
 
 from refusal_core.cli import main
-from tests.tiny import tiny_model
 
 DIRECTION = "dim/pos-1/layer1"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    loaded = tiny_model("llama")
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return str(path)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
