@@ -114,7 +114,7 @@ def compare_models(
     if position >= 0:
         raise SettingsError(f"--position must be a negative offset from the end (e.g. -1), got {position}.")
     acts = {}
-    steps = 4 + (2 if val else 0)
+    steps = 4
     for step, (key, loaded) in enumerate((("a", model_a), ("b", model_b))):
         acts[key] = tuple(extract_activations(loaded, list(prompts), positions=(position,), chat=chat) for prompts in (harmful, harmless))
         if progress:
@@ -124,10 +124,10 @@ def compare_models(
     cosine = torch.nn.functional.cosine_similarity(dims_a, dims_b, dim=-1).numpy()
     scores = {}
     if val:
-        for step, (key, loaded) in enumerate((("a", model_a), ("b", model_b))):
-            scores[key] = _scores(loaded, *acts[key], (list(val[0]), list(val[1])), chat, None)
-            if progress:
-                progress(5 + step, steps, stage=f"selection scores of model {key.upper()}")
+        for key, loaded in (("a", model_a), ("b", model_b)):
+            # The scoring reports its rows; the stage says whose they are.
+            rows = None if progress is None else (lambda done, total, _key=key, **info: progress(done, total, stage=f"selection scores of model {_key.upper()}"))
+            scores[key] = _scores(loaded, *acts[key], (list(val[0]), list(val[1])), chat, rows)
     comparison = ModelComparison(
         model_a=model_a.spec,
         model_b=model_b.spec,
