@@ -4,9 +4,11 @@ Usage: ``python docs/take_screenshots.py [--out DIR]`` (needs ``apt-get install 
 Serves ``streamlit run app.py`` on a free 127.0.0.1 port with the real bundled models and
 walks the pages in one Playwright session as a user would, with small settings so it takes
 a few minutes on a CPU: compute activations and DIM candidates, train the default SOM,
-score the last-position DIM candidates of a few layers, generate the baseline next to the
-selected direction ablated and added, run a short subset search over the SOM, download the
-direction, and last the Start page with every step of the guided path done.
+score the last-position DIM candidates of a few layers, draw the map with the selected
+direction ablated, fit the category directions, generate the baseline next to the selected
+direction ablated and added and trace it, run a short subset search over the SOM, compare
+the organism with the base model, download the direction, build the session report, and
+last the Start page with every step of the guided path done.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def manifold(page: Page) -> None:
     expect(page.get_by_text(re.compile(r"^Quantization error: the mean distance"))).to_be_visible()
 
 
+def manifold_shift(page: Page) -> None:
+    """The same map with the selected direction ablated: each prompt before and after."""
+    ui.choose(page, "Set to ablate from", re.compile(r"^(Selected|Closest) DIM$"))
+    ui.press(page, "Recompute under the intervention")
+    ui.chart(page, "shift_chart").scroll_into_view_if_needed()
+
+
+def categories(page: Page) -> None:
+    ui.press(page, "Fit category directions")
+
+
 def directions(page: Page) -> None:
     ui.set_number(page, "Validation prompts per set", 8)
     ui.set_number(page, "From layer", 18)
@@ -59,6 +72,18 @@ def generate(page: Page) -> None:
     ui.tick(page, "Add a direction (ActAdd)")
     ui.press(page, re.compile(r"^Generate \d+ prompts x 3 columns$"))
     expect(page.get_by_test_id("stMetric")).to_have_count(3)
+    ui.tick(page, "Trace refusal token by token")
+    ui.choose(page, "Project on the set", re.compile(r"^(Selected|Closest) DIM$"))
+    ui.chart(page, "trace_chart")
+
+
+def compare(page: Page) -> None:
+    ui.press(page, re.compile(r"^Compare "), timeout_ms=1_800_000)
+    ui.chart(page, "compare_cosine")
+
+
+def report(page: Page) -> None:
+    ui.press(page, "Build the report")
 
 
 def search(page: Page) -> None:
@@ -75,8 +100,10 @@ def export(page: Page) -> None:
 
 
 WALK = [("data", "Data & activations", data), ("manifold", "Manifold", manifold),
-        ("directions", "Directions", directions), ("generate", "Generate", generate),
-        ("search", "Search", search), ("export", "Export", export), ("home", "Start", None)]  # fmt: skip
+        ("directions", "Directions", directions), ("manifold-shift", "Manifold", manifold_shift),
+        ("categories", "Categories", categories), ("generate", "Generate", generate),
+        ("search", "Search", search), ("many-directions", "Many directions", None), ("compare", "Compare", compare),
+        ("export", "Export", export), ("report", "Report", report), ("home", "Start", None)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
