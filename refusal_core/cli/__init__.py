@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)  # a command may return its own exit code (reproduce: 1 on a mismatch)
     except UserError as err:
         # Only the message: the user's input is at fault, and a traceback would bury the fix.
         # Every other exception propagates (traceback, exit code 1): it is a bug.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0
+    return code if isinstance(code, int) else 0

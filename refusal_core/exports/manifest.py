@@ -56,8 +56,23 @@ class ManifestError(UserError):
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file; for ``.safetensors``, of its header with keys sorted, then its data.
+
+    safetensors writes its ``__metadata__`` map in no fixed order, so the same tensors saved
+    twice can differ in their header bytes; the canonical header makes the hash stable.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        if Path(path).suffix == ".safetensors":
+            size = int.from_bytes(handle.read(8), "little")
+            try:
+                header = json.loads(handle.read(size))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header = None
+            if header is None:
+                handle.seek(0)
+            else:
+                digest.update(json.dumps(header, sort_keys=True).encode())
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -72,11 +87,15 @@ def directions_digest(directions: DirectionSet) -> str:
     return digest.hexdigest()
 
 
-def output_record(paths: Iterable[Path], root: Path) -> dict:
-    """Sizes and hashes of ``paths`` (named relative to ``root``) and one sha256 over them all."""
+def output_record(paths: Iterable[Path], root: Path | None = None) -> dict:
+    """Sizes and hashes of ``paths`` and one sha256 over them all.
+
+    Files are named relative to ``root`` (``layout: folder``), or by their base names when
+    ``root`` is None (``layout: files``: a saved result, e.g. ``dim.safetensors`` + ``dim.json``).
+    """
     files = []
     for path in sorted(Path(p) for p in paths):
-        rel = path.relative_to(root).as_posix()
+        rel = path.relative_to(root).as_posix() if root is not None else path.name
         if path.name in UNHASHED or not path.is_file():
             continue
         files.append({"path": rel, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
@@ -84,7 +103,8 @@ def output_record(paths: Iterable[Path], root: Path) -> dict:
     total = hashlib.sha256()
     for item in files:
         total.update(f"{item['path']}\0{item['sha256']}\n".encode())
-    return {"sha256": total.hexdigest(), "files": files, "bytes": sum(item["bytes"] for item in files)}
+    return {"sha256": total.hexdigest(), "files": files, "bytes": sum(item["bytes"] for item in files),
+            "layout": "folder" if root is not None else "files"}
 
 
 def folder_files(folder: Path) -> list[Path]:
