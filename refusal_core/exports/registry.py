@@ -50,7 +50,7 @@ __all__ = [
 # and the Export page follow it). ``folder.py`` is the streaming writer the ``folder`` format
 # may call; it and the other helpers below register nothing.
 BUILTIN_FORMATS = ("folder_format", "lora", "gguf", "control_vector")
-_NOT_FORMATS = {"registry", "manifest", "reproduce", "folder", "gguf_tensors"}
+_NOT_FORMATS = {"registry", "manifest", "folder", "gguf_tensors", "gguf_scratch"}
 
 
 @dataclass(frozen=True)
