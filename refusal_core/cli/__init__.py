@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in the manifests commands write
     try:
         code = args.func(args)  # a command may return its own exit code (reproduce: 1 on a mismatch)
     except UserError as err:

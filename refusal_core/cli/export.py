@@ -5,7 +5,6 @@ a full folder, a LoRA adapter, a GGUF, a llama.cpp control vector), each with a 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def cmd_export_model(args) -> None:
     directions = load_directions(args.ablate, loaded.d_model)
     out = Path(args.out) if args.out else default_export_dir(loaded.spec).with_name(
         default_export_dir(loaded.spec).name.replace("orthogonalized", fmt.suffix or fmt.name))
-    command = " ".join(["python", "-m", "refusal_core", *sys.argv[1:]]) if sys.argv[1:2] == ["export-model"] else None
+    command = " ".join(["python", "-m", "refusal_core", *getattr(args, "argv", sys.argv[1:])])
     written = fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=settings,
                                       overwrite=args.overwrite, command=command))
     emit(args, {"out": str(written), "format": fmt.name, "directions": list(directions.names)},

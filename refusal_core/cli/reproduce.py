@@ -54,7 +54,9 @@ def reproduce(manifest_path: str | Path) -> dict:
         argv, targets = _redirect(document["rerun"], Path(folder))
         if "--out" not in targets:
             raise ManifestError(f"{manifest_path}: the recorded command has no --out to redirect.")
-        with contextlib.redirect_stdout(io.StringIO()):
+        cwd = document.get("cwd")
+        where = contextlib.chdir(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else contextlib.nullcontext()
+        with where, contextlib.redirect_stdout(io.StringIO()):
             code = main(argv)
         if code != 0:
             raise ManifestError(f"{manifest_path}: rerunning `{' '.join(argv)}` failed (exit code {code}); see the message above.")

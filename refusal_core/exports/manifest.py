@@ -18,7 +18,6 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,6 +32,7 @@ __all__ = [
     "MANIFEST",
     "ManifestError",
     "SCHEMA",
+    "direction_files",
     "directions_digest",
     "file_sha256",
     "finish_export",
@@ -40,7 +40,9 @@ __all__ = [
     "read_manifest",
     "rerun_command",
     "result_manifest_path",
+    "seeds_of",
     "write_manifest",
+    "write_result_manifest",
 ]
 
 MANIFEST = "manifest.json"
@@ -214,6 +216,31 @@ def read_manifest(path: str | Path) -> dict:
     return document
 
 
-def invoked_argv() -> list[str]:
-    """The command as typed: ``python -m refusal_core`` and its arguments."""
-    return ["python", "-m", "refusal_core", *sys.argv[1:]]
+def write_result_manifest(stem: str | Path, written: Sequence[str | Path], argv: Sequence[str], loaded: LoadedModel | None,
+                          directions: DirectionSet | None = None, inputs: Sequence[str | Path] = (), seeds: dict | None = None) -> Path:
+    """``<stem>.manifest.json`` for a result the CLI saved (direction files, a selection table...).
+
+    ``argv`` is the command's own arguments, rerun as they are by ``reproduce`` (from the
+    recorded working folder); ``inputs`` are files it read (their sha256 is recorded).
+    """
+    import os
+
+    path = result_manifest_path(stem)
+    return write_manifest(
+        path, kind=f"result:{' '.join(argv[:2])}", output=output_record([Path(p) for p in written]),
+        invoked=["python", "-m", "refusal_core", *argv], rerun=list(argv), loaded=loaded,
+        directions=directions_record(directions, inputs) if directions is not None else None, seeds=seeds,
+        extra={"cwd": os.getcwd(), "inputs": {str(p): file_sha256(Path(p)) for p in inputs if Path(p).is_file()}},
+    )
+
+
+def direction_files(stem: str | Path) -> list[Path]:
+    """The two files ``DirectionSet.save(stem)`` writes."""
+    path = Path(stem)
+    base = path.with_suffix("") if path.suffix in {".safetensors", ".json"} else path
+    return [base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")]
+
+
+def seeds_of(args) -> dict:
+    """Every ``*seed*`` argument of a parsed command line."""
+    return {name: value for name, value in vars(args).items() if "seed" in name and not callable(value)}
