@@ -80,6 +80,9 @@ def write_from_scratch(loaded: LoadedModel, arrays: dict[str, np.ndarray], targe
     if missing:
         raise SettingsError(f"gguf's name map has no place for {', '.join(missing[:4])}; this model is not Llama-layout.")
     report = {"written": {}}
+    head, embed = arrays.get("lm_head.weight"), arrays.get("model.embed_tokens.weight")
+    if head is not None and embed is not None and np.array_equal(head, embed):
+        mapping.pop("output.weight", None)  # tied and unedited: llama.cpp reuses token_embd
     for gguf_name, hf_name in sorted(mapping.items()):
         value = arrays[hf_name]
         if gguf_name.endswith("attn_q.weight"):
