@@ -6,7 +6,7 @@ tensor order and tensor types. Each tensor is taken from the loaded model with t
 directions edited out of its weights (``interventions.weights``), in float32 and in GGUF
 layout (``gguf_tensors``): where it equals the template's dequantized values it is copied
 byte for byte, otherwise it is quantized to the template's type (a k-quant, which gguf-py
-cannot make, falls back to Q8_0). A template without ``output.weight`` ties the head to
+cannot make, falls back to Q8_0; ``--edited-type`` picks a finer type for them). A template without ``output.weight`` ties the head to
 ``token_embd``; since the embedding is edited and the head must not be, an ``output.weight``
 holding the original matrix (the template's own bytes where they match) is added, as the
 folder export unties it. A template whose architecture, layer count or width differ from the
@@ -47,6 +47,8 @@ class GgufSettings:
                                  "none for other Llama-layout models, which are written from scratch)")
     mode: str = setting("orthogonal", "orthogonal or norm-preserving weight edit", choices=("orthogonal", "norm-preserving"))
     tensor_type: str = setting("F16", "tensor type when written from scratch (no template)", choices=("F32", "F16", "Q8_0"))
+    edited_type: str = setting("same", "type of the tensors that change over a template: same (the template's type) or "
+                               "a finer one (less requantization error, a larger file)", choices=("same", "Q8_0", "F16", "F32"))
 
 
 def _template(loaded: LoadedModel, settings: GgufSettings) -> Path | None:
@@ -96,7 +98,7 @@ def _check_template(reader, loaded: LoadedModel) -> str:
     return arch
 
 
-def _over_template(loaded: LoadedModel, arrays: dict[str, np.ndarray], source: Path, target: Path) -> dict:
+def _over_template(loaded: LoadedModel, arrays: dict[str, np.ndarray], source: Path, target: Path, edited_type: str = "same") -> dict:
     """Write ``target`` from the template at ``source``; returns what was copied, requantized, added."""
     import gguf
 
@@ -106,7 +108,7 @@ def _over_template(loaded: LoadedModel, arrays: dict[str, np.ndarray], source: P
     mapping = hf_to_gguf_names(arch, loaded.n_layers, list(arrays))
     writer = gguf.GGUFWriter(str(target), arch)
     copy_metadata(reader, writer)
-    report = {"copied": [], "requantized": {}, "added": []}
+    report = {"copied": [], "requantized": {}, "added": [], "edited_type": edited_type}
     names = {tensor.name for tensor in reader.tensors}
     for tensor in reader.tensors:
         hf_name = mapping.get(tensor.name)
@@ -137,7 +139,8 @@ def _add(writer, tensor, value: np.ndarray | None, name: str, report: dict) -> N
         writer.add_tensor(name, data, raw_dtype=raw_type if quant else None)
         report["copied"].append(name)
         return
-    data, written = quantized(value, raw_type.name)
+    wanted = raw_type.name if report.get("edited_type", "same") == "same" else report["edited_type"]
+    data, written = quantized(value, wanted)
     quant = written not in ("F32", "F16")
     writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[written] if quant else None)
     report["requantized"][name] = written
@@ -179,7 +182,7 @@ def write_gguf(request: registry.ExportRequest) -> Path:
         arrays = edited_arrays(request.loaded, request.directions, settings.mode)
         target = tmp / FILE_NAME
         if template is not None:
-            _over_template(request.loaded, arrays, template, target)
+            _over_template(request.loaded, arrays, template, target, settings.edited_type)
         else:
             write_from_scratch(request.loaded, arrays, target, settings.tensor_type)
         del arrays

@@ -106,3 +106,16 @@ def test_template_of_another_model_is_refused_before_writing(tmp_path, one_threa
     with pytest.raises(SettingsError, match="layers"):
         _export(other, _directions(), tmp_path / "g", source=str(template_dir / "model.gguf"))
     assert not (tmp_path / "g").exists()
+
+
+def test_edited_tensors_in_f32_over_a_template_give_the_orthogonalized_logits(tmp_path, one_thread):
+    loaded, template_dir = _template_model(tmp_path)
+    directions = _directions(2)
+    out = _export(loaded, directions, tmp_path / "g", source=str(template_dir / "model.gguf"), edited_type="F32")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out / "model.gguf").tensors}
+    assert types["blk.0.attn_output.weight"] == "F32" and types["blk.0.attn_q.weight"] == "Q8_0"
+    with torch.no_grad():
+        with orthogonalized_weights(loaded.model, directions):
+            expected = loaded.model(IDS).logits
+        got = _load(out)(IDS).logits
+    assert (got - expected).abs().max() < 1e-5  # untouched tensors are exact copies, edited ones exact floats
