@@ -67,7 +67,7 @@ def _provenance_table(directions: DirectionSet) -> list[str]:
     return lines
 
 
-def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> str:
+def model_card(loaded: LoadedModel, directions: DirectionSet, command: str, mode: str = "orthogonal") -> str:
     """The README.md of an exported model: YAML front matter, what was done, provenance."""
     names = ", ".join(f"`{name}`" for name in directions.names)
     lines = [
@@ -94,6 +94,9 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> s
         "has a component along these directions any more, so the model computes the same function "
         "as directional ablation at every layer and position. The unembedding (lm_head) keeps the "
         "original matrix, so embeddings are saved untied (`tie_word_embeddings: false`).",
+        *(["", "Norm-preserving mode: after the projection, every edited column of the attention-out and "
+                "MLP-out weights, every embedding row and every bias was rescaled to its original norm, so the "
+                "model is no longer exactly the function of directional ablation."] if mode == "norm-preserving" else []),
         "",
         f"Directions ({len(directions)}, width {directions.d_model}): {names}. They are saved beside "
         "the model as `directions.safetensors` and `directions.json`.",
@@ -171,7 +174,7 @@ def export_orthogonalized(
         command = command or (
             f"export_orthogonalized({loaded.spec!r}, <{len(directions)} directions>, {str(out_dir)!r})"
         )
-        (tmp / "README.md").write_text(model_card(loaded, directions, command))
+        (tmp / "README.md").write_text(model_card(loaded, directions, command, mode))
         write_marker(tmp, complete=True, version=version)  # last: only a whole export is marked complete
         check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
         replace_dir(tmp, out_dir)
