@@ -50,8 +50,12 @@ def reproduce(manifest_path: str | Path) -> dict:
 
     document = read_manifest(manifest_path)
     recorded = document["output"]
+    rerun_argv = list(document["rerun"])
+    if str(document.get("kind", "")).startswith("export:") and "--ablate" in rerun_argv[:-1]:
+        # An export reads the directions saved in its own folder: wherever the folder is now.
+        rerun_argv[rerun_argv.index("--ablate") + 1] = str(Path(manifest_path).resolve().parent / "directions")
     with tempfile.TemporaryDirectory(prefix="refusal-atlas-reproduce-") as folder:
-        argv, targets = _redirect(document["rerun"], Path(folder))
+        argv, targets = _redirect(rerun_argv, Path(folder))
         if "--out" not in targets:
             raise ManifestError(f"{manifest_path}: the recorded command has no --out to redirect.")
         cwd = document.get("cwd")

@@ -83,3 +83,11 @@ def test_saved_directions_get_a_manifest_that_reproduces(tmp_path, one_thread, c
     assert {item["path"] for item in manifest["output"]["files"]} == {"dim.safetensors", "dim.json"}
     assert manifest["rerun"] == argv
     assert main(["reproduce", str(tmp_path / "dim.manifest.json")]) == 0
+
+
+def test_a_moved_export_still_reproduces(tmp_path, one_thread, directions_file):
+    out = tmp_path / "export"
+    assert main(["export-model", "--model", "tiny:llama", "--ablate", str(directions_file), "--format", "lora", "--out", str(out)]) == 0
+    moved = tmp_path / "elsewhere"
+    out.rename(moved)
+    assert main(["reproduce", str(moved / "manifest.json")]) == 0
