@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,17 @@ from refusal_core.exports.manifest import ManifestError, folder_files, output_re
 __all__ = ["reproduce"]
 
 _REDIRECTED = ("--out", "--save-direction")
+
+
+@contextlib.contextmanager
+def _working_folder(path: str):
+    """Run inside ``path`` (the recorded working folder, for relative paths) and come back."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _redirect(argv: list[str], tmp: Path) -> tuple[list[str], dict[str, Path]]:
@@ -59,7 +71,7 @@ def reproduce(manifest_path: str | Path) -> dict:
         if "--out" not in targets:
             raise ManifestError(f"{manifest_path}: the recorded command has no --out to redirect.")
         cwd = document.get("cwd")
-        where = contextlib.chdir(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else contextlib.nullcontext()
+        where = _working_folder(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else contextlib.nullcontext()
         with where, contextlib.redirect_stdout(io.StringIO()):
             code = main(argv)
         if code != 0:
