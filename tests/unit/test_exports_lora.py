@@ -83,3 +83,40 @@ def test_family_that_normalises_after_its_writes_is_refused_before_writing(tmp_p
     with pytest.raises(LoraUnsupported, match="ablate"):
         _write(loaded, _directions(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_write_through_a_post_norm_is_orthogonalized_against_the_norm_weighted_directions(monkeypatch, one_thread):
+    """The writer list may say a write reaches the residual through an elementwise norm (Gemma's
+    post-norms): the adapter must then make ``(d * (offset + w))ᵀ W' = 0``, checked by hand."""
+    from refusal_core.exports import lora
+    from refusal_core.model.writers import ResidualWrite
+
+    loaded = tiny_model("llama")
+    norm = "model.layers.0.post_attention_layernorm.weight"
+    with torch.no_grad():
+        loaded.model.get_parameter(norm).copy_(torch.linspace(-0.5, 0.5, 64))
+    writes = (ResidualWrite(name="model.layers.0.self_attn.o_proj.weight", axis=0, norm=norm, norm_offset=1.0),)
+    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
+    directions = _directions()
+    tensors, config = lora.adapter_tensors(loaded, directions)
+    key = "base_model.model.model.layers.0.self_attn.o_proj"
+    weight = loaded.model.get_parameter(writes[0].name).detach().double()
+    edited = weight + tensors[f"{key}.lora_B.weight"].double() @ tensors[f"{key}.lora_A.weight"].double()
+    gain = 1.0 + loaded.model.get_parameter(norm).detach().double()
+    weighted = directions.vectors.double() * gain
+    assert (weighted @ edited).abs().max() < 1e-5 * (weighted @ weight).abs().max()
+    assert config["target_modules"] == ["model.layers.0.self_attn.o_proj"]
+
+
+def test_a_writer_peft_cannot_hold_is_named_not_left_out(monkeypatch, tmp_path, one_thread):
+    from refusal_core.exports import lora
+    from refusal_core.model.writers import ResidualWrite
+
+    loaded = tiny_model("llama")
+    experts = torch.nn.Parameter(torch.randn(2, 64, 32), requires_grad=False)
+    loaded.model.model.layers[0].mlp.register_parameter("experts_down", experts)
+    writes = (ResidualWrite(name="model.layers.0.mlp.experts_down", axis=1),)
+    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
+    with pytest.raises(LoraUnsupported, match="experts_down"):
+        _write(loaded, _directions(), tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
