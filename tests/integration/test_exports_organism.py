@@ -17,6 +17,16 @@ pytestmark = pytest.mark.slow
 N_PROMPTS = 4
 
 
+def _greedy(model, tokenizer, instruction: str, max_new_tokens: int) -> str:
+    """A greedy reply straight from PEFT's model (our generation reads a plain HF model's layout)."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 def test_adapter_and_gguf_of_the_organism(tmp_path):
     import peft
     from transformers import AutoModelForCausalLM
@@ -58,12 +68,12 @@ def test_adapter_and_gguf_of_the_organism(tmp_path):
     ablate = Intervention.from_directions("dim-ablate", dim)
     columns = generate_side_by_side(loaded, instructions, [Intervention(), ablate], settings, ChatFormat())
     gguf_replies = generate_side_by_side(gguf_loaded, instructions, [Intervention()], settings, ChatFormat())["baseline"]
-    adapter_loaded = LoadedModel(model=adapted, tokenizer=loaded.tokenizer, spec="lora-export", source=str(adapter_dir))
-    adapter_replies = generate_side_by_side(adapter_loaded, instructions, [Intervention()], settings, ChatFormat())["baseline"]
+    adapter_replies = [_greedy(adapted, loaded.tokenizer, text, MIN_RATE_TOKENS) for text in instructions]
     panel = make_judge("panel")
 
     def rates(texts, intervention):
-        return verdict_rates(panel.verdicts(loaded, instructions, [c.text for c in texts], intervention=intervention))
+        replies = [c if isinstance(c, str) else c.text for c in texts]
+        return verdict_rates(panel.verdicts(loaded, instructions, replies, intervention=intervention))
 
     organism = rates(columns["baseline"], Intervention())
     hooks, from_gguf, from_adapter = (rates(texts, ablate) for texts in (columns["dim-ablate"], gguf_replies, adapter_replies))
