@@ -74,7 +74,7 @@ def add_parsers(sub) -> None:
             if field.name in seen:
                 continue
             seen.add(field.name)
-            export.add_argument(field.flag, dest=f"setting__{field.name}", type=field.kind, default=None,
+            export.add_argument(field.flag, dest=f"setting__{field.name}", metavar=field.name.upper(), type=field.kind, default=None,
                                 choices=field.choices or None, help=f"[{fmt.name}] {field.help} (default {field.default})")
     export.set_defaults(func=cmd_export_model)
     again = sub.add_parser("reproduce", help="rerun the command a manifest.json records and compare the output hash "
