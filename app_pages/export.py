@@ -1,10 +1,12 @@
 """Export: download direction sets (safetensors + JSON provenance, or a .pt of unit
-vectors), import sets back (validated against the model width), and write a model with
-chosen directions orthogonalized out of its weights."""
+vectors), import sets back (validated against the model width), and export chosen
+directions in any registered format (a model folder, a LoRA adapter, a GGUF, a llama.cpp
+control vector), each format's size on disk shown before anything is written."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +15,9 @@ from app_pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
 from refusal_core.errors import UserError
-from refusal_core.interventions.export import default_export_dir, export_orthogonalized
+from refusal_core.directions.registry import settings_fields
+from refusal_core.exports.registry import ExportRequest, formats
+from refusal_core.interventions.export_target import default_export_dir
 
 st.title("Export")
 loaded = _state.require_model()
@@ -106,13 +110,35 @@ def imports() -> None:
     st.success("Imported " + "; ".join(added) + ".")
 
 
-def orthogonalized_model() -> None:
+def _format_widgets(fmt, directions) -> dict[str, object]:
+    """One widget per setting of ``fmt`` (an empty text box is "automatic": None)."""
+    values: dict[str, object] = {}
+    fields = settings_fields(fmt.settings)
+    columns = st.columns(max(1, len(fields))) if fields else []
+    for column, field in zip(columns, fields):
+        key = f"export_model_{fmt.name}_{field.name}"
+        if field.choices:
+            values[field.name] = column.selectbox(field.label, list(field.choices), key=key, help=field.help)
+        elif field.kind is str:
+            text = column.text_input(field.label, value="" if field.default is None else str(field.default), key=key, help=field.help)
+            values[field.name] = text.strip() or None
+        else:
+            values[field.name] = float(column.number_input(field.label, value=float(field.default), key=key, help=field.help))
+    return values
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
+
+
+def model_exports() -> None:
     if not ws.direction_sets:
         return
-    st.header("Orthogonalized model")
+    st.header("Export the directions for use elsewhere")
+    known = formats()
     st.caption(
-        "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
-        "the model (the shared model in memory is restored)."
+        "Every format writes a folder with the directions, the result and a manifest.json that "
+        "`python -m refusal_core reproduce` reruns. The shared model in memory is never changed."
     )
     options = list(ws.direction_sets)
     preferred = _state.preferred_direction(ws)
@@ -122,32 +148,56 @@ def orthogonalized_model() -> None:
     names = st.multiselect(
         "Directions", list(directions.names), default=list(directions.names[:1]), key=f"export_model_names_{set_name}"
     )
+    if not names:
+        st.info("Choose at least one direction.")
+        return
+    chosen = directions.select(names)
+    rows = []
+    for fmt in known.values():
+        try:
+            estimate = _size(fmt.estimate_size(loaded, chosen, fmt.settings()))
+        except UserError as err:
+            estimate = f"not available: {err}"
+        rows.append({"format": fmt.title, "what it is": fmt.help, "size on disk (estimated)": estimate})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    titles = {fmt.title: name for name, fmt in known.items()}
+    fmt = known[titles[st.radio("Format", list(titles), key="export_model_format", horizontal=True)]]
+    values = _format_widgets(fmt, chosen)
+    try:
+        settings = fmt.settings(**values)
+        st.caption(f"Estimated size on disk: **{_size(fmt.estimate_size(loaded, chosen, settings))}**")
+    except UserError as err:
+        st.error(f"{fmt.title}: {err}")
+        return
     default_dir = default_export_dir(loaded.spec)
-    out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir")
+    default_dir = default_dir.with_name(default_dir.name.replace("orthogonalized", fmt.suffix or fmt.name))
+    out_dir = st.text_input("Output folder", value=str(default_dir), key=f"export_model_dir_{fmt.name}")
     overwrite = st.checkbox(
         "Replace an earlier export in this folder",
         key="export_model_overwrite",
         help="Only a folder written by an earlier export (it holds a .refusal-atlas-export file) is ever replaced.",
     )
-    if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
+    if st.button(f"Write the {fmt.title}", disabled=not out_dir.strip(), key="export_model_run"):
+        action = (f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} "
+                  f"with {values} to {out_dir.strip()}")
         try:
-            with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
-                path = export_orthogonalized(
-                    loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
-                )
+            with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {out_dir}..."):
+                path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=Path(out_dir.strip()),
+                                               settings=settings, overwrite=overwrite, command=action))
         except UserError as err:
             st.error(f"Export failed: {err}")
         except OSError as err:
             st.error(f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space.")
         else:
             exported(str(path))
-            st.success(f"Saved to {path.resolve()}. Load it in the sidebar as a local path to check it.")
+            written = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+            st.success(f"Saved to {path.resolve()} ({_size(written)} on disk, manifest.json included).")
 
 
 # The table is drawn last into a slot at the top, so it already lists what this run imported.
 table_slot = st.container()
 downloads()
 imports()
-orthogonalized_model()
+model_exports()
 with table_slot:
     sets_table()

@@ -14,7 +14,7 @@ from refusal_core import damage
 from refusal_core.activations.cache import content_key
 from refusal_core.directions.base import DirectionError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
-from refusal_core.interventions.spec import Intervention
+from refusal_core.interventions.spec import ABLATION_MODES, Intervention
 from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.metrics import next_token_logprobs
 from refusal_core.model.families import ModelLoadError
@@ -61,9 +61,10 @@ def ablation_layers() -> tuple[tuple[int, ...] | None, str]:
         )
     mode = cols[2].selectbox(
         "Ablation mode",
-        ["orthogonal", "sequential"],
+        list(ABLATION_MODES),
         key="generate_mode",
-        help="sequential: unit directions projected out one after another (Piras et al.).",
+        help="sequential: unit directions projected out one after another (Piras et al.); norm-preserving: "
+             "projected out, then each residual vector rescaled to its norm before.",
     )
     return layers, mode
 

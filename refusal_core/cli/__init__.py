@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in the manifests commands write
     try:
-        args.func(args)
+        code = args.func(args)  # a command may return its own exit code (reproduce: 1 on a mismatch)
     except UserError as err:
         # Only the message: the user's input is at fault, and a traceback would bury the fix.
         # Every other exception propagates (traceback, exit code 1): it is a bug.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0
+    return code if isinstance(code, int) else 0

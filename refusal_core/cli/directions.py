@@ -21,6 +21,13 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.directions.registry import DirectionMethod, FitInput, methods, settings_fields
+from refusal_core.exports.manifest import direction_files, seeds_of, write_result_manifest
+
+
+def _manifest(args, stem, written, loaded, directions=None, inputs=()) -> None:
+    """``<stem>.manifest.json`` beside a saved result (``reproduce`` reruns it)."""
+    files = [path for name in inputs for path in direction_files(str(name).partition(":")[0])]
+    write_result_manifest(stem, written, args.argv, loaded, directions, inputs=files, seeds=seeds_of(args))
 
 # Where the README's `directions select --save-direction` keeps the selected DIM candidate;
 # methods that refine one direction start from it by default.
@@ -83,6 +90,7 @@ def run_method(method: DirectionMethod, args) -> None:
     settings = method.settings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(method.settings)})
     directions = method.fit(data, settings)
     directions.save(args.out)
+    _manifest(args, args.out, direction_files(args.out), loaded, directions, [args.init or DEFAULT_INIT] if init is not None else [])
     payload, lines = method.describe(directions)
 
     def human() -> None:

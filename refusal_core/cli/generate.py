@@ -18,6 +18,7 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.damage import KL_PROMPTS
+from refusal_core.interventions.spec import ABLATION_MODES
 from refusal_core.judges import MIN_RATE_TOKENS
 
 
@@ -115,7 +116,9 @@ def add_parsers(sub) -> None:
     gen.add_argument("--column", default=None)
     gen.add_argument("--limit", type=int, default=None)
     gen.add_argument("--ablate", default=None, help="direction set to project out: PATH or PATH:name1,name2")
-    gen.add_argument("--ablate-mode", choices=["orthogonal", "sequential"], default="orthogonal")
+    gen.add_argument("--ablate-mode", choices=list(ABLATION_MODES), default="orthogonal",
+                     help="orthogonal (project out the span), sequential (one direction after another), "
+                          "norm-preserving (project out, then restore each residual vector's norm)")
     gen.add_argument("--actadd", default=None, help="one direction to add: PATH:name")
     gen.add_argument("--layer", type=int, default=None, help="actadd layer (default: the direction's own layer)")
     gen.add_argument("--coeff", type=float, default=1.0, help="actadd coefficient (+ induces refusal, - suppresses)")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from refusal_core.cli.common import (
     add_judge_arg,
     add_model_args,
@@ -14,6 +16,7 @@ from refusal_core.cli.common import (
     progress_bar,
     prompt_set,
 )
+from refusal_core.exports.manifest import direction_files, seeds_of, write_result_manifest
 from refusal_core.judges import MIN_RATE_TOKENS
 
 
@@ -47,9 +50,13 @@ def cmd_directions_select(args) -> None:
         payload["closest"] = {"position": pick.cell[0], "layer": pick.cell[1], "rule": pick.rule, **scores(pick.cell)}
     # --save-direction saves the chosen candidate, or else the closest one (as the report and
     # the dashboard's *Closest DIM* do), and says which.
+    written = [Path(args.out)]
     if args.save_direction and pick.name is not None:
         candidates.select([pick.name]).save(args.save_direction)
+        written += direction_files(args.save_direction)
         payload["saved"] = {"path": args.save_direction, "name": pick.name, "closest": not pick.chosen}
+    write_result_manifest(args.out, written, args.argv, loaded, candidates, inputs=direction_files(args.dirs.partition(":")[0]),
+                          seeds=seeds_of(args))
 
     def human() -> None:
         how = ("every candidate on every prompt" if payload["mode"] == "exhaustive" else
@@ -91,6 +98,8 @@ def cmd_directions_search(args) -> None:
                         progress=progress_bar("Search", args.json))
     best = best_direction_set(result, pool)
     best.save(args.out)
+    write_result_manifest(args.out, direction_files(args.out), args.argv, loaded, best, inputs=direction_files(args.pool.partition(":")[0]),
+                          seeds=seeds_of(args))
     front = result.pareto
     payload = {"out": args.out, "best": list(result.best_names), "best_value": result.best_value, "study": result.study_name,
                "storage": result.storage, "objective": args.objective, "judge": args.judge, "kl_penalty": args.kl_penalty,

@@ -67,7 +67,7 @@ def _provenance_table(directions: DirectionSet) -> list[str]:
     return lines
 
 
-def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> str:
+def model_card(loaded: LoadedModel, directions: DirectionSet, command: str, mode: str = "orthogonal") -> str:
     """The README.md of an exported model: YAML front matter, what was done, provenance."""
     names = ", ".join(f"`{name}`" for name in directions.names)
     lines = [
@@ -94,6 +94,9 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> s
         "has a component along these directions any more, so the model computes the same function "
         "as directional ablation at every layer and position. The unembedding (lm_head) keeps the "
         "original matrix, so embeddings are saved untied (`tie_word_embeddings: false`).",
+        *(["", "Norm-preserving mode: after the projection, every edited column of the attention-out and "
+                "MLP-out weights, every embedding row and every bias was rescaled to its original norm, so the "
+                "model is no longer exactly the function of directional ablation."] if mode == "norm-preserving" else []),
         "",
         f"Directions ({len(directions)}, width {directions.d_model}): {names}. They are saved beside "
         "the model as `directions.safetensors` and `directions.json`.",
@@ -117,14 +120,14 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str) -> s
     return "\n".join(lines)
 
 
-def _save_model(loaded: LoadedModel, directions: DirectionSet, target: Path) -> None:
+def _save_model(loaded: LoadedModel, directions: DirectionSet, target: Path, mode: str = "orthogonal") -> None:
     """Save the orthogonalized model with an untied config, leaving the live model as it was.
 
     ``save_pretrained`` writes (and may update) ``model.config`` and ``generation_config``;
     it is given private copies, so the shared model's config is never touched.
     """
     model = loaded.model
-    with model_lock(model), orthogonalized_weights(model, directions):
+    with model_lock(model), orthogonalized_weights(model, directions, mode=mode):
         config, generation_config = model.config, getattr(model, "generation_config", None)
         try:
             model.config = copy.deepcopy(config)
@@ -144,6 +147,7 @@ def export_orthogonalized(
     out_dir: str | Path | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    mode: str = "orthogonal",
 ) -> Path:
     """Write ``loaded``'s model with ``directions`` orthogonalized out of its weights to ``out_dir``.
 
@@ -154,7 +158,8 @@ def export_orthogonalized(
     temporary folder beside ``out_dir`` and moved into place (see ``export_target``), so
     ``out_dir`` is absent, the old export, or complete. A non-empty ``out_dir`` raises
     ExportError unless it holds an earlier export and ``overwrite`` is True. Families whose
-    weights cannot be orthogonalized (Gemma 2/3) raise SettingsError. Returns ``out_dir``.
+    weights cannot be orthogonalized (Gemma 2/3) raise SettingsError. ``mode`` is
+    ``orthogonal`` or ``norm-preserving`` (see ``weights.orthogonalized_weights``). Returns ``out_dir``.
     """
     out_dir = Path(out_dir) if out_dir is not None else default_export_dir(loaded.spec)
     directions.check_width(loaded.d_model)
@@ -163,13 +168,13 @@ def export_orthogonalized(
     version = package_version()
     tmp = new_partial_dir(out_dir, version)
     try:
-        _save_model(loaded, directions, tmp)
+        _save_model(loaded, directions, tmp, mode)
         loaded.tokenizer.save_pretrained(tmp)
         directions.save(tmp / "directions")
         command = command or (
             f"export_orthogonalized({loaded.spec!r}, <{len(directions)} directions>, {str(out_dir)!r})"
         )
-        (tmp / "README.md").write_text(model_card(loaded, directions, command))
+        (tmp / "README.md").write_text(model_card(loaded, directions, command, mode))
         write_marker(tmp, complete=True, version=version)  # last: only a whole export is marked complete
         check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
         replace_dir(tmp, out_dir)

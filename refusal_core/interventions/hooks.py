@@ -28,7 +28,7 @@ from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.errors import SettingsError
-from refusal_core.interventions.linalg import compute_dtype, orthogonal_stages
+from refusal_core.interventions.linalg import compute_dtype, orthogonal_stages, restore_norm
 from refusal_core.interventions.spec import AblationMode, Intervention, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 from refusal_core.model.forward import block_hooks
@@ -86,21 +86,29 @@ class _LayerEdit:
 
     ``stages`` is ``[S, B', d, r]``: S projections applied in order, each with an orthonormal
     (or zero-padded) basis per row; ``delta`` is ``[B', d]`` added to the block input.
-    B' is 1 for an edit shared by every row, else the batch size.
+    B' is 1 for an edit shared by every row, else the batch size. ``renorm`` (``[B']``, 1.0 or
+    0.0, None when no row needs it) marks the rows whose ablated vectors get their norm back.
     """
 
     stages: _RowTensor | None = None
     delta: _RowTensor | None = None
+    renorm: _RowTensor | None = None
 
 
-def _ablate_stages(x: torch.Tensor, stages: _RowTensor) -> torch.Tensor:
-    """Project every stage's basis out of ``x`` ``[B, ..., d]``, row by row, as a new tensor."""
+def _ablate_stages(x: torch.Tensor, stages: _RowTensor, renorm: _RowTensor | None = None) -> torch.Tensor:
+    """Project every stage's basis out of ``x`` ``[B, ..., d]``, row by row, as a new tensor.
+
+    Rows marked in ``renorm`` then get each vector's original norm back (``restore_norm``).
+    """
     compute = compute_dtype(x.dtype)
     bases = stages.on(x.device, compute)
-    xc = x.to(compute)
+    original = xc = x.to(compute)
     for basis in bases:  # [B', d, r]; zero columns are no-ops for rows with fewer directions
         coeffs = torch.einsum("b...d,bdr->b...r", xc, basis)
         xc = xc - torch.einsum("b...r,bdr->b...d", coeffs, basis)
+    if renorm is not None:
+        mask = renorm.on(x.device, compute).reshape(-1, *([1] * (x.dim() - 1)))
+        xc = mask * restore_norm(xc, original) + (1 - mask) * xc
     return xc.to(x.dtype)
 
 
@@ -123,7 +131,7 @@ def _edited_input(edit: _LayerEdit, rows: int | None) -> Callable[[torch.Tensor]
     def apply(hidden: torch.Tensor) -> torch.Tensor:
         _check_rows(hidden, rows)
         if edit.stages is not None:
-            hidden = _ablate_stages(hidden, edit.stages)
+            hidden = _ablate_stages(hidden, edit.stages, edit.renorm)
         if edit.delta is not None:
             hidden = _add_delta(hidden, edit.delta)
         return hidden
@@ -131,15 +139,15 @@ def _edited_input(edit: _LayerEdit, rows: int | None) -> Callable[[torch.Tensor]
     return apply
 
 
-def _write_hook(stages: _RowTensor, rows: int | None) -> Callable:
+def _write_hook(stages: _RowTensor, rows: int | None, renorm: _RowTensor | None = None) -> Callable:
     """A forward hook projecting the stages out of a module's output (element 0 of a tuple)."""
 
     def hook(module: nn.Module, args: tuple, output):
         if isinstance(output, tuple):
             _check_rows(output[0], rows)
-            return (_ablate_stages(output[0], stages), *output[1:])
+            return (_ablate_stages(output[0], stages, renorm), *output[1:])
         _check_rows(output, rows)
-        return _ablate_stages(output, stages)
+        return _ablate_stages(output, stages, renorm)
 
     return hook
 
@@ -204,6 +212,7 @@ def _plan(interventions: Sequence[Intervention], n_layers: int, d_model: int) ->
             by_item[id(item)] = orthogonal_stages(item.ablate.cpu(), item.ablate_mode)
     stages = [by_item.get(id(item)) for item in interventions]
     stacked: dict[tuple[bool, ...], _RowTensor | None] = {}
+    renorms: dict[tuple[bool, ...], _RowTensor | None] = {}
     plan: dict[int, _LayerEdit] = {}
     for layer in range(n_layers):
         active = tuple(
@@ -212,11 +221,13 @@ def _plan(interventions: Sequence[Intervention], n_layers: int, d_model: int) ->
         )
         if active not in stacked:
             stacked[active] = _stack_stages([s if on else None for s, on in zip(stages, active)], d_model)
+            flags = [on and item.ablate_mode == "norm-preserving" for item, on in zip(interventions, active)]
+            renorms[active] = _RowTensor(torch.tensor(flags, dtype=torch.float64)) if any(flags) else None
         deltas = [
             item.actadd.cpu().to(torch.float64) * float(item.actadd_coeff) if item.actadd_layer == layer else None
             for item in interventions
         ]
-        edit = _LayerEdit(stages=stacked[active], delta=_stack_deltas(deltas, d_model))
+        edit = _LayerEdit(stages=stacked[active], delta=_stack_deltas(deltas, d_model), renorm=renorms[active])
         if edit.stages is not None or edit.delta is not None:
             plan[layer] = edit
     return plan
@@ -234,7 +245,7 @@ def _planned(model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, 
             plan = {0: _LayerEdit(), **plan}
         inputs = {layer: _edited_input(edit, rows) for layer, edit in plan.items()}
         outputs = [
-            (writer, _write_hook(edit.stages, rows))
+            (writer, _write_hook(edit.stages, rows, edit.renorm))
             for layer, edit in sorted(plan.items()) if edit.stages is not None
             for writer in (parts.attn_writes[layer], parts.mlp_writes[layer])
         ]

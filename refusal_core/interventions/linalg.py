@@ -14,6 +14,7 @@ __all__ = [
     "orthogonal_stages",
     "orthonormal_basis",
     "project_out",
+    "restore_norm",
 ]
 
 # A QR diagonal this small against the largest one means the direction adds nothing new.
@@ -58,8 +59,9 @@ def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal
     ``orthogonal``: one stage, the QR basis of the span (all directions removed exactly).
     ``sequential`` (Piras et al.): one stage per unit direction, applied in order without
     orthogonalizing, so only the last direction is guaranteed to be absent afterwards.
+    ``norm-preserving``: the ``orthogonal`` stage (the caller restores norms, ``restore_norm``).
     """
-    if mode == "orthogonal":
+    if mode in ("orthogonal", "norm-preserving"):
         return [orthonormal_basis(directions)]
     if mode == "sequential":
         validate_vectors(directions)
@@ -67,3 +69,22 @@ def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal
         units = units / units.norm(dim=-1, keepdim=True)
         return [unit[:, None] for unit in units]
     raise SettingsError(f"Unknown ablation mode {mode!r}; use one of {', '.join(ABLATION_MODES)}.")
+
+
+# A projected vector shorter than this (relative to its original length) lay (almost) in the
+# removed span; it is left as projected, since no rescaling gives it a meaningful direction.
+_NORM_FLOOR = 1e-6
+
+
+def restore_norm(projected: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``projected`` rescaled along its last axis to ``original``'s norm (in place-safe: a new tensor).
+
+    Both ``[..., d]`` in the same dtype. Each vector ``p`` becomes ``p * |o| / |p|``; one whose
+    ``|p|`` is below ``1e-6 |o|`` stays as it is. The rescaled vector keeps ``p``'s direction,
+    so it is still orthogonal to the removed span.
+    """
+    new_norm = projected.norm(dim=-1, keepdim=True)
+    old_norm = original.norm(dim=-1, keepdim=True)
+    ok = new_norm > _NORM_FLOOR * old_norm
+    scale = torch.where(ok, old_norm / torch.where(ok, new_norm, torch.ones_like(new_norm)), torch.ones_like(new_norm))
+    return projected * scale

@@ -22,10 +22,12 @@ __all__ = [
     "Intervention",
 ]
 
-AblationMode = Literal["orthogonal", "sequential"]
+AblationMode = Literal["orthogonal", "sequential", "norm-preserving"]
 
 
-ABLATION_MODES = ("orthogonal", "sequential")
+# ``norm-preserving``: project out the span like ``orthogonal``, then give each edited vector
+# (a residual at a hook; a residual-side row or column of a weight) its original norm back.
+ABLATION_MODES = ("orthogonal", "sequential", "norm-preserving")
 
 
 def as_direction_matrix(directions: torch.Tensor | DirectionSet) -> torch.Tensor:
@@ -42,8 +44,9 @@ class Intervention:
 
     ``ablate`` holds raw directions ``[k, d]`` (normalised internally); ``ablate_layers`` the
     layers whose residual writes are projected (None = all layers, as in Arditi et al.);
-    ``ablate_mode`` is ``orthogonal`` (project out the span) or ``sequential`` (project out
-    unit directions one after another, the SOM paper's variant). ``actadd`` is a raw
+    ``ablate_mode`` is ``orthogonal`` (project out the span), ``sequential`` (project out
+    unit directions one after another, the SOM paper's variant) or ``norm-preserving``
+    (project out the span, then rescale each residual vector to its norm before). ``actadd`` is a raw
     vector ``[d]`` added, times ``actadd_coeff``, to the input of layer ``actadd_layer``
     at every position; it is not normalised because Arditi et al. add the difference in
     means itself. Where a layer both ablates and adds, the ablation comes first, so the

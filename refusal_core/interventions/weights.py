@@ -12,17 +12,26 @@ from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.errors import SettingsError
-from refusal_core.interventions.linalg import orthonormal_basis, project_out
-from refusal_core.interventions.spec import as_direction_matrix
+from refusal_core.interventions.linalg import compute_dtype, orthonormal_basis, project_out, restore_norm
+from refusal_core.interventions.spec import ABLATION_MODES, AblationMode, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 from refusal_core.model.writers import WriterError, residual_writes
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
 
-def _orthogonalized(weight: torch.Tensor, basis: torch.Tensor, axis: int) -> torch.Tensor:
-    """``weight`` with the basis projected out of its residual-stream axis, same dtype."""
-    return project_out(weight.movedim(axis, -1), basis).movedim(-1, axis)
+def _orthogonalized(weight: torch.Tensor, basis: torch.Tensor, axis: int, mode: AblationMode = "orthogonal") -> torch.Tensor:
+    """``weight`` with the basis projected out of its residual-stream axis, same dtype.
+
+    ``norm-preserving``: each vector along the residual axis (a column of an ``nn.Linear``
+    weight, a row of an embedding, a bias) is then rescaled to its original norm.
+    """
+    vectors = weight.movedim(axis, -1)
+    if mode != "norm-preserving":
+        return project_out(vectors, basis).movedim(-1, axis)
+    original = vectors.to(compute_dtype(weight.dtype))
+    projected = project_out(original, basis)
+    return restore_norm(projected, original).to(weight.dtype).movedim(-1, axis)
 
 
 def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
@@ -78,13 +87,17 @@ def _tied_embedding(parts: ModelParts) -> nn.Module | None:
     return next((emb for emb in parts.embeddings if emb.weight is head_weight), None)
 
 
-def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, backups: list | None) -> None:
+def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, backups: list | None,
+                    mode: AblationMode = "orthogonal") -> None:
     """Edit the residual writers of ``model`` in place; record (param, original) in ``backups``.
 
     A tied lm_head must keep the original matrix, so it is first given its own Parameter
     holding the original values; that copy doubles as the embedding's backup, which saves
     a second vocabulary-sized clone.
     """
+    if mode not in ("orthogonal", "norm-preserving"):
+        raise SettingsError(f"Weights can be edited in mode orthogonal or norm-preserving, not {mode!r} "
+                            f"(modes: {', '.join(ABLATION_MODES)}); use the ablate() hooks for {mode!r}.")
     parts = model_parts(model)
     _check_orthogonalizable(model, parts)
     basis = orthonormal_basis(_check_directions(model, directions))
@@ -98,11 +111,12 @@ def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, b
             original = parts.lm_head.weight.detach() if param is tied_weight else param.detach().clone()
             backups.append((param, original))
         with torch.no_grad():
-            param.copy_(_orthogonalized(param.detach(), basis, axis))
+            param.copy_(_orthogonalized(param.detach(), basis, axis, mode))
 
 
 @contextmanager
-def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | DirectionSet) -> Iterator[None]:
+def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | DirectionSet,
+                           mode: AblationMode = "orthogonal") -> Iterator[None]:
     """Temporarily project ``directions`` out of the weights that write to the residual stream.
 
     Edits, in place: every embedding matrix (e.g. GPT-2's ``wte`` and ``wpe``), and each
@@ -110,13 +124,14 @@ def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | Directio
     layers. A tied lm_head keeps the original matrix (it is untied for the duration and
     re-tied afterwards). The exact original values are restored on exit, also after an
     exception. Families that normalise after those projections (Gemma 2/3) raise ValueError.
+    ``mode="norm-preserving"`` rescales every edited residual-side vector to its original norm.
     """
     with model_lock(model):
         parts = model_parts(model)
         head_weight = getattr(parts.lm_head, "weight", None)
         backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
-            _orthogonalize_(model, directions, backups)
+            _orthogonalize_(model, directions, backups, mode)
             yield
         finally:
             with torch.no_grad():
@@ -126,7 +141,8 @@ def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | Directio
                 parts.lm_head.weight = head_weight
 
 
-def orthogonalize_weights_(model: nn.Module, directions: torch.Tensor | DirectionSet) -> None:
+def orthogonalize_weights_(model: nn.Module, directions: torch.Tensor | DirectionSet,
+                           mode: AblationMode = "orthogonal") -> None:
     """Permanently orthogonalize ``model``'s weights against ``directions`` (no way back).
 
     For a copy of a model that will be saved or served as the ablated model; the app's
@@ -135,7 +151,7 @@ def orthogonalize_weights_(model: nn.Module, directions: torch.Tensor | Directio
     model keeps the original unembedding.
     """
     with model_lock(model):
-        _orthogonalize_(model, directions, backups=None)
+        _orthogonalize_(model, directions, backups=None, mode=mode)
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "tie_word_embeddings"):
             config.tie_word_embeddings = False

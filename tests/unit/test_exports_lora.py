@@ -1,0 +1,122 @@
+"""The LoRA adapter export: PEFT loads it over the base model and gives the orthogonalized
+model's logits (the oracle: ``orthogonalized_weights``, the in-memory weight edit) on tiny
+models of each layout the writer list has here (Linear writers, tied embeddings, GPT-2's
+Conv1D writers with biases and two embeddings, Qwen2)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import peft
+import pytest
+import torch
+
+from refusal_core.directions.base import DirectionSet
+from refusal_core.exports.lora import LoraUnsupported
+from refusal_core.exports.registry import ExportRequest, get_format
+from refusal_core.interventions.weights import orthogonalized_weights
+from refusal_core.model.fingerprint import weights_sha256
+from tests.tiny import tiny_model
+
+IDS = torch.tensor([[1, 5, 9, 30, 44, 7, 12, 3]])
+
+
+def _directions(k: int = 2, seed: int = 1) -> DirectionSet:
+    generator = torch.Generator().manual_seed(seed)
+    return DirectionSet(vectors=torch.randn(k, 64, generator=generator), names=tuple(f"d{i}" for i in range(k)),
+                        provenance=tuple({"layer": 1} for _ in range(k)))
+
+
+def _write(loaded, directions, out):
+    fmt = get_format("lora")
+    return fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings()))
+
+
+@pytest.mark.parametrize("family,tie", [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False)])
+def test_peft_adapter_reproduces_orthogonalized_logits(tmp_path, one_thread, family, tie):
+    loaded = tiny_model(family, tie=tie)
+    directions = _directions()
+    before = weights_sha256(loaded.model)
+    out = _write(loaded, directions, tmp_path / "adapter")
+    assert weights_sha256(loaded.model) == before  # the shared model is never edited
+    with torch.no_grad():
+        base = loaded.model(IDS).logits
+        with orthogonalized_weights(loaded.model, directions):
+            expected = loaded.model(IDS).logits
+        adapted = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(out))
+        got = adapted(IDS).logits
+    assert (base - expected).abs().max() > 0.1  # the edit matters, so equality below means something
+    assert (got - expected).abs().max() < 2e-5
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["lora_alpha"] == 2
+    if tie:  # the head keeps the original matrix although the embedding is adapted
+        head = adapted.get_output_embeddings().weight
+        assert torch.equal(head, loaded.model.get_input_embeddings().weight)
+
+
+def test_adapter_rank_is_the_number_of_independent_directions(tmp_path, one_thread):
+    loaded = tiny_model("llama")
+    two = _directions(2)
+    dependent = DirectionSet(vectors=torch.cat([two.vectors, (two.vectors[0] - 2 * two.vectors[1])[None]]),
+                             names=("a", "b", "c"), provenance=({}, {}, {}))
+    out = _write(loaded, dependent, tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
+
+
+def test_adapter_size_is_estimated_before_writing(tmp_path, one_thread):
+    loaded = tiny_model("llama")
+    directions = _directions()
+    fmt = get_format("lora")
+    estimate = fmt.estimate_size(loaded, directions, fmt.settings())
+    out = _write(loaded, directions, tmp_path / "adapter")
+    written = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    # Factors: per writer r * (d + n) float32 values, counted independently here.
+    params = dict(loaded.model.named_parameters())
+    factors = sum(2 * (64 + params[name].numel() // 64) * 4 for name in params
+                  if name.endswith(("o_proj.weight", "down_proj.weight", "embed_tokens.weight")))
+    assert factors < written <= estimate < 2 * written + 20_000
+
+
+def test_family_that_normalises_after_its_writes_is_refused_before_writing(tmp_path, one_thread):
+    loaded = tiny_model("gemma2")
+    with pytest.raises(LoraUnsupported, match="ablate"):
+        _write(loaded, _directions(), tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_a_write_through_a_post_norm_is_orthogonalized_against_the_norm_weighted_directions(monkeypatch, one_thread):
+    """The writer list may say a write reaches the residual through an elementwise norm (Gemma's
+    post-norms): the adapter must then make ``(d * (offset + w))ᵀ W' = 0``, checked by hand."""
+    from refusal_core.exports import lora
+    from refusal_core.model.writers import ResidualWrite
+
+    loaded = tiny_model("llama")
+    norm = "model.layers.0.post_attention_layernorm.weight"
+    with torch.no_grad():
+        loaded.model.get_parameter(norm).copy_(torch.linspace(-0.5, 0.5, 64))
+    writes = (ResidualWrite(name="model.layers.0.self_attn.o_proj.weight", axis=0, norm=norm, norm_offset=1.0),)
+    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
+    directions = _directions()
+    tensors, config = lora.adapter_tensors(loaded, directions)
+    key = "base_model.model.model.layers.0.self_attn.o_proj"
+    weight = loaded.model.get_parameter(writes[0].name).detach().double()
+    edited = weight + tensors[f"{key}.lora_B.weight"].double() @ tensors[f"{key}.lora_A.weight"].double()
+    gain = 1.0 + loaded.model.get_parameter(norm).detach().double()
+    weighted = directions.vectors.double() * gain
+    assert (weighted @ edited).abs().max() < 1e-5 * (weighted @ weight).abs().max()
+    assert config["target_modules"] == ["model.layers.0.self_attn.o_proj"]
+
+
+def test_a_writer_peft_cannot_hold_is_named_not_left_out(monkeypatch, tmp_path, one_thread):
+    from refusal_core.exports import lora
+    from refusal_core.model.writers import ResidualWrite
+
+    loaded = tiny_model("llama")
+    experts = torch.nn.Parameter(torch.randn(2, 64, 32), requires_grad=False)
+    loaded.model.model.layers[0].mlp.register_parameter("experts_down", experts)
+    writes = (ResidualWrite(name="model.layers.0.mlp.experts_down", axis=1),)
+    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
+    with pytest.raises(LoraUnsupported, match="experts_down"):
+        _write(loaded, _directions(), tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
