@@ -12,6 +12,7 @@ from app_pages import _state
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.registry import DirectionMethod, FitInput, Setting, methods, settings_fields
 from refusal_core.model.loading import LoadedModel
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 from refusal_core.prompts.sets import PromptSetError
 
 # Methods whose controls a page draws itself (with the widgets below): DIM on the Data page,

@@ -33,7 +33,7 @@ from refusal_core.activations.separation import LayerSeparation
 from refusal_core.categories.fit import CategoryFit
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import ClusterResult
-from refusal_core.directions.optimize import OptimizedDirection
+from refusal_core.selection.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention

@@ -21,6 +21,7 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.directions.registry import DirectionMethod, FitInput, methods, settings_fields
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 
 # Where the README's `directions select --save-direction` keeps the selected DIM candidate;
 # methods that refine one direction start from it by default.

@@ -44,7 +44,9 @@ __all__ = [
     "unregister",
 ]
 
-# Methods listed first, in this order (the CLI's subcommands and the pages follow it).
+# Method modules listed first, in this order (the CLI's subcommands and the pages follow it).
+# ``optimize`` ablates while it learns, so it lives above the interventions, in
+# ``refusal_core.selection.optimize``, and registers when the CLI or the app imports it.
 BUILTIN_METHODS = ("dim", "som", "clustering", "optimize")
 Reads = Literal["activations", "layer", "init"]
 
@@ -183,9 +185,15 @@ def methods() -> dict[str, DirectionMethod]:
     modules (found by name, so adding a method is adding its file), then plugins."""
     package = __name__.rpartition(".")[0]
     found = sorted(info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__))
-    for module in [*BUILTIN_METHODS, *(name for name in found if name not in BUILTIN_METHODS)]:
+    for module in [*(name for name in BUILTIN_METHODS if name in found), *(name for name in found if name not in BUILTIN_METHODS)]:
         importlib.import_module(f"{package}.{module}")
-    return dict(_METHODS)
+    return dict(sorted(_METHODS.items(), key=lambda item: _builtin_rank(item[1])))
+
+
+def _builtin_rank(method: DirectionMethod) -> int:
+    """Where a method's module stands in BUILTIN_METHODS (others after, in registration order)."""
+    module = getattr(method.fit, "__module__", "").rpartition(".")[2]
+    return BUILTIN_METHODS.index(module) if module in BUILTIN_METHODS else len(BUILTIN_METHODS)
 
 
 def get_method(name: str) -> DirectionMethod:

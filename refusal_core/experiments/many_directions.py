@@ -22,7 +22,7 @@ from typing import Callable
 
 from refusal_core.activations.extract import extract_activations
 from refusal_core.damage import JUDGE_CHOICES, judge_by_name
-from refusal_core.directions.optimize import OptimizeSettings
+from refusal_core.selection.optimize import OptimizeSettings
 from refusal_core.errors import SettingsError
 from refusal_core.experiments import families as fam
 from refusal_core.experiments.evaluate import Variant, measure_variants

@@ -11,11 +11,12 @@ import functools
 
 import torch
 
-from refusal_core.model.loading import LoadedModel
+from refusal_core.model.loaded import LoadedModel
 
 __all__ = ["FAMILY_CONFIGS", "TINY_PREFIX", "tiny_model", "tiny_tokenizer"]
 
-from refusal_core.model.loading import TINY_PREFIX
+# The spec prefix that loads one: ``tiny:llama``.
+TINY_PREFIX = "tiny:"
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

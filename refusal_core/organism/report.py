@@ -185,7 +185,7 @@ OPTIMIZE_PROMPTS = {"harmful": 16, "harmless": 64}
 def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmless_test: PromptSet, base, steps: int,
                max_new_tokens: int, say: Callable[[str], None], judge: str = DEFAULT_JUDGE) -> dict:
     """Learn a direction from the selected DIM candidate on train prompts; measure it on the test prompts."""
-    from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+    from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 
     harmful = list(builtin("harmful", "train").instructions[: OPTIMIZE_PROMPTS["harmful"]])
     harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])

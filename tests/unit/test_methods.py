@@ -23,6 +23,7 @@ from refusal_core.directions.registry import (
 )
 from refusal_core.model.loading import TEST_MODEL_ENV
 from refusal_core.prompts.loaders import builtin
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 
 # Settings that keep every method to a second or two on the tiny model; a new method runs with its defaults.
 FAST = {"som": {"x": 2, "y": 2, "iterations": 100}, "optimize": {"steps": 2, "batch_size": 4}, "cluster": {"k": 2}}
