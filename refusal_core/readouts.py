@@ -51,7 +51,9 @@ def _intervened(
         yield
 
 
-def _per_row(loaded: LoadedModel, instructions: Sequence[str], intervention: Intervention | None, chat, batch_size: int):
+def _per_row(
+    loaded: LoadedModel, instructions: Sequence[str], intervention: Intervention | None, chat, batch_size: int
+):
     """A conditional intervention resolved to one plain intervention per prompt (it fires on
     some prompts only); None for a plain intervention, which applies to every row alike."""
     if intervention is None or intervention.condition is None:

@@ -1,5 +1,5 @@
 """``experiments many-directions``: one DIM direction against searched sets of SOM, cluster and
-optimized directions, chosen on val and reported on test with bootstrap intervals (issue 19)."""
+optimized directions, chosen on val and reported on test with bootstrap intervals."""
 
 from __future__ import annotations
 

@@ -43,7 +43,9 @@ def _flag(action: argparse.Action) -> str:
     names = ", ".join(f"`{name}`" for name in action.option_strings)
     if action.nargs == 0:
         return names
-    metavar = action.metavar or (("{" + ",".join(map(str, action.choices)) + "}") if action.choices else action.dest.upper())
+    metavar = action.metavar or (
+        ("{" + ",".join(map(str, action.choices)) + "}") if action.choices else action.dest.upper()
+    )
     return f"{names} {_cell(metavar)}"
 
 
@@ -62,7 +64,11 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
             continue
-        help = (action.help or "") % {"default": action.default} if action.help and "%(default)" in action.help else action.help or ""
+        help = (
+            (action.help or "") % {"default": action.default}
+            if action.help and "%(default)" in action.help
+            else action.help or ""
+        )
         rows.append(f"| {_flag(action)} | {_default(action)} | {_cell(help)} |")
     if not rows:
         return []

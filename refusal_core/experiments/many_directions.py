@@ -1,4 +1,4 @@
-"""Several directions against one, measured honestly (the SOM paper's comparison, issue 19).
+"""Several directions against one, measured honestly (the SOM paper's comparison).
 
 For each layer: one difference-in-means (DIM) direction against subsets of k = 1..K
 directions of SOMs trained with several seeds, of clustered per-prompt directions, and one

@@ -87,7 +87,7 @@ def organism_report(
     """Measure the organism against TARGETS; returns a JSON-ready dict.
 
     ``optimize_steps`` > 0 also learns one direction from the selected DIM candidate
-    (``refusal_core.optimize``, on train prompts) and measures it on the same test prompts:
+    (``refusal_core.selection.optimize``, on train prompts) and measures it on the same test prompts:
     whether a single direction that removes refusal at low harmless KL exists, when the
     difference in means does not reach the KL target.
     ``judge`` (``damage.JUDGE_CHOICES``) gives the refusal rates; ``substring`` with

@@ -62,13 +62,18 @@ def _cache_reindexable(loaded: LoadedModel) -> bool:
     return "past_key_values" in inspect.signature(loaded.model.forward).parameters
 
 
-def prompt_rows(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, share_prefix: bool = True) -> PromptRows:
+def prompt_rows(
+    loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, share_prefix: bool = True
+) -> PromptRows:
     """Tokenize ``instructions`` in the chat template, finding the prefix they all share."""
     texts = format_prompts(loaded.tokenizer, list(instructions), chat)
     ids = [loaded.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     shared = _common_prefix(ids) if share_prefix and _cache_reindexable(loaded) else 0
-    return PromptRows(torch.tensor(ids[0][:shared], dtype=torch.long), tuple(tuple(row[shared:]) for row in ids),
-                      pad_id(loaded.tokenizer))
+    return PromptRows(
+        torch.tensor(ids[0][:shared], dtype=torch.long),
+        tuple(tuple(row[shared:]) for row in ids),
+        pad_id(loaded.tokenizer),
+    )
 
 
 def _prefix_cache(loaded: LoadedModel, rows: PromptRows, interventions: Sequence[Intervention]):
@@ -91,8 +96,14 @@ def _suffix_inputs(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int]
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **kwargs, **keep_last(loaded.model)}
 
 
-def _suffix_logprobs(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int], interventions: Sequence[Intervention],
-                     cache, cache_rows: Sequence[int]) -> torch.Tensor:
+def _suffix_logprobs(
+    loaded: LoadedModel,
+    rows: PromptRows,
+    prompts: Sequence[int],
+    interventions: Sequence[Intervention],
+    cache,
+    cache_rows: Sequence[int],
+) -> torch.Tensor:
     if len(rows.prefix):
         cache = copy.deepcopy(cache)  # the forward appends to it; the original serves other chunks
         cache.reorder_cache(torch.tensor(list(cache_rows), dtype=torch.long, device=loaded.device))
@@ -145,8 +156,14 @@ def rows_logprobs(
         for chunk_start in range(0, len(members), rows_per_forward):
             chunk = members[chunk_start : chunk_start + rows_per_forward]
             with model_lock(loaded.model):
-                logprobs = _suffix_logprobs(loaded, rows, [prompts[i] for i in chunk], [interventions[i] for i in chunk],
-                                            cache, [where[id(interventions[i])] for i in chunk])
+                logprobs = _suffix_logprobs(
+                    loaded,
+                    rows,
+                    [prompts[i] for i in chunk],
+                    [interventions[i] for i in chunk],
+                    cache,
+                    [where[id(interventions[i])] for i in chunk],
+                )
             for i, row in zip(chunk, logprobs):
                 results[i] = row
             if on_forward:

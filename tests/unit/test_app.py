@@ -397,7 +397,7 @@ def test_direction_uploads_pairs_and_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# Issue 15: damage beside every rate, and the search's trade-off view. The judges' broken
+# Damage beside every rate, and the search's trade-off view. The judges' broken
 # thresholds are fixed by hand (no calibration): "substring+broken" calls every reply broken
 # (its minimum log-likelihood is 0), "refusal-score" here none.
 

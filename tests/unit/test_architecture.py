@@ -6,25 +6,10 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
+from tests.dev_tools import dev_tool
 from tests.import_graph import ROOT, cycles, file_graph, module_files
-
-DEV_TOOLS = 'pip install -e ".[dev]" -c constraints.txt'
-
-
-def dev_tool(name: str) -> str:
-    """The venv's own console script (beside this interpreter), else one on PATH; a missing tool fails."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed; install the development tools: {DEV_TOOLS}")
-    return found
 
 
 def test_the_cycle_finder_finds_a_planted_cycle_and_only_it():
@@ -55,15 +40,33 @@ def test_no_file_of_the_engine_or_the_pages_is_in_an_import_cycle():
 
 def test_the_import_contract_holds():
     """``lint-imports`` reads the layers contract from pyproject.toml; a broken contract fails here."""
-    run = subprocess.run([dev_tool("lint-imports"), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
-                         capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    run = subprocess.run(
+        [dev_tool("lint-imports"), "--config", str(ROOT / "pyproject.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert re.search(r"Contracts: (\d+) kept, 0 broken", run.stdout)
 
 
 def test_nothing_below_selection_imports_it():
-    below = ("model", "prompts", "activations", "directions", "interventions", "generation", "readouts", "judges",
-             "metrics", "damage", "errors", "paths", "progress")
+    below = (
+        "model",
+        "prompts",
+        "activations",
+        "directions",
+        "interventions",
+        "generation",
+        "readouts",
+        "judges",
+        "metrics",
+        "damage",
+        "errors",
+        "paths",
+        "progress",
+    )
     graph = file_graph("refusal_core")
     offenders = {
         module: sorted(t for t in targets if t.startswith("refusal_core.selection"))
@@ -73,8 +76,19 @@ def test_nothing_below_selection_imports_it():
     assert {m: t for m, t in offenders.items() if t} == {}
 
 
-FORWARD_NAMES = {"pad_id", "left_padded", "last_logits", "keep_last", "last_token_logprobs", "tokenize_prompts",
-                 "encode_prompts", "token_ids", "refusal_log_odds", "_left_padded", "_keep_last"}
+FORWARD_NAMES = {
+    "pad_id",
+    "left_padded",
+    "last_logits",
+    "keep_last",
+    "last_token_logprobs",
+    "tokenize_prompts",
+    "encode_prompts",
+    "token_ids",
+    "refusal_log_odds",
+    "_left_padded",
+    "_keep_last",
+}
 
 
 def test_forward_plumbing_is_written_only_in_model_forward():
