@@ -18,7 +18,6 @@ Session keys (all prefixed ``atlas_``):
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -357,10 +356,7 @@ def organism_build_lock() -> threading.Lock:
 @st.cache_resource(show_spinner=False)
 def umap_warm_up() -> threading.Thread | None:
     """Load (or, without set-up's on-disk cache, compile) UMAP's numba kernels once per server,
-    in a background thread started with the app, so that the first UMAP map does not stall.
-    ``REFUSAL_ATLAS_UMAP_WARM_UP=0`` turns it off (the fast tests do)."""
-    if os.environ.get("REFUSAL_ATLAS_UMAP_WARM_UP", "1") == "0":
-        return None
+    in a background thread started with the app, so that the first UMAP map does not stall."""
     from refusal_core.projection import warm_up_umap
 
     def run() -> None:

