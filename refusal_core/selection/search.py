@@ -165,7 +165,7 @@ def _optuna():
     try:
         import optuna
     except ImportError as err:
-        raise ImportError("Subset search needs Optuna: pip install optuna==5.0.0 (see requirements.txt).") from err
+        raise ImportError("Subset search needs Optuna: pip install optuna==5.0.0 (pinned in constraints.txt).") from err
     # Optuna logs one INFO line per trial; progress goes through our callback instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
