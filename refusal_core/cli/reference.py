@@ -69,6 +69,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
             if action.help and "%(default)" in action.help
             else action.help or ""
         )
+        help = help.removesuffix(f" (default {action.default})")  # the default has its own column
         rows.append(f"| {_flag(action)} | {_default(action)} | {_cell(help)} |")
     if not rows:
         return []

@@ -1,0 +1,154 @@
+"""One way to declare settings: a dataclass whose every field is made with :func:`setting`,
+its default and help written once. From it come the command-line flags
+(:func:`add_setting_flags`, :func:`settings_from_args`) and the dashboard's controls
+(``app_pages/_settings.py`` draws a widget per :class:`Setting` of :func:`settings_fields`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Setting", "add_setting_flags", "setting", "settings_fields", "settings_from_args"]
+
+
+def setting(
+    default: object,
+    help: str,
+    label: str | None = None,
+    choices: tuple = (),
+    flag: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    aliases: tuple[str, ...] = (),
+    cli: bool = True,
+) -> Any:
+    """A settings field with its description (shown as CLI help and widget help).
+
+    ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
+    values, ``flag`` the CLI option when it is not ``--name-with-dashes``, ``aliases`` older
+    option names that keep working, ``minimum``/``maximum`` bound the value (widgets and
+    flags), and ``cli=False`` keeps the field off the command line.
+    """
+    metadata = {
+        "help": help,
+        "label": label,
+        "choices": tuple(choices),
+        "flag": flag,
+        "minimum": minimum,
+        "maximum": maximum,
+        "aliases": tuple(aliases),
+        "cli": cli,
+    }
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One settings field as the CLI and the pages see it; ``kind`` is int, float, str or bool."""
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    label: str
+    choices: tuple
+    flag: str
+    optional: bool
+    minimum: float | None
+    maximum: float | None
+    aliases: tuple[str, ...] = ()
+    cli: bool = True
+
+
+def settings_fields(settings: type) -> list[Setting]:
+    """The fields of a settings dataclass, with their types resolved (``int | None`` is an optional int)."""
+    hints = typing.get_type_hints(settings)
+    out = []
+    for spec in dataclasses.fields(settings):
+        args = typing.get_args(hints[spec.name])
+        kinds = [kind for kind in args or (hints[spec.name],) if kind is not type(None)]
+        if typing.get_origin(hints[spec.name]) is typing.Literal:
+            kinds = [type(args[0])]
+        meta = spec.metadata
+        if "help" not in meta:
+            raise TypeError(f"{settings.__name__}.{spec.name} has no description; declare it with setting(...).")
+        out.append(
+            Setting(
+                name=spec.name,
+                kind=kinds[0],
+                default=spec.default,
+                help=meta["help"],
+                label=meta["label"] or spec.name.replace("_", " ").capitalize(),
+                choices=meta["choices"],
+                flag=meta["flag"] or "--" + spec.name.replace("_", "-"),
+                optional=type(None) in args,
+                minimum=meta["minimum"],
+                maximum=meta["maximum"],
+                aliases=meta.get("aliases", ()),
+                cli=meta.get("cli", True),
+            )
+        )
+    return out
+
+
+def _parse(item: Setting):
+    """An argparse ``type`` that converts to the field's kind and enforces its bounds."""
+
+    def parse(text: str):
+        try:
+            value = item.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not of type {item.kind.__name__}") from None
+        if item.minimum is not None and value < item.minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum {item.minimum:g}")
+        if item.maximum is not None and value > item.maximum:
+            raise argparse.ArgumentTypeError(f"{text} is above the maximum {item.maximum:g}")
+        return value
+
+    parse.__name__ = item.kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, settings: type, skip: tuple[str, ...] = (), defaults: dict | None = None
+) -> list[Setting]:
+    """One option per field of ``settings`` (those with ``cli`` on, not in ``skip``, and whose flag the
+    parser does not have yet); returns the fields added. ``defaults`` overrides a field's default here.
+
+    A bool field is a switch (``--flag`` turns on a default-off field; ``--flag``/``--no-flag`` a
+    default-on one); other fields take a value converted to the field's type, checked against
+    its choices and bounds. The help ends with the default, which is written only in the field.
+    """
+    added = []
+    taken = set(parser._option_string_actions)
+    for item in settings_fields(settings):
+        if not item.cli or item.name in skip or item.flag in taken:
+            continue
+        default = (defaults or {}).get(item.name, item.default)
+        names = [item.flag, *(alias for alias in item.aliases if alias not in taken)]
+        if item.kind is bool:
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
+            parser.add_argument(*names, dest=item.name, action=action, default=default, help=item.help)
+        else:
+            shown = "" if default is None else f" (default {default})"
+            parser.add_argument(
+                *names,
+                dest=item.name,
+                metavar=None if item.choices else item.flag.lstrip("-").upper().replace("-", "_"),
+                type=_parse(item),
+                default=default,
+                choices=item.choices or None,
+                help=item.help + shown,
+            )
+        added.append(item)
+    return added
+
+
+def settings_from_args(settings: type, args: argparse.Namespace, **overrides):
+    """The settings dataclass from parsed flags: every field the namespace holds, then ``overrides``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if hasattr(args, f.name)}
+    return settings(**{**values, **overrides})
