@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Setting", "add_setting_flags", "setting", "settings_fields", "settings_from_args"]
+from refusal_core.errors import SettingsError
+
+__all__ = [
+    "Setting",
+    "add_setting_flags",
+    "grid",
+    "int_list",
+    "joined",
+    "setting",
+    "settings_fields",
+    "settings_from_args",
+]
 
 
 def setting(
@@ -25,13 +37,17 @@ def setting(
     maximum: float | None = None,
     aliases: tuple[str, ...] = (),
     cli: bool = True,
+    parse: Callable[[str], object] | None = None,
+    show: Callable[[object], str] | None = None,
 ) -> Any:
     """A settings field with its description (shown as CLI help and widget help).
 
     ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
     values, ``flag`` the CLI option when it is not ``--name-with-dashes``, ``aliases`` older
     option names that keep working, ``minimum``/``maximum`` bound the value (widgets and
-    flags), and ``cli=False`` keeps the field off the command line.
+    flags), and ``cli=False`` keeps the field off the command line. A field whose value is not
+    one number or word (a tuple, say) gives ``parse`` (flag text to value, raising
+    ``SettingsError`` naming the flag) and ``show`` (value to flag text).
     """
     metadata = {
         "help": help,
@@ -42,6 +58,8 @@ def setting(
         "maximum": maximum,
         "aliases": tuple(aliases),
         "cli": cli,
+        "parse": parse,
+        "show": show,
     }
     return field(default=default, metadata=metadata)
 
@@ -62,6 +80,8 @@ class Setting:
     maximum: float | None
     aliases: tuple[str, ...] = ()
     cli: bool = True
+    parse: Callable[[str], object] | None = None
+    show: Callable[[object], str] | None = None
 
 
 def settings_fields(settings: type) -> list[Setting]:
@@ -69,10 +89,13 @@ def settings_fields(settings: type) -> list[Setting]:
     hints = typing.get_type_hints(settings)
     out = []
     for spec in dataclasses.fields(settings):
-        args = typing.get_args(hints[spec.name])
-        kinds = [kind for kind in args or (hints[spec.name],) if kind is not type(None)]
-        if typing.get_origin(hints[spec.name]) is typing.Literal:
+        hint = hints[spec.name]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        members = args if origin in (typing.Union, types.UnionType) else (hint,)
+        kinds = [typing.get_origin(kind) or kind for kind in members if kind is not type(None)]
+        if origin is typing.Literal:
             kinds = [type(args[0])]
+        optional = type(None) in members
         meta = spec.metadata
         if "help" not in meta:
             raise TypeError(f"{settings.__name__}.{spec.name} has no description; declare it with setting(...).")
@@ -85,11 +108,13 @@ def settings_fields(settings: type) -> list[Setting]:
                 label=meta["label"] or spec.name.replace("_", " ").capitalize(),
                 choices=meta["choices"],
                 flag=meta["flag"] or "--" + spec.name.replace("_", "-"),
-                optional=type(None) in args,
+                optional=optional,
                 minimum=meta["minimum"],
                 maximum=meta["maximum"],
                 aliases=meta.get("aliases", ()),
                 cli=meta.get("cli", True),
+                parse=meta.get("parse"),
+                show=meta.get("show"),
             )
         )
     return out
@@ -130,7 +155,11 @@ def add_setting_flags(
             continue
         default = (defaults or {}).get(item.name, item.default)
         names = [item.flag, *(alias for alias in item.aliases if alias not in taken)]
-        if item.kind is bool:
+        if item.parse is not None:
+            # Read as text and converted by settings_from_args, so a bad value is a SettingsError.
+            text = item.show(default) if item.show else str(default)
+            parser.add_argument(*names, dest=item.name, default=text, help=f"{item.help} (default {text})")
+        elif item.kind is bool:
             action = "store_true" if default is False else argparse.BooleanOptionalAction
             parser.add_argument(*names, dest=item.name, action=action, default=default, help=item.help)
         else:
@@ -149,6 +178,45 @@ def add_setting_flags(
 
 
 def settings_from_args(settings: type, args: argparse.Namespace, **overrides):
-    """The settings dataclass from parsed flags: every field the namespace holds, then ``overrides``."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if hasattr(args, f.name)}
+    """The settings dataclass from parsed flags: every field the namespace holds (text converted by the
+    field's ``parse``), then ``overrides``."""
+    values = {}
+    for item in settings_fields(settings):
+        if hasattr(args, item.name):
+            value = getattr(args, item.name)
+            values[item.name] = item.parse(value) if item.parse is not None and isinstance(value, str) else value
     return settings(**{**values, **overrides})
+
+
+def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
+    """``parse`` for comma-separated whole numbers (``12,16``)."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise SettingsError(
+                f"{flag} takes whole numbers separated by commas (e.g. {flag} 12,16), got {text!r}."
+            ) from None
+        if not values:
+            raise SettingsError(f"{flag} needs at least one number (e.g. {flag} 16).")
+        return values
+
+    return parse
+
+
+def grid(flag: str) -> Callable[[str], tuple[int, int]]:
+    """``parse`` for ``ROWSxCOLUMNS`` (``3x3``)."""
+
+    def parse(text: str) -> tuple[int, int]:
+        parts = text.lower().split("x")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise SettingsError(f"{flag} takes ROWSxCOLUMNS (e.g. {flag} 3x3), got {text!r}.")
+        return int(parts[0]), int(parts[1])
+
+    return parse
+
+
+def joined(separator: str) -> Callable[[object], str]:
+    """``show`` for a tuple: its items joined by ``separator``."""
+    return lambda value: separator.join(map(str, value))
