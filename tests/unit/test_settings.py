@@ -9,8 +9,10 @@ from typing import Literal
 
 import pytest
 
+from refusal_core.categories.settings import CategoriesSettings
 from refusal_core.cli import build_parser
 from refusal_core.directions.registry import methods
+from refusal_core.experiments.many_directions import ManyDirectionsSettings
 from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 from refusal_core.selection.racing import RacingSettings
 from refusal_core.selection.result import SelectionFilters
@@ -95,7 +97,15 @@ def test_undescribed_fields_are_refused():
 
 
 @pytest.mark.parametrize(
-    "settings", [SearchSettings, SelectionFilters, RacingSettings, *(method.settings for method in methods().values())]
+    "settings",
+    [
+        SearchSettings,
+        SelectionFilters,
+        RacingSettings,
+        ManyDirectionsSettings,
+        CategoriesSettings,
+        *(method.settings for method in methods().values()),
+    ],
 )
 def test_every_settings_class_parses_back_to_its_own_defaults(settings):
     assert settings_from_args(settings, _parser(settings).parse_args([])) == settings()
