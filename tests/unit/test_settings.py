@@ -13,6 +13,7 @@ from refusal_core.categories.settings import CategoriesSettings
 from refusal_core.cli import build_parser
 from refusal_core.directions.registry import methods
 from refusal_core.experiments.many_directions import ManyDirectionsSettings
+from refusal_core.organism.report import ReportSettings
 from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 from refusal_core.selection.racing import RacingSettings
 from refusal_core.selection.result import SelectionFilters
@@ -104,6 +105,7 @@ def test_undescribed_fields_are_refused():
         RacingSettings,
         ManyDirectionsSettings,
         CategoriesSettings,
+        ReportSettings,
         *(method.settings for method in methods().values()),
     ],
 )
