@@ -4,6 +4,7 @@ in code, and no switch that exists only for tests in product code."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import subprocess
@@ -53,6 +54,17 @@ def resolves(name: str) -> bool:
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([dev_tool(tool), *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_every_python_file_parses_on_the_oldest_supported_python():
+    """Python 3.10 grammar (``requires-python``): e.g. no quote reuse inside f-strings (3.12)."""
+    broken = {}
+    for path in [*python_files(), Path(__file__)]:
+        try:
+            ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+        except SyntaxError as err:
+            broken[str(path.relative_to(ROOT))] = f"line {err.lineno}: {err.msg}"
+    assert broken == {}
 
 
 def test_ruff_check_passes():
