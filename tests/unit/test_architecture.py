@@ -66,6 +66,7 @@ def test_nothing_below_selection_imports_it():
         "errors",
         "paths",
         "progress",
+        "settings",
     )
     graph = file_graph("refusal_core")
     offenders = {
