@@ -44,10 +44,11 @@ def setting(
 
     ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
     values, ``flag`` the CLI option when it is not ``--name-with-dashes``, ``aliases`` older
-    option names that keep working, ``minimum``/``maximum`` bound the value (widgets and
-    flags), and ``cli=False`` keeps the field off the command line. A field whose value is not
-    one number or word (a tuple, say) gives ``parse`` (flag text to value, raising
-    ``SettingsError`` naming the flag) and ``show`` (value to flag text).
+    option names that keep working, ``minimum``/``maximum`` bound the widgets (the dataclass
+    checks its values itself, with messages naming the fix), and ``cli=False`` keeps the field
+    off the command line. A field whose value is not one number or word (a tuple, say) gives
+    ``parse`` (flag text to value, raising ``SettingsError`` naming the flag) and ``show``
+    (value to flag text).
     """
     metadata = {
         "help": help,
@@ -121,18 +122,14 @@ def settings_fields(settings: type) -> list[Setting]:
 
 
 def _parse(item: Setting):
-    """An argparse ``type`` that converts to the field's kind and enforces its bounds."""
+    """An argparse ``type`` that converts to the field's kind. Bounds are the dataclass's to check
+    (its ``__post_init__`` raises a ``SettingsError`` that names the fix), not argparse's."""
 
     def parse(text: str):
         try:
-            value = item.kind(text)
+            return item.kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not of type {item.kind.__name__}") from None
-        if item.minimum is not None and value < item.minimum:
-            raise argparse.ArgumentTypeError(f"{text} is below the minimum {item.minimum:g}")
-        if item.maximum is not None and value > item.maximum:
-            raise argparse.ArgumentTypeError(f"{text} is above the maximum {item.maximum:g}")
-        return value
 
     parse.__name__ = item.kind.__name__  # argparse names the type in its messages
     return parse
@@ -146,7 +143,7 @@ def add_setting_flags(
 
     A bool field is a switch (``--flag`` turns on a default-off field; ``--flag``/``--no-flag`` a
     default-on one); other fields take a value converted to the field's type, checked against
-    its choices and bounds. The help ends with the default, which is written only in the field.
+    its choices. The help ends with the default, which is written only in the field.
     """
     added = []
     taken = set(parser._option_string_actions)

@@ -12,6 +12,7 @@ import pytest
 from refusal_core.categories.settings import CategoriesSettings
 from refusal_core.cli import build_parser
 from refusal_core.directions.registry import methods
+from refusal_core.errors import SettingsError
 from refusal_core.experiments.many_directions import ManyDirectionsSettings
 from refusal_core.organism.report import ReportSettings
 from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
@@ -65,8 +66,7 @@ def test_a_renamed_flag_keeps_its_old_name():
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--steps", "0"], "below the minimum 1"),
-        (["--steps", "501"], "above the maximum 500"),
+        (["--steps", "x"], "not of type int"),
         (["--rate", "x"], "not of type float"),
         (["--mode", "c"], "invalid choice"),
     ],
@@ -78,6 +78,14 @@ def test_bad_values_exit_2_naming_the_flag(argv, says, capsys):
         parser.parse_args(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and argv[0] in err and says in err
+
+
+def test_bounds_are_left_to_the_dataclass_which_names_the_fix():
+    """The widgets' bounds do not turn into argparse exits: the dataclass's own check (a UserError,
+    exit code 2 through the CLI, with its message) sees the value."""
+    args = _parser(RacingSettings).parse_args(["--growth", "1"])
+    with pytest.raises(SettingsError, match="growth >= 2"):
+        settings_from_args(RacingSettings, args)
 
 
 def test_a_flag_the_parser_already_has_is_left_to_it():
