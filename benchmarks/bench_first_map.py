@@ -4,7 +4,7 @@ Two fresh ``streamlit run app.py`` servers in headless Chromium, each with a new
 cache folder (``NUMBA_CACHE_DIR``), so neither sees code compiled by earlier runs:
 
 - ``cold``: nothing compiled beforehand and the app's background warm-up turned off
-  (``REFUSAL_ATLAS_UMAP_WARM_UP=0``): what every fresh server paid before set-up warmed UMAP;
+  (``tests/patched_app.py --no-umap-warm-up``): what every fresh server paid before set-up warmed UMAP;
 - ``set-up``: ``projection.warm_up_umap()`` first runs in its own process, as ``setup.sh``
   does (timed: what set-up pays), then the server starts with its background warm-up on.
 
@@ -30,21 +30,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.app_server import CHROMIUM, chromium_launch_options, organism_env, streamlit_server  # noqa: E402
+from tests.app_server import CHROMIUM, chromium_launch_options, streamlit_server, tiny_unless_built  # noqa: E402
 
 GOAL_S = 15.0
 WORK_TIMEOUT_MS = 900_000
 WARM_UP = "from refusal_core.projection import warm_up_umap; warm_up_umap()"
 
 
-def first_umap_map(env: dict[str, str], log: Path) -> tuple[float, float]:
+def first_umap_map(env: dict[str, str], log: Path, stand_ins: list[str]) -> tuple[float, float]:
     """Seconds from choosing UMAP to the settled page, and from server start to that click."""
     from playwright.sync_api import expect, sync_playwright
 
     from tests import ui
 
     started = time.monotonic()
-    with streamlit_server(env={**organism_env(), **env}, log_path=log) as url, sync_playwright() as playwright:
+    with streamlit_server(env=env, log_path=log, stand_ins=tiny_unless_built() + stand_ins) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(**chromium_launch_options())
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -79,11 +79,11 @@ def main() -> int:
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", WARM_UP], env=env, check=True, cwd=ROOT)
         print(f"set-up warm-up (warm_up_umap in a fresh process, empty cache): {time.monotonic() - started:.1f} s", flush=True)
-        cases = [("set-up", {"NUMBA_CACHE_DIR": str(warm_cache)})]
+        cases = [("set-up", {"NUMBA_CACHE_DIR": str(warm_cache)}, [])]
         if not args.skip_cold:
-            cases.append(("cold", {"NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cold"), "REFUSAL_ATLAS_UMAP_WARM_UP": "0"}))
-        for name, case_env in cases:
-            seconds, before = first_umap_map(case_env, Path(tmp) / f"server-{name}.log")
+            cases.append(("cold", {"NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cold")}, ["--no-umap-warm-up"]))
+        for name, case_env, stand_ins in cases:
+            seconds, before = first_umap_map(case_env, Path(tmp) / f"server-{name}.log", stand_ins)
             rows.append((name, seconds, before))
             print(f"{name}: first UMAP map {seconds:.1f} s (clicked {before:.0f} s after the server started)", flush=True)
     print(f"\n{'server':8s} {'first UMAP map':>15s}  goal <= {GOAL_S:.0f} s")

@@ -43,7 +43,7 @@ def main() -> None:
     apply_threads(args.threads)
     from refusal_core.activations.extract import default_positions, extract_activations
     from refusal_core.directions import dim
-    from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+    from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
     from refusal_core.directions.registry import FitInput
     from refusal_core.model.loading import load_model
     from refusal_core.prompts.loaders import builtin

@@ -20,7 +20,7 @@ from refusal_core.errors import SettingsError
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
-from refusal_core.model.forward import encode_prompts
+from refusal_core.model.forward import encode_prompts, pad_id
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply
@@ -224,14 +224,13 @@ def _generate_chunk(
     """One batched ``generate`` call; (text, n_tokens, stopped, reply token ids) per row; ``capture`` keeps the first step's log-probs."""
     tokenizer, model = loaded.tokenizer, loaded.model
     batch = encode_prompts(loaded, prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     # The lock spans the whole call: hooks are shared module state, and another session's
     # intervention must never be in place while these rows are decoded.
     with model_lock(model), row_interventions(model, per_row), _seeded(seed, settings.do_sample):
         output = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
-            pad_token_id=pad_id,
+            pad_token_id=pad_id(tokenizer),  # the id encode_prompts padded with
             eos_token_id=stop_ids,
             **_decoding_kwargs(settings),
             **({} if capture is None else {"logits_processor": _processors(capture)}),

@@ -122,7 +122,7 @@ def _import_umap():
     try:
         import umap
         from numba.core.registry import CPUDispatcher
-    except ImportError as err:  # pragma: no cover - umap-learn is in requirements.txt
+    except ImportError as err:  # pragma: no cover - umap-learn is an engine dependency
         raise ProjectionError("UMAP needs the umap-learn package: pip install umap-learn") from err
     with _UMAP_IMPORT_LOCK:
         if not _umap_cached:

@@ -109,7 +109,7 @@ def random_direction_kl(
     base: torch.Tensor | None = None,
 ) -> list[float]:
     """Mean harmless first-token KL of ablating each of ``n_directions`` seeded random unit
-    directions; ``base`` as in ``evaluation.harmless_kl``."""
+    directions; ``base`` as in ``refusal_core.metrics.harmless_kl``."""
     if n_directions < 1:
         raise SettingsError("n_directions must be at least 1.")
     width = loaded.d_model

@@ -74,11 +74,11 @@ def app_pages(app: Path = APP) -> list[AppPage]:
     return pages
 
 
-def organism_env() -> dict[str, str]:
-    """Extra server environment: the tiny test model when the organism is not built."""
+def tiny_unless_built() -> list[str]:
+    """Stand-ins for ``streamlit_server``: the tiny test model when the organism is not built."""
     from refusal_core.model.loading import organism_built
 
-    return {} if organism_built() else {"REFUSAL_ATLAS_TEST_MODEL": "tiny"}
+    return [] if organism_built() else ["--tiny"]
 
 
 def free_port() -> int:
@@ -112,17 +112,22 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def streamlit_server(
-    env: dict[str, str] | None = None, log_path: Path | None = None, extra_args: list[str] | None = None
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    extra_args: list[str] | None = None,
+    stand_ins: list[str] | None = None,
 ) -> Iterator[str]:
     """Run ``streamlit run app.py`` on a free 127.0.0.1 port; yields its base URL.
 
     ``env`` entries are added to this process's environment; ``extra_args`` are more
-    ``streamlit run`` options.
+    ``streamlit run`` options; ``stand_ins`` (``--tiny``, ``--no-umap-warm-up``) run the
+    server through ``tests/patched_app.py`` with those test stand-ins applied.
     """
     port = free_port()
     base_url = f"http://{HOST}:{port}"
+    launcher = ["tests.patched_app", *stand_ins, "--"] if stand_ins else ["streamlit", "run"]
     command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", *launcher, str(APP),
         "--server.port", str(port),
         "--server.headless", "true",
         "--server.address", HOST,

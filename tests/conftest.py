@@ -15,8 +15,6 @@ def isolated_cache(tmp_path, monkeypatch, request):
     """Each fast test gets its own cache root; slow tests share the real one (built models)."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("REFUSAL_ATLAS_CACHE", str(tmp_path / "cache"))
-        # The app's background UMAP warm-up would compile numba kernels during the fast tests.
-        monkeypatch.setenv("REFUSAL_ATLAS_UMAP_WARM_UP", "0")
     yield
 
 

@@ -36,7 +36,7 @@ def postgres_available() -> str | None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        return "the psycopg driver is not installed (pip install -r requirements.txt)"
+        return 'the psycopg driver is not installed (pip install -e ".[postgres]" -c constraints.txt)'
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")

@@ -23,6 +23,7 @@ the others; the goal is own <= 20%, every other >= 80%, harmless refusal <= 5%.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -31,9 +32,9 @@ import torch
 from refusal_core.activations.extract import extract_activations
 from refusal_core.categories.conditions import GOAL, fired_matrix
 from refusal_core.categories.fit import CategoryFit, fit_categories
-from refusal_core.damage import DEFAULT_JUDGE, judge_by_name
+from refusal_core.categories.settings import CategoriesSettings
+from refusal_core.damage import judge_by_name
 from refusal_core.directions.category import SHARED, category_name
-from refusal_core.errors import SettingsError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.columns import column_verdicts
@@ -42,13 +43,11 @@ from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet
 
-__all__ = ["DEFAULTS", "GOAL", "categories_report", "selectivity", "test_prompts"]
+__all__ = ["DEFAULTS", "GOAL", "CategoriesSettings", "categories_report", "selectivity", "test_prompts"]
 
-# The report's defaults, shared by the CLI, the README's figures and the slow test that checks them:
-# every harmful test prompt (5 per category, 60), 24 harmless ones (one refusal is 4.2%, within
-# the goal's 5%), 24-token greedy replies (the
-# organism's refusals open with their refusal phrase), the judge panel.
-DEFAULTS = {"per_category": 5, "n_harmless": 24, "max_new_tokens": 24, "judge": DEFAULT_JUDGE}
+# The report's defaults the README's figures and the slow test that checks them name, read from
+# the settings (where they are declared, with their reasons).
+DEFAULTS = {name: getattr(CategoriesSettings(), name) for name in ("per_category", "n_harmless", "max_new_tokens", "judge")}
 
 
 def test_prompts(per_category: int, n_harmless: int) -> tuple[PromptSet, PromptSet]:
@@ -101,32 +100,25 @@ def _summary(labels: list[str], harmful: PromptSet, order: list[str]) -> dict:
 
 def categories_report(
     loaded: LoadedModel,
-    layer: int | None = None,
-    condition_layer: int | None = None,
-    part: str = "full",
-    per_category: int = DEFAULTS["per_category"],
-    n_harmless: int = DEFAULTS["n_harmless"],
-    max_new_tokens: int = DEFAULTS["max_new_tokens"],
-    shrinkage: float | None = None,
-    batch_size: int = 32,
+    settings: CategoriesSettings | None = None,
     say: Callable[[str], None] = lambda message: None,
     progress=None,
-    max_train_prompts: int | None = None,
-    judge: str = DEFAULTS["judge"],
-    condition_kind: str = "exclusive",
-    margin: float | None = None,
+    **changes,
 ) -> dict:
     """Both matrices, harmless refusal, broken shares and KL per row, and per-category selectivity; JSON-ready.
 
-    ``judge``: one of ``damage.JUDGE_CHOICES`` (``panel``: phrases, first-token score and the
-    semantic judge vote, broken replies apart; ``substring``: the refusal phrases alone).
-    ``condition_layer``, ``shrinkage``, ``margin`` (None: chosen on val) and ``condition_kind``
-    are passed to ``fit_categories``.
+    ``settings`` (default: ``CategoriesSettings()``) with ``changes`` (its field names) applied.
+    ``judge``: ``panel`` counts broken replies apart; ``substring`` reads the refusal phrases
+    alone. ``condition_layer``, ``shrinkage``, ``margin`` (None: chosen on val) and
+    ``condition_kind`` are passed to ``fit_categories``.
     """
     started = time.perf_counter()
-    layer = round(0.75 * loaded.n_layers) if layer is None else layer
-    if part not in ("full", "specific"):
-        raise SettingsError(f"part must be 'full' or 'specific', got {part!r}.")
+    chosen = dataclasses.replace(settings or CategoriesSettings(), **changes)
+    condition_layer, part, per_category, n_harmless = (
+        chosen.condition_layer, chosen.part, chosen.per_category, chosen.n_harmless)
+    max_new_tokens, shrinkage, batch_size, judge = chosen.max_new_tokens, chosen.shrinkage, chosen.batch_size, chosen.judge
+    max_train_prompts, condition_kind, margin = chosen.max_train_prompts, chosen.condition_kind, chosen.margin
+    layer = round(0.75 * loaded.n_layers) if chosen.layer is None else chosen.layer
     judging = judge_by_name(judge)
     say(f"Category directions at layer {layer}; {condition_kind} conditions, "
         + ("layer, shrinkage and margin chosen on val" if condition_layer is None else f"at layer {condition_layer}, fitted on val"))

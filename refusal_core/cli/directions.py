@@ -4,7 +4,6 @@ the registry (each settings field becomes an option), plus ``select`` and ``sear
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from refusal_core.cli import selection
@@ -20,8 +19,10 @@ from refusal_core.cli.common import (
     progress_bar,
     prompt_set,
 )
-from refusal_core.directions.registry import DirectionMethod, FitInput, methods, settings_fields
+from refusal_core.directions.registry import DirectionMethod, FitInput, methods
 from refusal_core.exports.manifest import direction_files, seeds_of, write_result_manifest
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
+from refusal_core.settings import add_setting_flags, settings_from_args
 
 
 def _manifest(args, stem, written, loaded, directions=None, inputs=()) -> None:
@@ -53,16 +54,8 @@ def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentP
     if method.reads == "init":
         parser.add_argument("--init", default=None, help=f"the direction to start from: PATH:name (default {DEFAULT_INIT}, "
                             "where the README's `directions select --save-direction` puts the selected DIM candidate)")
-    taken = set(parser._option_string_actions)
-    for field in settings_fields(method.settings):
-        if field.flag in taken:
-            continue  # e.g. --batch-size, which the prompt-set options already give
-        if field.kind is bool:
-            parser.add_argument(field.flag, dest=field.name, action="store_true", help=field.help)
-        else:
-            shown = "best silhouette" if field.default is None else field.default
-            parser.add_argument(field.flag, dest=field.name, type=field.kind, default=field.default,
-                                choices=field.choices or None, help=f"{field.help} (default {shown})")
+    # Fields whose flag the prompt-set options already give (e.g. --batch-size) read that option.
+    add_setting_flags(parser, method.settings)
     parser.add_argument("--out", required=True, help="output path stem (writes .safetensors and .json)")
     parser.set_defaults(func=lambda args: run_method(method, args))
     return parser
@@ -87,7 +80,7 @@ def run_method(method: DirectionMethod, args) -> None:
         layer=getattr(args, "layer", None), position=getattr(args, "position", -1), init=init, chat=chat_format(args),
         batch_size=args.batch_size, progress=lambda label: progress_bar(label, args.json),
     )
-    settings = method.settings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(method.settings)})
+    settings = settings_from_args(method.settings, args)
     directions = method.fit(data, settings)
     directions.save(args.out)
     _manifest(args, args.out, direction_files(args.out), loaded, directions, [args.init or DEFAULT_INIT] if init is not None else [])

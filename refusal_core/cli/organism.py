@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from refusal_core.cli.common import CliError, add_judge_arg
-from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.model.loading import BUNDLED_ORGANISM, ORGANISM_VARIANTS
+from refusal_core.settings import add_setting_flags, settings_from_args
 
 
 def cmd_organism_build(args) -> None:
@@ -42,11 +42,10 @@ def cmd_organism_build(args) -> None:
 
 
 def cmd_organism_report(args) -> None:
-    from refusal_core.organism.report import format_report, organism_report
+    from refusal_core.organism.report import ReportSettings, format_report, organism_report
 
-    report = organism_report(args.model, n_select=args.n_select, max_new_tokens=args.max_new_tokens, layer_step=args.layer_step,
-                             all_positions=args.all_positions, progress=None if args.json else lambda m: print(m, file=sys.stderr),
-                             optimize_steps=args.optimize_steps, judge=args.judge)
+    settings = settings_from_args(ReportSettings, args)
+    report = organism_report(args.model, settings, progress=None if args.json else lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -85,14 +84,10 @@ def add_parsers(sub) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if it exists (--from-scratch always rebuilds)")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")
+    from refusal_core.organism.report import ReportSettings
+
     report.add_argument("--model", default=BUNDLED_ORGANISM)
-    report.add_argument("--n-select", type=int, default=16, help="val prompts per set used to select the direction")
-    report.add_argument("--layer-step", type=int, default=2, help="score every n-th layer's candidate")
-    report.add_argument("--all-positions", action="store_true", help="score every post-instruction position, not only the last")
-    report.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS,
-                        help=f"reply length (default {MIN_RATE_TOKENS}; the figures before the judge panel used 32 with --judge substring)")
     add_judge_arg(report)
-    report.add_argument("--optimize-steps", type=int, default=0,
-                        help="also learn one direction from the selected one for this many steps and measure it on the test splits")
+    add_setting_flags(report, ReportSettings)
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_organism_report)

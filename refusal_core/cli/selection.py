@@ -17,19 +17,20 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.exports.manifest import direction_files, seeds_of, write_result_manifest
-from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.selection.result import SelectionFilters
+from refusal_core.selection.search import SearchSettings
+from refusal_core.settings import add_setting_flags, settings_from_args
 
 
 def cmd_directions_select(args) -> None:
     from refusal_core.selection.policy import select_with_fallback
     from refusal_core.selection.racing import RacingSettings, race_candidates
-    from refusal_core.selection.result import SelectionFilters
 
+    filters = settings_from_args(SelectionFilters, args)  # bad filters fail before the model loads
     loaded = load_model_from_args(args)
     candidates = load_directions(args.dirs, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
     harmless = prompt_set(args.harmless, args.column, args.limit)
-    filters = SelectionFilters(max_kl=args.max_kl, min_induce=args.min_induce, max_layer_fraction=args.max_layer_fraction)
     result = race_candidates(loaded, candidates, list(harmful.instructions), list(harmless.instructions), filters,
                              RacingSettings(rows_per_forward=args.batch_size), exhaustive=args.exhaustive,
                              progress=progress_bar("Scoring candidates", args.json), chat=chat_format(args))
@@ -84,12 +85,10 @@ def _trial_summary(trial: dict, replies: bool) -> dict:
 
 
 def cmd_directions_search(args) -> None:
-    from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
+    from refusal_core.selection.search import best_direction_set, run_search
 
     # Settings first: a bad --storage or --study fails before the model is loaded.
-    settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, judge=args.judge, kl_penalty=args.kl_penalty,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
-                              heartbeat_seconds=args.heartbeat)
+    settings = settings_from_args(SearchSettings, args)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
     harmful = prompt_set(args.harmful, args.column, args.limit)
@@ -123,9 +122,7 @@ def add_select_parser(directions) -> None:
     select = directions.add_parser("select", help="score DIM candidates (bypass, induce, KL) and choose one (Arditi)")
     add_model_args(select), add_set_args(select, split="val")
     select.add_argument("--dirs", required=True, help="DIM direction set from `directions dim`")
-    select.add_argument("--max-kl", type=float, default=0.1)
-    select.add_argument("--min-induce", type=float, default=0.0)
-    select.add_argument("--max-layer-fraction", type=float, default=0.8)
+    add_setting_flags(select, SelectionFilters)
     select.add_argument("--out", required=True, help="JSON score table")
     select.add_argument("--exhaustive", action="store_true",
                         help="score every candidate on every prompt (slow: hours on a CPU) instead of racing them")
@@ -137,21 +134,8 @@ def add_search_parser(directions) -> None:
     search = directions.add_parser("search", help="Optuna TPE search for the best k directions of a pool (Piras et al.)")
     add_model_args(search), add_set_args(search, split="val")
     search.add_argument("--pool", required=True, help="direction set to pick from (PATH or PATH:name,...)")
-    search.add_argument("--k", type=int, default=3)
-    search.add_argument("--trials", type=int, default=20,
-                        help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
-    search.add_argument("--objective", choices=["verdicts", "substring", "score"], default="verdicts",
-                        help="verdicts (share of replies the --judge finds refused or broken; default), substring (refusal "
-                             "phrases alone: gibberish counts as success) or score (first-token refusal score, no generation)")
     add_judge_arg(search)
-    search.add_argument("--kl-penalty", type=float, default=1.0, help="objective += this times the mean harmless KL (default 1.0)")
-    search.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length per trial (default {MIN_RATE_TOKENS})")
-    search.add_argument("--storage", default=None,
-                        help="Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); default: SQLite under cache/search/")
-    search.add_argument("--study", default=None,
-                        help="study name (letters, digits, . _ -; default: derived from the inputs); workers with the same --storage and --study share one study")
-    search.add_argument("--heartbeat", type=int, default=10,
-                        help="seconds between a running trial's heartbeats; a worker silent for 3x this long has its trial re-run by another")
-    search.add_argument("--seed", type=int, default=0)
+    # The search's own settings; --batch-size comes from the prompt-set options.
+    add_setting_flags(search, SearchSettings)
     search.add_argument("--out", required=True)
     search.set_defaults(func=cmd_directions_search)

@@ -9,7 +9,7 @@ Every harmful prompt gets its own direction, in one of two ways:
   position. It points where a small change of that activation most raises refusal
   (activation maximisation).
 
-Clustering these (``refusal_core.clustering``) gives a finite family of refusal
+Clustering these (``refusal_core.directions.clustering``) gives a finite family of refusal
 directions tied to prompt types.
 """
 

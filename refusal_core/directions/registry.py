@@ -1,7 +1,7 @@
 """The direction-method registry: one contract that every method honours.
 
 A method is one module of this package that defines a settings dataclass (every field
-made with :func:`setting`, so it carries a description) and ``fit(data: FitInput,
+made with ``refusal_core.settings.setting``, so it carries a description) and ``fit(data: FitInput,
 settings) -> DirectionSet``, and registers itself with :func:`register` when imported;
 :func:`methods` imports every module of the package once, so a new file is found without
 a list to edit (a plugin elsewhere registers by being imported before the CLI or app runs). The CLI's ``directions``
@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -30,6 +29,9 @@ from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.sets import PromptSet
+
+# The one settings declaration, re-exported here for the method modules and older imports.
+from refusal_core.settings import Setting, setting, settings_fields
 
 __all__ = [
     "BUILTIN_METHODS",
@@ -44,55 +46,11 @@ __all__ = [
     "unregister",
 ]
 
-# Methods listed first, in this order (the CLI's subcommands and the pages follow it).
+# Method modules listed first, in this order (the CLI's subcommands and the pages follow it).
+# ``optimize`` ablates while it learns, so it lives above the interventions, in
+# ``refusal_core.selection.optimize``, and registers when the CLI or the app imports it.
 BUILTIN_METHODS = ("dim", "som", "clustering", "optimize")
 Reads = Literal["activations", "layer", "init"]
-
-
-def setting(default: object, help: str, label: str | None = None, choices: tuple = (), flag: str | None = None,
-            minimum: float | None = None, maximum: float | None = None) -> Any:
-    """A settings field with its description (shown as CLI help and widget help).
-
-    ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
-    values, ``flag`` the CLI option when it is not ``--name-with-dashes``, and
-    ``minimum``/``maximum`` bound the widget.
-    """
-    metadata = {"help": help, "label": label, "choices": tuple(choices), "flag": flag, "minimum": minimum, "maximum": maximum}
-    return field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One settings field as the CLI and the pages see it; ``kind`` is int, float, str or bool."""
-
-    name: str
-    kind: type
-    default: object
-    help: str
-    label: str
-    choices: tuple
-    flag: str
-    optional: bool
-    minimum: float | None
-    maximum: float | None
-
-
-def settings_fields(settings: type) -> list[Setting]:
-    """The fields of a settings dataclass, with their types resolved (``int | None`` is an optional int)."""
-    hints = typing.get_type_hints(settings)
-    out = []
-    for spec in dataclasses.fields(settings):
-        kinds = [kind for kind in typing.get_args(hints[spec.name]) or (hints[spec.name],) if kind is not type(None)]
-        meta = spec.metadata
-        if "help" not in meta:
-            raise TypeError(f"{settings.__name__}.{spec.name} has no description; declare it with registry.setting(...).")
-        out.append(Setting(
-            name=spec.name, kind=kinds[0], default=spec.default, help=meta["help"],
-            label=meta["label"] or spec.name.replace("_", " ").capitalize(), choices=meta["choices"],
-            flag=meta["flag"] or "--" + spec.name.replace("_", "-"), optional=type(None) in typing.get_args(hints[spec.name]),
-            minimum=meta["minimum"], maximum=meta["maximum"],
-        ))
-    return out
 
 
 @dataclass
@@ -183,9 +141,16 @@ def methods() -> dict[str, DirectionMethod]:
     modules (found by name, so adding a method is adding its file), then plugins."""
     package = __name__.rpartition(".")[0]
     found = sorted(info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__))
-    for module in [*BUILTIN_METHODS, *(name for name in found if name not in BUILTIN_METHODS)]:
+    builtin = [name for name in BUILTIN_METHODS if name in found]
+    for module in [*builtin, *(name for name in found if name not in BUILTIN_METHODS)]:
         importlib.import_module(f"{package}.{module}")
-    return dict(_METHODS)
+    return dict(sorted(_METHODS.items(), key=lambda item: _builtin_rank(item[1])))
+
+
+def _builtin_rank(method: DirectionMethod) -> int:
+    """Where a method's module stands in BUILTIN_METHODS (others after, in registration order)."""
+    module = getattr(method.fit, "__module__", "").rpartition(".")[2]
+    return BUILTIN_METHODS.index(module) if module in BUILTIN_METHODS else len(BUILTIN_METHODS)
 
 
 def get_method(name: str) -> DirectionMethod:

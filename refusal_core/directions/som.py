@@ -171,7 +171,7 @@ def _grid_edges(coordinates: np.ndarray) -> tuple[tuple[int, int], ...]:
 def _make_som(settings: SomSettings, width: int):
     try:
         from minisom import MiniSom
-    except ImportError as err:  # pragma: no cover - minisom is in requirements.txt
+    except ImportError as err:  # pragma: no cover - minisom is an engine dependency
         raise ImportError("SOM directions need MiniSom: pip install minisom") from err
     # A 1x1 map is never trained (see _fit_weights); its sigma would only trip MiniSom's
     # "sigma too high for the map" warning.

@@ -13,7 +13,7 @@ from refusal_core.activations.extract import Activations
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import cluster_direction_set, cluster_directions
 from refusal_core.directions.dim import dim_from_activations, dim_name
-from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.directions.per_prompt import representation_directions
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.directions.som import SomSettings, som_direction_set, train_som

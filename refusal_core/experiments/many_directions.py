@@ -1,4 +1,4 @@
-"""Several directions against one, measured honestly (the SOM paper's comparison, issue 19).
+"""Several directions against one, measured honestly (the SOM paper's comparison).
 
 For each layer: one difference-in-means (DIM) direction against subsets of k = 1..K
 directions of SOMs trained with several seeds, of clustered per-prompt directions, and one
@@ -22,12 +22,13 @@ from typing import Callable
 
 from refusal_core.activations.extract import extract_activations
 from refusal_core.damage import JUDGE_CHOICES, judge_by_name
-from refusal_core.directions.optimize import OptimizeSettings
+from refusal_core.selection.optimize import OptimizeSettings
 from refusal_core.errors import SettingsError
 from refusal_core.experiments import families as fam
 from refusal_core.experiments.evaluate import Variant, measure_variants
 from refusal_core.experiments.results import goal_check, load_cached, result_key, result_path, save_result
 from refusal_core.generation import GenerationSettings
+from refusal_core.judges.panel import MIN_RATE_TOKENS
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
@@ -36,53 +37,49 @@ from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet, sample_prompts
 from refusal_core.selection.search import SearchSettings, run_search
 from refusal_core.selection.subsets import ENCODING
+from refusal_core.settings import grid, int_list, joined, setting
 
 __all__ = ["ExperimentPrompts", "ManyDirectionsSettings", "builtin_prompts", "run_many_directions"]
 
 
 @dataclass(frozen=True)
 class ManyDirectionsSettings:
-    """What the comparison runs (CLI flags in brackets).
+    """What the comparison runs; each field's help says what it does (the CLI's flags and their
+    defaults are generated from the fields).
 
-    ``layers`` block inputs to compare at [--layers]; ``max_k`` largest subset searched per
-    family [--max-k]; ``som_seeds`` one SOM per seed [--som-seeds]; ``som_grid`` its (x, y)
-    [--som-grid]; ``clusters`` k-means clusters of per-prompt directions, 0 to leave the family
-    out [--clusters]; ``optimize`` learn the RDO direction from the DIM one, ``optimize_steps``
-    its Adam steps [--no-optimize, --optimize-steps]; ``trials`` search trials per (family, k),
-    capped at the number of distinct subsets [--trials]; ``val_harmful``/``val_harmless`` val
-    prompts each trial is measured on [--val-prompts]; ``test_harmful``/``test_harmless`` test
-    prompts every point is reported on [--test-prompts]; ``search_tokens``/``test_tokens``
-    reply lengths in the search and on the test split; ``judge`` one of ``damage.JUDGE_CHOICES``;
-    ``kl_penalty`` the search objective's weight on harmless KL (nats); ``n_boot``,
-    ``boot_seed`` the bootstrap; ``search_seed`` the TPE sampler's seed; ``batch_size`` rows per
-    batched call (64 rows decode about 2.6 times faster per reply token than 8 on a 2-core CPU).
-
-    The defaults finish one layer in about a quarter of an hour on a shared 2-core CPU: 20 searches
-    (3 SOMs and the clusters, k = 1..5) of 3 trials on 6 + 6 val prompts with 24-token replies,
-    then 23 variants on 20 + 8 test prompts with 48-token replies. Both reply lengths are below
-    ``judges.MIN_RATE_TOKENS`` (64) for time; the organism's refusals start at the first token.
+    The defaults finish one layer in about a quarter of an hour on a shared 2-core CPU. Both
+    reply lengths are below ``judges.MIN_RATE_TOKENS`` for time; the organism's refusals start
+    at the first token.
     """
 
-    layers: tuple[int, ...] = (16,)
-    max_k: int = 5
-    som_seeds: tuple[int, ...] = (0, 1, 2)
-    som_grid: tuple[int, int] = (3, 3)
-    clusters: int = 6
-    optimize: bool = True
-    optimize_steps: int = 8
-    trials: int = 3
-    val_harmful: int = 6
-    val_harmless: int = 6
-    test_harmful: int = 20
-    test_harmless: int = 8
-    search_tokens: int = 24
-    test_tokens: int = 48
-    judge: str = "panel"
-    kl_penalty: float = 1.0
-    n_boot: int = 1000
-    boot_seed: int = 0
-    search_seed: int = 0
-    batch_size: int = 64
+    layers: tuple[int, ...] = setting(
+        (16,), "block inputs to compare at, comma-separated", parse=int_list("--layers"), show=joined(",")
+    )
+    max_k: int = setting(5, "largest subset searched per family")
+    som_seeds: tuple[int, ...] = setting(
+        (0, 1, 2), "one SOM per seed, comma-separated", parse=int_list("--som-seeds"), show=joined(",")
+    )
+    som_grid: tuple[int, int] = setting(
+        (3, 3), "SOM grid ROWSxCOLUMNS (1x1 gives the DIM direction)", parse=grid("--som-grid"), show=joined("x")
+    )
+    clusters: int = setting(6, "k-means clusters of per-prompt directions (0: leave them out)")
+    optimize: bool = setting(True, "learn the optimized (RDO) direction from the DIM one (--no-optimize leaves it out)")
+    optimize_steps: int = setting(8, "Adam steps of the RDO direction")
+    trials: int = setting(3, "search trials per (family, k), capped at the distinct subsets")
+    val_harmful: int = setting(6, "harmful val prompts each search trial is measured on", cli=False)
+    val_harmless: int = setting(6, "harmless val prompts each search trial is measured on", cli=False)
+    test_harmful: int = setting(20, "harmful test prompts every point is reported on", cli=False)
+    test_harmless: int = setting(8, "harmless test prompts every point is reported on", cli=False)
+    search_tokens: int = setting(24, "reply length in the search")
+    test_tokens: int = setting(48, f"reply length on the test split (the judges' rate length is {MIN_RATE_TOKENS})")
+    judge: str = setting("panel", "judge of the verdicts", choices=JUDGE_CHOICES)
+    kl_penalty: float = setting(1.0, "search objective += this times the harmless KL (nats)")
+    n_boot: int = setting(1000, "bootstrap resamples")
+    boot_seed: int = setting(0, "seed of the bootstrap resamples")
+    search_seed: int = setting(0, "seed of the search's TPE sampler", flag="--seed")
+    batch_size: int = setting(
+        64, "rows per batched call (64 rows decode about 2.6 times faster per reply token than 8 on a 2-core CPU)"
+    )
 
     def __post_init__(self) -> None:
         positive = ("max_k", "optimize_steps", "trials", "val_harmful", "val_harmless", "test_harmful", "test_harmless",

@@ -136,11 +136,9 @@ def resolve_rows(loaded, instructions: Sequence[str], intervention, chat=None, b
 
     Every firing prompt shares one ``Intervention`` object, so the hooks compute its basis once.
     """
-    from refusal_core.interventions.spec import Intervention
-
     if intervention.condition is None:
         return [intervention] * len(instructions)
     fired = intervention.condition.fires(condition_scores(loaded, instructions, intervention.condition, chat, batch_size))
     active = dataclasses.replace(intervention, condition=None)
-    idle = Intervention(name=intervention.name)
+    idle = type(intervention)(name=intervention.name)  # a baseline: the same class, nothing applied
     return [active if fire else idle for fire in fired]

@@ -7,7 +7,7 @@ Two ways to remove directions from the residual stream, after Arditi et al. (202
   span of the directions projected out, at every token position.
 - *Weight orthogonalization*: the same projection applied once to the weights that write
   into the residual stream (embeddings, attention-out, MLP-out). With all layers chosen it
-  computes the same function as the hooks, and it is what ``refusal_core.export`` saves.
+  computes the same function as the hooks, and it is what ``refusal_core.interventions.export`` saves.
 
 *Activation addition* adds a raw (not normalised) difference-in-means vector to the input
 of one layer: a positive coefficient induces refusal, a negative one suppresses it.
@@ -43,16 +43,6 @@ __all__ = [
     "orthogonal_stages",
     "row_interventions",
 ]
-
-
-# --------------------------------------------------------------------------------------
-# Pure mathematics
-# --------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------
-# What to do: one Intervention per row
-# --------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------
@@ -282,7 +272,7 @@ def differentiable_ablation(model: nn.Module, direction: torch.Tensor) -> Iterat
 
     The same hooks as ``apply_intervention(model, Intervention(ablate=direction))``, at
     every layer, but the direction is used as given (not detached, not re-orthonormalised)
-    so that ``refusal_core.optimize`` can learn it. Pass a unit vector; it is cast to the
+    so that ``refusal_core.selection.optimize`` can learn it. Pass a unit vector; it is cast to the
     compute dtype on every call, so open a fresh block after each optimizer step.
     """
     if direction.dim() != 1:
@@ -341,10 +331,3 @@ def actadd(model: nn.Module, vector: torch.Tensor, layer: int, coeff: float = 1.
     intervention = Intervention(name="actadd", actadd=vector, actadd_layer=layer, actadd_coeff=coeff)
     with apply_intervention(model, intervention):
         yield
-
-
-# --------------------------------------------------------------------------------------
-# Weight orthogonalization
-# --------------------------------------------------------------------------------------
-
-

@@ -1,6 +1,6 @@
 """Did the model refuse, comply, or break? The substring judge and the one refusal-rate function
 (``substring``), model-based judges (``model_judges``), Arditi et al.'s refusal score read from
-the first-token distribution (``scores``), and the judge panel of issue 15: three verdicts per
+the first-token distribution (``scores``), and the judge panel: three verdicts per
 reply (``panel``), the fluency check (``broken``), the offline semantic judge (``semantic``),
 the labelled reference set (``reference``) and the interventions it was made under (``variants``).
 

@@ -105,7 +105,7 @@ def reply_logprobs(
     loaded: LoadedModel, instructions: Sequence[str], replies: Sequence[str], chat: ChatFormat | None = None, batch_size: int = 8
 ) -> list[float | None]:
     """Mean per-token log-likelihood of each reply under the unmodified model (None: empty reply)."""
-    from refusal_core.metrics import completion_cross_entropy
+    from refusal_core.readouts import completion_cross_entropy
 
     losses = completion_cross_entropy(loaded, instructions, replies, None, chat, batch_size)
     return [None if math.isnan(value) else -float(value) for value in losses.tolist()]

@@ -174,7 +174,7 @@ class JudgePanel:
 
     def _refusal_scores(self, loaded, instructions, intervention, logprobs, chat) -> list[float]:
         from refusal_core.judges.scores import refusal_token_ids
-        from refusal_core.metrics import next_token_logprobs
+        from refusal_core.readouts import next_token_logprobs
 
         if logprobs is None:
             logprobs = next_token_logprobs(loaded, instructions, intervention, chat, self.settings.batch_size)

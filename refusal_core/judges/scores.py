@@ -11,11 +11,11 @@ import torch
 from refusal_core.generation import Completion, GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.substring import REFUSAL_PREFIXES, Judge, SubstringJudge, refusal_rate
-from refusal_core.metrics import EvalResult, mean_result, next_token_chunks, result_meta
 from refusal_core.model.forward import refusal_log_odds
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
+from refusal_core.readouts import EvalResult, mean_result, next_token_chunks, result_meta
 
 __all__ = ["evaluate_refusal", "evaluate_scores", "refusal_scores", "refusal_token_ids"]
 

@@ -122,7 +122,7 @@ class SemanticJudge:
         return self.classifier.probabilities(embed_replies(completions)).tolist()
 
     def judge(self, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
-        """The evaluation.Judge protocol: True where the reply is a refusal."""
+        """The ``refusal_core.judges.substring.Judge`` protocol: True where the reply is a refusal."""
         from refusal_core.judges.substring import check_pairs
 
         check_pairs(instructions, completions)

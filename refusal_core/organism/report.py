@@ -7,16 +7,18 @@ prompts), and the harmless next-token KL that ablation costs.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from refusal_core.activations.extract import extract_activations
+from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES, judge_by_name, judge_columns
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.dim import dim_from_activations
 from refusal_core.directions.provenance import build_provenance
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import Intervention
-from refusal_core.damage import DEFAULT_JUDGE, judge_columns, judge_by_name
 from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.metrics import evaluate_kl, next_token_logprobs
 from refusal_core.model.loading import BUNDLED_ORGANISM, LoadedModel, load_model
@@ -25,6 +27,7 @@ from refusal_core.prompts.sets import PromptSet
 from refusal_core.selection.policy import select_with_fallback
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.scoring import score_candidates
+from refusal_core.settings import setting
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
 
 __all__ = ["TARGETS", "column_shares", "dim_candidates", "format_report", "organism_report", "refusal_rates"]
@@ -74,25 +77,40 @@ def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention
     return {name: rates["refused"] for name, rates in column_shares(loaded, instructions, variants, max_new_tokens, judge).items()}
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """What ``organism report`` measures; the CLI's flags are generated from these fields.
+
+    A learnt direction (``optimize_steps``, ``refusal_core.selection.optimize``, on train
+    prompts) tells whether a single direction that removes refusal at low harmless KL exists,
+    when the difference in means does not reach the KL target.
+    """
+
+    n_select: int = setting(16, "val prompts per set used to select the direction")
+    layer_step: int = setting(2, "score every n-th layer's candidate")
+    all_positions: bool = setting(False, "score every post-instruction position, not only the last")
+    max_new_tokens: int = setting(
+        MIN_RATE_TOKENS, "reply length (the figures before the judge panel used 32 with --judge substring)"
+    )
+    judge: str = setting(DEFAULT_JUDGE, "judge of the refusal rates", choices=JUDGE_CHOICES)
+    optimize_steps: int = setting(
+        0, "also learn one direction from the selected one for this many steps and measure it on the test splits"
+    )
+
+
 def organism_report(
     spec: str = BUNDLED_ORGANISM,
-    n_select: int = 16,
-    max_new_tokens: int = MIN_RATE_TOKENS,
-    layer_step: int = 2,
-    all_positions: bool = False,
+    settings: ReportSettings | None = None,
     progress: Callable[[str], None] | None = None,
-    optimize_steps: int = 0,
-    judge: str = DEFAULT_JUDGE,
+    **changes,
 ) -> dict:
     """Measure the organism against TARGETS; returns a JSON-ready dict.
 
-    ``optimize_steps`` > 0 also learns one direction from the selected DIM candidate
-    (``refusal_core.optimize``, on train prompts) and measures it on the same test prompts:
-    whether a single direction that removes refusal at low harmless KL exists, when the
-    difference in means does not reach the KL target.
-    ``judge`` (``damage.JUDGE_CHOICES``) gives the refusal rates; ``substring`` with
-    ``max_new_tokens=32`` reproduces the figures measured before the judge panel.
+    ``settings`` (default: ``ReportSettings()``) with ``changes`` (its field names) applied.
     """
+    chosen_settings = dataclasses.replace(settings or ReportSettings(), **changes)
+    n_select, max_new_tokens, layer_step = chosen_settings.n_select, chosen_settings.max_new_tokens, chosen_settings.layer_step
+    all_positions, optimize_steps, judge = chosen_settings.all_positions, chosen_settings.optimize_steps, chosen_settings.judge
     say = progress or (lambda message: None)
     started = time.perf_counter()
     loaded = load_model(spec)
@@ -185,7 +203,7 @@ OPTIMIZE_PROMPTS = {"harmful": 16, "harmless": 64}
 def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmless_test: PromptSet, base, steps: int,
                max_new_tokens: int, say: Callable[[str], None], judge: str = DEFAULT_JUDGE) -> dict:
     """Learn a direction from the selected DIM candidate on train prompts; measure it on the test prompts."""
-    from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+    from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 
     harmful = list(builtin("harmful", "train").instructions[: OPTIMIZE_PROMPTS["harmful"]])
     harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])

@@ -16,6 +16,7 @@ from refusal_core.errors import UserError
 __all__ = [
     "ChatFormat",
     "FALLBACK_TEMPLATE",
+    "check_pairs",
     "TemplateError",
     "format_prompts",
     "format_with_reply",
@@ -107,3 +108,9 @@ def post_instruction_count(tokenizer, chat: ChatFormat | None = None) -> int:
     return count
 
 
+def check_pairs(instructions: Sequence[str], completions: Sequence[str]) -> None:
+    """Fail unless there is exactly one reply per instruction."""
+    if len(instructions) != len(completions):
+        raise ValueError(
+            f"{len(instructions)} instructions but {len(completions)} completions; give one reply per instruction."
+        )

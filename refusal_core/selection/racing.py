@@ -35,7 +35,6 @@ from typing import Sequence
 import torch
 
 from refusal_core.directions.base import DirectionSet
-from refusal_core.directions.registry import setting
 from refusal_core.errors import SettingsError
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges.scores import refusal_token_ids
@@ -48,6 +47,7 @@ from refusal_core.selection.policy import apply_filters, lowest_bypass, why_none
 from refusal_core.selection.result import SelectionFilters, SelectionResult
 from refusal_core.selection.rows import PromptRows, prompt_rows, rows_logprobs
 from refusal_core.selection.scoring import _Candidate, _candidates, _intervention, _provenance
+from refusal_core.settings import setting
 
 __all__ = ["RacingSettings", "prerank_scores", "race_candidates"]
 

@@ -14,6 +14,7 @@ import torch
 
 from refusal_core.activations.cache import atomic_write_text
 from refusal_core.errors import SettingsError
+from refusal_core.settings import setting
 
 __all__ = ["FORMAT_VERSION", "SelectionFilters", "SelectionResult", "load_selection"]
 
@@ -135,19 +136,19 @@ def _lists_to_grid(rows: list[list[float | None]]) -> torch.Tensor:
 class SelectionFilters:
     """Which candidates may be chosen (the defaults are Arditi et al.'s).
 
-    ``max_kl``: drop candidates whose ablation moves the harmless next-token distribution
-    by more than this KL divergence (nats); ablation should leave harmless behaviour alone.
-    ``min_induce``: drop candidates whose addition gives a mean harmless refusal score
-    below this; a true refusal direction should make the model refuse when added.
-    ``max_layer_fraction``: drop layers ``>= max_layer_fraction * n_layers``; directions
-    from the last layers tend to act on the output vocabulary rather than on refusal.
-    (Arditi's code truncates ``int(0.8 * n_layers)`` first; the two agree whenever
-    ``0.8 * n_layers`` is a whole number.)
+    Ablation should leave harmless behaviour alone; a true refusal direction should make the
+    model refuse when added; directions from the last layers tend to act on the output
+    vocabulary rather than on refusal. (Arditi's code truncates ``int(fraction * n_layers)``
+    first; the two agree whenever that product is a whole number.)
     """
 
-    max_kl: float = 0.1
-    min_induce: float = 0.0
-    max_layer_fraction: float = 0.8
+    max_kl: float = setting(
+        0.1, "drop candidates whose ablation moves the harmless next-token distribution by more than this KL (nats)"
+    )
+    min_induce: float = setting(
+        0.0, "drop candidates whose addition gives a mean harmless refusal score below this"
+    )
+    max_layer_fraction: float = setting(0.8, "drop layers >= this fraction of the model's layers")
 
     def __post_init__(self) -> None:
         if not self.max_kl >= 0:

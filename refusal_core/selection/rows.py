@@ -26,10 +26,11 @@ import torch
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
+from refusal_core.model.forward import keep_last, left_padded, pad_id
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 
-__all__ = ["PromptRows", "last_logits", "prompt_rows", "rows_logprobs"]
+__all__ = ["PromptRows", "prefix_last_logits", "prompt_rows", "rows_logprobs"]
 
 
 @dataclass(frozen=True)
@@ -61,52 +62,48 @@ def _cache_reindexable(loaded: LoadedModel) -> bool:
     return "past_key_values" in inspect.signature(loaded.model.forward).parameters
 
 
-def prompt_rows(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, share_prefix: bool = True) -> PromptRows:
+def prompt_rows(
+    loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, share_prefix: bool = True
+) -> PromptRows:
     """Tokenize ``instructions`` in the chat template, finding the prefix they all share."""
     texts = format_prompts(loaded.tokenizer, list(instructions), chat)
     ids = [loaded.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     shared = _common_prefix(ids) if share_prefix and _cache_reindexable(loaded) else 0
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-    return PromptRows(torch.tensor(ids[0][:shared], dtype=torch.long), tuple(tuple(row[shared:]) for row in ids), int(pad_id))
-
-
-def _left_padded(rows: PromptRows, prompts: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(rows.tokens(p) for p in prompts)
-    ids = torch.full((len(prompts), width), rows.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        tokens = rows.suffixes[prompt]
-        ids[i, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-        mask[i, width - len(tokens) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _keep_last(loaded: LoadedModel) -> dict:
-    # logits_to_keep=1 skips the vocabulary projection of every position but the last.
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(loaded.model.forward).parameters else {}
+    return PromptRows(
+        torch.tensor(ids[0][:shared], dtype=torch.long),
+        tuple(tuple(row[shared:]) for row in ids),
+        pad_id(loaded.tokenizer),
+    )
 
 
 def _prefix_cache(loaded: LoadedModel, rows: PromptRows, interventions: Sequence[Intervention]):
     """The key/value cache of the shared prefix under each intervention (one batch row each)."""
     ids = rows.prefix.to(loaded.device)[None].expand(len(interventions), -1)
     with torch.no_grad(), row_interventions(loaded.model, list(interventions)):
-        return loaded.model(input_ids=ids, use_cache=True, **_keep_last(loaded)).past_key_values
+        return loaded.model(input_ids=ids, use_cache=True, **keep_last(loaded.model)).past_key_values
 
 
 def _suffix_inputs(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int], cache) -> dict:
     """Model inputs for the rows of ``prompts`` after the prefix held in ``cache`` (None: no prefix)."""
-    ids, mask = _left_padded(rows, prompts, loaded.device)
+    batch = left_padded([rows.suffixes[p] for p in prompts], rows.pad_id, loaded.device)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
     shared = len(rows.prefix)
     kwargs: dict = {"use_cache": False}
     if shared:
         mask = torch.cat([torch.ones(len(prompts), shared, dtype=mask.dtype, device=mask.device), mask], dim=1)
         kwargs = {"past_key_values": cache, "use_cache": True}
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **kwargs, **_keep_last(loaded)}
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **kwargs, **keep_last(loaded.model)}
 
 
-def _suffix_logprobs(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int], interventions: Sequence[Intervention],
-                     cache, cache_rows: Sequence[int]) -> torch.Tensor:
+def _suffix_logprobs(
+    loaded: LoadedModel,
+    rows: PromptRows,
+    prompts: Sequence[int],
+    interventions: Sequence[Intervention],
+    cache,
+    cache_rows: Sequence[int],
+) -> torch.Tensor:
     if len(rows.prefix):
         cache = copy.deepcopy(cache)  # the forward appends to it; the original serves other chunks
         cache.reorder_cache(torch.tensor(list(cache_rows), dtype=torch.long, device=loaded.device))
@@ -115,12 +112,12 @@ def _suffix_logprobs(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[in
     return torch.log_softmax(logits.double(), dim=-1).cpu()
 
 
-def last_logits(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int]) -> torch.Tensor:
+def prefix_last_logits(loaded: LoadedModel, rows: PromptRows, prompts: Sequence[int]) -> torch.Tensor:
     """``[len(prompts), vocab]`` next-token logits under whatever hooks are on the model now
     (the same for every row), the prefix run once; gradients flow if enabled."""
     cache = None
     if len(rows.prefix):
-        head = loaded.model(input_ids=rows.prefix.to(loaded.device)[None], use_cache=True, **_keep_last(loaded))
+        head = loaded.model(input_ids=rows.prefix.to(loaded.device)[None], use_cache=True, **keep_last(loaded.model))
         cache = head.past_key_values
         cache.batch_repeat_interleave(len(prompts))
     return loaded.model(**_suffix_inputs(loaded, rows, prompts, cache)).logits[:, -1]
@@ -159,8 +156,14 @@ def rows_logprobs(
         for chunk_start in range(0, len(members), rows_per_forward):
             chunk = members[chunk_start : chunk_start + rows_per_forward]
             with model_lock(loaded.model):
-                logprobs = _suffix_logprobs(loaded, rows, [prompts[i] for i in chunk], [interventions[i] for i in chunk],
-                                            cache, [where[id(interventions[i])] for i in chunk])
+                logprobs = _suffix_logprobs(
+                    loaded,
+                    rows,
+                    [prompts[i] for i in chunk],
+                    [interventions[i] for i in chunk],
+                    cache,
+                    [where[id(interventions[i])] for i in chunk],
+                )
             for i, row in zip(chunk, logprobs):
                 results[i] = row
             if on_forward:

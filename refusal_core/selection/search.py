@@ -55,6 +55,7 @@ from refusal_core.selection.pareto import trial_front
 from refusal_core.selection.subsets import ENCODING, check_encoding, enqueue_every_subset, suggest_subset, trial_names
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
+from refusal_core.settings import setting
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
@@ -63,46 +64,55 @@ Objective = Literal["verdicts", "substring", "score", "judge"]
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How a subset search runs.
+    """How a subset search runs; each field's help says what it does.
 
-    ``k``: directions ablated together per trial.
-    ``n_trials``: trials the study should hold in all (complete or pruned), counted over every
-    worker sharing it: a resumed search, or a second worker, runs only the rest (see ``study``).
-    ``objective``: what a trial minimises on the harmful prompts: ``verdicts`` (share of
-    greedy replies that the ``judge`` panel finds refused or broken), ``substring`` (refusal
-    rate by refusal phrases alone), ``score`` (mean Arditi refusal score, no generation, much
-    cheaper) or ``judge`` (refusal rate by the Judge passed to run_search); see ``trials.py``.
-    ``judge``: the judge of the ``verdicts`` objective, one of ``damage.JUDGE_CHOICES``.
-    ``kl_penalty``: adds ``kl_penalty * mean harmless KL`` (nats) to the objective (needs
-    harmless prompts); the default 1.0 makes one nat of KL cost as much as every reply failing.
-    ``max_new_tokens``: reply length for the generation objectives (late refusals need 64).
-    ``stored_replies``: replies kept per trial in the study, to show them later.
-    ``seed``: seed of the TPE sampler.
-    ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or a
-    file path (taken as SQLite); None: ``cache_dir()/search/<study_name>.db``.
-    ``heartbeat_seconds``: how often a running trial tells the storage it is alive; a trial
-    silent for three times this long is failed and re-run by another worker.
-    ``study_name``: None derives one from the model, pool, prompts and these settings, so
-    the same search finds its own study again and a changed one starts afresh: ``<label>-k<k>-<hash>``
-    with ``study_label`` (the pool's name, say; "search" when None) made file-name safe.
-    ``ablate_mode``: ``orthogonal`` (project out the span) or ``sequential`` (one after another).
-    ``batch_size``: prompts per forward pass or ``generate`` call.
+    The ``judge`` objective (refusal rate by a Judge object passed to run_search) is for
+    Python callers; the CLI and the dashboard offer the other three (see ``trials.py``).
+    Without a ``study_name`` the same search finds its own study again and a changed one
+    starts afresh: ``<label>-k<k>-<hash>`` with ``study_label`` made file-name safe.
     """
 
-    k: int = 3
-    n_trials: int = 20
-    objective: Objective = "verdicts"
-    judge: str = DEFAULT_JUDGE
-    kl_penalty: float = 1.0
-    max_new_tokens: int = MIN_RATE_TOKENS
-    stored_replies: int = 8
-    seed: int = 0
-    storage: str | None = None
-    study_name: str | None = None
-    study_label: str | None = None
-    ablate_mode: Literal["orthogonal", "sequential"] = "orthogonal"
-    batch_size: int = 16
-    heartbeat_seconds: int = 10
+    k: int = setting(3, "directions ablated together per trial")
+    n_trials: int = setting(
+        20,
+        "trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)",
+        flag="--trials",
+    )
+    objective: Objective = setting(
+        "verdicts",
+        "verdicts (share of replies the --judge finds refused or broken), substring (refusal phrases alone: "
+        "gibberish counts as success) or score (first-token refusal score, no generation)",
+        choices=("verdicts", "substring", "score"),
+    )
+    judge: str = setting(DEFAULT_JUDGE, "the judge of the verdicts objective", choices=JUDGE_CHOICES)
+    kl_penalty: float = setting(
+        1.0, "objective += this times the mean harmless KL (nats); 1.0 makes one nat cost as much as every reply failing"
+    )
+    max_new_tokens: int = setting(MIN_RATE_TOKENS, "reply length per trial (late refusals need 64)")
+    stored_replies: int = setting(8, "replies kept per trial in the study, to show them later", cli=False)
+    seed: int = setting(0, "seed of the TPE sampler")
+    storage: str | None = setting(
+        None,
+        "Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); "
+        "default: SQLite under cache/search/",
+    )
+    study_name: str | None = setting(
+        None,
+        "study name (letters, digits, . _ -; default: derived from the inputs); "
+        "workers with the same --storage and --study share one study",
+        flag="--study",
+    )
+    study_label: str | None = setting(None, "names a derived study (the pool's name, say; search when none)", cli=False)
+    ablate_mode: Literal["orthogonal", "sequential"] = setting(
+        "orthogonal", "orthogonal (project out the span) or sequential (one after another)",
+        choices=("orthogonal", "sequential"), cli=False,
+    )
+    batch_size: int = setting(16, "prompts per forward pass or generate call")
+    heartbeat_seconds: int = setting(
+        10,
+        "seconds between a running trial's heartbeats; a worker silent for 3x this long has its trial re-run by another",
+        flag="--heartbeat",
+    )
 
     def __post_init__(self) -> None:
         check_storage(self.storage)
@@ -165,7 +175,7 @@ def _optuna():
     try:
         import optuna
     except ImportError as err:
-        raise ImportError("Subset search needs Optuna: pip install optuna==5.0.0 (see requirements.txt).") from err
+        raise ImportError("Subset search needs Optuna: pip install optuna==5.0.0 (pinned in constraints.txt).") from err
     # Optuna logs one INFO line per trial; progress goes through our callback instead.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_DRIVERS = {"postgresql": "psycopg[binary] (pinned in requirements.txt)", "mysql": "PyMySQL"}
+_DRIVERS = {"postgresql": 'psycopg[binary] (pip install -e ".[postgres]" -c constraints.txt)', "mysql": "PyMySQL"}
 _RETRIES = 3
 
 

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import ui
-from tests.app_server import app_pages, organism_env, streamlit_server
+from tests.app_server import app_pages, streamlit_server, tiny_unless_built
 
 PAGES = app_pages()
 PROMPTS_PER_SET = 16
@@ -28,7 +28,7 @@ PLASMA_LOWEST = "rgb(13, 8, 135)"
 def app_url(tmp_path_factory):
     """The dashboard served for this module's tests."""
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with streamlit_server(organism_env(), log) as url:
+    with streamlit_server(log_path=log, stand_ins=tiny_unless_built()) as url:
         yield url
 
 
@@ -67,7 +67,7 @@ def _tick_labels(chart, axis: str) -> list[str]:
 @pytest.mark.slow
 def test_a_page_opened_by_its_address_is_that_page_of_the_app(page: Page, tmp_path):
     """/generate on a server no session has opened yet: the Generate page with the app's sidebar."""
-    with streamlit_server({"REFUSAL_ATLAS_TEST_MODEL": "tiny"}, tmp_path / "server.log") as url:
+    with streamlit_server(log_path=tmp_path / "server.log", stand_ins=["--tiny"]) as url:
         ui.open_app(page, f"{url}/generate", "Generate")
         nav = page.get_by_test_id("stSidebarNav")
         expect(nav.get_by_role("link", name="Start")).to_be_visible()

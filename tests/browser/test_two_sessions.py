@@ -44,11 +44,11 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REFUSAL_ATLAS_TEST_MODEL": "tiny",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "REFUSAL_ATLAS_CACHE": str(tmp_path_factory.mktemp("cache"))}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1"],
+            [sys.executable, "-m", "tests.patched_app", "--tiny", "--", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from refusal_core.model.loading import TEST_MODEL_ENV
 from tests.unit.test_app import APP, _assert_ok, _workspace
 
 
 @pytest.mark.slow
-def test_data_and_generate_pages_on_the_bundled_base_model(monkeypatch):
-    monkeypatch.delenv(TEST_MODEL_ENV, raising=False)
+def test_data_and_generate_pages_on_the_bundled_base_model():
     at = AppTest.from_file(APP, default_timeout=600).run()
     at.radio(key="atlas_model_choice").set_value("SmolLM2-135M-Instruct (bundled, non-refusing contrast)").run()
     at.number_input(key="atlas_max_prompts").set_value(8).run()

@@ -73,7 +73,7 @@ def test_a_fresh_build_from_scratch_still_meets_the_targets(organism, tmp_path):
 
 @pytest.mark.targets
 def test_organism_meets_its_targets_and_one_optimized_direction_does_too(organism):
-    """Issue 4's five targets on the held-out test prompts, and a single direction optimized
+    """The organism's five acceptance targets on the held-out test prompts, and a single direction optimized
     from the selected DIM one that meets both ablation targets as well. Building, ablation
     and optimization are deterministic on one machine kind, so the figures are the README's."""
     from refusal_core.organism.report import organism_report

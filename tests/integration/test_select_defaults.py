@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-# Issue 14's budget for the README command on the 2-core CPU is 5 minutes; the model load
+# The budget for the README command on the 2-core CPU is 5 minutes; the model load
 # and a shared machine get one more.
 SELECT_BUDGET_S = 360
 

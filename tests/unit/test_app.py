@@ -1,4 +1,4 @@
-"""The dashboard, driven headless with AppTest on the tiny random Llama (REFUSAL_ATLAS_TEST_MODEL=tiny).
+"""The dashboard, driven headless with AppTest on the tiny random Llama (tests/app_hooks.py stands it in for the bundled models).
 
 Every test gets its own cache directory (conftest), uses 8 prompts per set and at most a
 few validation prompts, so a page run takes well under a second after the first import.
@@ -14,7 +14,7 @@ import torch
 
 from refusal_core.directions.archive import direction_sets_zip
 from refusal_core.directions.base import DirectionSet
-from refusal_core.model.loading import TEST_MODEL_ENV
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
@@ -36,7 +36,9 @@ TIMEOUT = 60
 
 @pytest.fixture(autouse=True)
 def tiny_app(monkeypatch):
-    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    # The tiny model for the bundled specs; no background UMAP warm-up compiling numba kernels.
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
@@ -397,7 +399,7 @@ def test_direction_uploads_pairs_and_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# Issue 15: damage beside every rate, and the search's trade-off view. The judges' broken
+# Damage beside every rate, and the search's trade-off view. The judges' broken
 # thresholds are fixed by hand (no calibration): "substring+broken" calls every reply broken
 # (its minimum log-likelihood is 0), "refusal-score" here none.
 

@@ -136,7 +136,7 @@ def test_optimize_writes_a_learnt_direction_and_names_bad_init(model_dir, tmp_pa
 
 
 def test_generate_json_rows_carry_verdicts_and_the_summary_carries_rates_and_kl(model_dir, tmp_path, capsys):
-    """Issue 15: every row has the panel's ``refused`` and ``broken`` bools and each judge's vote;
+    """Every row has the panel's ``refused`` and ``broken`` bools and each judge's vote;
     each summary row has refused / complied / broken shares summing to 1 and the harmless KL."""
     stem = str(tmp_path / "dim")
     assert _run(capsys, "directions", "dim", "--model", model_dir, "--limit", "6", "--out", stem)[0] == 0

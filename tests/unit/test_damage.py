@@ -1,4 +1,4 @@
-"""Issue 15, items 3-5: damage beside every rate, a search that cannot win by breaking the
+"""Damage beside every rate, a search that cannot win by breaking the
 model, the Pareto front, and the judge choice. Tiny model; broken thresholds are fixed by hand
 so no test calibrates (a strict set calls every reply broken, a lenient one none)."""
 

@@ -21,6 +21,7 @@ from safetensors.torch import save as save_safetensors
 
 from refusal_core.cli import main
 from tests._catalogue_inputs import make_inputs
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = re.compile(
@@ -187,7 +188,8 @@ def app_with_activations():
     from tests.unit import test_app
 
     patch = pytest.MonkeyPatch()
-    patch.setenv(test_app.TEST_MODEL_ENV, "tiny")
+    use_tiny_models(patch)
+    no_umap_warm_up(patch)
     patch.setenv("HF_HUB_OFFLINE", "1")
     patch.setenv("REFUSAL_ATLAS_CACHE", tempfile.mkdtemp(prefix="catalogue-cache-"))
     at = test_app._with_activations()

@@ -21,8 +21,9 @@ from refusal_core.directions.registry import (
     settings_fields,
     unregister,
 )
-from refusal_core.model.loading import TEST_MODEL_ENV
 from refusal_core.prompts.loaders import builtin
+from refusal_core.selection import optimize  # noqa: F401  (registers the optimize method)
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 # Settings that keep every method to a second or two on the tiny model; a new method runs with its defaults.
 FAST = {"som": {"x": 2, "y": 2, "iterations": 100}, "optimize": {"steps": 2, "batch_size": 4}, "cluster": {"k": 2}}
@@ -119,7 +120,8 @@ def test_an_added_method_runs_from_the_cli(toy_method, tiny_llama, tmp_path, cap
 def test_an_added_method_appears_on_the_directions_page(toy_method, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=60).run()
     at.number_input(key="atlas_max_prompts").set_value(4).run()
     at.switch_page("app_pages/directions.py").run()

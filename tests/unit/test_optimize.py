@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet
-from refusal_core.directions.optimize import OptimizeSettings, optimize_direction
+from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.interventions.hooks import apply_intervention, differentiable_ablation
 from refusal_core.interventions.spec import Intervention
 from refusal_core.metrics import harmless_kl

@@ -9,7 +9,7 @@ refusal on harmful prompts while leaving the harmless next-token distribution al
             + kl_weight * mean over harmless KL(unmodified || ablate u)
 
 ``refusal_score`` is Arditi et al.'s log-odds of a refusal token as the first reply token
-(``evaluation.refusal_token_ids``); the softplus stops pushing once a prompt's score is
+(``judges.scores.refusal_token_ids``); the softplus stops pushing once a prompt's score is
 ``margin`` below zero. The search starts from a given direction (usually the selected DIM
 candidate) and only the direction is learnt: the model's weights are never changed and get
 no gradients.
@@ -40,7 +40,7 @@ from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.sets import PromptSet, as_prompt_set, sample_prompts
-from refusal_core.selection.rows import PromptRows, last_logits, prompt_rows
+from refusal_core.selection.rows import PromptRows, prefix_last_logits, prompt_rows
 
 __all__ = ["METHOD", "OptimizeSettings", "OptimizedDirection", "fit", "optimize_direction"]
 
@@ -101,7 +101,7 @@ def _last_logprobs(loaded: LoadedModel, chunk: tuple[PromptRows, list[int]]) -> 
 
     The shared chat-template prefix runs once per chunk (``selection.rows``).
     """
-    return torch.log_softmax(last_logits(loaded, *chunk).double(), dim=-1)
+    return torch.log_softmax(prefix_last_logits(loaded, *chunk).double(), dim=-1)
 
 
 def _objective_pass(
