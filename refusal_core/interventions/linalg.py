@@ -11,6 +11,7 @@ from refusal_core.interventions.spec import ABLATION_MODES, AblationMode
 
 __all__ = [
     "compute_dtype",
+    "norm_weighted_basis",
     "orthogonal_stages",
     "orthonormal_basis",
     "project_out",
@@ -67,3 +68,16 @@ def orthogonal_stages(directions: torch.Tensor, mode: AblationMode = "orthogonal
         units = units / units.norm(dim=-1, keepdim=True)
         return [unit[:, None] for unit in units]
     raise SettingsError(f"Unknown ablation mode {mode!r}; use one of {', '.join(ABLATION_MODES)}.")
+
+
+def norm_weighted_basis(directions: torch.Tensor, norm_weight: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The basis a write must be orthogonal to when an elementwise norm follows it.
+
+    A norm ``y = (offset + w) * x / rms(x)`` (Gemma: offset 1; OLMo 2, GLM-4: offset 0)
+    gives ``y . d = x . (d * (offset + w)) / rms(x)``: ``y`` is orthogonal to ``d`` exactly
+    when ``x`` is orthogonal to ``d * (offset + w)``. So the write is projected out of the
+    span of ``{d_i * (offset + w)}``, an orthonormal ``[d, r]`` float64 basis (as
+    :func:`orthonormal_basis`). Pure; the in-memory and streaming edits both use it.
+    """
+    scale = norm_weight.detach().to(torch.float64).cpu() + float(offset)
+    return orthonormal_basis(directions.detach().to(torch.float64).cpu() * scale)
