@@ -131,15 +131,22 @@ def _edited_input(edit: _LayerEdit, rows: int | None) -> Callable[[torch.Tensor]
     return apply
 
 
+def _ablate_write(x: torch.Tensor, stages: _RowTensor, rows: int | None) -> torch.Tensor:
+    """Project a write; a flattened ``[rows * seq, d]`` output (Llama 4's MoE block) is
+    viewed as ``[rows, seq, d]`` so that each row keeps its own intervention."""
+    if rows is not None and x.dim() == 2 and x.shape[0] % rows == 0:
+        return _ablate_stages(x.reshape(rows, -1, x.shape[-1]), stages).reshape(x.shape)
+    _check_rows(x, rows)
+    return _ablate_stages(x, stages)
+
+
 def _write_hook(stages: _RowTensor, rows: int | None) -> Callable:
     """A forward hook projecting the stages out of a module's output (element 0 of a tuple)."""
 
     def hook(module: nn.Module, args: tuple, output):
         if isinstance(output, tuple):
-            _check_rows(output[0], rows)
-            return (_ablate_stages(output[0], stages), *output[1:])
-        _check_rows(output, rows)
-        return _ablate_stages(output, stages)
+            return (_ablate_write(output[0], stages, rows), *output[1:])
+        return _ablate_write(output, stages, rows)
 
     return hook
 
