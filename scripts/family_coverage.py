@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from refusal_core.experiments.coverage import BOUND, COVERED, markdown_table, run_family  # noqa: E402
+from refusal_core.experiments.coverage import BOUND, COVERED, DISCOVERED, markdown_table, run_family  # noqa: E402
 
 _HEADER = """# Model families
 
@@ -31,7 +31,9 @@ norm at the last layer; the worst relative residual component `|P h| / |h|` alon
 direction after the embedding and after every block, with the ablation hooks on, with the
 weights edited in memory, and in the exported folder reloaded with `AutoModelForCausalLM`
 in float64 (bound {bound:g}); activation addition's block-input change against
-`coeff * v` (bound 1e-5); tokens generated under the ablation hooks.
+`coeff * v` (bound 1e-5); tokens generated under the ablation hooks. Layout `table`: the
+family table (`refusal_core/model/family_table.py`); `discovered`: not in the table, its
+layout found from the model's structure when loaded (`refusal_core/model/discovery.py`).
 
 {table}
 """
@@ -39,7 +41,7 @@ in float64 (bound {bound:g}); activation addition's block-input change against
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", default=list(COVERED))
+    parser.add_argument("families", nargs="*", default=[*COVERED, *DISCOVERED])
     parser.add_argument("--out", default="docs/families.md")
     args = parser.parse_args()
     torch.set_num_threads(1)

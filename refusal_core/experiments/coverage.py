@@ -28,9 +28,9 @@ from refusal_core.interventions.spec import Intervention
 from refusal_core.model.forward import block_hooks, encode_prompts
 from refusal_core.model.loading import LoadedModel, load_model
 from refusal_core.model.probe import residual_leak
-from refusal_core.model.tiny_families import COVERED, tiny_family_folder
+from refusal_core.model.tiny_families import COVERED, DISCOVERED, tiny_family_folder
 
-__all__ = ["BOUND", "COVERED", "FamilyResult", "markdown_table", "run_family"]
+__all__ = ["BOUND", "COVERED", "DISCOVERED", "FamilyResult", "markdown_table", "run_family"]
 
 # Worst relative residual component accepted for the hooks, the edit and the float64 reload.
 BOUND = 1e-4
@@ -42,6 +42,7 @@ _HARMLESS = ["Write a short poem about the sea and the wind.", "How do I bake br
 class FamilyResult:
     model_type: str
     model_class: str = ""
+    layout: str = "table"
     activations: bool = False
     dim_norm: float = float("nan")
     hooks_leak: float = float("nan")
@@ -99,6 +100,9 @@ def run_family(model_type: str, workdir: str | Path | None = None) -> FamilyResu
 
 
 def _run(result: FamilyResult, tmp: Path) -> None:
+    from refusal_core.model.families import FAMILIES
+
+    result.layout = "table" if result.model_type in FAMILIES else "discovered"
     loaded = load_model(str(tiny_family_folder(result.model_type, tmp / "model")))
     result.model_class = type(loaded.model).__name__
     harmful = extract_activations(loaded, _HARMFUL, positions=(-1,), use_cache=False)
@@ -140,17 +144,17 @@ def _mark(ok: bool, value: str) -> str:
 def markdown_table(results: list[FamilyResult]) -> str:
     """The coverage table: one row per family, measured values with a pass mark."""
     lines = [
-        "| model_type | class | activations | DIM norm | hooks: worst \\|Ph\\|/\\|h\\| | actadd error | generate | "
+        "| model_type | layout | class | activations | DIM norm | hooks: worst \\|Ph\\|/\\|h\\| | actadd error | generate | "
         "edited weights: worst | reloaded export (float64): worst | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.model_type} | ✗ {r.error[:120].replace('|', '/')} |  |  |  |  |  |  |  | {r.seconds:.1f} |")
+            lines.append(f"| {r.model_type} | {r.layout} | ✗ {r.error[:120].replace('|', '/')} |  |  |  |  |  |  |  | {r.seconds:.1f} |")
             continue
         c = r.checks
         lines.append(
-            f"| {r.model_type} | {r.model_class} | {_mark(c['activations'], '')} | {_mark(c['dim'], f'{r.dim_norm:.3g}')} | "
+            f"| {r.model_type} | {r.layout} | {r.model_class} | {_mark(c['activations'], '')} | {_mark(c['dim'], f'{r.dim_norm:.3g}')} | "
             f"{_mark(c['hooks'], f'{r.hooks_leak:.1e}')} | {_mark(c['actadd'], f'{r.actadd_error:.1e}')} | "
             f"{_mark(c['generate'], str(r.generated_tokens))} | {_mark(c['export'], f'{r.export_leak:.1e}')} | "
             f"{_mark(c['reload'], f'{r.reload_leak:.1e}')} | {r.seconds:.1f} |"

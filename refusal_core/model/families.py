@@ -78,7 +78,8 @@ def model_parts(model: nn.Module) -> ModelParts:
         known = ", ".join(sorted(FAMILIES))
         raise UnknownFamilyError(
             f"{type(model).__name__} (model_type={model_type!r}) is not a supported family. "
-            f"Supported: {known}. To add it, call refusal_core.model.families.register_family("
+            f"Supported: {known}. load_model() discovers the layout of other families from their structure "
+            "(refusal_core.model.discovery.ensure_family); to give it by hand, call refusal_core.model.families.register_family("
             f"{model_type!r}, Family(layers=..., embeddings=..., attn_write=..., mlp_write=..., "
             "final_norm=...)) with the module paths printed by print(model)."
         )

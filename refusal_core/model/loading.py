@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from refusal_core.model.discovery import ensure_family
 from refusal_core.model.families import ModelLoadError, ModelParts, model_lock, model_parts, model_width
 from refusal_core.model.locked_tokenizer import LockedTokenizer
 from refusal_core.paths import cache_dir
@@ -238,7 +239,10 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     _ensure_pad_token(tokenizer)
-    model_parts(model)  # Fail at load time, with the fix, for an unsupported family.
+    # A model_type the table lacks gets its layout discovered (and registered) here;
+    # discovery that fails raises with what it could not find, at load time.
+    ensure_family(model)
+    model_parts(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
 
 

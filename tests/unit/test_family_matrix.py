@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_core.experiments.coverage import BOUND, COVERED, run_family
+from refusal_core.experiments.coverage import BOUND, COVERED, DISCOVERED, run_family
 from refusal_core.model.loading import load_model
 from refusal_core.model.tiny_families import tiny_family_folder
 from refusal_core.model.writers import residual_writes
@@ -28,9 +28,10 @@ def test_the_issue_families_are_all_covered():
     assert REQUIRED <= set(COVERED)
 
 
-@pytest.mark.parametrize("model_type", COVERED)
+@pytest.mark.parametrize("model_type", [*COVERED, *DISCOVERED])
 def test_family_passes_the_matrix(model_type, one_thread):
     result = run_family(model_type)
+    assert result.layout == ("discovered" if model_type in DISCOVERED else "table")
     assert result.error is None, result.error
     failed = [name for name, ok in result.checks.items() if not ok]
     assert not failed, (failed, result)
