@@ -6,8 +6,11 @@ Two ways to remove directions from the residual stream, after Arditi et al. (202
   each chosen layer, and the outputs of its attention-out and MLP-out modules) has the
   span of the directions projected out, at every token position.
 - *Weight orthogonalization*: the same projection applied once to the weights that write
-  into the residual stream (embeddings, attention-out, MLP-out). With all layers chosen it
-  computes the same function as the hooks, and it is what ``refusal_core.export`` saves.
+  into the residual stream (embeddings, attention-out, MLP-out, every expert). With all
+  layers chosen it computes the same function as the hooks, and it is what
+  ``refusal_core.export`` saves. (Where a norm follows the write, as in Gemma 2/3, the edit
+  projects against the norm-weighted directions: the residual stays exactly orthogonal to
+  the directions, but the function differs from the hooks, which project the norm's output.)
 
 *Activation addition* adds a raw (not normalised) difference-in-means vector to the input
 of one layer: a positive coefficient induces refusal, a negative one suppresses it.
