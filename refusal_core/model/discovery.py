@@ -173,7 +173,7 @@ def discover_family(model: nn.Module) -> Family:
     if missing:
         raise UnknownFamilyError(
             f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', None)!r}) is not in the family table "
-            f"and its layout could not be discovered: no {', no '.join(missing)} found. Register it with "
+            f"and its layout could not be discovered; not found: {'; '.join(missing)}. Register it with "
             "refusal_core.model.families.register_family(model_type, Family(...))."
         )
     for index in range(1, len(layers)):
