@@ -100,9 +100,9 @@ def run_family(model_type: str, workdir: str | Path | None = None) -> FamilyResu
 
 
 def _run(result: FamilyResult, tmp: Path) -> None:
-    from refusal_core.model.families import FAMILIES
+    from refusal_core.model.family_table import TABLE
 
-    result.layout = "table" if result.model_type in FAMILIES else "discovered"
+    result.layout = "table" if result.model_type in TABLE else "discovered"
     loaded = load_model(str(tiny_family_folder(result.model_type, tmp / "model")))
     result.model_class = type(loaded.model).__name__
     harmful = extract_activations(loaded, _HARMFUL, positions=(-1,), use_cache=False)

@@ -30,10 +30,13 @@ def test_discovery_finds_the_tables_writers(model_type, tmp_path, monkeypatch, o
 def test_unknown_family_is_discovered_at_load_and_registered(tmp_path, one_thread):
     folder = tiny_family_folder("starcoder2", tmp_path)
     families.FAMILIES.pop("starcoder2", None)
-    loaded = load_model(str(folder))
-    family = families.FAMILIES["starcoder2"]
-    assert (family.attn_write, family.mlp_write) == ("self_attn.o_proj", "mlp.c_proj")
-    assert ensure_family(loaded.model) is None  # registered once
+    try:
+        loaded = load_model(str(folder))
+        family = families.FAMILIES["starcoder2"]
+        assert (family.attn_write, family.mlp_write) == ("self_attn.o_proj", "mlp.c_proj")
+        assert ensure_family(loaded.model) is None  # registered once
+    finally:
+        families.FAMILIES.pop("starcoder2", None)
 
 
 class _Opaque(nn.Module):
