@@ -115,7 +115,7 @@ class ColumnDamage:
 
     @property
     def rates(self) -> dict[str, float]:
-        """``refused``, ``complied``, ``broken`` (summing to 1), ``disagree`` and ``n``."""
+        """``refused``, ``complied``, ``broken``, ``unfinished`` (summing to 1), ``disagree`` and ``n``."""
         return verdict_rates(self.verdicts)
 
     @property
@@ -135,6 +135,7 @@ class ColumnDamage:
             "refused": rates["refused"],
             "complied": rates["complied"],
             "broken": rates["broken"] if self.judged_broken else None,
+            "unfinished": rates["unfinished"],  # cut off inside the reasoning (judges/reasoning.py)
             "disagree": rates["disagree"],
             "kl": self.kl,
             "n": rates["n"],
