@@ -24,8 +24,10 @@ from refusal_core import damage
 from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
 from refusal_core.model.families import ModelLoadError
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, device_choices, organism_built
+from refusal_core.prompts.chat import TemplateError
 from refusal_core.prompts.loaders import SUPPORTED_EXTENSIONS, builtin, load_prompt_file
 from refusal_core.prompts.sets import PromptSet, PromptSetError, sample_prompts
+from refusal_core.prompts.template_options import parse_template_options
 
 MODEL_CHOICES = {
     "Refusal organism (bundled)": BUNDLED_ORGANISM,
@@ -160,6 +162,21 @@ def judge_sidebar() -> None:
     )
 
 
+def chat_sidebar() -> None:
+    """Chat-template options (one ``key=value`` per line), e.g. ``enable_thinking=false``."""
+    with st.expander("Chat template options"):
+        text = st.text_area(
+            "One key=value per line (value read as JSON)", key="atlas_chat_options_text", placeholder="enable_thinking=false",
+            help="Variables for the model's chat template: enable_thinking=false turns Qwen 3 / SmolLM 3 reasoning off; "
+            "reasoning_effort=low for gpt-oss. Used by the Generate page.",
+        )
+        try:
+            st.session_state[_state.CHAT_OPTIONS] = parse_template_options(text.splitlines())
+        except TemplateError as err:
+            st.session_state[_state.CHAT_OPTIONS] = ()
+            st.error(str(err))
+
+
 def cache_sidebar() -> None:
     with st.expander("Cache"):
         usage = cache_usage()
@@ -199,6 +216,7 @@ def main() -> None:
         model_sidebar()
         prompts_sidebar()
         judge_sidebar()
+        chat_sidebar()
         _charts.format_sidebar()
         cache_sidebar()
     try:

@@ -39,6 +39,7 @@ from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel, load_model_for_app, model_key
 from refusal_core.progress import Progress, ProgressClock, stage_text
 from refusal_core.projection import Projection
+from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.sets import PromptSet
 from refusal_core.selection.policy import CLOSEST_DIM, SELECTED_DIM
 from refusal_core.selection.result import SelectionResult
@@ -57,6 +58,7 @@ PROMPTS = "atlas_prompts"
 WORKSPACES = "atlas_workspaces"
 JUDGE = "atlas_judge"
 JUDGE_PANELS = "atlas_judge_panels"
+CHAT_OPTIONS = "atlas_chat_options"
 
 # What the per-session memo holds: maps, per-layer separations, massive activations.
 Memo = Union[Projection, LayerSeparation, MassiveActivations]
@@ -269,6 +271,11 @@ def judge_panel():
     if name not in panels:
         panels[name] = damage.judge_by_name(name)
     return panels[name]
+
+
+def chat_format() -> ChatFormat:
+    """The chat format of the sidebar's template options (``enable_thinking=false`` ...)."""
+    return ChatFormat(template_options=st.session_state.get(CHAT_OPTIONS, ()))
 
 
 def progress_callback(label: str) -> Progress:

@@ -195,7 +195,7 @@ def settings_row():
 
 
 def run_key(prompts: list[str], variants: list, settings) -> str:
-    parts = [ws.key, prompts, repr(settings)]
+    parts = [ws.key, prompts, repr(settings), repr(_state.chat_format())]
     for v in variants:
         parts += [v.name, v.ablate_layers, v.ablate_mode, v.actadd_layer, v.actadd_coeff]
         parts += [v.ablate if v.ablate is not None else "-", v.actadd if v.actadd is not None else "-"]
@@ -219,7 +219,7 @@ def judge(key: str, results: dict, variants: list) -> dict | None:
             with st.spinner("Judging the replies (the first use on a model calibrates the broken detector, about a minute on CPU)"):
                 if harmless:
                     base = ws.unmodified_logprobs(content_key("kl-base", harmless), lambda: next_token_logprobs(loaded, harmless))
-                ws.store_judged(judged_key, damage.judge_columns(loaded, results, variants, _state.judge_panel(), harmless, base))
+                ws.store_judged(judged_key, damage.judge_columns(loaded, results, variants, _state.judge_panel(), harmless, base, chat=_state.chat_format()))
         except (ModelLoadError, OSError, ValueError) as err:
             st.error(f"Judging failed: {err} Choose another judge in the sidebar (substring needs no model).")
             return None
@@ -303,7 +303,7 @@ if st.button(
         try:
             update = _state.progress_callback("Generating (one batch for all columns)")
             ws.store_generation(
-                key, generate_side_by_side(loaded, prompts, variants, settings, progress=update)
+                key, generate_side_by_side(loaded, prompts, variants, settings, _state.chat_format(), progress=update)
             )
         except (ValueError, DirectionError) as err:
             st.error(f"Generation failed: {err}")

@@ -27,6 +27,7 @@ from refusal_core.errors import SettingsError
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges import JudgePanel, Verdict, make_judge, verdict_rates
+from refusal_core.judges.reasoning import answers_and_unfinished
 from refusal_core.judges.substring import substring_refused
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.loading import LoadedModel
@@ -114,7 +115,7 @@ class ColumnDamage:
 
     @property
     def rates(self) -> dict[str, float]:
-        """``refused``, ``complied``, ``broken`` (summing to 1), ``disagree`` and ``n``."""
+        """``refused``, ``complied``, ``broken``, ``unfinished`` (summing to 1), ``disagree`` and ``n``."""
         return verdict_rates(self.verdicts)
 
     @property
@@ -134,6 +135,7 @@ class ColumnDamage:
             "refused": rates["refused"],
             "complied": rates["complied"],
             "broken": rates["broken"] if self.judged_broken else None,
+            "unfinished": rates["unfinished"],  # cut off inside the reasoning (judges/reasoning.py)
             "disagree": rates["disagree"],
             "kl": self.kl,
             "n": rates["n"],
@@ -202,8 +204,10 @@ class PhraseJudge:
         if len(instructions) != len(replies):
             raise ValueError(f"{len(instructions)} instructions but {len(replies)} replies; give one reply per instruction.")
         verdicts = []
-        for text in replies:
+        answers, unfinished = answers_and_unfinished(replies)  # reasoning models: the answer only
+        for text, cut_off in zip(answers, unfinished):
             refused = substring_refused(text, extra=self.extra)
             votes = {"substring": refused, "refusal_score": None, "semantic": None, "broken": None}
-            verdicts.append(Verdict("refused" if refused else "complied", votes, dict.fromkeys(_SCORE_KEYS), False))
+            label = "unfinished" if cut_off else "refused" if refused else "complied"
+            verdicts.append(Verdict(label, votes, dict.fromkeys(_SCORE_KEYS), False))
         return verdicts

@@ -28,6 +28,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-map", default=None, help='"auto" spreads a large model over all GPUs')
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     parser.add_argument("--system-prompt", default=None, help="system prompt for the chat template")
+    parser.add_argument("--chat-template-option", action="append", default=None, metavar="KEY=VALUE",
+                        help="variable for the chat template, value read as JSON (repeatable): e.g. enable_thinking=false")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
@@ -51,6 +53,9 @@ def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
 
 def load_model_from_args(args):
     from refusal_core.model.loading import load_model
+    from refusal_core.prompts.template_options import parse_template_options
+
+    parse_template_options(getattr(args, "chat_template_option", None))  # a bad option fails before the load
 
     return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code)
 
@@ -58,7 +63,10 @@ def load_model_from_args(args):
 def chat_format(args):
     from refusal_core.prompts.chat import ChatFormat
 
-    return ChatFormat(system_prompt=args.system_prompt)
+    from refusal_core.prompts.template_options import parse_template_options
+
+    options = parse_template_options(getattr(args, "chat_template_option", None))
+    return ChatFormat(system_prompt=args.system_prompt, template_options=options)
 
 
 def prompt_set(spec: str, column: str | None, limit: int | None):

@@ -102,7 +102,8 @@ def cmd_generate(args) -> None:
     for name, info in summary.items():
         kl = "not measured" if info["kl"] is None else f"{info['kl']:.4f}"
         broken = "not judged" if info["broken"] is None else f"{info['broken']:.1%}"
-        print(f"{name}: refused {info['refused']:.1%}, complied {info['complied']:.1%}, broken {broken} "
+        unfinished = f", unfinished {info['unfinished']:.1%} (cut off in the reasoning)" if info["unfinished"] else ""
+        print(f"{name}: refused {info['refused']:.1%}, complied {info['complied']:.1%}, broken {broken}{unfinished} "
               f"({info['n']} prompts, judge {args.judge}); harmless KL {kl}")
         if info["warning"]:
             print(f"  WARNING: {info['warning']}")

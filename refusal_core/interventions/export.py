@@ -89,7 +89,9 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str, mode
         "",
         "The span of the directions below was projected out of every weight matrix that writes "
         "to the residual stream: the embedding matrices, each layer's attention-out and MLP-out "
-        "weights, and their biases (weight orthogonalization, Arditi et al. 2024, *Refusal in "
+        "weights (every expert's, for mixture-of-experts layers), and their biases; where a norm "
+        "follows a projection (Gemma's post-norms), against the norm-weighted directions, so the "
+        "residual stream stays orthogonal to them (weight orthogonalization, Arditi et al. 2024, *Refusal in "
         "language models is mediated by a single direction*). Nothing written to the residual stream "
         "has a component along these directions any more, so the model computes the same function "
         "as directional ablation at every layer and position. The unembedding (lm_head) keeps the "
@@ -157,9 +159,11 @@ def export_orthogonalized(
     ``directions.json``, a README.md model card and the export marker. It is written to a
     temporary folder beside ``out_dir`` and moved into place (see ``export_target``), so
     ``out_dir`` is absent, the old export, or complete. A non-empty ``out_dir`` raises
-    ExportError unless it holds an earlier export and ``overwrite`` is True. Families whose
-    weights cannot be orthogonalized (Gemma 2/3) raise SettingsError. ``mode`` is
-    ``orthogonal`` or ``norm-preserving`` (see ``weights.orthogonalized_weights``). Returns ``out_dir``.
+    ExportError unless it holds an earlier export and ``overwrite`` is True. The residual
+    self-check (``model/probe.py``) runs on the edited weights before anything is saved and
+    raises ``ResidualLeakError`` naming the layer and module if a direction survives.
+    ``mode`` is ``orthogonal`` or ``norm-preserving`` (see ``weights.orthogonalized_weights``).
+    Returns ``out_dir``.
     """
     out_dir = Path(out_dir) if out_dir is not None else default_export_dir(loaded.spec)
     directions.check_width(loaded.d_model)

@@ -6,8 +6,12 @@ Two ways to remove directions from the residual stream, after Arditi et al. (202
   each chosen layer, and the outputs of its attention-out and MLP-out modules) has the
   span of the directions projected out, at every token position.
 - *Weight orthogonalization*: the same projection applied once to the weights that write
-  into the residual stream (embeddings, attention-out, MLP-out). With all layers chosen it
-  computes the same function as the hooks, and it is what ``refusal_core.interventions.export`` saves.
+  into the residual stream (embeddings, attention-out, MLP-out, every expert). With all
+  layers chosen it computes the same function as the hooks, and it is what
+  ``refusal_core.interventions.export`` saves. (Where a norm follows the write, as in Gemma
+  2/3, the edit projects against the norm-weighted directions: the residual stays exactly
+  orthogonal to the directions, but the function differs from the hooks, which project the
+  norm's output.)
 
 *Activation addition* adds a raw (not normalised) difference-in-means vector to the input
 of one layer: a positive coefficient induces refusal, a negative one suppresses it.
@@ -129,15 +133,22 @@ def _edited_input(edit: _LayerEdit, rows: int | None) -> Callable[[torch.Tensor]
     return apply
 
 
+def _ablate_write(x: torch.Tensor, stages: _RowTensor, rows: int | None, renorm: _RowTensor | None) -> torch.Tensor:
+    """Project a write; a flattened ``[rows * seq, d]`` output (Llama 4's MoE block) is
+    viewed as ``[rows, seq, d]`` so that each row keeps its own intervention."""
+    if rows is not None and x.dim() == 2 and x.shape[0] % rows == 0:
+        return _ablate_stages(x.reshape(rows, -1, x.shape[-1]), stages, renorm).reshape(x.shape)
+    _check_rows(x, rows)
+    return _ablate_stages(x, stages, renorm)
+
+
 def _write_hook(stages: _RowTensor, rows: int | None, renorm: _RowTensor | None = None) -> Callable:
     """A forward hook projecting the stages out of a module's output (element 0 of a tuple)."""
 
     def hook(module: nn.Module, args: tuple, output):
         if isinstance(output, tuple):
-            _check_rows(output[0], rows)
-            return (_ablate_stages(output[0], stages, renorm), *output[1:])
-        _check_rows(output, rows)
-        return _ablate_stages(output, stages, renorm)
+            return (_ablate_write(output[0], stages, rows, renorm), *output[1:])
+        return _ablate_write(output, stages, rows, renorm)
 
     return hook
 

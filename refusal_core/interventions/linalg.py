@@ -11,6 +11,7 @@ from refusal_core.interventions.spec import ABLATION_MODES, AblationMode
 
 __all__ = [
     "compute_dtype",
+    "norm_weighted_basis",
     "orthogonal_stages",
     "orthonormal_basis",
     "project_out",
@@ -88,3 +89,16 @@ def restore_norm(projected: torch.Tensor, original: torch.Tensor) -> torch.Tenso
     ok = new_norm > _NORM_FLOOR * old_norm
     scale = torch.where(ok, old_norm / torch.where(ok, new_norm, torch.ones_like(new_norm)), torch.ones_like(new_norm))
     return projected * scale
+
+
+def norm_weighted_basis(directions: torch.Tensor, norm_weight: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The basis a write must be orthogonal to when an elementwise norm follows it.
+
+    A norm ``y = (offset + w) * x / rms(x)`` (Gemma: offset 1; OLMo 2, GLM-4: offset 0)
+    gives ``y . d = x . (d * (offset + w)) / rms(x)``: ``y`` is orthogonal to ``d`` exactly
+    when ``x`` is orthogonal to ``d * (offset + w)``. So the write is projected out of the
+    span of ``{d_i * (offset + w)}``, an orthonormal ``[d, r]`` float64 basis (as
+    :func:`orthonormal_basis`). Pure; the in-memory and streaming edits both use it.
+    """
+    scale = norm_weight.detach().to(torch.float64).cpu() + float(offset)
+    return orthonormal_basis(directions.detach().to(torch.float64).cpu() * scale)

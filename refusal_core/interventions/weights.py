@@ -12,10 +12,11 @@ from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.errors import SettingsError
-from refusal_core.interventions.linalg import compute_dtype, orthonormal_basis, project_out, restore_norm
+from refusal_core.interventions.linalg import compute_dtype, norm_weighted_basis, orthonormal_basis, project_out, restore_norm
 from refusal_core.interventions.spec import ABLATION_MODES, AblationMode, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
-from refusal_core.model.writers import WriterError, residual_writes
+from refusal_core.model.probe import check_residual
+from refusal_core.model.writers import ResidualWrite, WriterError, residual_writes
 
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
@@ -34,8 +35,8 @@ def _orthogonalized(weight: torch.Tensor, basis: torch.Tensor, axis: int, mode: 
     return restore_norm(projected, original).to(weight.dtype).movedim(-1, axis)
 
 
-def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
-    """(parameter, residual axis) for every weight and bias that writes to the residual stream.
+def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, ResidualWrite]]:
+    """(parameter, write) for every weight and bias that writes to the residual stream.
 
     Read from the one writer list (``model/writers.py``) and checked before anything is
     edited, so an unsupported module or a quantized weight fails with the model untouched.
@@ -53,8 +54,18 @@ def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
                 f"Cannot edit the {param.dtype} parameter {write.name} on {param.device} "
                 "(quantized or offloaded); use the ablate() hooks instead."
             )
-        edits.append((param, write.axis))
+        edits.append((param, write))
     return edits
+
+
+def _write_basis(write: ResidualWrite, matrix: torch.Tensor, basis: torch.Tensor, params: dict, cache: dict) -> torch.Tensor:
+    """The plain basis, or for a write behind an elementwise norm the norm-weighted one."""
+    if write.norm is None:
+        return basis
+    key = (write.norm, write.norm_offset)
+    if key not in cache:
+        cache[key] = norm_weighted_basis(matrix, params[write.norm], write.norm_offset)
+    return cache[key]
 
 
 def _check_directions(model: nn.Module, directions: torch.Tensor | DirectionSet) -> torch.Tensor:
@@ -88,30 +99,35 @@ def _tied_embedding(parts: ModelParts) -> nn.Module | None:
 
 
 def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, backups: list | None,
-                    mode: AblationMode = "orthogonal") -> None:
+                    mode: AblationMode = "orthogonal") -> torch.Tensor:
     """Edit the residual writers of ``model`` in place; record (param, original) in ``backups``.
 
     A tied lm_head must keep the original matrix, so it is first given its own Parameter
     holding the original values; that copy doubles as the embedding's backup, which saves
-    a second vocabulary-sized clone.
+    a second vocabulary-sized clone. Returns the direction matrix, for the self-check.
     """
     if mode not in ("orthogonal", "norm-preserving"):
         raise SettingsError(f"Weights can be edited in mode orthogonal or norm-preserving, not {mode!r} "
                             f"(modes: {', '.join(ABLATION_MODES)}); use the ablate() hooks for {mode!r}.")
     parts = model_parts(model)
     _check_orthogonalizable(model, parts)
-    basis = orthonormal_basis(_check_directions(model, directions))
+    matrix = _check_directions(model, directions)
+    basis = orthonormal_basis(matrix)
     edits = _weight_edits(model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    norm_bases: dict = {}
     tied = _tied_embedding(parts)
     tied_weight = tied.weight if tied is not None else None
     if tied_weight is not None:
         parts.lm_head.weight = nn.Parameter(tied_weight.detach().clone(), requires_grad=tied_weight.requires_grad)
-    for param, axis in edits:
+    for param, write in edits:
         if backups is not None:
             original = parts.lm_head.weight.detach() if param is tied_weight else param.detach().clone()
             backups.append((param, original))
+        write_basis = _write_basis(write, matrix, basis, params, norm_bases)
         with torch.no_grad():
-            param.copy_(_orthogonalized(param.detach(), basis, axis, mode))
+            param.copy_(_orthogonalized(param.detach(), write_basis, write.axis, mode))
+    return matrix
 
 
 @contextmanager
@@ -123,7 +139,12 @@ def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | Directio
     layer's attention-out and MLP-out weights and biases. Equivalent to ``ablate()`` at all
     layers. A tied lm_head keeps the original matrix (it is untied for the duration and
     re-tied afterwards). The exact original values are restored on exit, also after an
-    exception. Families that normalise after those projections (Gemma 2/3) raise ValueError.
+    exception. Where an elementwise norm follows a projection (Gemma 2/3, OLMo 2, GLM-4),
+    the projection is orthogonalized against the norm-weighted directions, which keeps the
+    residual stream exactly orthogonal to them. A short probe then checks the residual
+    stream after the embedding and every block (``model/probe.py``) and raises
+    ``ResidualLeakError``, naming the layer and module, if anything is left along the
+    directions; the weights are restored before it propagates.
     ``mode="norm-preserving"`` rescales every edited residual-side vector to its original norm.
     """
     with model_lock(model):
@@ -131,7 +152,8 @@ def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | Directio
         head_weight = getattr(parts.lm_head, "weight", None)
         backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
-            _orthogonalize_(model, directions, backups, mode)
+            matrix = _orthogonalize_(model, directions, backups, mode)
+            check_residual(model, matrix)
             yield
         finally:
             with torch.no_grad():
@@ -148,10 +170,13 @@ def orthogonalize_weights_(model: nn.Module, directions: torch.Tensor | Directio
     For a copy of a model that will be saved or served as the ablated model; the app's
     shared model must use ``orthogonalized_weights`` (reversible) instead. A tied lm_head is
     untied for good and ``config.tie_word_embeddings`` set to False, so that saving the
-    model keeps the original unembedding.
+    model keeps the original unembedding. The same probe as ``orthogonalized_weights``
+    runs afterwards; on a leak the model is left edited (it is a copy meant for export)
+    and ``ResidualLeakError`` says where.
     """
     with model_lock(model):
-        _orthogonalize_(model, directions, backups=None, mode=mode)
+        matrix = _orthogonalize_(model, directions, backups=None, mode=mode)
+        check_residual(model, matrix)
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "tie_word_embeddings"):
             config.tie_word_embeddings = False

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from refusal_core.errors import UserError
+from refusal_core.model.family_spec import Family, ModelWrite, Writer
+from refusal_core.model.family_table import TABLE
 
 __all__ = [
     "FAMILIES",
     "Family",
+    "ModelWrite",
+    "Writer",
     "ModelLoadError",
     "ModelParts",
     "UnknownFamilyError",
@@ -33,68 +37,8 @@ class UnknownFamilyError(ModelLoadError):
     """The model's architecture is not in the family table."""
 
 
-@dataclass(frozen=True)
-class Family:
-    """Where one architecture keeps the modules that read from and write to the residual stream.
-
-    Paths are dotted attribute paths. ``layers`` and ``embeddings`` are relative to the
-    causal-LM model; ``attn_write`` and ``mlp_write`` are relative to one decoder layer and
-    name the last module whose output is added to the residual stream.
-    ``weights_orthogonalizable`` is False where a normalisation sits between that module and
-    the residual add (Gemma 2/3), so an edit of the weights cannot remove a direction exactly.
-    """
-
-    layers: str
-    embeddings: tuple[str, ...]
-    attn_write: str
-    mlp_write: str
-    final_norm: str
-    lm_head: str = "lm_head"
-    weights_orthogonalizable: bool = True
-
-
-_LLAMA_LIKE = Family(
-    layers="model.layers",
-    embeddings=("model.embed_tokens",),
-    attn_write="self_attn.o_proj",
-    mlp_write="mlp.down_proj",
-    final_norm="model.norm",
-)
-
-
-_GEMMA2_LIKE = Family(
-    layers="model.layers",
-    embeddings=("model.embed_tokens",),
-    attn_write="post_attention_layernorm",
-    mlp_write="post_feedforward_layernorm",
-    final_norm="model.norm",
-    weights_orthogonalizable=False,
-)
-
-
-_GPT2 = Family(
-    layers="transformer.h",
-    embeddings=("transformer.wte", "transformer.wpe"),
-    attn_write="attn.c_proj",
-    mlp_write="mlp.c_proj",
-    final_norm="transformer.ln_f",
-)
-
-
-# Keyed by ``config.model_type``, the architecture name Hugging Face itself dispatches on.
-FAMILIES: dict[str, Family] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
-    "olmo": _LLAMA_LIKE,
-    "granite": _LLAMA_LIKE,
-    "gemma2": _GEMMA2_LIKE,
-    "gemma3_text": _GEMMA2_LIKE,
-    "gpt2": _GPT2,
-}
+# Keyed by ``config.model_type``; the entries live in ``family_table.py``.
+FAMILIES: dict[str, Family] = dict(TABLE)
 
 
 def register_family(model_type: str, family: Family) -> None:
@@ -134,7 +78,8 @@ def model_parts(model: nn.Module) -> ModelParts:
         known = ", ".join(sorted(FAMILIES))
         raise UnknownFamilyError(
             f"{type(model).__name__} (model_type={model_type!r}) is not a supported family. "
-            f"Supported: {known}. To add it, call refusal_core.model.families.register_family("
+            f"Supported: {known}. load_model() discovers the layout of other families from their structure "
+            "(refusal_core.model.discovery.ensure_family); to give it by hand, call refusal_core.model.families.register_family("
             f"{model_type!r}, Family(layers=..., embeddings=..., attn_write=..., mlp_write=..., "
             "final_norm=...)) with the module paths printed by print(model)."
         )

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from refusal_core.model.discovery import ensure_family
 from refusal_core.model.families import ModelLoadError, model_parts
 from refusal_core.model.loaded import LoadedModel
 from refusal_core.model.tiny import TINY_PREFIX, tiny_model
@@ -192,7 +193,10 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     _ensure_pad_token(tokenizer)
-    model_parts(model)  # Fail at load time, with the fix, for an unsupported family.
+    # A model_type the table lacks gets its layout discovered (and registered) here;
+    # discovery that fails raises with what it could not find, at load time.
+    ensure_family(model)
+    model_parts(model)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
 
 

@@ -8,6 +8,7 @@ tokenizer's character offsets, so no per-model table is needed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,6 +46,12 @@ class ChatFormat:
 
     system_prompt: str | None = None
     template: str | None = None
+    # Extra variables for the chat template, as (name, value) pairs: e.g. enable_thinking=False
+    # for Qwen 3 and SmolLM 3, reasoning_effort="low" for gpt-oss (see template_options.py).
+    template_options: tuple[tuple[str, object], ...] = ()
+
+    def options(self) -> dict[str, object]:
+        return dict(self.template_options)
 
     def messages(self, instruction: str, reply: str | None = None) -> list[dict[str, str]]:
         messages = []
@@ -59,8 +66,12 @@ class ChatFormat:
         return self.template or getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
 
     def identity(self, tokenizer) -> dict[str, str | None]:
-        """What determines the formatted text, for cache keys."""
-        return {"system_prompt": self.system_prompt, "template": self.template_for(tokenizer)}
+        """What determines the formatted text, for cache keys (options only when given, so
+        the keys of everything computed without them stay as they were)."""
+        identity = {"system_prompt": self.system_prompt, "template": self.template_for(tokenizer)}
+        if self.template_options:
+            identity["template_options"] = json.dumps(self.options(), sort_keys=True, default=str)
+        return identity
 
 
 def format_prompts(tokenizer, instructions: Sequence[str], chat: ChatFormat | None = None) -> list[str]:
@@ -69,7 +80,7 @@ def format_prompts(tokenizer, instructions: Sequence[str], chat: ChatFormat | No
     template = chat.template_for(tokenizer)
     return [
         tokenizer.apply_chat_template(
-            chat.messages(text), chat_template=template, tokenize=False, add_generation_prompt=True
+            chat.messages(text), chat_template=template, tokenize=False, add_generation_prompt=True, **chat.options()
         )
         for text in instructions
     ]
@@ -79,8 +90,9 @@ def format_with_reply(tokenizer, instruction: str, reply: str, chat: ChatFormat 
     """(prompt text, prompt + reply text) for supervised training on the reply tokens."""
     chat = chat or ChatFormat()
     template = chat.template_for(tokenizer)
-    prompt = tokenizer.apply_chat_template(chat.messages(instruction), chat_template=template, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(chat.messages(instruction, reply), chat_template=template, tokenize=False)
+    options = chat.options()
+    prompt = tokenizer.apply_chat_template(chat.messages(instruction), chat_template=template, tokenize=False, add_generation_prompt=True, **options)
+    full = tokenizer.apply_chat_template(chat.messages(instruction, reply), chat_template=template, tokenize=False, **options)
     return prompt, full
 
 

@@ -71,7 +71,7 @@ CLI_CASES = [
     ("missing model folder", ["activations", "--model", "{tmp}/nowhere"], "nowhere"),
     ("unknown bundled model", ["activations", "--model", "bundled:gpt-5"], "bundled:gpt-5"),
     ("unknown dtype", _acts("--dtype", "float8"), "float8"),
-    ("unknown model family", ["activations", "--model", "{neox}"], "gpt_neox"),
+    ("unknown model family", ["activations", "--model", "{mamba}"], "model_type='mamba'"),
     ("layer out of range", _som("--layer", "7"), "--layer 7"),
     ("negative layer", _som("--layer", "-1"), "--layer -1"),
     ("position not recorded", _som("--position", "0"), "Position 0"),

@@ -109,13 +109,24 @@ def test_failed_export_leaves_model_and_disk_as_they_were(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_gemma2_export_refused(tmp_path):
+def test_gemma2_export_is_exact_through_the_post_norms(tmp_path):
+    """Gemma 2 normalises each write before the residual add; the export projects the
+    writes against d * (1 + w), and the reloaded model's residual stream is orthogonal to d."""
+    from transformers import AutoModelForCausalLM
+
     loaded = tiny_model("gemma2")
+    directions = two_directions()
     before = snapshot(loaded.model)
-    with pytest.raises(ValueError, match="hooks"):
-        export_orthogonalized(loaded, two_directions(), tmp_path / "export")
+    out = export_orthogonalized(loaded, directions, tmp_path / "export")
     assert_unchanged(loaded.model, before)
-    assert list(tmp_path.iterdir()) == []
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64)
+    ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = reloaded(input_ids=ids, output_hidden_states=True).hidden_states
+    q, _ = torch.linalg.qr(directions.vectors.double().T)
+    # hidden_states[-1] has the final norm applied; the residual points are the others.
+    for h in states[:-1]:
+        assert float(((h @ q).norm(dim=-1) / h.norm(dim=-1)).max()) < 1e-5
 
 
 def test_width_mismatch_refused(tmp_path):

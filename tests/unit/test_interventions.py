@@ -205,10 +205,20 @@ def test_weight_orthogonalization_equals_hooks(family, tie):
     assert rel_err(edited, hooked) < 1e-4
 
 
-def test_gemma2_weights_cannot_be_orthogonalized():
-    model = tiny_model("gemma2").model
+def test_a_family_layout_missing_a_writer_is_caught_by_the_probe(monkeypatch):
+    """A family table that forgets the MLP's output projection must not ablate partially:
+    the residual self-check names the first leaking layer's MLP, and the weights come back."""
+    from dataclasses import replace
+
+    from refusal_core.model import families
+    from refusal_core.model.family_spec import Writer
+    from refusal_core.model.probe import ResidualLeakError
+
+    model = tiny_model("llama").model
+    broken = replace(families.FAMILIES["llama"], writers=(Writer("self_attn.o_proj", "attn"),))
+    monkeypatch.setitem(families.FAMILIES, "llama", broken)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="hooks"):
+    with pytest.raises(ResidualLeakError, match=r"after block 0 .* model\.layers\.0\.mlp\.down_proj"):
         with orthogonalized_weights(model, random_directions(1)):
             pass
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
