@@ -28,14 +28,26 @@ def _directions(k: int = 2, seed: int = 1) -> DirectionSet:
                         provenance=tuple({"layer": 1} for _ in range(k)))
 
 
+def _model(family: str, tie: bool, folder):
+    """The tiny model of ``family``: the test zoo's, else one built from transformers' config and loaded from a folder."""
+    from refusal_core.model.loading import load_model
+    from refusal_core.model.tiny import FAMILY_CONFIGS
+    from refusal_core.model.tiny_families import tiny_family_folder
+
+    if family in FAMILY_CONFIGS:
+        return tiny_model(family, tie=tie)
+    return load_model(str(tiny_family_folder(family, folder)))
+
+
 def _write(loaded, directions, out):
     fmt = get_format("lora")
     return fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings()))
 
 
-@pytest.mark.parametrize("family,tie", [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False)])
+@pytest.mark.parametrize("family,tie", [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False),
+                                        ("gemma2", False), ("gemma3_text", False)])
 def test_peft_adapter_reproduces_orthogonalized_logits(tmp_path, one_thread, family, tie):
-    loaded = tiny_model(family, tie=tie)
+    loaded = _model(family, tie, tmp_path / "model")
     directions = _directions()
     before = weights_sha256(loaded.model)
     out = _write(loaded, directions, tmp_path / "adapter")
@@ -78,9 +90,10 @@ def test_adapter_size_is_estimated_before_writing(tmp_path, one_thread):
     assert factors < written <= estimate < 2 * written + 20_000
 
 
-def test_family_that_normalises_after_its_writes_is_refused_before_writing(tmp_path, one_thread):
-    loaded = tiny_model("gemma2")
-    with pytest.raises(LoraUnsupported, match="ablate"):
+def test_fused_expert_tensors_are_refused_by_name_before_writing(tmp_path, one_thread):
+    """PEFT's LoRA layers wrap modules, not a 3-D experts Parameter: the export names it and writes nothing."""
+    loaded = _model("mixtral", False, tmp_path / "model")
+    with pytest.raises(LoraUnsupported, match="experts"):
         _write(loaded, _directions(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
 
