@@ -10,7 +10,7 @@ from pathlib import Path
 
 from refusal_core.errors import UserError
 
-__all__ = ["ModelFiles", "WeightFilesError", "find_model_files", "model_files"]
+__all__ = ["ModelFiles", "WeightFilesError", "files_for_spec", "find_model_files", "model_files"]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -81,3 +81,11 @@ def find_model_files(source: str) -> ModelFiles | None:
         if snapshot is not None:
             return model_files(snapshot)
     return None
+
+
+def files_for_spec(spec: str) -> ModelFiles | None:
+    """The safetensors files a model spec would load (bundled, local folder, cached hub id), else None."""
+    from refusal_core.model.loading import model_source
+
+    source = model_source(spec)
+    return None if source is None else find_model_files(source)

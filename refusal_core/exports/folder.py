@@ -249,9 +249,12 @@ def _progress_ticker(progress: Progress | None, total: int, n_shards: int):
     def start(index: int, before: int) -> None:
         state.update(shard=index, before=before)
 
-    def tick(done_in_shard: int, name: str) -> None:
+    def tick(done_in_shard: int, name: str) -> None:  # reported in MiB
         if progress:
-            progress(state["before"] + done_in_shard, total, stage=f"shard {state['shard'] + 1}/{n_shards}: {name}")
+            done = (state["before"] + done_in_shard) >> 20
+            progress(min(done, total_mib), total_mib, stage=f"shard {state['shard'] + 1}/{n_shards}: {name}")
+
+    total_mib = max(1, total >> 20)
 
     return start, tick
 
@@ -281,7 +284,7 @@ def stream_export(
 
     Everything that can be refused (target folder, directions' width, a writer missing from
     the files, a family whose weights cannot be edited) is checked before the first byte is
-    written. ``progress(bytes_done, bytes_total, stage=...)`` follows the tensors. Returns ``out_dir``.
+    written. ``progress(mib_done, mib_total, stage=...)`` follows the tensors (MiB). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     plan = plan or plan_export(files, trust_remote_code)
@@ -302,6 +305,8 @@ def stream_export(
         for index, shard in enumerate(files.shards):
             start(index, done)
             done += _write_shard(plan, bases, shard, tmp, edited, tick)
+        if progress:
+            progress(max(1, total >> 20), max(1, total >> 20), stage="index, card and marker")
         if edited != {name: 1 for name in plan.writes}:
             missed = sorted(set(plan.writes) - set(edited))
             raise RuntimeError(f"Streaming export edited {edited} but the residual writers are {sorted(plan.writes)}; missed {missed}.")

@@ -41,6 +41,7 @@ __all__ = [
     "load_model",
     "load_model_for_app",
     "model_key",
+    "model_source",
     "organism_built",
     "resolve_dtype",
 ]
@@ -196,6 +197,14 @@ def _resolve_source(spec: str) -> str:
             f"a Hugging Face id, {BUNDLED_ORGANISM} or {BUNDLED_BASE}."
         )
     return spec
+
+
+def model_source(spec: str) -> str | None:
+    """The folder (or hub id) a spec loads its files from, without loading it; None for ``tiny:``.
+
+    The bundled base model is converted to its folder on first use, as loading does.
+    """
+    return None if spec.startswith(TINY_PREFIX) else _resolve_source(spec)
 
 
 def load_model(

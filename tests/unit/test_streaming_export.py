@@ -235,3 +235,22 @@ def test_streaming_matches_in_memory_for_families_of_the_writer_list(tmp_path, f
     for name, tensor in ours.items():
         assert torch.allclose(tensor, theirs[name], rtol=1e-6, atol=1e-7), name
     assert _worst_residual_cosine(streamed, directions) <= 1e-4
+
+
+def test_cli_streams_a_folder_and_matches_in_memory(tmp_path, capsys):
+    from refusal_core.cli import main
+
+    source = _save(tiny_model("llama", tie=True).model, tmp_path / "src")
+    _directions(64, k=1).save(tmp_path / "dirs")
+    streamed, memory = tmp_path / "streamed", tmp_path / "memory"
+    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "dirs"), "--out", str(streamed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is True
+    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "dirs"), "--out", str(memory),
+                 "--in-memory", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is False
+    ours, theirs = _tensors(streamed), _tensors(memory)
+    assert set(ours) == set(theirs) and all(torch.allclose(ours[n], theirs[n], rtol=1e-6, atol=1e-7) for n in ours)
+    # A width mismatch is refused before anything is written.
+    _directions(32, k=1).save(tmp_path / "narrow")
+    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "narrow"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
