@@ -5,6 +5,7 @@ chosen directions orthogonalized out of its weights."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -13,6 +14,8 @@ from app_pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
 from refusal_core.errors import UserError
+from refusal_core.exports.files import find_model_files
+from refusal_core.exports.folder import stream_export
 from refusal_core.interventions.export import default_export_dir, export_orthogonalized
 
 st.title("Export")
@@ -106,14 +109,40 @@ def imports() -> None:
     st.success("Imported " + "; ".join(added) + ".")
 
 
+def _model_files():
+    """The loaded model's safetensors files, or None (then the export edits the model in memory)."""
+    try:
+        return find_model_files(loaded.source)
+    except UserError as err:
+        st.warning(f"The model's files cannot be streamed ({err}); the export will edit the model in memory.")
+        return None
+
+
+def _write(files, directions, out_dir: str, overwrite: bool):
+    """Stream the files (no lock on the shared model: other sessions keep working), else edit in memory."""
+    if files is not None:
+        progress = _state.progress_callback(f"Streaming {files.folder.name} shard by shard")
+        return stream_export(files, directions, out_dir, spec=loaded.spec, overwrite=overwrite, progress=progress)
+    with st.spinner(f"Orthogonalizing {len(directions)} directions and saving to {out_dir}..."):
+        return export_orthogonalized(loaded, directions, out_dir, overwrite=overwrite)
+
+
 def orthogonalized_model() -> None:
     if not ws.direction_sets:
         return
     st.header("Orthogonalized model")
-    st.caption(
-        "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
-        "the model (the shared model in memory is restored)."
-    )
+    files = _model_files()
+    if files is not None:
+        st.caption(
+            "Projects the chosen directions out of every weight that writes to the residual stream, reading the "
+            f"model's files in {files.folder} shard by shard and writing the same shards (in their stored dtype). "
+            "The shared model in memory is not used, so other sessions keep working meanwhile."
+        )
+    else:
+        st.caption(
+            "Projects the chosen directions out of every weight that writes to the residual stream, then saves "
+            "the model (the shared model in memory is restored; other sessions wait until it is saved)."
+        )
     options = list(ws.direction_sets)
     preferred = _state.preferred_direction(ws)
     _state.follow_default("export_model_set", preferred[0] if preferred else options[0], options)
@@ -131,17 +160,14 @@ def orthogonalized_model() -> None:
     )
     if st.button("Write the orthogonalized model", disabled=not names or not out_dir.strip(), key="export_model_run"):
         try:
-            with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
-                path = export_orthogonalized(
-                    loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
-                )
+            path = _write(files, directions.select(names), out_dir.strip(), overwrite)
         except UserError as err:
             st.error(f"Export failed: {err}")
         except OSError as err:
             st.error(f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space.")
         else:
             exported(str(path))
-            st.success(f"Saved to {path.resolve()}. Load it in the sidebar as a local path to check it.")
+            st.success(f"Saved to {Path(path).resolve()}. Load it in the sidebar as a local path to check it.")
 
 
 # The table is drawn last into a slot at the top, so it already lists what this run imported.
