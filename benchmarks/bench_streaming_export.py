@@ -5,8 +5,8 @@ vocabulary 35000, untied), built from transformers' config with seeded normal we
 saved once as float32 shards of at most 400 MB (7 files, 2.6 GB) into ``--folder``
 (default ``/tmp/refusal-atlas-657m``, never the repository). Each export runs as
 ``python -m refusal_core export-model`` in a fresh subprocess, ``--in-memory`` for today's
-path; each subprocess's own peak resident memory comes from ``os.wait4`` (its rusage
-``ru_maxrss``), its time from the wall clock around it. The two exports alternate
+path; each subprocess's peak resident memory comes from ``/usr/bin/time -f %M``, its time
+from the wall clock around it. The two exports alternate
 (``--repeats`` rounds, streaming first in odd rounds), after one read of the shards warms
 the page cache for both.
 
@@ -61,17 +61,21 @@ def build(folder: Path) -> None:
 
 
 def run_export(folder: Path, dirs: Path, out: Path, in_memory: bool) -> tuple[float, int]:
-    """(seconds, peak RSS bytes) of one export in a fresh subprocess."""
-    argv = [sys.executable, "-m", "refusal_core", "export-model", "--model", str(folder), "--ablate", str(dirs),
+    """(seconds, peak RSS bytes) of one export in a fresh subprocess.
+
+    The peak comes from ``/usr/bin/time -f %M``, a small process that forks the export:
+    Linux counts a child's resident set from before its exec too, so a child forked
+    straight from this (large) process would report this process's own peak.
+    """
+    record = out.parent / (out.name + ".maxrss")
+    argv = ["/usr/bin/time", "-f", "%M", "-o", str(record), sys.executable, "-m", "refusal_core", "export-model", "--model", str(folder), "--ablate", str(dirs),
             "--out", str(out), "--overwrite", "--json"] + (["--in-memory"] if in_memory else [])
     started = time.perf_counter()
-    child = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    child = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    output = child.stdout.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"export failed ({argv}):\n{output}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
+    if child.returncode != 0:
+        raise SystemExit(f"export failed ({argv}):\n{child.stdout}\n{child.stderr[-2000:]}")
+    return seconds, int(record.read_text().split()[-1]) * 1024  # kilobytes
 
 
 def max_difference(a: Path, b: Path) -> float:

@@ -31,7 +31,7 @@ from refusal_core.exports.files import INDEX, ModelFiles, WeightFilesError
 from refusal_core.exports.safetensors_io import Entry, ShardHeader, ShardWriter, iter_bytes, iter_rows, read_header, read_tensor
 from refusal_core.interventions.export import model_card, package_version
 from refusal_core.interventions.export_target import check_target, new_partial_dir, recover_leftovers, replace_dir, write_marker
-from refusal_core.interventions.linalg import orthonormal_basis, project_out
+from refusal_core.interventions.linalg import compute_dtype, orthonormal_basis, project_out
 from refusal_core.interventions.spec import as_direction_matrix
 from refusal_core.model.families import model_parts, model_width
 from refusal_core.model.writers import ResidualWrite, WriterError, residual_writes
@@ -166,22 +166,39 @@ class _Bases:
         return self._scaled[key]
 
 
+def _orthogonalize_matrices_(tensor: torch.Tensor, basis: torch.Tensor) -> None:
+    """In place: ``basis`` projected out of the second-to-last axis of ``tensor`` (``[..., d, n]``).
+
+    ``W - Q (Q^T W)`` on contiguous blocks of columns, in float32 (float64 stays float64):
+    the same projection as ``project_out`` on the transposed view, without its strided reads.
+    """
+    compute = compute_dtype(tensor.dtype)
+    q = basis.to(compute)
+    matrices = tensor.reshape(-1, *tensor.shape[-2:])  # a view: the tensor is contiguous
+    step = max(1, CHUNK_ELEMENTS // max(1, tensor.shape[-2]))
+    for matrix in matrices:
+        for start in range(0, matrix.shape[-1], step):
+            block = matrix[:, start : start + step]
+            values = block.to(compute)
+            block.copy_(values - q @ (q.T @ values))
+
+
 def _edited(header: ShardHeader, entry: Entry, write: ResidualWrite, basis: torch.Tensor):
     """The pieces of ``entry`` with ``basis`` projected out of its residual axis."""
-    axis = write.axis % len(entry.shape)
-    per_row = max(1, entry.nbytes // max(entry.shape[0], 1) // entry.torch_dtype.itemsize)
-    rows = max(1, CHUNK_ELEMENTS // per_row)
-    if axis == len(entry.shape) - 1 and len(entry.shape) > 1:
+    ndim = len(entry.shape)
+    axis = write.axis % ndim
+    if ndim > 1 and axis == ndim - 1:
         # The residual axis is the last one (embeddings): rows stream through independently.
-        for piece in iter_rows(header, entry, rows):
+        per_row = max(1, entry.nbytes // max(entry.shape[0], 1) // entry.torch_dtype.itemsize)
+        for piece in iter_rows(header, entry, max(1, CHUNK_ELEMENTS // per_row)):
             yield project_out(piece, basis)
         return
     tensor = read_tensor(header, entry)
-    moved = tensor.movedim(axis, -1)
-    step = max(1, CHUNK_ELEMENTS // max(1, moved[0].numel())) if moved.dim() > 1 else moved.shape[0]
-    for start in range(0, moved.shape[0] if moved.dim() > 1 else 1, step):
-        block = moved[start : start + step] if moved.dim() > 1 else moved
-        block.copy_(project_out(block, basis))
+    if ndim > 1 and axis == ndim - 2:  # nn.Linear [d_out, d_in], fused experts [E, d_out, d_in]
+        _orthogonalize_matrices_(tensor, basis)
+    else:  # a bias, or a layout with the residual axis elsewhere
+        moved = tensor.movedim(axis, -1)
+        moved.copy_(project_out(moved, basis))
     yield tensor
 
 
