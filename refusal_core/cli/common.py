@@ -112,10 +112,16 @@ def emit(args, payload: dict, human: Callable[[], None]) -> None:
 
 
 def activations_for(args, loaded, which: str):
-    from refusal_core.activations.extract import extract_activations
+    from refusal_core.activations.extract import extract_activations, extraction_memory
+    from refusal_core.model.placement import parse_bytes
 
     prompts = prompt_set(getattr(args, which), args.column, args.limit)
-    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size, progress=progress_bar(f"{which} activations", args.json))
+    budget = parse_bytes(args.max_memory) if getattr(args, "max_memory", None) else None
+    if not args.json:  # what it will need, before it starts (stderr: stdout stays clean)
+        estimate = extraction_memory(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size)
+        print(f"{which} activations, {len(prompts.instructions)} prompts: {estimate.line()}", file=sys.stderr)
+    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size,
+                               progress=progress_bar(f"{which} activations", args.json), max_memory=budget)
     return prompts, acts
 
 
