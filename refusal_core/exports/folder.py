@@ -28,7 +28,7 @@ from refusal_core.directions.base import DirectionSet, validate_vectors
 from refusal_core.errors import SettingsError
 from refusal_core.exports.experts import expert_keys
 from refusal_core.exports.files import INDEX, ModelFiles, WeightFilesError
-from refusal_core.exports.safetensors_io import Entry, ShardHeader, ShardWriter, iter_bytes, iter_rows, read_header, read_tensor
+from refusal_core.exports.safetensors_io import Entry, ShardHeader, ShardWriter, iter_rows, read_header, read_tensor
 from refusal_core.interventions.export import model_card, package_version
 from refusal_core.interventions.export_target import check_target, new_partial_dir, recover_leftovers, replace_dir, write_marker
 from refusal_core.interventions.linalg import compute_dtype, orthonormal_basis, project_out
@@ -216,14 +216,14 @@ def _write_shard(plan: ExportPlan, bases: _Bases, shard: str, out: Path, edited:
         for entry in header.entries:
             write = plan.writes.get(entry.name)
             if write is None:
-                writer.write(entry.name, iter_bytes(header, entry))
+                writer.copy(entry.name, header, entry)
             else:
                 writer.write(entry.name, _edited(header, entry, write, bases(write)))
                 edited[entry.name] = edited.get(entry.name, 0) + 1
             written += entry.nbytes
             tick(written, entry.name)
         if extra is not None:
-            writer.write(plan.tied_head[0], iter_bytes(header, extra))  # the original, unedited matrix
+            writer.copy(plan.tied_head[0], header, extra)  # the original, unedited matrix
             written += extra.nbytes
             tick(written, plan.tied_head[0])
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +99,19 @@ def read_tensor(header: ShardHeader, entry: Entry) -> torch.Tensor:
     return tensor
 
 
-def iter_bytes(header: ShardHeader, entry: Entry, chunk: int = _COPY_CHUNK) -> Iterator[bytes]:
-    """The raw bytes of ``entry``, in pieces of at most ``chunk`` bytes."""
+def iter_bytes(header: ShardHeader, entry: Entry, chunk: int = _COPY_CHUNK, skip: int = 0) -> Iterator[memoryview]:
+    """The raw bytes of ``entry`` after its first ``skip``, in pieces of at most ``chunk``
+    bytes; each piece is a view of one reused buffer, valid until the next is asked for."""
+    buffer = bytearray(min(chunk, max(entry.nbytes - skip, 1)))
     with open(header.path, "rb") as source:
-        source.seek(header.data_start + entry.begin)
-        left = entry.nbytes
+        source.seek(header.data_start + entry.begin + skip)
+        left = entry.nbytes - skip
         while left:
-            piece = source.read(min(left, chunk))
-            if not piece:
+            count = source.readinto(memoryview(buffer)[: min(left, len(buffer))])
+            if not count:
                 raise ValueError(f"{header.path} ends inside tensor {entry.name}; the file is truncated.")
-            yield piece
-            left -= len(piece)
+            yield memoryview(buffer)[:count]
+            left -= count
 
 
 def iter_rows(header: ShardHeader, entry: Entry, rows: int) -> Iterator[torch.Tensor]:
@@ -146,17 +149,41 @@ class ShardWriter:
         self._handle.write(struct.pack("<Q", len(raw)) + raw)
         self._next = 0
 
-    def write(self, name: str, pieces: Iterable[torch.Tensor | bytes]) -> None:
+    def _start(self, name: str) -> int:
         want, size = self._sizes[self._next]
         if want != name:
             raise RuntimeError(f"Shard writer expected tensor {want} next, got {name}.")
-        written = 0
+        return size
+
+    def write(self, name: str, pieces: Iterable[torch.Tensor | bytes]) -> None:
+        size, written = self._start(name), 0
         for piece in pieces:
-            data = piece if isinstance(piece, bytes) else memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy())
+            data = memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()) if isinstance(piece, torch.Tensor) else piece
             written += len(data)
             self._handle.write(data)
         if written != size:
             raise RuntimeError(f"Tensor {name} should take {size} bytes, {written} were written.")
+        self._next += 1
+
+    def copy(self, name: str, header: ShardHeader, entry: Entry) -> None:
+        """``entry``'s bytes copied unchanged from its file, by the kernel where it can
+        (``copy_file_range``: no pass through this process's memory), else in chunks."""
+        if self._start(name) != entry.nbytes:
+            raise RuntimeError(f"Tensor {name} should take {self._sizes[self._next][1]} bytes, its source holds {entry.nbytes}.")
+        self._handle.flush()
+        left, offset = entry.nbytes, header.data_start + entry.begin
+        try:
+            with open(header.path, "rb") as source:
+                while left:
+                    moved = os.copy_file_range(source.fileno(), self._handle.fileno(), left, offset)
+                    if moved <= 0:
+                        raise OSError("copy_file_range copied nothing")
+                    left, offset = left - moved, offset + moved
+        except (OSError, AttributeError):
+            done = entry.nbytes - left
+            self._handle.seek(0, os.SEEK_END)
+            for piece in iter_bytes(header, entry, skip=done):
+                self._handle.write(piece)
         self._next += 1
 
     def close(self) -> None:

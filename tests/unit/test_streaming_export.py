@@ -254,3 +254,17 @@ def test_cli_streams_a_folder_and_matches_in_memory(tmp_path, capsys):
     _directions(32, k=1).save(tmp_path / "narrow")
     assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "narrow"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_copy_without_copy_file_range_gives_the_same_files(tmp_path, monkeypatch):
+    source = _save(tiny_model("llama", tie=True).model, tmp_path / "src")
+    directions = _directions(64)
+    kernel = stream_export(find_model_files(str(source)), directions, tmp_path / "kernel", spec="x")
+
+    def unsupported(*args):
+        raise OSError("not supported here")
+
+    monkeypatch.setattr("os.copy_file_range", unsupported)
+    chunked = stream_export(find_model_files(str(source)), directions, tmp_path / "chunked", spec="x")
+    for path in sorted(kernel.glob("model*.safetensors")):
+        assert path.read_bytes() == (chunked / path.name).read_bytes(), path.name
