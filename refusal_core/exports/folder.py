@@ -39,6 +39,7 @@ from refusal_core.progress import Progress
 
 __all__ = ["ExportPlan", "meta_model", "plan_export", "stream_export"]
 
+_FLOAT_CODES = ("F16", "BF16", "F32", "F64")
 # Elements per chunk of a tensor being orthogonalized (float32: 64 MB).
 CHUNK_ELEMENTS = 16 << 20
 
@@ -105,6 +106,13 @@ def plan_export(files: ModelFiles, trust_remote_code: bool = False) -> ExportPla
     name of the tensor that is missing, never exported with a writer left unedited.
     """
     model = meta_model(files.folder, trust_remote_code)
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else type(quantization).__name__
+        raise WeightFilesError(
+            f"{files.folder} holds a quantized checkpoint (quant_method {method}); the streaming export edits "
+            "floating-point weights only. Export from the unquantized checkpoint."
+        )
     parts = model_parts(model)
     if not getattr(parts.family, "weights_orthogonalizable", True):
         raise SettingsError(
@@ -277,8 +285,16 @@ def _progress_ticker(progress: Progress | None, total: int, n_shards: int):
 
 
 def _check_shapes(plan: ExportPlan, headers: dict[str, ShardHeader]) -> None:
+    """Every writer on disk is a float tensor of the shape the config implies."""
     for name, shape in plan.shapes.items():
-        found = headers[plan.files.weight_map[name]].entry(name).shape
+        entry = headers[plan.files.weight_map[name]].entry(name)
+        found = entry.shape
+        if entry.dtype not in _FLOAT_CODES:
+            raise WeightFilesError(
+                f"Tensor {name} in {plan.files.folder} is stored as {entry.dtype}, not as floating-point values "
+                "(a quantized checkpoint?); the export edits float16, bfloat16, float32 or float64 weights only. "
+                "Export from the unquantized checkpoint."
+            )
         if found != shape:
             raise WeightFilesError(
                 f"Tensor {name} in {plan.files.folder} is {list(found)} but the model's config makes it {list(shape)}; "

@@ -20,7 +20,7 @@ from refusal_core.exports.files import WeightFilesError, find_model_files
 from refusal_core.exports.folder import plan_export, stream_export
 from refusal_core.exports.safetensors_io import read_header
 from refusal_core.interventions.export import export_orthogonalized
-from refusal_core.model.families import FAMILIES, Family
+from refusal_core.model.families import FAMILIES, Family, model_parts
 from refusal_core.model.loading import load_model
 from refusal_core.model.writers import ResidualWrite
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -50,7 +50,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 def _worst_residual_cosine(folder: Path, directions: DirectionSet) -> float:
     """max |h.d|/|h| over every layer's output, every position and every direction, float64."""
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, experts_implementation="eager")
-    layers = model.model.layers
+    layers = model_parts(model).layers
     outputs = []
     hooks = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o)) for layer in layers]
     try:
@@ -80,10 +80,12 @@ def test_safetensors_headers_round_trip(tmp_path):
             assert entry.shape == tuple(reference[entry.name].shape)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_llama_streaming_equals_in_memory_and_removes_direction(tmp_path, tie, dtype):
-    source = _save(tiny_model("llama", tie=tie).model, tmp_path / "src", dtype=dtype)
+@pytest.mark.parametrize(("family", "tie", "dtype"), [
+    ("llama", False, torch.float32), ("llama", True, torch.float32), ("llama", False, torch.bfloat16),
+    ("llama", True, torch.bfloat16), ("gpt2", True, torch.float32), ("qwen2", False, torch.float32),
+])
+def test_streaming_equals_in_memory_and_removes_direction(tmp_path, family, tie, dtype):
+    source = _save(tiny_model(family, tie=tie).model, tmp_path / "src", dtype=dtype)
     loaded = load_model(str(source), dtype="float32")
     directions = _directions(loaded.d_model)
     reference = export_orthogonalized(loaded, directions, tmp_path / "memory")
@@ -100,7 +102,8 @@ def test_llama_streaming_equals_in_memory_and_removes_direction(tmp_path, tie, d
     assert [p.name for p in sorted(streamed.glob("model*.safetensors"))] == [p.name for p in sorted(source.glob("model*.safetensors"))]
     original = _tensors(source)
     if tie:  # the unembedding keeps the original matrix, bit for bit
-        assert torch.equal(ours["lm_head.weight"], original["model.embed_tokens.weight"])
+        embedding = "transformer.wte.weight" if family == "gpt2" else "model.embed_tokens.weight"
+        assert torch.equal(ours["lm_head.weight"], original[embedding])
     index = json.loads((streamed / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(ours)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in ours.values())
@@ -268,3 +271,38 @@ def test_copy_without_copy_file_range_gives_the_same_files(tmp_path, monkeypatch
     chunked = stream_export(find_model_files(str(source)), directions, tmp_path / "chunked", spec="x")
     for path in sorted(kernel.glob("model*.safetensors")):
         assert path.read_bytes() == (chunked / path.name).read_bytes(), path.name
+
+
+def test_hub_cache_snapshot_is_found_without_network(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    _save(tiny_model("llama").model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = find_model_files("acme/tiny-llama")
+    assert files is not None and files.folder == repo / "snapshots" / commit and len(files.shards) > 2
+    assert find_model_files("acme/not-cached") is None
+
+
+def test_cli_falls_back_to_memory_without_files(tmp_path, capsys):
+    from refusal_core.cli import main
+
+    _directions(64, k=1).save(tmp_path / "dirs")
+    assert main(["export-model", "--model", "tiny:llama", "--ablate", str(tmp_path / "dirs"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is False
+
+
+def test_integer_writer_tensor_is_refused_before_writing(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    source = _save(tiny_model("llama").model, tmp_path / "src", shard="10MB")
+    tensors = load_file(source / "model.safetensors")
+    tensors["model.layers.0.self_attn.o_proj.weight"] = tensors["model.layers.0.self_attn.o_proj.weight"].to(torch.int8)
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightFilesError, match=r"o_proj\.weight.*I8"):
+        stream_export(find_model_files(str(source)), _directions(64), tmp_path / "out", spec="x")
+    assert not (tmp_path / "out").exists()
