@@ -17,7 +17,8 @@ export reloaded in plain transformers in float64 (every layer's output, 2 x 16 r
 Goals (issue 25): peak <= 0.35x the weights, time <= 1.2x the in-memory export, |h.d|/|h| <= 1e-4.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_streaming_export.py``
-(about 5 minutes and 6 GB of memory at its peak, the float64 reload; 8 GB of disk in /tmp).
+(about 9 minutes on the shared 2-core machine, plus 1 minute to build the model the first time;
+about 6 GB of memory at its peak, the float64 reload; 8 GB of disk in /tmp).
 """
 
 from __future__ import annotations
