@@ -18,6 +18,8 @@ from refusal_core.errors import UserError
 from refusal_core.directions.registry import settings_fields
 from refusal_core.exports.registry import ExportRequest, formats
 from refusal_core.interventions.export_target import default_export_dir
+from refusal_core.exports.files import find_model_files
+from refusal_core.exports.folder_format import stream_folder
 
 st.title("Export")
 loaded = _state.require_model()
@@ -110,6 +112,21 @@ def imports() -> None:
     st.success("Imported " + "; ".join(added) + ".")
 
 
+def _model_files():
+    """The loaded model's safetensors files, or None (then a folder export edits the model in memory)."""
+    try:
+        return find_model_files(loaded.source)
+    except UserError as err:
+        st.warning(f"The model's files cannot be streamed ({err}); a folder export will edit the model in memory.")
+        return None
+
+
+def _stream(files, directions, out_dir: str, overwrite: bool, action: str) -> Path:
+    """The full folder streamed from the model's files: no lock on the shared model, so other sessions keep working."""
+    progress = _state.progress_callback(f"Streaming {files.folder.name} shard by shard")
+    return stream_folder(files, directions, out_dir, spec=loaded.spec, overwrite=overwrite, command=action, progress=progress)
+
+
 def _format_widgets(fmt, directions) -> dict[str, object]:
     """One widget per setting of ``fmt`` (an empty text box is "automatic": None)."""
     values: dict[str, object] = {}
@@ -181,9 +198,13 @@ def model_exports() -> None:
         action = (f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} "
                   f"with {values} to {out_dir.strip()}")
         try:
-            with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {out_dir}..."):
-                path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=Path(out_dir.strip()),
-                                               settings=settings, overwrite=overwrite, command=action))
+            files = _model_files() if fmt.name == "folder" and settings.mode == "orthogonal" else None
+            if files is not None:
+                path = _stream(files, chosen, out_dir.strip(), overwrite, action)
+            else:
+                with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {out_dir}..."):
+                    path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=Path(out_dir.strip()),
+                                                   settings=settings, overwrite=overwrite, command=action))
         except UserError as err:
             st.error(f"Export failed: {err}")
         except OSError as err:

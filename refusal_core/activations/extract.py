@@ -14,15 +14,16 @@ from typing import Callable, Sequence
 import torch
 
 from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry
+from refusal_core.activations.memory import MemoryEstimate, check_budget, estimate_extraction
 from refusal_core.errors import SettingsError
 from refusal_core.model.families import model_lock, model_parts
 from refusal_core.model.fingerprint import weights_fingerprint
-from refusal_core.model.forward import block_hooks, encode_prompts
+from refusal_core.model.forward import block_hooks, encode_prompts, token_ids
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instruction_count
 
-__all__ = ["Activations", "default_positions", "extract_activations", "weights_fingerprint"]
+__all__ = ["Activations", "default_positions", "extract_activations", "extraction_memory", "weights_fingerprint"]
 
 
 
@@ -122,6 +123,25 @@ def activation_key(loaded: LoadedModel, instructions: Sequence[str], positions: 
     )
 
 
+def _estimate(loaded: LoadedModel, texts: Sequence[str], n_positions: int, batch_size: int) -> MemoryEstimate:
+    longest = max(len(ids) for ids in token_ids(loaded, texts))
+    return estimate_extraction(loaded.model, loaded.n_layers, loaded.d_model, len(texts), n_positions, batch_size, longest)
+
+
+def extraction_memory(
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    positions: Sequence[int] | None = None,
+    chat: ChatFormat | None = None,
+    batch_size: int = 16,
+) -> MemoryEstimate:
+    """What :func:`extract_activations` with these arguments will need in memory (``activations/memory.py``)."""
+    chat = chat or ChatFormat()
+    positions = tuple(positions) if positions is not None else default_positions(loaded.tokenizer, chat)
+    _validate(instructions, positions, batch_size)
+    return _estimate(loaded, format_prompts(loaded.tokenizer, tuple(instructions), chat), len(positions), batch_size)
+
+
 def extract_activations(
     loaded: LoadedModel,
     instructions: Sequence[str],
@@ -130,12 +150,15 @@ def extract_activations(
     batch_size: int = 16,
     use_cache: bool = True,
     progress: Progress | None = None,
+    max_memory: int | None = None,
 ) -> Activations:
     """Residual activations of ``instructions`` at ``positions`` (default: post-instruction).
 
     With ``use_cache`` a previous result for the same weights, dtype, prompts, template and
     positions is read from ``cache/activations/`` without a forward pass; a damaged entry is
-    recomputed. ``progress(done, total)`` is called after each batch.
+    recomputed. ``progress(done, total)`` is called after each batch. With ``max_memory``
+    (bytes), an extraction whose estimated peak exceeds it is refused before the first
+    forward pass. Each batch's rows go to CPU into one preallocated result tensor.
     """
     chat = chat or ChatFormat()
     positions = tuple(positions) if positions is not None else default_positions(loaded.tokenizer, chat)
@@ -153,12 +176,13 @@ def extract_activations(
             if progress:
                 progress(len(instructions), len(instructions))
             return Activations(cached["acts"], positions, instructions, key, from_cache=True)
-        chunks = []
+        if max_memory is not None:
+            check_budget(_estimate(loaded, texts, len(positions), batch_size), max_memory)
+        acts = torch.empty(len(texts), len(positions), loaded.n_layers + 1, loaded.d_model)
         for start in range(0, len(texts), batch_size):
-            chunks.append(_forward_batch(loaded, texts[start : start + batch_size], positions))
+            acts[start : start + batch_size] = _forward_batch(loaded, texts[start : start + batch_size], positions)
             if progress:
                 progress(min(start + batch_size, len(texts)), len(texts))
-    acts = torch.cat(chunks)
     if use_cache:
         save_entry(path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec})
     return Activations(acts, positions, instructions, key, from_cache=False)

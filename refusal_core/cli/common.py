@@ -25,7 +25,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=BUNDLED_ORGANISM, help=f"model spec: {BUNDLED_ORGANISM}, bundled:smollm2-135m-instruct, a HF id or a local directory")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
-    parser.add_argument("--device-map", default=None, help='"auto" spreads a large model over all GPUs')
+    parser.add_argument("--device-map", default=None, help='"auto" spreads a large model over all GPUs (and, with --max-memory, offloads the rest to disk)')
+    parser.add_argument("--quantize", default=None, choices=("4bit", "8bit"), help="load the weights 4- or 8-bit quantized (needs bitsandbytes and a CUDA GPU)")
+    parser.add_argument("--max-memory", default=None, help="memory budget such as 8GB: with --device-map the weights beyond it are offloaded to disk; activation extraction refuses to start when its estimate exceeds it")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     parser.add_argument("--system-prompt", default=None, help="system prompt for the chat template")
     parser.add_argument("--chat-template-option", action="append", default=None, metavar="KEY=VALUE",
@@ -57,7 +59,8 @@ def load_model_from_args(args):
 
     parse_template_options(getattr(args, "chat_template_option", None))  # a bad option fails before the load
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code,
+                      quantize=getattr(args, "quantize", None), max_memory=getattr(args, "max_memory", None))
 
 
 def chat_format(args):
@@ -117,10 +120,16 @@ def emit(args, payload: dict, human: Callable[[], None]) -> None:
 
 
 def activations_for(args, loaded, which: str):
-    from refusal_core.activations.extract import extract_activations
+    from refusal_core.activations.extract import extract_activations, extraction_memory
+    from refusal_core.model.placement import parse_bytes
 
     prompts = prompt_set(getattr(args, which), args.column, args.limit)
-    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size, progress=progress_bar(f"{which} activations", args.json))
+    budget = parse_bytes(args.max_memory) if getattr(args, "max_memory", None) else None
+    if not args.json:  # what it will need, before it starts (stderr: stdout stays clean)
+        estimate = extraction_memory(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size)
+        print(f"{which} activations, {len(prompts.instructions)} prompts: {estimate.line()}", file=sys.stderr)
+    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size,
+                               progress=progress_bar(f"{which} activations", args.json), max_memory=budget)
     return prompts, acts
 
 

@@ -1,6 +1,11 @@
 """``export-model``: the directions exported in one of the registered formats (``exports/registry.py``:
 a full folder, a LoRA adapter, a GGUF, a llama.cpp control vector), each with a manifest.json;
 ``reproduce MANIFEST``: rerun an export or saved result and compare its output hash.
+
+A full folder of a model that comes from safetensors files (a local folder, the hub cache, a
+bundled model's converted folder) is streamed from those files shard by shard without loading
+the model (``exports/folder.py``); other models, the norm-preserving mode and ``--in-memory``
+load the model and save it edited (``interventions/export.py``).
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from refusal_core.cli.common import CliError, add_model_args, emit, load_directions, load_model_from_args
+from refusal_core.cli.common import CliError, add_model_args, emit, load_directions, load_model_from_args, progress_bar
 
 
 def _format_settings(fmt, args):
@@ -28,12 +33,39 @@ def _format_settings(fmt, args):
     return fmt.settings(**values)
 
 
+def _streamed(args) -> str | None:
+    """Stream the full-folder export from the model's files; None when there are none to stream."""
+    from refusal_core.exports.files import files_for_spec
+    from refusal_core.exports.folder import plan_export
+    from refusal_core.exports.folder_format import stream_folder
+    from refusal_core.interventions.export import default_export_dir
+
+    files = files_for_spec(args.model)
+    if files is None:
+        return None
+    plan = plan_export(files, trust_remote_code=args.trust_remote_code)
+    directions = load_directions(args.ablate, plan.d_model)
+    command = " ".join(["python", "-m", "refusal_core", *getattr(args, "argv", sys.argv[1:])])
+    out = stream_folder(
+        files, directions, args.out or default_export_dir(args.model), spec=args.model, overwrite=args.overwrite,
+        command=command, trust_remote_code=args.trust_remote_code, plan=plan,
+        progress=progress_bar("Streaming export (MiB)", args.json),
+    )
+    emit(args, {"out": str(out), "format": "folder", "directions": list(directions.names), "streamed": True, "source": str(files.folder)},
+         lambda: print(f"Wrote the orthogonalized model ({len(directions)} directions removed), streamed shard by "
+                       f"shard from {files.folder} in its stored dtype, to {out}"))
+    return str(out)
+
+
 def cmd_export_model(args) -> None:
     from refusal_core.exports.registry import ExportRequest, get_format
     from refusal_core.interventions.export_target import default_export_dir
 
     fmt = get_format(args.format)
     settings = _format_settings(fmt, args)  # bad flags fail before the model is loaded
+    streams = fmt.name == "folder" and settings.mode == "orthogonal" and not args.in_memory
+    if streams and _streamed(args) is not None:
+        return
     loaded = load_model_from_args(args)
     directions = load_directions(args.ablate, loaded.d_model)
     out = Path(args.out) if args.out else default_export_dir(loaded.spec).with_name(
@@ -68,6 +100,9 @@ def add_parsers(sub) -> None:
                         help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in known.values()))
     export.add_argument("--out", default=None, help="output folder (default: cache/exports/<model>-<format>)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (never a folder of other files)")
+    export.add_argument("--in-memory", action="store_true",
+                        help="[folder] load the model and save it edited, instead of streaming its safetensors files shard by "
+                             "shard (the default where the model has such files; needs memory for the whole model)")
     seen: set[str] = set()
     for fmt in known.values():
         for field in settings_fields(fmt.settings):

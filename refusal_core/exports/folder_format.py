@@ -12,7 +12,7 @@ from refusal_core.directions.registry import setting
 from refusal_core.exports import registry
 from refusal_core.model.loading import LoadedModel
 
-__all__ = ["FolderSettings", "write_folder"]
+__all__ = ["FolderSettings", "stream_folder", "write_folder"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,21 @@ def write_folder(request: registry.ExportRequest) -> Path:
                    invoked=request.command or "export-model --format folder (called from Python)",
                    rerun=rerun_command(request, "folder"), loaded=request.loaded,
                    directions=directions_record(request.directions))
+    return out
+
+
+def stream_folder(files, directions: DirectionSet, out_dir, *, spec: str, overwrite: bool, command: str, **options) -> Path:
+    """The ``folder`` format streamed from the model's files shard by shard (``exports.folder``),
+    without loading the model, and its manifest, as every export writes one; ``options`` go to
+    ``stream_export`` (plan, progress, trust_remote_code)."""
+    from refusal_core.exports.folder import stream_export
+    from refusal_core.exports.manifest import MANIFEST, folder_files, output_record, write_manifest
+
+    out = Path(stream_export(files, directions, out_dir, spec=spec, overwrite=overwrite, command=command, **options))
+    rerun = ["export-model", "--model", spec, "--ablate", str(out / "directions"), "--format", "folder", "--out", str(out)]
+    write_manifest(out / MANIFEST, kind="export:folder", output=output_record(folder_files(out), out), invoked=command,
+                   rerun=rerun, extra={"streamed_from": str(files.folder), "model_spec": spec},
+                   directions={"names": list(directions.names)})
     return out
 
 

@@ -50,9 +50,11 @@ def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, ResidualWrite]]:
     for write in writes:
         param = params[write.name]
         if not param.is_floating_point() or param.device.type == "meta":
-            raise ValueError(
-                f"Cannot edit the {param.dtype} parameter {write.name} on {param.device} "
-                "(quantized or offloaded); use the ablate() hooks instead."
+            raise SettingsError(
+                f"Cannot edit the {param.dtype} parameter {write.name} on {param.device} in memory: the model was "
+                "loaded quantized or offloaded. Use the ablate() hooks to study it, and to export it use "
+                "export-model (or the Export page) on its folder or hub id: the streaming export reads the "
+                "original safetensors files shard by shard and never needs the model in memory."
             )
         edits.append((param, write))
     return edits

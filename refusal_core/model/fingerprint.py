@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from refusal_core.model.families import model_lock
+from refusal_core.model.offload import stored_tensor
 
 __all__ = ["BLOCK_ELEMENTS", "MEMO_SIZE", "clear_memo", "weights_fingerprint", "weights_sha256"]
 
@@ -91,6 +92,7 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest = hashlib.sha256(config)
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
+                tensor = stored_tensor(model, name, tensor)  # an offloaded weight's real values
                 total, sample = _tensor_summary(tensor)
                 digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total!r}".encode())
                 digest.update(sample)

@@ -45,7 +45,11 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the embedding's device (its execution device when offloaded)."""
+        from refusal_core.model.offload import execution_device
+
+        embeddings = self.model.get_input_embeddings()
+        return execution_device(embeddings, embeddings.weight.device)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -41,6 +41,7 @@ __all__ = [
     "load_model",
     "load_model_for_app",
     "model_key",
+    "model_source",
     "organism_built",
     "resolve_dtype",
 ]
@@ -155,6 +156,14 @@ def _resolve_source(spec: str) -> str:
     return spec
 
 
+def model_source(spec: str) -> str | None:
+    """The folder (or hub id) a spec loads its files from, without loading it; None for ``tiny:``.
+
+    The bundled base model is converted to its folder on first use, as loading does.
+    """
+    return None if spec.startswith(TINY_PREFIX) else _resolve_source(spec)
+
+
 def load_model(
     spec: str,
     device: str | None = None,
@@ -162,22 +171,27 @@ def load_model(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    quantize: str | None = None,
+    max_memory: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer from a spec string, in eval mode.
 
     ``device_map="auto"`` spreads a model larger than one GPU over the visible devices
-    (needs ``accelerate``); otherwise the model is moved to ``device`` (default: cpu).
+    (needs ``accelerate``); with ``max_memory`` (``"8GB"``) what does not fit in that much
+    CPU memory is offloaded to disk; ``quantize`` (``"4bit"``/``"8bit"``) needs bitsandbytes
+    (see ``model/placement.py``). Otherwise the model is moved to ``device`` (default: cpu).
     """
+    from refusal_core.model.placement import placement_kwargs
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.startswith(TINY_PREFIX):
         return tiny_model(spec[len(TINY_PREFIX):])
+    placement = placement_kwargs(spec, device_map, quantize, max_memory)  # refused before any loading
     if progress:
         progress(0, 2, message=f"Resolving {spec}")
     source = _resolve_source(spec)
-    kwargs: dict = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if device_map:
-        kwargs["device_map"] = device_map
+    kwargs: dict = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code, **placement}
     try:
         if progress:
             progress(1, 2, message=f"Loading weights from {source}")
@@ -188,7 +202,7 @@ def load_model(
             f"Could not load {spec!r}: {err}. Give a local model directory, a Hugging Face id "
             f"(needs network access), {BUNDLED_ORGANISM} or {BUNDLED_BASE}."
         ) from err
-    if not device_map:
+    if "device_map" not in placement:
         model.to(device or "cpu")
     model.eval()
     model.requires_grad_(False)
