@@ -179,6 +179,10 @@ def model_exports() -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     titles = {fmt.title: name for name, fmt in known.items()}
     fmt = known[titles[st.radio("Format", list(titles), key="export_model_format", horizontal=True)]]
+    files = _model_files() if fmt.name == "folder" else None
+    if files is not None:
+        st.caption(f"Streamed from the model's files in {files.folder}, shard by shard, in their stored dtype (orthogonal "
+                   "mode): the shared model in memory is not used, so other sessions keep working meanwhile.")
     values = _format_widgets(fmt, chosen)
     try:
         settings = fmt.settings(**values)
@@ -198,8 +202,7 @@ def model_exports() -> None:
         action = (f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} "
                   f"with {values} to {out_dir.strip()}")
         try:
-            files = _model_files() if fmt.name == "folder" and settings.mode == "orthogonal" else None
-            if files is not None:
+            if files is not None and settings.mode == "orthogonal":
                 path = _stream(files, chosen, out_dir.strip(), overwrite, action)
             else:
                 with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {out_dir}..."):

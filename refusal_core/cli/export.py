@@ -73,7 +73,7 @@ def cmd_export_model(args) -> None:
     command = " ".join(["python", "-m", "refusal_core", *getattr(args, "argv", sys.argv[1:])])
     written = fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=settings,
                                       overwrite=args.overwrite, command=command))
-    emit(args, {"out": str(written), "format": fmt.name, "directions": list(directions.names)},
+    emit(args, {"out": str(written), "format": fmt.name, "directions": list(directions.names), "streamed": False},
          lambda: print(f"Wrote {fmt.title} ({len(directions)} directions) to {written}"))
 
 

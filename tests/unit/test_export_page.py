@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from refusal_core.directions.base import DirectionSet
 from refusal_core.interventions.export_target import is_export
 from refusal_core.model.families import model_lock
-from refusal_core.model.loading import TEST_MODEL_ENV
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 from tests.tiny import tiny_model, tiny_tokenizer
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -19,7 +19,8 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 def test_export_page_streams_while_another_session_holds_the_model(tmp_path, monkeypatch):
     import app_pages._state as state
 
-    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = tmp_path / "model"
     tiny_model("llama").model.save_pretrained(source, max_shard_size="40KB")
@@ -38,7 +39,7 @@ def test_export_page_streams_while_another_session_holds_the_model(tmp_path, mon
     workspace.add_set("mine", DirectionSet(torch.randn(1, 64), ("d",), ({"method": "test"},)))
     at.switch_page("app_pages/export.py").run()
     out = tmp_path / "exported"
-    at.text_input(key="export_model_dir").set_value(str(out)).run()
+    at.text_input(key="export_model_dir_folder").set_value(str(out)).run()
     assert any("shard by shard" in caption.value for caption in at.caption)
     # Another session is in the middle of an intervention: it holds the model lock throughout.
     with model_lock(loaded.model):
