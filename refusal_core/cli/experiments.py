@@ -76,7 +76,7 @@ def cmd_many_directions(args) -> None:
 
 def add_parsers(sub) -> None:
     """``experiments many-directions``."""
-    from refusal_core.damage import JUDGE_CHOICES
+    from refusal_core.cli.common import judge_choices
     from refusal_core.experiments.many_directions import ManyDirectionsSettings
 
     group = sub.add_parser("experiments", help="whole comparisons, run end to end and saved for the dashboard")
@@ -99,7 +99,7 @@ def add_parsers(sub) -> None:
     many.add_argument("--search-tokens", type=int, default=d.search_tokens, help=f"reply length in the search (default {d.search_tokens})")
     many.add_argument("--test-tokens", type=int, default=d.test_tokens,
                       help=f"reply length on the test split (default {d.test_tokens}; the judges' rate length is {MIN_RATE_TOKENS})")
-    many.add_argument("--judge", choices=JUDGE_CHOICES, default=d.judge, help=f"judge of the verdicts (default {d.judge})")
+    many.add_argument("--judge", choices=judge_choices(), default=d.judge, help=f"judge of the verdicts (default {d.judge})")
     many.add_argument("--kl-penalty", type=float, default=d.kl_penalty, help=f"search objective += this times the harmless KL (default {d.kl_penalty})")
     many.add_argument("--n-boot", type=int, default=d.n_boot, help=f"bootstrap resamples (default {d.n_boot})")
     many.add_argument("--boot-seed", type=int, default=d.boot_seed, help="seed of the bootstrap resamples")
