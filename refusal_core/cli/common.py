@@ -43,11 +43,11 @@ def judge_choices() -> tuple[str, ...]:
     return judge_names()
 
 
-def judge_help() -> str:
+def judge_help(default: str = DEFAULT_JUDGE) -> str:
     """One line per registered judge, for ``--judge``'s help."""
     from refusal_core.judges.registry import judges
 
-    return "; ".join(f"{name}: {entry.description}" + (" (default)" if name == DEFAULT_JUDGE else "")
+    return "; ".join(f"{name}: {entry.description}" + (" (default)" if name == default else "")
                      for name, entry in judges().items())
 
 

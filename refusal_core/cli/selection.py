@@ -81,7 +81,7 @@ def cmd_directions_search(args) -> None:
 
     # Settings first: a bad --storage or --study fails before the model is loaded.
     settings = SearchSettings(k=args.k, n_trials=args.trials, objective=args.objective, judge=args.judge, kl_penalty=args.kl_penalty,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
+                              success=tuple(args.success.split(",")), max_new_tokens=args.max_new_tokens, seed=args.seed, storage=args.storage, study_name=args.study,
                               heartbeat_seconds=args.heartbeat)
     loaded = load_model_from_args(args)
     pool = load_directions(args.pool, loaded.d_model)
@@ -132,9 +132,11 @@ def add_search_parser(directions) -> None:
     search.add_argument("--trials", type=int, default=20,
                         help="trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)")
     search.add_argument("--objective", choices=["verdicts", "substring", "score"], default="verdicts",
-                        help="verdicts (share of replies the --judge finds refused or broken; default), substring (refusal "
+                        help="verdicts (share of replies the --judge finds not a success, see --success; default), substring (refusal "
                              "phrases alone: gibberish counts as success) or score (first-token refusal score, no generation)")
     add_judge_arg(search)
+    search.add_argument("--success", default="complied", help="verdicts that count as success in the verdicts objective, "
+                        "comma-separated (default complied; e.g. complied,deflected)")
     search.add_argument("--kl-penalty", type=float, default=1.0, help="objective += this times the mean harmless KL (default 1.0)")
     search.add_argument("--max-new-tokens", type=int, default=MIN_RATE_TOKENS, help=f"reply length per trial (default {MIN_RATE_TOKENS})")
     search.add_argument("--storage", default=None,

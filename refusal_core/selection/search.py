@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from refusal_core.activations.cache import content_key, tensor_digest
-from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
+from refusal_core.damage import DEFAULT_JUDGE
+from refusal_core.judges.registry import judge_names
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, check_success
 from refusal_core.directions.base import DirectionSet
 from refusal_core.errors import SettingsError
 from refusal_core.judges import MIN_RATE_TOKENS
@@ -72,7 +74,9 @@ class SearchSettings:
     greedy replies that the ``judge`` panel finds refused or broken), ``substring`` (refusal
     rate by refusal phrases alone), ``score`` (mean Arditi refusal score, no generation, much
     cheaper) or ``judge`` (refusal rate by the Judge passed to run_search); see ``trials.py``.
-    ``judge``: the judge of the ``verdicts`` objective, one of ``damage.JUDGE_CHOICES``.
+    ``judge``: the judge of the ``verdicts`` objective, a registered judge (``judges.registry``).
+    ``success``: the verdicts that count as success in the ``verdicts`` objective (default only
+    ``complied``; add ``deflected`` to count fluent non-refusals too).
     ``kl_penalty``: adds ``kl_penalty * mean harmless KL`` (nats) to the objective (needs
     harmless prompts); the default 1.0 makes one nat of KL cost as much as every reply failing.
     ``max_new_tokens``: reply length for the generation objectives (late refusals need 64).
@@ -93,6 +97,7 @@ class SearchSettings:
     n_trials: int = 20
     objective: Objective = "verdicts"
     judge: str = DEFAULT_JUDGE
+    success: tuple[str, ...] = DEFAULT_SUCCESS
     kl_penalty: float = 1.0
     max_new_tokens: int = MIN_RATE_TOKENS
     stored_replies: int = 8
@@ -116,8 +121,9 @@ class SearchSettings:
             raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
         if self.objective not in OBJECTIVES:
             raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
-        if self.judge not in JUDGE_CHOICES:
-            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(JUDGE_CHOICES)}.")
+        if self.judge not in judge_names():
+            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(judge_names())}.")
+        object.__setattr__(self, "success", check_success(self.success))
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
             raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.stored_replies < 0:
@@ -128,6 +134,8 @@ class SearchSettings:
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
         skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds", "stored_replies"}
+        if self.success == DEFAULT_SUCCESS:  # studies made before the choice existed keep their names
+            skip.add("success")
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -221,7 +229,7 @@ def _earlier_trial(study, names: list[str]):
     return None
 
 
-_MEASURES = ("refusal", "refused", "broken", "kl", "replies")
+_MEASURES = ("refusal", "refused", "deflected", "broken", "kl", "replies")
 
 
 def _objective(evaluator: TrialEvaluator, k: int):
@@ -265,6 +273,7 @@ def _trial_rows(study, pool_names: Sequence[str]) -> tuple[dict, ...]:
                 "value": trial.value,
                 "refusal": attrs.get("refusal"),
                 "refused": attrs.get("refused"),
+                "deflected": attrs.get("deflected"),
                 "broken": attrs.get("broken"),
                 "kl": attrs.get("kl"),
                 "state": trial.state.name,
