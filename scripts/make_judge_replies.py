@@ -16,6 +16,9 @@ the readers (``--blind``: id, instruction, reply only, shuffled), written atomic
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/make_judge_replies.py --out /work/notes/judge_replies_full.jsonl \
         --blind /work/notes/replies_to_label.jsonl
+    # or in two processes, then merged:
+    ... --models organism --out /tmp/organism.jsonl; ... --models base --out /tmp/base.jsonl
+    ... --merge /tmp/organism.jsonl /tmp/base.jsonl --out ... --blind ...
 """
 
 from __future__ import annotations
@@ -137,14 +140,25 @@ def write_atomic(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--blind", type=Path, required=True)
+    parser.add_argument("--blind", type=Path, default=None, help="also write the shuffled blind file (with --merge, or after generating)")
+    parser.add_argument("--models", default="organism,base", help="which models to generate for (organism, base), comma-separated")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="generate nothing: merge these unshuffled row files, shuffle, number and write --out and --blind")
     args = parser.parse_args()
     started = time.perf_counter()
     say = lambda message: print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)  # noqa: E731
-    rows = []
-    for spec in (BUNDLED_ORGANISM, BUNDLED_BASE):
-        rows += generate_rows(spec, say)
-        write_atomic(args.out.with_name(args.out.name + ".partial"), rows)
+    if args.merge:
+        rows = [json.loads(line) for path in args.merge for line in path.read_text().splitlines() if line.strip()]
+    else:
+        specs = {"organism": BUNDLED_ORGANISM, "base": BUNDLED_BASE}
+        rows = []
+        for name in args.models.split(","):
+            rows += generate_rows(specs[name], say)
+            write_atomic(args.out.with_name(args.out.name + ".partial"), rows)
+        if args.blind is None:
+            write_atomic(args.out, rows)
+            say(f"Wrote {len(rows)} unshuffled rows to {args.out}")
+            return
     order = list(range(len(rows)))
     random.Random(27).shuffle(order)
     for number, index in enumerate(order):

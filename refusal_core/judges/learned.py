@@ -90,12 +90,19 @@ class LearnedJudge:
 
     def __init__(self, model: LinearModel | None = None, name: str = "learned", detect_broken: bool = True, embed=None,
                  batch_size: int = 8) -> None:
-        self.model = model or LinearModel.shipped()
+        self._model = model
         self.name = name
         self.detect_broken = detect_broken
         self.detector = BrokenDetector()
         self.embed = embed
         self.batch_size = batch_size
+
+    @property
+    def model(self) -> LinearModel:
+        """The regression (the shipped one unless given), read on first use."""
+        if self._model is None:
+            self._model = LinearModel.shipped()
+        return self._model
 
     def probabilities(self, instructions: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
         from refusal_core.judges.features import pair_features
