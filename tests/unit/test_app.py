@@ -497,7 +497,7 @@ def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(ti
     [spec] = _chart_specs(at)
     traces = spec["data"]
     families = ["dim", "som/seed0", "som/seed1", "som/seed2", "clusters"]
-    assert [t["name"] for t in traces] == [family for family in families for _ in range(4)]  # four panels per family
+    assert [t["name"] for t in traces] == [family for family in families for _ in range(5)]  # five panels per family (deflected added)
     som = next(t for t in traces if t["name"] == "som/seed1")  # its first panel: coherent compliance against k
     expected = [p for p in points if p["family"] == "som/seed1"]
     assert som["x"] == [1, 2] and som["y"] == [p["metrics"]["complied"]["value"] for p in expected]
