@@ -73,7 +73,13 @@ class LinearModel:
 
     @staticmethod
     def shipped() -> "LinearModel":
-        return LinearModel.from_json(resources.files("refusal_core").joinpath("data", SHIPPED_MODEL).read_text())
+        path = resources.files("refusal_core").joinpath("data", SHIPPED_MODEL)
+        if not path.is_file():
+            from refusal_core.judges.model_judges import JudgeLoadError
+
+            raise JudgeLoadError(f"The learned judge's model {SHIPPED_MODEL} is not in refusal_core/data; train it with "
+                                 "scripts/train_learned_judge.py or choose another judge (--judge panel).")
+        return LinearModel.from_json(path.read_text())
 
 
 def choose(probabilities: Sequence[float], labels: Sequence[str], broken: bool | None) -> str:
