@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from refusal_core.judges.broken import fluency_stats, is_broken  # noqa: E402
 from refusal_core.judges.features import pair_features  # noqa: E402
 from refusal_core.judges.reference import reference_verdicts, shipped_thresholds_by_model  # noqa: E402
-from refusal_core.judges.training import DEFAULT_C, evaluate, fit_linear, per_verdict_table  # noqa: E402
+from refusal_core.judges.training import (  # noqa: E402
+    DEFAULT_C, EMBEDDINGS_FILE, StoredEmbeddings, evaluate, fit_linear, per_verdict_table, save_embeddings,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "refusal_core" / "data"
 
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA / "learned_judge.json")
     parser.add_argument("--c", type=float, nargs="+", default=[DEFAULT_C], help="regularisation strengths to compare (LOIO); the first is shipped")
     parser.add_argument("--examples", type=int, default=3)
+    parser.add_argument("--embeddings", type=Path, default=DATA / EMBEDDINGS_FILE,
+                        help="stored encoder embeddings of the set's texts (made here if missing)")
     args = parser.parse_args()
     started = time.perf_counter()
     rows = [json.loads(line) for line in args.labelled.read_text().splitlines() if line.strip()]
@@ -54,7 +58,12 @@ def main() -> None:
     groups = [group_of(r) for r in rows]
     instructions = [r["instruction"] for r in rows]
     print(f"{len(rows)} labelled rows, {len(set(groups))} interventions; verdicts {dict(Counter(labels))}")
-    features = pair_features(instructions, [r["reply"] for r in rows]).numpy()
+    if not args.embeddings.is_file():
+        save_embeddings(args.embeddings, [*instructions, *(r["reply"] for r in rows)])
+        print(f"embedded the distinct texts into {args.embeddings} in {time.perf_counter() - started:.0f} s")
+    embed = StoredEmbeddings(args.embeddings)
+    features = pair_features(instructions, [r["reply"] for r in rows], embed).numpy()
+    print(f"{embed.missed} texts were not in the stored embeddings")
     print(f"features {features.shape} in {time.perf_counter() - started:.0f} s")
     with_model = broken_flags(rows)
     text_only = [None] * len(rows)

@@ -87,8 +87,13 @@ def pair_features(instructions: Sequence[str], replies: Sequence[str], embed=Non
         from refusal_core.judges.semantic import embed_replies as embed
     if not replies:
         return torch.zeros(0, 768 + len(SCALAR_FEATURES), dtype=torch.float64)
-    reply_vectors = embed(list(replies)).double()
-    instruction_vectors = embed(list(instructions)).double()
+    # Each distinct text is embedded once (one prompt's replies under many interventions, many
+    # identical refusals): the encoder is the judge's main cost.
+    unique = list(dict.fromkeys([*instructions, *replies]))
+    vectors = embed(unique).double()
+    row = {text: i for i, text in enumerate(unique)}
+    reply_vectors = vectors[[row[text] for text in replies]]
+    instruction_vectors = vectors[[row[text] for text in instructions]]
     relevance = (reply_vectors * instruction_vectors).sum(-1)
     scalars = torch.tensor([scalar_features(i, r, float(c)) for i, r, c in zip(instructions, replies, relevance)], dtype=torch.float64)
     return torch.cat([reply_vectors, reply_vectors * instruction_vectors, scalars], dim=1)

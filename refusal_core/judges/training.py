@@ -26,7 +26,53 @@ import torch
 from refusal_core.judges.learned import LinearModel, choose
 from refusal_core.judges.verdict import LABELS
 
-__all__ = ["Evaluation", "evaluate", "fit_linear", "per_verdict_table", "prompt_fold"]
+__all__ = ["EMBEDDINGS_FILE", "Evaluation", "StoredEmbeddings", "evaluate", "fit_linear", "per_verdict_table", "prompt_fold", "save_embeddings"]
+
+# The sentence-encoder embeddings of every distinct text of the labelled set (float16,
+# safetensors, keyed by the text's sha256), so the accuracy can be re-measured without the encoder.
+EMBEDDINGS_FILE = "judge_labelled_embeddings.safetensors"
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def save_embeddings(path, texts: Sequence[str], embed=None) -> None:
+    """Embed each distinct text once and store them (float16) with their keys."""
+    import json
+
+    from safetensors.torch import save_file
+
+    if embed is None:
+        from refusal_core.judges.semantic import embed_replies as embed
+    unique = list(dict.fromkeys(texts))
+    vectors = embed(unique).to(torch.float16).contiguous()
+    save_file({"embeddings": vectors}, str(path), metadata={"keys": json.dumps([_key(t) for t in unique])})
+
+
+class StoredEmbeddings:
+    """An ``embed(texts)`` that reads stored embeddings and runs the encoder only for texts it lacks."""
+
+    def __init__(self, path) -> None:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            self.vectors = handle.get_tensor("embeddings").to(torch.float64)
+            self.rows = {key: i for i, key in enumerate(json.loads(handle.metadata()["keys"]))}
+        self.missed = 0
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        keys = [_key(t) for t in texts]
+        missing = [t for t, k in zip(texts, keys) if k not in self.rows]
+        fresh = {}
+        if missing:
+            from refusal_core.judges.semantic import embed_replies
+
+            self.missed += len(missing)
+            fresh = dict(zip(missing, embed_replies(missing).double()))
+        return torch.stack([self.vectors[self.rows[k]] if k in self.rows else fresh[t] for t, k in zip(texts, keys)])
 
 DEFAULT_C = 0.05
 
