@@ -243,8 +243,11 @@ def main() -> None:
     if args.merge:
         rows = [json.loads(line) for path in args.merge for line in path.read_text().splitlines() if line.strip()]
         if args.reference:
-            seen = {(r["model"], r["intervention"], r["instruction"]) for r in rows}
-            rows += [r for r in reference_rows(args.reference) if (r["model"], r["intervention"], r["instruction"]) not in seen]
+            rows += reference_rows(args.reference)
+        unique: dict[tuple, dict] = {}
+        for row in rows:  # workers may overlap; keep each (model, intervention, prompt) once
+            unique.setdefault((row["model"], row["intervention"], row["instruction"]), row)
+        rows = list(unique.values())
     else:
         specs = {"organism": BUNDLED_ORGANISM, "base": BUNDLED_BASE}
         rows = []
