@@ -258,11 +258,15 @@ def main() -> None:
             write_atomic(args.out, rows)
             say(f"Wrote {len(rows)} unshuffled rows to {args.out}")
             return
-    order = list(range(len(rows)))
-    random.Random(27).shuffle(order)
-    for number, index in enumerate(order):
-        rows[index]["id"] = f"r{number:04d}"
-    rows = [rows[i] for i in order]
+    # Rows already published in --out keep their ids and places; new rows are shuffled and
+    # appended after them, so readers who started on the earlier file lose nothing.
+    kept = [json.loads(line) for line in args.out.read_text().splitlines()] if args.merge and args.out.is_file() else []
+    published = {(r["model"], r["intervention"], r["instruction"]) for r in kept}
+    rows = [r for r in rows if (r["model"], r["intervention"], r["instruction"]) not in published]
+    random.Random(27 + len(kept)).shuffle(rows)
+    for number, row in enumerate(rows, len(kept)):
+        row["id"] = f"r{number:04d}"
+    rows = kept + rows
     write_atomic(args.out, rows)
     write_atomic(args.blind, [{"id": r["id"], "instruction": r["instruction"], "reply": r["reply"]} for r in rows])
     say(f"Wrote {len(rows)} rows to {args.out} and the blind file {args.blind}")
