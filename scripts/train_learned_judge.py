@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA / "learned_judge.json")
     parser.add_argument("--c", type=float, nargs="+", default=[DEFAULT_C], help="regularisation strengths to compare (LOIO); the first is shipped")
     parser.add_argument("--examples", type=int, default=3)
+    parser.add_argument("--fit-only", action="store_true", help="skip the evaluations: fit on every row and write --out")
     parser.add_argument("--embeddings", type=Path, default=DATA / EMBEDDINGS_FILE,
                         help="stored encoder embeddings of the set's texts (made here if missing)")
     args = parser.parse_args()
@@ -65,6 +66,13 @@ def main() -> None:
     features = pair_features(instructions, [r["reply"] for r in rows], embed).numpy()
     print(f"{embed.missed} texts were not in the stored embeddings")
     print(f"features {features.shape} in {time.perf_counter() - started:.0f} s")
+    if args.fit_only:
+        model = fit_linear(features, labels, args.c[0], {"trained_on": str(args.labelled.name), "rows": len(rows),
+                           "label_field": args.label_field, "C": args.c[0], "features": "judges.features.pair_features",
+                           "script": "scripts/train_learned_judge.py"})
+        args.out.write_text(model.to_json())
+        print(f"Wrote {args.out}")
+        return
     with_model = broken_flags(rows)
     text_only = [None] * len(rows)
     for c in args.c:

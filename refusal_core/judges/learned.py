@@ -47,7 +47,7 @@ class LinearModel:
         unknown = [label for label in self.labels if label not in LABELS]
         width = len(self.mean)
         if unknown or len(self.weights) != len(self.labels) or len(self.bias) != len(self.labels) or len(self.scale) != width \
-                or any(len(row) != width for row in self.weights):
+                or any(len(row) != width for row in self.weights) or any(not v > 0 for v in self.scale):
             raise ValueError(f"Malformed learned-judge model: labels {self.labels}, widths do not match ({width} features).")
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
@@ -59,9 +59,9 @@ class LinearModel:
         return torch.softmax(logits, dim=-1)
 
     def to_json(self) -> str:
-        data = {"labels": list(self.labels), "mean": [round(v, 7) for v in self.mean], "scale": [round(v, 7) for v in self.scale],
-                "weights": [[round(v, 6) for v in row] for row in self.weights], "bias": [round(v, 6) for v in self.bias],
-                "provenance": self.provenance}
+        short = lambda values: [float(f"{v:.8g}") for v in values]  # noqa: E731  (relative rounding: tiny scales stay non-zero)
+        data = {"labels": list(self.labels), "mean": short(self.mean), "scale": short(self.scale),
+                "weights": [short(row) for row in self.weights], "bias": short(self.bias), "provenance": self.provenance}
         return json.dumps(data)
 
     @staticmethod

@@ -74,7 +74,7 @@ class StoredEmbeddings:
             fresh = dict(zip(missing, embed_replies(missing).double()))
         return torch.stack([self.vectors[self.rows[k]] if k in self.rows else fresh[t] for t, k in zip(texts, keys)])
 
-DEFAULT_C = 0.05
+DEFAULT_C = 0.01
 
 
 def prompt_fold(instruction: str, k: int) -> int:
