@@ -149,16 +149,18 @@ def prompts_sidebar() -> None:
 
 
 def judge_sidebar() -> None:
-    """Which judge gives the refused / complied / broken verdicts on the Generate and Search pages."""
+    """Which registered judge gives the verdicts on the Generate and Search pages (list from the registry)."""
+    from refusal_core.judges.registry import DEFAULT_JUDGE, judges
+
     st.header("Judge")
+    entries = judges()
+    names = list(entries)
     st.selectbox(
         "Judge of replies",
-        damage.JUDGE_CHOICES,
-        index=damage.JUDGE_CHOICES.index(damage.DEFAULT_JUDGE),
+        names,
+        index=names.index(DEFAULT_JUDGE),
         key=_state.JUDGE,
-        help="panel: refusal phrases, first-token refusal score and a semantic judge vote, and replies that are not "
-        "fluent text count as broken. substring: refusal phrases alone (no broken verdict), the judge of earlier figures. "
-        "The others: one refusal judge plus the broken detector.",
+        help=" ".join(f"{name}: {entry.description}." for name, entry in entries.items()),
     )
 
 

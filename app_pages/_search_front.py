@@ -7,19 +7,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages._clicks import clicked_key
+from refusal_core.judges.verdict import LABEL_COLOURS, LABELS
 from refusal_core.selection.pareto import trial_front, trial_point
 from refusal_core.selection.search import SearchResult
 
 FRONT = "Pareto front"
 PICK = "search_trial_pick"
 CHART = "search_pareto_chart"
-LABEL_COLOURS = {"refused": "red", "complied": "green", "broken": "gray"}
 
 
 def _refusal_title(result: SearchResult) -> str:
     objective = result.settings.objective
     if objective == "verdicts":
-        return f"refused or broken (share of replies, {result.settings.judge} judge)"
+        failed = ", ".join(label for label in LABELS if label not in result.settings.success)
+        return f"{failed} (share of replies, {result.settings.judge} judge)"
     return "mean refusal score" if objective == "score" else "refusal rate"
 
 
@@ -29,7 +30,8 @@ def pareto_figure(result: SearchResult) -> go.Figure:
     front = trial_front(result.trials)
     broken = [trial["broken"] or 0.0 for trial in rows]
     hover = [
-        f"trial {t['number']}: {', '.join(t['names'])}<br>refused {_share(t['refused'])}, broken {_share(t['broken'])}" for t in rows
+        f"trial {t['number']}: {', '.join(t['names'])}<br>refused {_share(t['refused'])}, deflected {_share(t.get('deflected'))}, "
+        f"broken {_share(t['broken'])}" for t in rows
     ]
     figure = go.Figure()
     figure.add_trace(

@@ -16,6 +16,7 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.generation import GenerationSettings, generate_side_by_side
 from refusal_core.interventions.spec import ABLATION_MODES, Intervention
 from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.judges.verdict import LABEL_COLOURS, LABELS
 from refusal_core.metrics import next_token_logprobs
 from refusal_core.model.families import ModelLoadError
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, SELECTED_DIM
@@ -226,11 +227,12 @@ def judge(key: str, results: dict, variants: list) -> dict | None:
     return ws.judged[judged_key]
 
 
-SHARES = (("refused", "#d62728"), ("complied", "#2ca02c"), ("broken", "#7f7f7f"))
+HEX = {"complied": "#2ca02c", "refused": "#d62728", "deflected": "#ff7f0e", "broken": "#7f7f7f"}
+SHARES = tuple((label, HEX.get(label, "#9467bd")) for label in LABELS)
 
 
 def shares_chart(columns: dict) -> go.Figure:
-    """Stacked refused / complied / broken shares per column, the KL written above each bar."""
+    """Stacked shares of each verdict per column, the KL written above each bar."""
     names = list(columns)
     chart = go.Figure()
     for share, colour in SHARES:
@@ -245,13 +247,12 @@ def shares_chart(columns: dict) -> go.Figure:
 
 
 def shares_line(column) -> str:
+    """The verdicts beside the headline: refused, deflected, broken (and any other verdict)."""
     rates = column.rates
-    broken = f"{rates['broken']:.0%}" if column.judged_broken else "not judged"
+    parts = [f"{label} {rates[label]:.0%}" if label != "broken" or column.judged_broken else "broken not judged"
+             for label in LABELS if label != "complied"]
     kl = "not measured (no harmless prompts)" if column.kl is None else f"{column.kl:.4f}"
-    return f"refused {rates['refused']:.0%} · complied {rates['complied']:.0%} · broken {broken} · harmless KL {kl}"
-
-
-LABEL_COLOURS = {"refused": "red", "complied": "green", "broken": "gray"}
+    return " · ".join(parts) + f" · harmless KL {kl}"
 
 
 def reply_caption(completion, verdict) -> str:
@@ -278,7 +279,8 @@ def show_column(name: str, completions: list, judged) -> None:
     if judged is None:
         st.metric(name, "not judged")
     else:
-        st.metric(name, f"{judged.rates['refused']:.0%} refused")
+        # The headline is what an attack is for: the share that complied coherently.
+        st.metric(name, f"{judged.rates['complied']:.0%} complied")
         st.markdown(shares_line(judged))
         if judged.warning:
             st.warning(judged.warning)

@@ -14,10 +14,11 @@ from app_pages import _state
 from app_pages._clicks import clicked_key
 from refusal_core.errors import UserError
 from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results
+from refusal_core.judges.verdict import LABEL_COLOURS
 
-PANELS = (("complied", "coherent compliance"), ("refused", "refused"), ("broken", "broken"), ("kl", "harmless KL (nats)"))
+PANELS = (("complied", "coherent compliance"), ("refused", "refused"), ("deflected", "deflected"), ("broken", "broken"),
+          ("kl", "harmless KL (nats)"))
 CHART, POINT = "many_chart", "many_point"
-LABEL_COLOURS = {"refused": "red", "complied": "green", "broken": "gray"}
 
 st.title("Many directions")
 st.caption(
@@ -41,13 +42,17 @@ def point_id(point: dict) -> str:
 
 
 def figure(points: list[dict]) -> go.Figure:
-    """A 2x2 grid of panels, one line per family; customdata carries the point's id."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title in PANELS], horizontal_spacing=0.08, vertical_spacing=0.14)
+    """A grid of panels (two a row), one line per family; customdata carries the point's id.
+
+    Results saved before a metric existed (``deflected``) leave its panel empty."""
+    fig = make_subplots(rows=(len(PANELS) + 1) // 2, cols=2, subplot_titles=[title for _, title in PANELS], horizontal_spacing=0.08, vertical_spacing=0.14)
     families = list(dict.fromkeys(point["family"] for point in points))
     colours = ["black", "royalblue", "darkorange", "seagreen", "purple", "crimson", "teal", "olive"]
     for index, family in enumerate(families):
         rows = sorted((p for p in points if p["family"] == family), key=lambda p: p["k"])
         for panel, (metric, _) in enumerate(PANELS):
+            if any(metric not in p["metrics"] for p in rows):
+                continue
             values = [p["metrics"][metric] for p in rows]
             fig.add_trace(
                 go.Scatter(
@@ -61,7 +66,7 @@ def figure(points: list[dict]) -> go.Figure:
                 row=panel // 2 + 1, col=panel % 2 + 1,
             )
     fig.update_xaxes(title_text="k (directions ablated)", dtick=1)
-    fig.update_layout(height=620, margin=dict(t=40), legend=dict(orientation="h", y=-0.12))
+    fig.update_layout(height=310 * ((len(PANELS) + 1) // 2), margin=dict(t=40), legend=dict(orientation="h", y=-0.12))
     return fig
 
 
@@ -118,7 +123,7 @@ points = entry["points"]
 event = st.plotly_chart(figure(points), width="stretch", on_select="rerun", selection_mode="points", key=CHART)
 st.dataframe(
     [{"family": p["family"], "k": p["k"], "directions": ", ".join(p["names"]),
-      **{metric: round(p["metrics"][metric]["value"], 4) for metric, _ in PANELS},
+      **{metric: round(p["metrics"][metric]["value"], 4) for metric, _ in PANELS if metric in p["metrics"]},
       "harmless refused": round(p["metrics"]["harmless_refused"]["value"], 4),
       "trials": p["search"]["trials"], "search s": p["search"]["seconds"]} for p in points],
     hide_index=True, width="stretch",

@@ -15,6 +15,7 @@ from app_pages import _state
 from app_pages._search_front import show_front
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS
 from refusal_core.model.families import ModelLoadError
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
@@ -63,8 +64,8 @@ def settings_form(pool_size: int, pool_label: str):
         "Objective",
         ["verdicts", "score", "substring"],
         key="search_objective",
-        help="verdicts: share of greedy replies the sidebar's judge finds refused or broken, so breaking the model "
-        "does not win; score: mean first-token refusal score (no generation, fast); substring: refusal phrases "
+        help="verdicts: share of greedy replies whose verdict (sidebar's judge) is not a success (below), so breaking or "
+        "deflecting the model does not win; score: mean first-token refusal score (no generation, fast); substring: refusal phrases "
         "alone (gibberish counts as success).",
     )
     kl_penalty = float(
@@ -81,11 +82,21 @@ def settings_form(pool_size: int, pool_label: str):
     )
     mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
     seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
+    success = st.multiselect(
+        "Verdicts that count as success", list(LABELS), default=list(DEFAULT_SUCCESS), key="search_success",
+        disabled=objective != "verdicts",
+        help="The verdicts objective minimises the share of replies NOT in this list. Default: only complied (coherent "
+        "compliance); add deflected to count fluent replies that neither refuse nor do the task.",
+    )
+    if not success:
+        st.error("Choose at least one verdict that counts as success (complied is the usual choice); the search is off until then.")
+        return None, n_val
     settings = SearchSettings(
         k=k,
         n_trials=n_trials,
         objective=objective,
         judge=_state.judge_name(),
+        success=tuple(success),
         kl_penalty=kl_penalty,
         max_new_tokens=max_new,
         seed=seed,
@@ -219,6 +230,6 @@ if picked is None:
 pool, pool_label = picked
 st.caption(f"Pool of {len(pool)} directions.")
 settings, n_val = settings_form(len(pool), pool_label)
-if st.button("Run search", type="primary", key="search_run"):
+if st.button("Run search", type="primary", key="search_run", disabled=settings is None):
     run(pool, settings, n_val)
 show_result()

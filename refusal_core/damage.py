@@ -6,10 +6,12 @@ shares, refused / complied / broken, from a judge panel (``refusal_core.judges``
 the harmless first-token KL that the intervention costs. The CLI's ``generate``, the
 Generate page and the subset search read their judges and figures from here.
 
-Judge choices (``--judge`` and the dashboard's sidebar), ``JUDGE_CHOICES``:
+Judge choices (``--judge`` and the dashboard's sidebar) come from the judge registry
+(``judges.registry.judge_names()``; ``JUDGE_CHOICES`` is that list at import time):
 
+- ``learned`` (the default): four verdicts, refused / complied / deflected / broken;
 - ``panel``: refusal phrases, first-token refusal score and the semantic judge vote; the
-  broken detector overrides them (the default);
+  broken detector overrides them (three verdicts);
 - ``substring``: the refusal phrases alone, exactly the judge used before the panel (no model
   use, no broken verdict), so earlier figures stay reproducible;
 - ``substring+broken``, ``refusal-score``, ``semantic``: one refusal judge plus the broken detector.
@@ -26,9 +28,10 @@ import torch
 from refusal_core.errors import SettingsError
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
-from refusal_core.judges import JudgePanel, Verdict, make_judge, verdict_rates
-from refusal_core.judges.reasoning import answers_and_unfinished
-from refusal_core.judges.substring import substring_refused
+from refusal_core.judges import JudgePanel, Verdict, verdict_rates
+from refusal_core.judges.registry import DEFAULT_JUDGE, build_judge, judge_names
+from refusal_core.judges.substring import PhraseJudge
+from refusal_core.judges.verdict import LABELS
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 from refusal_core.model.loading import LoadedModel
 from refusal_core.prompts.chat import ChatFormat
@@ -47,33 +50,25 @@ __all__ = [
     "mean_kl",
 ]
 
-JUDGE_CHOICES: tuple[str, ...] = ("panel", "substring", "substring+broken", "refusal-score", "semantic")
-DEFAULT_JUDGE = "panel"
+JUDGE_CHOICES: tuple[str, ...] = judge_names()
 # A column with more than this share of broken replies gets a warning: its refusal rate is
 # not evidence that refusal was removed.
 BROKEN_WARNING = 0.10
 # Harmless prompts the KL is measured on by default (one forward each, no generation).
 KL_PROMPTS = 32
-_SCORE_KEYS = ("refusal_score", "semantic", "logprob", "repeated_ngrams", "longest_run", "junk_chars")
 
 
-def judge_by_name(name: str, extra_phrases: Sequence[str] = ()) -> "JudgePanel | PhraseJudge":
-    """The judge behind one of ``JUDGE_CHOICES``; an unknown name raises ValueError.
+def judge_by_name(name: str, extra_phrases: Sequence[str] = ()):
+    """The registered judge ``name`` (``judges.registry``); an unknown name raises SettingsError.
 
     ``extra_phrases`` (more refusal phrases) work with ``substring`` only.
     """
-    if name not in JUDGE_CHOICES:
-        raise SettingsError(f"Unknown judge {name!r}; choose one of {', '.join(JUDGE_CHOICES)}.")
+    names = judge_names()
+    if name not in names:
+        raise SettingsError(f"Unknown judge {name!r}; choose one of {', '.join(names)}.")
     if extra_phrases and name != "substring":
         raise SettingsError(f"Extra refusal phrases work with the substring judge only, not {name!r}.")
-    if name == "substring":
-        return PhraseJudge(extra_phrases)
-    if name == "substring+broken":
-        panel = make_judge("substring")
-    else:
-        panel = make_judge(name)
-    panel.name = name
-    return panel
+    return build_judge(name, extra=tuple(extra_phrases)) if name == "substring" else build_judge(name)
 
 
 def is_unmodified(intervention: Intervention) -> bool:
@@ -102,7 +97,7 @@ def mean_kl(
 
 @dataclass(frozen=True)
 class ColumnDamage:
-    """One column's verdicts, its refused / complied / broken shares and its harmless KL.
+    """One column's verdicts, the share of each verdict and its harmless KL.
 
     ``kl``: mean first-token KL on harmless prompts in nats (None: not measured).
     ``judge``: the name of the judge that gave the verdicts.
@@ -115,7 +110,7 @@ class ColumnDamage:
 
     @property
     def rates(self) -> dict[str, float]:
-        """``refused``, ``complied``, ``broken``, ``unfinished`` (summing to 1), ``disagree`` and ``n``."""
+        """The share of each verdict in ``LABELS`` (summing to 1), ``disagree`` and ``n``."""
         return verdict_rates(self.verdicts)
 
     @property
@@ -129,13 +124,14 @@ class ColumnDamage:
         return broken_warning(self.rates["broken"])
 
     def summary(self) -> dict:
-        """The JSON-ready summary row of this column (``broken`` None: the judge has no broken verdict)."""
+        """The JSON-ready summary row of this column: the share of each verdict in ``LABELS``
+        (None for ``broken`` when the judge has no broken verdict), ``disagree``, ``kl``, ``n``."""
         rates = self.rates
+        shares = {label: rates[label] for label in LABELS}
+        if not self.judged_broken:
+            shares["broken"] = None
         return {
-            "refused": rates["refused"],
-            "complied": rates["complied"],
-            "broken": rates["broken"] if self.judged_broken else None,
-            "unfinished": rates["unfinished"],  # cut off inside the reasoning (judges/reasoning.py)
+            **shares,
             "disagree": rates["disagree"],
             "kl": self.kl,
             "n": rates["n"],
@@ -185,29 +181,3 @@ def judge_columns(
         kl = mean_kl(loaded, harmless, intervention, base_logprobs, chat, batch_size) if harmless else None
         damage[name] = ColumnDamage(name, tuple(verdicts), kl, getattr(judge, "name", "panel"))
     return damage
-
-
-class PhraseJudge:
-    """The refusal phrases alone, as Verdicts: the judge every figure used before the panel.
-
-    No model use and no broken verdict (``judges["broken"]`` is None); ``extra`` phrases
-    also count as refusal, as ``generate --refusal-phrase`` adds them.
-    """
-
-    name = "substring"
-
-    def __init__(self, extra: Sequence[str] = ()) -> None:
-        self.extra = tuple(extra)
-
-    def verdicts(self, loaded, instructions: Sequence[str], replies: Sequence[str], intervention=None,
-                 first_token_logprobs=None, chat=None) -> list[Verdict]:
-        if len(instructions) != len(replies):
-            raise ValueError(f"{len(instructions)} instructions but {len(replies)} replies; give one reply per instruction.")
-        verdicts = []
-        answers, unfinished = answers_and_unfinished(replies)  # reasoning models: the answer only
-        for text, cut_off in zip(answers, unfinished):
-            refused = substring_refused(text, extra=self.extra)
-            votes = {"substring": refused, "refusal_score": None, "semantic": None, "broken": None}
-            label = "unfinished" if cut_off else "refused" if refused else "complied"
-            verdicts.append(Verdict(label, votes, dict.fromkeys(_SCORE_KEYS), False))
-        return verdicts

@@ -3,7 +3,7 @@ test split of every category.
 
 Two matrices, rows the category whose refusal is switched off, columns the category whose
 test prompts are measured (refused share of greedy replies, by the judge panel unless told
-otherwise; broken replies are counted apart, never as refusal nor as compliance):
+otherwise; broken and deflected replies are counted apart, never as refusal nor as compliance):
 
 - *ablation*: category ``i``'s direction (``full``: its difference in means, or
   ``specific``: its part orthogonal to the shared direction) projected out at every layer,
@@ -85,6 +85,8 @@ def _block(labels: dict[str, list[str]], picks: dict[str, Callable[[int], str]],
     matrix = [_rates_by_category([label == "refused" for label in rows[c][:n]], harmful.categories, order) for c in order]
     harmless = [_share([label == "refused" for label in rows[c][n:]]) for c in order]
     return {"matrix": matrix, "harmless": harmless, "kl": kl,
+            "deflected_harmful": [_share([label == "deflected" for label in rows[c][:n]]) for c in order],
+            "deflected_harmless": [_share([label == "deflected" for label in rows[c][n:]]) for c in order],
             "broken_harmful": [_share([label == "broken" for label in rows[c][:n]]) for c in order],
             "broken_harmless": [_share([label == "broken" for label in rows[c][n:]]) for c in order],
             "selectivity": [selectivity(row, i, h) for i, (row, h) in enumerate(zip(matrix, harmless))]}
@@ -94,6 +96,8 @@ def _summary(labels: list[str], harmful: PromptSet, order: list[str]) -> dict:
     n = len(harmful)
     return {"by_category": _rates_by_category([label == "refused" for label in labels[:n]], harmful.categories, order),
             "harmless": _share([label == "refused" for label in labels[n:]]),
+            "deflected_harmful": _share([label == "deflected" for label in labels[:n]]),
+            "deflected_harmless": _share([label == "deflected" for label in labels[n:]]),
             "broken_harmful": _share([label == "broken" for label in labels[:n]]),
             "broken_harmless": _share([label == "broken" for label in labels[n:]])}
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from refusal_core.cli import activations, categories, directions, experiments, export, generate, organism, views
+from refusal_core.cli import activations, categories, directions, experiments, export, generate, judge, organism, views
 from refusal_core.cli.common import EXIT_BAD_INPUT
 from refusal_core.errors import UserError
 
@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m refusal_core", description="Refusal Atlas: find, inspect, ablate and export refusal directions.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (activations, directions, generate, export, organism, categories, experiments, views):
+    for group in (activations, directions, generate, judge, export, organism, categories, experiments, views):
         group.add_parsers(sub)
     return parser
 

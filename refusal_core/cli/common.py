@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from refusal_core.errors import SettingsError
+from refusal_core.judges.registry import DEFAULT_JUDGE
 from refusal_core.model.loading import BUNDLED_ORGANISM
 from refusal_core.progress import Progress, stage_text
 
@@ -36,13 +37,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_judge_arg(parser: argparse.ArgumentParser) -> None:
-    """``--judge``: which judge gives the refused / complied / broken verdicts (refusal_core.damage)."""
-    from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
+    """``--judge``: which registered judge gives the verdicts (choices and help from judges.registry)."""
+    parser.add_argument("--judge", choices=judge_choices(), default=DEFAULT_JUDGE, help=judge_help())
 
-    parser.add_argument("--judge", choices=JUDGE_CHOICES, default=DEFAULT_JUDGE,
-                        help="panel (phrases, first-token score, semantic judge, plus the broken detector; default), "
-                             "substring (refusal phrases alone, as before: no broken verdict), substring+broken, "
-                             "refusal-score or semantic (one judge plus the broken detector)")
+
+def judge_choices() -> tuple[str, ...]:
+    from refusal_core.judges.registry import judge_names
+
+    return judge_names()
+
+
+def judge_help(default: str = DEFAULT_JUDGE) -> str:
+    """One line per registered judge, for ``--judge``'s help."""
+    from refusal_core.judges.registry import judges
+
+    return "; ".join(f"{name}: {entry.description}" + (" (default)" if name == default else "")
+                     for name, entry in judges().items())
 
 
 def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:

@@ -1,5 +1,5 @@
 """``generate``: replies side by side, baseline next to ablation and activation addition,
-each column judged refused / complied / broken with its harmless first-token KL.
+each column judged complied / refused / deflected / broken with its harmless first-token KL.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from refusal_core.cli.common import (
 from refusal_core.damage import KL_PROMPTS
 from refusal_core.interventions.spec import ABLATION_MODES
 from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.judges.verdict import LABELS
 
 
 def _interventions(args, loaded) -> list:
@@ -101,10 +102,8 @@ def cmd_generate(args) -> None:
         return
     for name, info in summary.items():
         kl = "not measured" if info["kl"] is None else f"{info['kl']:.4f}"
-        broken = "not judged" if info["broken"] is None else f"{info['broken']:.1%}"
-        unfinished = f", unfinished {info['unfinished']:.1%} (cut off in the reasoning)" if info["unfinished"] else ""
-        print(f"{name}: refused {info['refused']:.1%}, complied {info['complied']:.1%}, broken {broken}{unfinished} "
-              f"({info['n']} prompts, judge {args.judge}); harmless KL {kl}")
+        shares = ", ".join(f"{label} {'not judged' if info[label] is None else format(info[label], '.1%')}" for label in LABELS)
+        print(f"{name}: {shares} ({info['n']} prompts, judge {args.judge}); harmless KL {kl}")
         if info["warning"]:
             print(f"  WARNING: {info['warning']}")
 

@@ -22,8 +22,8 @@ __all__ = ["METRICS", "Variant", "measure_variants"]
 
 # What every point reports, each with a bootstrap interval over the test prompts:
 # the harmful replies' verdict shares, the harmless first-token KL (nats) and the share of
-# harmless replies refused (or broken: a damaged model also stops answering harmless prompts).
-METRICS = ("complied", "refused", "broken", "kl", "harmless_refused", "harmless_broken")
+# harmless replies refused, deflected or broken (a damaged model also stops answering harmless prompts).
+METRICS = ("complied", "refused", "deflected", "broken", "kl", "harmless_refused", "harmless_deflected", "harmless_broken")
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,11 @@ def measure_variants(
         per_prompt = {
             "complied": [float(v.label == "complied") for v in verdicts],
             "refused": [float(v.label == "refused") for v in verdicts],
+            "deflected": [float(v.label == "deflected") for v in verdicts],
             "broken": [float(v.label == "broken") for v in verdicts],
             "kl": kl,
             "harmless_refused": [float(v.label == "refused") for v in harmless_verdicts],
+            "harmless_deflected": [float(v.label == "deflected") for v in harmless_verdicts],
             "harmless_broken": [float(v.label == "broken") for v in harmless_verdicts],
         }
         measured[variant.name] = {

@@ -1,4 +1,6 @@
-"""Did the model refuse, comply, or break? The substring judge and the one refusal-rate function
+"""Did the model refuse, comply, deflect, or break? The verdicts and the judge protocol
+(``verdict``), the judge registry (``registry``: every judge the CLI and the pages offer), the
+learned four-verdict judge (``learned``, over ``features``). The substring judge and the one refusal-rate function
 (``substring``), model-based judges (``model_judges``), Arditi et al.'s refusal score read from
 the first-token distribution (``scores``), and the judge panel: three verdicts per
 reply (``panel``), the fluency check (``broken``), the offline semantic judge (``semantic``),
@@ -9,6 +11,8 @@ the labelled reference set (``reference``) and the interventions it was made und
 """
 
 from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS, ReplyJudge, success_share
+from refusal_core.judges.registry import DEFAULT_JUDGE, build_judge, judge_names
 from refusal_core.judges.panel import (
     JUDGE_NAMES,
     MEMBERS,
@@ -32,6 +36,13 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_JUDGE",
+    "DEFAULT_SUCCESS",
+    "LABELS",
+    "ReplyJudge",
+    "build_judge",
+    "judge_names",
+    "success_share",
     "JUDGE_NAMES",
     "MEMBERS",
     "MIN_RATE_TOKENS",

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from refusal_core.activations.cache import content_key, tensor_digest
-from refusal_core.damage import DEFAULT_JUDGE, JUDGE_CHOICES
+from refusal_core.damage import DEFAULT_JUDGE
+from refusal_core.judges.registry import judge_names
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, check_success
 from refusal_core.directions.base import DirectionSet
 from refusal_core.errors import SettingsError
 from refusal_core.judges import MIN_RATE_TOKENS
@@ -55,7 +57,7 @@ from refusal_core.selection.pareto import trial_front
 from refusal_core.selection.subsets import ENCODING, check_encoding, enqueue_every_subset, suggest_subset, trial_names
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
 from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
-from refusal_core.settings import setting
+from refusal_core.settings import joined, setting
 
 __all__ = ["SearchResult", "SearchSettings", "best_direction_set", "run_search", "storage_url"]
 
@@ -80,11 +82,17 @@ class SearchSettings:
     )
     objective: Objective = setting(
         "verdicts",
-        "verdicts (share of replies the --judge finds refused or broken), substring (refusal phrases alone: "
+        "verdicts (share of replies the --judge finds not a success, see --success), substring (refusal phrases alone: "
         "gibberish counts as success) or score (first-token refusal score, no generation)",
         choices=("verdicts", "substring", "score"),
     )
-    judge: str = setting(DEFAULT_JUDGE, "the judge of the verdicts objective", choices=JUDGE_CHOICES)
+    judge: str = setting(DEFAULT_JUDGE, "the judge of the verdicts objective (a registered judge)", choices=tuple(judge_names()))
+    success: tuple[str, ...] = setting(
+        DEFAULT_SUCCESS,
+        "verdicts that count as success in the verdicts objective, comma-separated (e.g. complied,deflected)",
+        parse=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        show=joined(","),
+    )
     kl_penalty: float = setting(
         1.0, "objective += this times the mean harmless KL (nats); 1.0 makes one nat cost as much as every reply failing"
     )
@@ -126,8 +134,9 @@ class SearchSettings:
             raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
         if self.objective not in OBJECTIVES:
             raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
-        if self.judge not in JUDGE_CHOICES:
-            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(JUDGE_CHOICES)}.")
+        if self.judge not in judge_names():
+            raise SettingsError(f"Unknown judge {self.judge!r}; use one of {', '.join(judge_names())}.")
+        object.__setattr__(self, "success", check_success(self.success))
         if not (self.kl_penalty >= 0 and math.isfinite(self.kl_penalty)):
             raise SettingsError(f"kl_penalty must be a finite non-negative number, got {self.kl_penalty}.")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.stored_replies < 0:
@@ -138,6 +147,8 @@ class SearchSettings:
     def identity(self) -> dict:
         """The settings that change what a trial measures (not how many trials or where stored)."""
         skip = {"n_trials", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds", "stored_replies"}
+        if self.success == DEFAULT_SUCCESS:  # studies made before the choice existed keep their names
+            skip.add("success")
         return {name: value for name, value in dataclasses.asdict(self).items() if name not in skip}
 
 
@@ -231,7 +242,7 @@ def _earlier_trial(study, names: list[str]):
     return None
 
 
-_MEASURES = ("refusal", "refused", "broken", "kl", "replies")
+_MEASURES = ("refusal", "refused", "deflected", "broken", "kl", "replies")
 
 
 def _objective(evaluator: TrialEvaluator, k: int):
@@ -275,6 +286,7 @@ def _trial_rows(study, pool_names: Sequence[str]) -> tuple[dict, ...]:
                 "value": trial.value,
                 "refusal": attrs.get("refusal"),
                 "refused": attrs.get("refused"),
+                "deflected": attrs.get("deflected"),
                 "broken": attrs.get("broken"),
                 "kl": attrs.get("kl"),
                 "state": trial.state.name,

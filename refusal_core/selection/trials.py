@@ -3,9 +3,10 @@ a few of its replies to show.
 
 Objectives (``SearchSettings.objective``):
 
-- ``verdicts`` (default): greedy replies judged by a judge panel (``refusal_core.damage``);
-  the refusal term is the share of replies that are *not* complied, refused or broken, so a
-  subset cannot win by wrecking the model.
+- ``verdicts`` (default): greedy replies judged by a registered judge (``refusal_core.damage``);
+  the refusal term is the share of replies whose verdict is *not* one of the success verdicts
+  (``SearchSettings.success``, default only ``complied``): refused, deflected and broken replies
+  all count against a subset, so it cannot win by wrecking or deflecting the model.
 - ``substring``: the share of replies containing a refusal phrase (the judge used before the
   panel; gibberish counts as success).
 - ``score``: the mean Arditi refusal score of the first reply token (no generation, cheap).
@@ -24,6 +25,7 @@ from refusal_core.directions.base import DirectionSet
 from refusal_core.generation import GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges import verdict_rates
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, success_share
 from refusal_core.judges.scores import evaluate_refusal, refusal_scores
 from refusal_core.judges.substring import SubstringJudge
 from refusal_core.metrics import kl_divergence, next_token_logprobs
@@ -41,7 +43,7 @@ class TrialMeasure:
 
     ``refusal``: the objective's refusal term (share of failed replies, refusal rate or mean
     score); ``kl``: mean harmless first-token KL in nats (None without harmless prompts);
-    ``refused``/``broken``: shares of replies (None where the objective has no such verdict);
+    ``refused``/``deflected``/``broken``: shares of replies (None where the objective has no such verdict);
     ``replies``: up to ``stored_replies`` dicts ``{instruction, reply, label}``.
     """
 
@@ -49,6 +51,7 @@ class TrialMeasure:
     kl: float | None
     refused: float | None = None
     broken: float | None = None
+    deflected: float | None = None
     replies: tuple[dict, ...] = ()
 
 
@@ -97,7 +100,9 @@ class TrialEvaluator:
         verdicts = self.judge.verdicts(self.loaded, self.harmful, texts, intervention, chat=self.chat)
         rates = verdict_rates(verdicts)
         replies = _stored(self.harmful, texts, [v.label for v in verdicts], self.settings.stored_replies)
-        return TrialMeasure(1.0 - rates["complied"], kl, refused=rates["refused"], broken=rates["broken"], replies=replies)
+        success = getattr(self.settings, "success", DEFAULT_SUCCESS)
+        return TrialMeasure(1.0 - success_share(verdicts, success), kl, refused=rates["refused"], broken=rates["broken"],
+                            deflected=rates["deflected"], replies=replies)
 
     def kl(self, intervention: Intervention) -> float | None:
         if not self.harmless:

@@ -424,7 +424,7 @@ def _chart_specs(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
-def test_generate_columns_show_three_shares_kl_and_the_broken_warning(fixed_judges):
+def test_generate_columns_lead_with_complied_show_the_other_shares_kl_and_the_broken_warning(fixed_judges):
     at = _with_activations()
     at.selectbox(key="atlas_judge").set_value("substring+broken")
     at.switch_page("app_pages/generate.py").run()
@@ -436,13 +436,15 @@ def test_generate_columns_show_three_shares_kl_and_the_broken_warning(fixed_judg
     lines = [m.value for m in at.markdown if m.value.startswith("refused ")]
     assert len(lines) == 2  # one per column: baseline and actadd
     for line in lines:
-        assert "complied 0%" in line and "broken 100%" in line and "harmless KL" in line
+        assert "deflected 0%" in line and "broken 100%" in line and "harmless KL" in line
+    # The headline is the share that complied coherently, not "0% refused" over broken replies.
+    assert [m.value for m in at.metric] == ["0% complied", "0% complied"]
     assert "harmless KL 0.0000" in lines[0]  # the baseline changes nothing
     actadd_kl = float(lines[1].rsplit("harmless KL ", 1)[1])
     assert actadd_kl > 0
     assert len([w for w in at.warning if "broken" in w.value]) == 2
     bars = {trace["name"] for trace in _chart_specs(at)[0]["data"]}
-    assert {"refused", "complied", "broken"} <= bars
+    assert {"refused", "complied", "deflected", "broken"} <= bars
     # The same replies under a judge that finds none broken: no warning, the shares change.
     at.selectbox(key="atlas_judge").set_value("refusal-score").run()
     _assert_ok(at)
@@ -497,7 +499,7 @@ def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(ti
     [spec] = _chart_specs(at)
     traces = spec["data"]
     families = ["dim", "som/seed0", "som/seed1", "som/seed2", "clusters"]
-    assert [t["name"] for t in traces] == [family for family in families for _ in range(4)]  # four panels per family
+    assert [t["name"] for t in traces] == [family for family in families for _ in range(5)]  # five panels per family (deflected added)
     som = next(t for t in traces if t["name"] == "som/seed1")  # its first panel: coherent compliance against k
     expected = [p for p in points if p["family"] == "som/seed1"]
     assert som["x"] == [1, 2] and som["y"] == [p["metrics"]["complied"]["value"] for p in expected]
