@@ -7,7 +7,15 @@ import json
 import time
 from pathlib import Path
 
-from refusal_core.cli.common import CliError, add_model_args, chat_format, emit, load_model_from_args, progress_bar
+from refusal_core.cli.common import (
+    CliError,
+    add_judge_arg,
+    add_model_args,
+    chat_format,
+    emit,
+    load_model_from_args,
+    progress_bar,
+)
 from refusal_core.settings import add_setting_flags, settings_fields
 from refusal_core.settings import settings_from_args as from_flags
 
@@ -81,6 +89,7 @@ def add_parsers(sub) -> None:
         "many-directions", help="one DIM direction vs searched SOM / cluster sets and the RDO direction (val -> test)"
     )
     add_model_args(many)
+    add_judge_arg(many)  # the registry's judges when the parser is built (plug-ins included)
     add_setting_flags(many, ManyDirectionsSettings)
     d = ManyDirectionsSettings()
     # One flag sets two fields (harmful, harmless); their help comes from the fields.
