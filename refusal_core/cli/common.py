@@ -113,6 +113,8 @@ def activations_for(args, loaded, which: str):
 
     prompts = prompt_set(getattr(args, which), args.column, args.limit)
     acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size, progress=progress_bar(f"{which} activations", args.json))
+    if acts.cache_warning:
+        print(f"warning: {which} activations: {acts.cache_warning}", file=sys.stderr)
     return prompts, acts
 
 
