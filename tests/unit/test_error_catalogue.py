@@ -37,21 +37,37 @@ def files(tmp_path_factory) -> dict[str, str]:
     return make_inputs(tmp_path_factory.mktemp("catalogue"))
 
 
+def _with(command: list[str], base: list[str], extra: tuple[str, ...]) -> list[str]:
+    """``command`` + ``base`` flags + ``extra``; a flag in ``extra`` replaces the base one (a
+    flag given twice is itself refused, so the cases must not rely on "the last one wins")."""
+    given = {token for token in extra if token.startswith("--")}
+    kept, skip = [], False
+    for index, token in enumerate(base):
+        if skip:
+            skip = False
+            continue
+        if token in given:
+            skip = index + 1 < len(base) and not base[index + 1].startswith("--")
+            continue
+        kept.append(token)
+    return [*command, *kept, *extra]
+
+
 def _search(*extra: str) -> list[str]:
-    return ["directions", "search", "--model", "{model}", "--pool", "{good}", "--k", "1", "--trials", "1",
-            "--objective", "score", "--limit", "2", "--out", "{tmp}/searched", *extra]
+    return _with(["directions", "search"], ["--model", "{model}", "--pool", "{good}", "--k", "1", "--trials", "1",
+                 "--objective", "score", "--limit", "2", "--out", "{tmp}/searched"], extra)
 
 
 def _som(*extra: str) -> list[str]:
-    return ["directions", "som", "--model", "{model}", "--layer", "1", "--limit", "3", "--out", "{tmp}/som", *extra]
+    return _with(["directions", "som"], ["--model", "{model}", "--layer", "1", "--limit", "3", "--out", "{tmp}/som"], extra)
 
 
 def _generate(*extra: str) -> list[str]:
-    return ["generate", "--model", "{model}", "--limit", "1", "--max-new-tokens", "2", *extra]
+    return _with(["generate"], ["--model", "{model}", "--limit", "1", "--max-new-tokens", "2"], extra)
 
 
 def _acts(*extra: str) -> list[str]:
-    return ["activations", "--model", "{model}", "--limit", "2", *extra]
+    return _with(["activations"], ["--model", "{model}", "--limit", "2"], extra)
 
 
 # (case, argv with {placeholders} from the files fixture, text the message must name)
