@@ -105,7 +105,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}; give 1 or more new tokens (--max-new-tokens).")
         if not self.temperature > 0:
             raise SettingsError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
         if not 0 < self.top_p <= 1:

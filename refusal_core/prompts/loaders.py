@@ -236,7 +236,7 @@ def _rows_from_items(
             rows.append(_row_from_mapping(value, col, cat_col, label, f"{unit} {pos}"))
         else:
             raise PromptSetError(
-                f"{label!r} {unit} {pos} is a JSON {type(value).__name__}; expected a string or an object."
+                f"{label!r} {unit} {pos} is a JSON {type(value).__name__}; expected a string or an object; make each item a prompt string or an object with a prompt field."
             )
     return rows
 
@@ -272,7 +272,7 @@ def _pick_column(available: list[str], wanted: str | None, defaults: Sequence[st
     shown = ", ".join(repr(a) for a in available) or "none"
     if wanted is not None:
         if wanted not in available:
-            raise PromptSetError(f"Column {wanted!r} not found in {label!r}; available columns: {shown}.")
+            raise PromptSetError(f"Column {wanted!r} not found in {label!r}; available columns: {shown}; pass one of them.")
         return wanted
     for name in defaults:
         if name in available:

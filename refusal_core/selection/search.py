@@ -113,7 +113,7 @@ class SearchSettings:
         if self.k < 1:
             raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
+            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}; give 0 or more trials (--trials).")
         if self.objective not in OBJECTIVES:
             raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
         if self.judge not in JUDGE_CHOICES:
