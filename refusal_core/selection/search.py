@@ -193,7 +193,7 @@ def _default_study_name(
         (chat or ChatFormat()).identity(loaded.tokenizer),
     )
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.study_label or "search").strip("_.")[:60] or "search"
-    return f"{label}-k{settings.k}-{key[:8]}"
+    return f"{label}-k{settings.k}-{key}"  # the whole 128-bit key: two studies never share a name by chance
 
 
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:

@@ -94,7 +94,7 @@ def test_study_names_say_which_pool_and_k(tiny_llama, pool):
     settings = SearchSettings(k=1, n_trials=1, objective="score", study_label="SOM 3x3 L18 P-1")
     result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings)
     name, suffix = result.study_name.rsplit("-", 1)
-    assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 8
+    assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 32 and int(suffix, 16) >= 0  # a 128-bit key, not 32 bits
     # The label names the study; it does not change what is measured, so it is not part of the settings' identity.
     assert "study_label" not in settings.identity()
 
