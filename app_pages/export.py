@@ -14,6 +14,7 @@ from refusal_core.directions.archive import direction_sets_zip, read_direction_u
 from refusal_core.directions.base import DirectionError
 from refusal_core.errors import UserError
 from refusal_core.interventions.export import default_export_dir, export_orthogonalized
+from refusal_core.interventions.export_target import confined_export_dir, export_root
 
 st.title("Export")
 loaded = _state.require_model()
@@ -122,8 +123,10 @@ def orthogonalized_model() -> None:
     names = st.multiselect(
         "Directions", list(directions.names), default=list(directions.names[:1]), key=f"export_model_names_{set_name}"
     )
-    default_dir = default_export_dir(loaded.spec)
-    out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir")
+    default_dir = export_root() / default_export_dir(loaded.spec).name
+    out_dir = st.text_input("Output folder", value=str(default_dir), key="export_model_dir",
+                            help=f"A folder inside {export_root()} (a plain name is created there; ~ is your home folder). "
+                                 "Set REFUSAL_ATLAS_EXPORT_ROOT before starting the app to export elsewhere.")
     overwrite = st.checkbox(
         "Replace an earlier export in this folder",
         key="export_model_overwrite",
@@ -133,7 +136,7 @@ def orthogonalized_model() -> None:
         try:
             with st.spinner(f"Orthogonalizing {len(names)} directions and saving to {out_dir}..."):
                 path = export_orthogonalized(
-                    loaded, directions.select(names), out_dir.strip(), overwrite=overwrite
+                    loaded, directions.select(names), confined_export_dir(out_dir), overwrite=overwrite
                 )
         except UserError as err:
             st.error(f"Export failed: {err}")

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["exchange_dirs", "new_temp_dir", "place_dir"]
+__all__ = ["exchange_dirs", "new_temp_dir", "normalize_modes", "place_dir"]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -33,6 +33,25 @@ def new_temp_dir(target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
     return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read once, at import
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
+def normalize_modes(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode an ordinary ``open`` / ``mkdir``
+    gives (safetensors and mkstemp write private 0600 files)."""
+    os.chmod(folder, DIR_MODE)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
 
 
 def _renameat2():
@@ -69,6 +88,7 @@ def place_dir(tmp: Path, target: Path, replace: bool) -> Path:
     kept and ``tmp`` deleted. ``replace=True``: the target's old contents give way to
     ``tmp``'s, readers seeing the old folder or the new one, never none (see the module).
     """
+    normalize_modes(tmp)
     try:
         os.rename(tmp, target)
         return target

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from refusal_core.atomic import FILE_MODE
 from refusal_core.paths import cache_dir
 
 __all__ = [
@@ -60,14 +61,7 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _process_umask() -> int:
-    mask = os.umask(0o022)  # read once, at import, before any thread of ours writes files
-    os.umask(mask)
-    return mask
-
-
 # mkstemp makes private (0600) files; written files get the mode an ordinary open() gives.
-FILE_MODE = 0o666 & ~_process_umask()
 
 
 def _atomic_target(path: Path) -> str:
@@ -100,6 +94,7 @@ def save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     tmp = _atomic_target(path)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, FILE_MODE)  # safetensors writes its file 0600 whatever the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
