@@ -12,6 +12,7 @@ from refusal_core.interventions.weights import orthogonalized_weights
 from refusal_core.organism import report
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
+from tests._targets import ACCEPTANCE, missed_targets
 from tests.tiny import assert_no_hooks
 from tests.unit.test_comparison import _first_token_logprobs_by_hand
 
@@ -92,9 +93,9 @@ def test_random_direction_kl_is_seeded_and_matches_an_orthogonalized_model_by_ha
 def test_organism_report_on_a_tiny_model(tiny_llama, monkeypatch):
     monkeypatch.setattr(report, "load_model", lambda spec: tiny_llama)
     result = report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)
-    assert [t["metric"] for t in result["targets"]] == [name for name, _, _ in report.TARGETS]
+    assert {name: (op, threshold) for name, op, threshold in report.TARGETS} == ACCEPTANCE  # issue 4's, pinned
     for target in result["targets"]:
-        assert target["pass"] == (target["value"] >= target["threshold"] if target["op"] == ">=" else target["value"] <= target["threshold"])
+        assert target["pass"] == (target["metric"] not in missed_targets(result["metrics"]))
     diagnostics = result["diagnostics"]
     assert 0.0 <= diagnostics["selected_massive_share"] <= 1.0
     assert len(diagnostics["random_direction_kl"]) == 3
