@@ -6,7 +6,8 @@
 * counts that cannot be negative (``--kl-limit``, ``--limit``, ``--batch-size``) are checked;
 * a leading ``~`` in a path option is expanded (a quoted ``'~/model'`` reaches us unexpanded);
 * ``--device`` must exist on this machine (``cuda`` on a CPU build fails here, not after the weights load);
-* every output path (``--out``, ``--save-direction``, ``--delta-out``) must be writable.
+* every output path (``--out``, ``--save-direction``, ``--delta-out``) must be writable;
+* prompt files are read and checked (limits included) before the model is loaded.
 
 Each problem raises ``CliError`` (exit code 2) naming the flag, the value and the fix.
 """
@@ -134,6 +135,21 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
                        "choose a folder you can write to (nothing was computed yet).") from None
 
 
+PROMPT_OPTIONS = ("harmful", "harmless", "prompts", "kl_prompts")
+
+
+def _check_prompt_files(args: argparse.Namespace) -> None:
+    """Prompt files are read (within the size, count and length limits) before the model loads;
+    built-in sets are always fine and Hugging Face sets are left to the command."""
+    from refusal_core.prompts.loaders import resolve_prompt_set
+
+    for dest in PROMPT_OPTIONS:
+        spec = getattr(args, dest, None)
+        if isinstance(spec, str) and not spec.startswith(("builtin:", "hf:")):
+            column = getattr(args, "column", None) if dest != "kl_prompts" else None
+            resolve_prompt_set(spec, column=column)
+
+
 def preflight(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
     """All the checks above, in order; raises CliError at the first problem."""
     leaf = leaf_parser(parser, argv)
@@ -141,6 +157,7 @@ def preflight(parser: argparse.ArgumentParser, argv: Sequence[str], args: argpar
     _expand_home(args)
     _check_numbers(leaf, args)
     check_device(getattr(args, "device", None))
+    _check_prompt_files(args)
     for dest in OUTPUT_OPTIONS:
         value = getattr(args, dest, None)
         if value:
