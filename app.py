@@ -14,20 +14,19 @@ import os
 # the other thread needs (measured in benchmarks/README.md). Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import tempfile
 from pathlib import Path
 
 import streamlit as st
 
 from app_pages import _charts, _state
-from refusal_core import damage
 from refusal_core.activations.cache import cache_usage, clear_activation_cache, human_bytes
 from refusal_core.model.families import ModelLoadError
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, device_choices, organism_built
 from refusal_core.prompts.chat import TemplateError
-from refusal_core.prompts.loaders import SUPPORTED_EXTENSIONS, builtin, load_prompt_file
+from refusal_core.prompts.loaders import SUPPORTED_EXTENSIONS, builtin
 from refusal_core.prompts.sets import PromptSet, PromptSetError, sample_prompts
 from refusal_core.prompts.template_options import parse_template_options
+from refusal_core.prompts.uploads import parse_prompt_upload
 
 MODEL_CHOICES = {
     "Refusal organism (bundled)": BUNDLED_ORGANISM,
@@ -101,16 +100,10 @@ def model_sidebar() -> None:
     st.caption(f"{loaded.spec}: {loaded.n_layers} layers, width {loaded.d_model}, {loaded.dtype}, {loaded.device}")
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
 def parse_upload(name: str, data: bytes, column: str | None) -> PromptSet:
-    """A PromptSet from an uploaded file, written to a temporary folder under the user's own
-    file name, so that error messages name the user's file and not a temporary one."""
-    base = Path(name).name or f"upload{Path(name).suffix.lower()}"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / base
-        path.write_bytes(data)
-        prompts = load_prompt_file(path, column=column or None)
-    return PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)
+    """A PromptSet from an uploaded file: size-checked first, parsed once per content in a
+    small bounded cache (refusal_core/prompts/uploads.py)."""
+    return parse_prompt_upload(name, data, column)
 
 
 def prompt_set_sidebar(kind: str) -> PromptSet | None:

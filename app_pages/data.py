@@ -18,6 +18,7 @@ from refusal_core.activations.separation import layer_separation
 from refusal_core.directions import dim
 from refusal_core.directions.base import DirectionError
 from refusal_core.directions.registry import FitInput
+from refusal_core.errors import UserError
 from refusal_core.prompts.chat import TemplateError
 from refusal_core.selection.policy import DIM_SET
 REPORT = "data_compute_report"
@@ -59,9 +60,11 @@ def compute_activations() -> None:
         update = _state.progress_callback(f"Activations of the {kind} prompts")
         try:
             results[kind] = extract_activations(loaded, prompts[kind].instructions, positions, progress=update)
-        except ValueError as err:
+        except UserError as err:
             st.error(f"Could not compute {kind} activations: {err}")
             return
+        if results[kind].cache_warning:
+            st.warning(f"{kind.capitalize()} activations: {results[kind].cache_warning}")
     seconds = time.perf_counter() - started
     cached = all(result.from_cache for result in results.values())
     same = ws.has_activations and (ws.harmful_acts.key, ws.harmless_acts.key) == (results["harmful"].key, results["harmless"].key)

@@ -17,7 +17,7 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.errors import UserError
 from refusal_core.directions.registry import settings_fields
 from refusal_core.exports.registry import ExportRequest, formats
-from refusal_core.interventions.export_target import default_export_dir
+from refusal_core.interventions.export_target import confined_export_dir, default_export_dir, export_root
 from refusal_core.exports.files import find_model_files
 from refusal_core.exports.folder_format import stream_folder
 
@@ -190,9 +190,10 @@ def model_exports() -> None:
     except UserError as err:
         st.error(f"{fmt.title}: {err}")
         return
-    default_dir = default_export_dir(loaded.spec)
-    default_dir = default_dir.with_name(default_dir.name.replace("orthogonalized", fmt.suffix or fmt.name))
-    out_dir = st.text_input("Output folder", value=str(default_dir), key=f"export_model_dir_{fmt.name}")
+    default_name = default_export_dir(loaded.spec).name.replace("orthogonalized", fmt.suffix or fmt.name)
+    out_dir = st.text_input("Output folder", value=str(export_root() / default_name), key=f"export_model_dir_{fmt.name}",
+                            help=f"A folder inside {export_root()} (a plain name is created there; ~ is your home folder). "
+                                 "Set REFUSAL_ATLAS_EXPORT_ROOT before starting the app to export elsewhere.")
     overwrite = st.checkbox(
         "Replace an earlier export in this folder",
         key="export_model_overwrite",
@@ -202,11 +203,12 @@ def model_exports() -> None:
         action = (f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} "
                   f"with {values} to {out_dir.strip()}")
         try:
+            target = confined_export_dir(out_dir)
             if files is not None and settings.mode == "orthogonal":
-                path = _stream(files, chosen, out_dir.strip(), overwrite, action)
+                path = _stream(files, chosen, str(target), overwrite, action)
             else:
-                with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {out_dir}..."):
-                    path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=Path(out_dir.strip()),
+                with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {target}..."):
+                    path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=target,
                                                    settings=settings, overwrite=overwrite, command=action))
         except UserError as err:
             st.error(f"Export failed: {err}")

@@ -10,7 +10,6 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app_pages import _state
 from app_pages._clicks import clicked_key
 from refusal_core.errors import UserError
 from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results

@@ -9,9 +9,8 @@ derived from it make a padded row compute what it computes unpadded.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -24,6 +23,7 @@ from refusal_core.model.forward import encode_prompts, pad_id
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts, format_with_reply
+from refusal_core.sampling import SeededSampler
 
 __all__ = [
     "Completion",
@@ -105,7 +105,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}; give 1 or more new tokens (--max-new-tokens).")
         if not self.temperature > 0:
             raise SettingsError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
         if not 0 < self.top_p <= 1:
@@ -226,27 +226,33 @@ def _generate_chunk(
     batch = encode_prompts(loaded, prompts)
     # The lock spans the whole call: hooks are shared module state, and another session's
     # intervention must never be in place while these rows are decoded.
-    with model_lock(model), row_interventions(model, per_row), _seeded(seed, settings.do_sample):
+    # Sampling draws with a generator of this call's own (refusal_core/sampling.py), never the global one.
+    sampler = SeededSampler(seed, settings.temperature, settings.top_p) if settings.do_sample else None
+    with model_lock(model), row_interventions(model, per_row):
         output = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             pad_token_id=pad_id(tokenizer),  # the id encode_prompts padded with
             eos_token_id=stop_ids,
             **_decoding_kwargs(settings),
-            **({} if capture is None else {"logits_processor": _processors(capture)}),
+            **({} if capture is None and sampler is None else {"logits_processor": _processors(capture, sampler)}),
         )
     generated = output[:, batch["input_ids"].shape[1] :].tolist()
     return [_cut_reply(tokenizer, tokens, stop_ids) for tokens in generated]
 
 
-def _processors(capture: _FirstStep):
+def _processors(capture: "_FirstStep | None", sampler: SeededSampler | None = None):
+    """The first-step capture (unwarped scores) first, then the seeded sampler."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    class Capture(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            return capture(input_ids, scores)
+    class Wrapped(LogitsProcessor):
+        def __init__(self, function):
+            self.function = function
 
-    return LogitsProcessorList([Capture()])
+        def __call__(self, input_ids, scores):
+            return self.function(input_ids, scores)
+
+    return LogitsProcessorList([Wrapped(step) for step in (capture, sampler) if step is not None])
 
 
 def _decoding_kwargs(settings: GenerationSettings) -> dict:
@@ -255,29 +261,11 @@ def _decoding_kwargs(settings: GenerationSettings) -> dict:
     Hub models often set sampling defaults (top_k, temperature) or a repetition penalty;
     the settings object alone should decide how text is produced.
     """
-    kwargs: dict = {
-        "max_new_tokens": settings.max_new_tokens,
-        "do_sample": settings.do_sample,
-        "repetition_penalty": 1.0,
-    }
-    if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
-    else:
-        # Unset sampling knobs so greedy decoding does not warn about ignored values.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-@contextmanager
-def _seeded(seed: int, active: bool) -> Iterator[None]:
-    """Seed sampling for one call without disturbing the caller's global random state."""
-    if not active:
-        yield
-        return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    # Sampling is done by SeededSampler (temperature and top-p included), whose one-token
+    # scores greedy decoding then follows; ``generate``'s own sampling knobs stay unset so
+    # greedy decoding does not warn about ignored values.
+    return {"max_new_tokens": settings.max_new_tokens, "do_sample": False, "repetition_penalty": 1.0,
+            "temperature": None, "top_p": None, "top_k": None}
 
 
 def _cut_reply(tokenizer, tokens: list[int], stop_ids: list[int]) -> tuple[str, int, bool, tuple[int, ...]]:

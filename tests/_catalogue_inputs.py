@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from refusal_core.directions.base import DirectionSet
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -64,6 +64,21 @@ def make_inputs(folder: Path) -> dict[str, str]:
     paths["theirs"] = str(folder / "theirs")
     (folder / "afile").write_text("a file, not a folder")
     paths["afile"] = str(folder / "afile")
+    (folder / "one_line.txt").write_text("word " * (1024 * 1024))  # one 5 MB line: one enormous prompt
+    paths["one_line"] = str(folder / "one_line.txt")
+    own = AutoTokenizer.from_pretrained(folder / "model")  # a copy: the tiny tokenizer is shared
+    own.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    loaded.model.save_pretrained(folder / "nosystem")
+    own.save_pretrained(folder / "nosystem")
+    paths["nosystem"] = str(folder / "nosystem")
+    (folder / "co:lon").mkdir()
+    paths["colon"] = _set(torch.randn(2, 64, generator=generator), folder / "co:lon" / "set")
+    paths["badprov"] = _set(torch.randn(1, 64, generator=generator), folder / "badprov")
+    Path(paths["badprov"] + ".json").write_text('{"names": ["d0"], "provenance": [1], "meta": {}}')
     paths["missing"] = str(folder / "missing.txt")
     paths["tmp"] = str(folder)
     return paths

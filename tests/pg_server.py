@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["postgres_available", "postgres_server"]
+__all__ = ["postgres_available", "postgres_server", "require_postgres"]
 
 
 def _bin(name: str) -> str | None:
@@ -43,6 +43,16 @@ def postgres_available() -> str | None:
         except KeyError:
             return "running as root and there is no 'postgres' user to run the server as"
     return None
+
+
+def require_postgres() -> None:
+    """Fail the calling test (never skip it, never fall back to SQLite) when no server can start."""
+    import pytest
+
+    reason = postgres_available()
+    if reason is not None:
+        pytest.fail(f"The PostgreSQL tests cannot run: {reason}. Install PostgreSQL (.ci/run does), "
+                    "or deselect them with -k sqlite.")
 
 
 def _as_server_user(command: list[str]) -> list[str]:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from refusal_core.atomic import FILE_MODE
 from refusal_core.paths import cache_dir
 
 __all__ = [
@@ -26,11 +27,14 @@ __all__ = [
     "human_bytes",
     "load_entry",
     "save_entry",
+    "try_save_entry",
     "tensor_digest",
 ]
 
 # Bump when a change alters what cached entries contain, so stale entries are never reused.
 CODE_VERSION = "1"
+# A temporary file untouched this long belongs to a writer that died; clearing removes it.
+STALE_TEMP_SECONDS = 24 * 3600
 
 
 def content_key(*parts: object) -> str:
@@ -57,10 +61,14 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+# mkstemp makes private (0600) files; written files get the mode an ordinary open() gives.
+
+
 def _atomic_target(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    os.chmod(tmp, FILE_MODE)
     return tmp
 
 
@@ -86,10 +94,23 @@ def save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     tmp = _atomic_target(path)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, FILE_MODE)  # safetensors writes its file 0600 whatever the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def try_save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """``save_entry`` that never loses the caller's result: None when written, else a warning
+    naming the cause (disk full, read-only cache, the folder cleared meanwhile)."""
+    try:
+        save_entry(path, tensors, metadata)
+    except (OSError, SafetensorError) as err:
+        cause = getattr(err, "strerror", None) or str(err)
+        return (f"The result was computed but not cached ({cause}: {getattr(err, 'filename', None) or path.parent}); "
+                "it is kept for this session. Free disk space or make the cache folder writable to cache it.")
+    return None
 
 
 def load_entry(path: Path, expected: dict[str, str]) -> dict[str, torch.Tensor] | None:
@@ -136,8 +157,22 @@ def clear_activation_cache() -> int:
     folder = cache_dir() / "activations"
     if not folder.is_dir():
         return 0
-    count = sum(1 for f in folder.rglob("*") if f.is_file())
-    shutil.rmtree(folder, ignore_errors=True)
+    count = 0
+    # Finished entries only: a hidden ``.NAME.*.tmp`` file is another session's write in
+    # progress, and the folder itself stays, so that write can still be moved into place.
+    for entry in folder.rglob("*.safetensors"):
+        try:
+            entry.unlink()
+            count += 1
+        except FileNotFoundError:
+            pass  # removed by a concurrent clear
+    stale = time.time() - STALE_TEMP_SECONDS
+    for leftover in folder.rglob(".*.tmp"):  # temporary files of writers killed long ago
+        try:
+            if leftover.stat().st_mtime < stale:
+                leftover.unlink()
+        except FileNotFoundError:
+            pass
     return count
 
 

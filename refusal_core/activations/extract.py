@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry
+from refusal_core.activations.cache import content_key, entry_path, load_entry, try_save_entry
 from refusal_core.activations.memory import MemoryEstimate, check_budget, estimate_extraction
 from refusal_core.errors import SettingsError
 from refusal_core.model.families import model_lock, model_parts
@@ -41,6 +41,8 @@ class Activations:
     instructions: tuple[str, ...]
     key: str
     from_cache: bool = False
+    # Set when the result was computed but could not be cached (the cause and the fix).
+    cache_warning: str | None = None
 
     @property
     def n_layers(self) -> int:
@@ -183,6 +185,7 @@ def extract_activations(
             acts[start : start + batch_size] = _forward_batch(loaded, texts[start : start + batch_size], positions)
             if progress:
                 progress(min(start + batch_size, len(texts)), len(texts))
-    if use_cache:
-        save_entry(path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec})
-    return Activations(acts, positions, instructions, key, from_cache=False)
+    warning = None
+    if use_cache:  # a failed write loses nothing: the result is returned with the warning
+        warning = try_save_entry(path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec})
+    return Activations(acts, positions, instructions, key, from_cache=False, cache_warning=warning)

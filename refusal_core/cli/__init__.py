@@ -15,6 +15,7 @@ from typing import Sequence
 
 from refusal_core.cli import activations, categories, directions, experiments, export, generate, judge, organism, views
 from refusal_core.cli.common import EXIT_BAD_INPUT
+from refusal_core.cli.preflight import preflight
 from refusal_core.errors import UserError
 
 __all__ = ["build_parser", "main"]
@@ -29,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in the manifests commands write
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv  # recorded in the manifests commands write
     try:
+        preflight(parser, argv, args)  # before any model is loaded or anything computed
         code = args.func(args)  # a command may return its own exit code (reproduce: 1 on a mismatch)
     except UserError as err:
         # Only the message: the user's input is at fault, and a traceback would bury the fix.

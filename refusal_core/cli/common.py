@@ -140,6 +140,8 @@ def activations_for(args, loaded, which: str):
         print(f"{which} activations, {len(prompts.instructions)} prompts: {estimate.line()}", file=sys.stderr)
     acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size,
                                progress=progress_bar(f"{which} activations", args.json), max_memory=budget)
+    if acts.cache_warning:
+        print(f"warning: {which} activations: {acts.cache_warning}", file=sys.stderr)
     return prompts, acts
 
 
@@ -148,10 +150,27 @@ def check_layer(layer: int, n_layers: int) -> None:
         raise CliError(f"--layer {layer} is out of range: this model has layers 0..{n_layers - 1}; choose one of them.")
 
 
+def _is_set(path: str) -> bool:
+    return Path(path).exists() or Path(path + ".safetensors").exists()
+
+
+def split_direction_spec(spec: str) -> tuple[str, str]:
+    """``PATH`` or ``PATH:name1,name2`` -> (path, names); a colon inside the path (``runs/a:b/dim``)
+    belongs to the path, since a set's names follow the last colon."""
+    if _is_set(spec) or ":" not in spec:
+        return spec, ""
+    last, _, after_last = spec.rpartition(":")
+    first, _, after_first = spec.partition(":")
+    for path, names in ((last, after_last), (first, after_first)):
+        if path and _is_set(path):
+            return path, names
+    return last, after_last  # neither exists: the error names the path
+
+
 def load_directions(spec: str, d_model: int):
     """``PATH`` or ``PATH:name1,name2`` -> a (sub)set checked against the model width."""
     from refusal_core.directions.base import load_direction_set
 
-    path, _, names = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    path, names = split_direction_spec(spec)
     directions = load_direction_set(path, d_model=d_model)
     return directions.select(names.split(",")) if names else directions

@@ -5,6 +5,7 @@ each column judged complied / refused / deflected / broken with its harmless fir
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from refusal_core.cli.common import (
     CliError,
@@ -16,6 +17,7 @@ from refusal_core.cli.common import (
     load_model_from_args,
     progress_bar,
     prompt_set,
+    split_direction_spec,
 )
 from refusal_core.damage import KL_PROMPTS
 from refusal_core.interventions.spec import ABLATION_MODES
@@ -24,28 +26,35 @@ from refusal_core.judges.verdict import LABELS
 
 
 def _interventions(args, loaded) -> list:
+    """One column per ``--ablate`` and per ``--actadd`` (each flag repeatable), in the order given."""
     from refusal_core.interventions.spec import Intervention
 
     variants = []
-    if args.ablate:
-        directions = load_directions(args.ablate, loaded.d_model)
-        variants.append(Intervention.from_directions(f"ablate({len(directions)})", directions, mode=args.ablate_mode))
-    if args.actadd:
-        directions = load_directions(args.actadd, loaded.d_model)
+    for spec in args.ablate or ():
+        directions = load_directions(spec, loaded.d_model)
+        label = f"ablate({len(directions)})" if len(args.ablate) == 1 else f"ablate({_short(spec)})"
+        variants.append(Intervention.from_directions(label, directions, mode=args.ablate_mode))
+    for spec in args.actadd or ():
+        directions = load_directions(spec, loaded.d_model)
         if len(directions) != 1:
-            raise CliError(f"--actadd takes one direction (PATH:name); {args.actadd} holds {len(directions)}.")
+            raise CliError(f"--actadd takes one direction (PATH:name); {spec} holds {len(directions)}.")
         layer = args.layer if args.layer is not None else directions.provenance[0].get("layer")
         if layer is None:
             raise CliError("--actadd needs --layer: the direction's provenance records no layer.")
         check_layer(int(layer), loaded.n_layers)
-        variants.append(Intervention.from_direction_addition(f"actadd(L{layer},{args.coeff:+g})", directions, directions.names[0], args.coeff, int(layer)))
+        extra = "" if len(args.actadd) == 1 else f"{_short(spec)},"
+        variants.append(Intervention.from_direction_addition(f"actadd({extra}L{layer},{args.coeff:+g})", directions, directions.names[0], args.coeff, int(layer)))
+    names = [variant.name for variant in variants]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CliError(f"Two columns would both be named {repeated[0]!r} (the same --ablate or --actadd given twice); give each once.")
     return variants
 
 
 def _trace_directions(args, loaded):
     """The ``[k, d]`` directions ``--trace`` projects on, checked before any generation."""
     check_layer(args.trace, loaded.n_layers)
-    spec = args.trace_direction or args.ablate or args.actadd
+    spec = args.trace_direction or next(iter(args.ablate or args.actadd or []), None)
     if spec is None:
         raise CliError("--trace needs directions to project on: give --trace-direction PATH[:names], --ablate or --actadd.")
     return load_directions(spec, loaded.d_model).vectors
@@ -58,6 +67,12 @@ def _traces(args, loaded, columns, variants, directions, chat) -> dict:
     by_name = {variant.name: variant for variant in variants}
     return {name: trace_completions(loaded, completions, by_name[name], args.trace, directions, chat, args.batch_size)
             for name, completions in columns.items()}
+
+
+def _short(spec: str) -> str:
+    """A column label for a direction spec: the file stem, with any chosen names."""
+    path, names = split_direction_spec(spec)
+    return Path(path).name + (f":{names}" if names else "")
 
 
 def _kl_prompts(args) -> list[str]:
@@ -115,11 +130,11 @@ def add_parsers(sub) -> None:
     gen.add_argument("--prompts", default="builtin:harmful/test", help="prompt file or builtin:/hf: spec")
     gen.add_argument("--column", default=None)
     gen.add_argument("--limit", type=int, default=None)
-    gen.add_argument("--ablate", default=None, help="direction set to project out: PATH or PATH:name1,name2")
+    gen.add_argument("--ablate", action="append", default=None, help="direction set to project out: PATH or PATH:name1,name2 (repeatable: one column each)")
     gen.add_argument("--ablate-mode", choices=list(ABLATION_MODES), default="orthogonal",
                      help="orthogonal (project out the span), sequential (one direction after another), "
                           "norm-preserving (project out, then restore each residual vector's norm)")
-    gen.add_argument("--actadd", default=None, help="one direction to add: PATH:name")
+    gen.add_argument("--actadd", action="append", default=None, help="one direction to add: PATH:name (repeatable: one column each)")
     gen.add_argument("--layer", type=int, default=None, help="actadd layer (default: the direction's own layer)")
     gen.add_argument("--coeff", type=float, default=1.0, help="actadd coefficient (+ induces refusal, - suppresses)")
     gen.add_argument("--baseline", action="store_true", help="also generate without intervention")

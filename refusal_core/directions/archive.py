@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -92,6 +93,19 @@ def _load_pt(name: str, data: bytes) -> DirectionSet:
     )
 
 
+def _read_member(name: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+    """One member's bytes; an encrypted, damaged or unsupported member names the fix."""
+    if member.flag_bits & 0x1:
+        raise DirectionError(f"{name}: {member.filename} is encrypted; upload an unencrypted zip (the Download button's).")
+    try:
+        return archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as err:
+        raise DirectionError(
+            f"{name}: {member.filename} cannot be unpacked ({err}); the zip is damaged or uses an unsupported "
+            "compression. Upload the .zip the Download button gave, whole."
+        ) from err
+
+
 def _expand_zips(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Uploaded files with every .zip replaced by its .safetensors/.json/.pt members."""
     out: list[tuple[str, bytes]] = []
@@ -110,10 +124,27 @@ def _expand_zips(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
                     # Only the base name is used, so paths inside the archive cannot escape.
                     base = Path(member.filename).name
                     if base.lower().endswith((".safetensors", ".json", ".pt")):
-                        out.append((base, archive.read(member)))
-        except zipfile.BadZipFile as err:
+                        out.append((base, _read_member(name, archive, member)))
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
             raise DirectionError(f"{name} is not a valid zip archive ({err}); upload the .zip the Download button gave, whole.") from err
     return out
+
+
+def _refuse_duplicates(files: Sequence[tuple[str, bytes]]) -> None:
+    """Two files of one name (in one zip's folders, or a zip and a loose file) would replace each other."""
+    seen: set[str] = set()
+    for name, _ in files:
+        if name in seen:
+            raise DirectionError(
+                f"Two uploaded files are both named {name!r} (in different folders of a zip, or a zip and a loose "
+                "file); rename one of them, or upload them separately."
+            )
+        seen.add(name)
+    stems = [Path(name).stem for name, _ in files if name.lower().endswith(".pt")]
+    pairs = {Path(name).stem for name, _ in files if not name.lower().endswith(".pt")}
+    clash = sorted(set(stems) & pairs) or sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clash:
+        raise DirectionError(f"Two uploads would both become the set {clash[0]!r}; rename one of them.")
 
 
 def read_direction_uploads(files: Sequence[tuple[str, bytes]], d_model: int) -> dict[str, DirectionSet]:
@@ -124,6 +155,7 @@ def read_direction_uploads(files: Sequence[tuple[str, bytes]], d_model: int) -> 
     files. Returns ``{stem: DirectionSet}``; raises DirectionError naming the fix.
     """
     files = _expand_zips(files)
+    _refuse_duplicates(files)
     if not files:
         raise DirectionError("No files given; upload a .safetensors file with its .json, a zip export, or a .pt file.")
     by_stem: dict[str, dict[str, bytes]] = {}

@@ -52,6 +52,12 @@ class DirectionSet:
             )
         if len(set(self.names)) != len(self.names):
             raise DirectionError("Direction names must be unique within a set.")
+        for name, entry in zip(self.names, self.provenance):
+            problem = _provenance_problem(name, entry)
+            if problem:
+                raise DirectionError(f"{problem}; export the set again with this toolkit, or fix that entry of the .json file.")
+        if not isinstance(self.meta, dict):
+            raise DirectionError(f"The set's meta is a {type(self.meta).__name__}, not a JSON object; export the set again.")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -119,6 +125,25 @@ class DirectionSet:
         )
 
 
+# Provenance keys with a fixed type where present: what the pages and exports read.
+_PROVENANCE_TYPES = {"layer": (int, type(None)), "position": (int, type(None)), "model": (str, type(None)),
+                     "method": (str, type(None)), "data_hash": (str, type(None)), "params": (dict,)}
+
+
+def _provenance_problem(name: object, entry: object) -> str | None:
+    """What is wrong with one direction's name and provenance entry, or None."""
+    if not isinstance(name, str) or not name:
+        return f"Direction name {name!r} is not a non-empty string"
+    if not isinstance(entry, dict):
+        return f"The provenance of direction {name!r} is {entry!r}, not a JSON object"
+    for key, types in _PROVENANCE_TYPES.items():
+        value = entry.get(key)
+        if key in entry and (not isinstance(value, types) or isinstance(value, bool)):
+            allowed = " or ".join("null" if t is type(None) else {"int": "an integer", "str": "text", "dict": "an object"}[t.__name__] for t in types)
+            return f"The provenance of direction {name!r} has {key}={value!r}; it must be {allowed}"
+    return None
+
+
 def validate_vectors(vectors: torch.Tensor) -> None:
     """Directions must be a finite, non-zero ``[n, d]`` float tensor."""
     if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or vectors.shape[0] == 0:
@@ -162,8 +187,12 @@ def direction_set_from_bytes(
     try:
         document = json.loads(metadata.decode())
         names, provenance = tuple(document["names"]), tuple(document["provenance"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as err:
         raise DirectionError(f"{json_label} is not valid direction metadata ({err}); export the set again.") from err
+    for name, entry in zip(names, provenance):
+        problem = _provenance_problem(name, entry)
+        if problem:
+            raise DirectionError(f"{json_label}: {problem}; export the set again with this toolkit, or fix that entry.")
     try:
         directions = DirectionSet(vectors=vectors, names=names, provenance=provenance, meta=document.get("meta", {}))
     except DirectionError as err:

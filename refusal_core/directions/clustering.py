@@ -176,7 +176,7 @@ def cluster_directions(
     if k is None:
         k, silhouettes = _choose_k(unit, method, k_range, seed)
     elif isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise SettingsError(f"k must be an integer from 1 to the number of directions ({n}), got {k!r}.")
+        raise SettingsError(f"k must be an integer from 1 to the number of directions ({n}), got {k!r}; choose a k in that range (or use more prompts).")
     labels = _canonical(_fit(unit, k, method, seed))
     found = int(labels.max()) + 1  # k-means can return fewer clusters on duplicate points.
     contingency, ari, nmi = _alignment(labels, categories) if categories is not None else (None, None, None)

@@ -67,7 +67,7 @@ class SomSettings:
         for name in ("x", "y", "iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(f"SomSettings.{name} must be a positive integer, got {value!r}.")
+                raise SettingsError(f"SomSettings.{name} must be a positive integer, got {value!r}; give 1 or more (--{name.replace('_', '-')}).")
         for name in ("sigma", "learning_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from refusal_core.atomic import normalize_modes
 from refusal_core.errors import UserError
 from refusal_core.paths import cache_dir
 
@@ -27,7 +28,9 @@ __all__ = [
     "MARKER",
     "ExportError",
     "check_target",
+    "confined_export_dir",
     "default_export_dir",
+    "export_root",
     "is_export",
     "new_partial_dir",
     "recover_leftovers",
@@ -47,6 +50,33 @@ def default_export_dir(spec: str) -> Path:
     """``cache/exports/<model spec>-orthogonalized``: inside the cache, never the project's source."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("._") or "model"
     return cache_dir() / "exports" / f"{safe}-orthogonalized"
+
+
+def export_root() -> Path:
+    """The folder dashboard exports are confined to: ``$REFUSAL_ATLAS_EXPORT_ROOT`` (``~`` expanded)
+    if set, else ``cache/exports``."""
+    configured = os.environ.get("REFUSAL_ATLAS_EXPORT_ROOT", "").strip()
+    return Path(configured).expanduser().resolve() if configured else (cache_dir() / "exports").resolve()
+
+
+def confined_export_dir(text: str, root: Path | None = None) -> Path:
+    """The folder a dashboard user typed, inside the export root: ``~`` expanded, a relative
+    path taken inside the root, and a path that leaves the root (``..``, another absolute
+    folder, a symlink out) refused with the way to allow it."""
+    root = (root or export_root()).resolve()
+    typed = text.strip()
+    if not typed:
+        raise ExportError(f"No output folder given; type a folder name (it is created inside {root}).")
+    path = Path(typed).expanduser()
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ExportError(
+            f"{typed!r} is outside the export folder {root}; type a folder inside it (a plain name like "
+            "'my-export' is created there), or start the app with REFUSAL_ATLAS_EXPORT_ROOT set to a folder that contains it."
+        )
+    if resolved == root:
+        raise ExportError(f"{typed!r} is the export folder {root} itself; type the name of a folder inside it.")
+    return resolved
 
 
 def write_marker(folder: Path, complete: bool, version: str) -> None:
@@ -131,6 +161,7 @@ def recover_leftovers(out_dir: Path) -> None:
 
 def replace_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished ``tmp`` to ``out_dir``; an earlier export is moved aside, then deleted."""
+    normalize_modes(tmp)  # every file of the export gets one ordinary mode (no private 0600 weights)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

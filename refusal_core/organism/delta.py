@@ -20,7 +20,6 @@ weights it expects and of the weights it makes; ``apply_organism_delta`` checks 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Mapping
 
 import torch
 
+from refusal_core.atomic import new_temp_dir, place_dir
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, ModelLoadError, bundled_model_dir, load_model
 from refusal_core.progress import Progress
@@ -296,15 +296,16 @@ def save_organism(loaded: LoadedModel, delta: OrganismDelta, applied_from: str, 
     """Write the organism's weights, tokenizer, model card and build record (atomically) to
     ``target`` (default: the organism's directory, ``organism_dir``)."""
     target = target or organism_dir()
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    loaded.model.save_pretrained(tmp, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(_model_card(delta, applied_from))
-    record = {"sha256": delta.sha256, "base_sha256": delta.base_sha256, "applied_from": applied_from, **delta.info}
-    (tmp / "build.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    tmp = new_temp_dir(target)  # this call's own folder: two sessions of one process never share it
+    try:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(_model_card(delta, applied_from))
+        record = {"sha256": delta.sha256, "base_sha256": delta.base_sha256, "applied_from": applied_from, **delta.info}
+        (tmp / "build.json").write_text(json.dumps(record, indent=2))
+        place_dir(tmp, target, replace=True)  # readers see the old organism or the new one, never none
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -74,25 +74,33 @@ class ChatFormat:
         return identity
 
 
+def _render(tokenizer, chat: "ChatFormat", messages: list[dict[str, str]], **options) -> str:
+    """``apply_chat_template``; a template that refuses the messages (``raise_exception`` in
+    Jinja, e.g. "System role not supported") becomes a TemplateError naming the fix."""
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=chat.template_for(tokenizer), tokenize=False, **options, **chat.options()
+        )
+    except JinjaTemplateError as err:
+        if chat.system_prompt:
+            raise TemplateError(f"This model's chat template rejects a system prompt ({err}); drop --system-prompt "
+                                "(or put its text at the start of each prompt instead).") from None
+        raise TemplateError(f"This model's chat template cannot render a user turn ({err}); pass a template that can.") from None
+
+
 def format_prompts(tokenizer, instructions: Sequence[str], chat: ChatFormat | None = None) -> list[str]:
     """Render each instruction as a user turn followed by the generation prompt."""
     chat = chat or ChatFormat()
-    template = chat.template_for(tokenizer)
-    return [
-        tokenizer.apply_chat_template(
-            chat.messages(text), chat_template=template, tokenize=False, add_generation_prompt=True, **chat.options()
-        )
-        for text in instructions
-    ]
+    return [_render(tokenizer, chat, chat.messages(text), add_generation_prompt=True) for text in instructions]
 
 
 def format_with_reply(tokenizer, instruction: str, reply: str, chat: ChatFormat | None = None) -> tuple[str, str]:
     """(prompt text, prompt + reply text) for supervised training on the reply tokens."""
     chat = chat or ChatFormat()
-    template = chat.template_for(tokenizer)
-    options = chat.options()
-    prompt = tokenizer.apply_chat_template(chat.messages(instruction), chat_template=template, tokenize=False, add_generation_prompt=True, **options)
-    full = tokenizer.apply_chat_template(chat.messages(instruction, reply), chat_template=template, tokenize=False, **options)
+    prompt = _render(tokenizer, chat, chat.messages(instruction), add_generation_prompt=True)
+    full = _render(tokenizer, chat, chat.messages(instruction, reply))
     return prompt, full
 
 

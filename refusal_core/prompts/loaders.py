@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from refusal_core.prompts.limits import check_file_size, check_prompts
 from refusal_core.prompts.sets import BUILTIN_KINDS, SPLITS, PromptSet, PromptSetError, check_choice, split_prompt_set
 
 __all__ = [
@@ -144,7 +145,13 @@ def _read_utf8(p: Path) -> str:
         )
     if not p.is_file():
         raise PromptSetError(f"{str(p)!r} is not a file; point to a .txt, .json, .jsonl or .csv file.")
-    data = p.read_bytes()
+    try:
+        check_file_size(p.stat().st_size, p.name)
+        data = p.read_bytes()
+    except OSError as exc:
+        raise PromptSetError(
+            f"Cannot read prompt file {str(p)!r}: {exc.strerror or exc}. Check its permissions (or copy it somewhere readable)."
+        ) from None
     try:
         # utf-8-sig also accepts the byte-order mark that Excel and Notepad like to add.
         return data.decode("utf-8-sig")
@@ -229,7 +236,7 @@ def _rows_from_items(
             rows.append(_row_from_mapping(value, col, cat_col, label, f"{unit} {pos}"))
         else:
             raise PromptSetError(
-                f"{label!r} {unit} {pos} is a JSON {type(value).__name__}; expected a string or an object."
+                f"{label!r} {unit} {pos} is a JSON {type(value).__name__}; expected a string or an object; make each item a prompt string or an object with a prompt field."
             )
     return rows
 
@@ -265,7 +272,7 @@ def _pick_column(available: list[str], wanted: str | None, defaults: Sequence[st
     shown = ", ".join(repr(a) for a in available) or "none"
     if wanted is not None:
         if wanted not in available:
-            raise PromptSetError(f"Column {wanted!r} not found in {label!r}; available columns: {shown}.")
+            raise PromptSetError(f"Column {wanted!r} not found in {label!r}; available columns: {shown}; pass one of them.")
         return wanted
     for name in defaults:
         if name in available:
@@ -306,6 +313,7 @@ def _build(name: str, source: str, rows: Iterable[Row], label: str) -> PromptSet
             f"No prompts found in {label!r}: it is empty or holds only blank entries. "
             "Add at least one non-empty prompt."
         )
+    check_prompts(texts, label)
     return PromptSet(name=name, instructions=tuple(texts), categories=tuple(cats), source=source)
 
 

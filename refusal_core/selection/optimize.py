@@ -69,7 +69,7 @@ class OptimizeSettings:
         if self.steps < 1 or self.batch_size < 1 or self.max_harmful < 1 or self.max_harmless < 1:
             raise SettingsError(
                 "steps, batch_size, max_harmful and max_harmless must be at least 1; got "
-                f"steps={self.steps}, batch_size={self.batch_size}, max_harmful={self.max_harmful}, max_harmless={self.max_harmless}."
+                f"steps={self.steps}, batch_size={self.batch_size}, max_harmful={self.max_harmful}, max_harmless={self.max_harmless}; give each 1 or more."
             )
         if not self.learning_rate > 0 or not self.kl_weight >= 0 or not self.margin >= 0:
             raise SettingsError("learning_rate must be positive, and kl_weight and margin non-negative.")

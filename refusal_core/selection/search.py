@@ -131,7 +131,7 @@ class SearchSettings:
         if self.k < 1:
             raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}.")
+            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}; give 0 or more trials (--trials).")
         if self.objective not in OBJECTIVES:
             raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
         if self.judge not in judge_names():
@@ -214,7 +214,7 @@ def _default_study_name(
         (chat or ChatFormat()).identity(loaded.tokenizer),
     )
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", settings.study_label or "search").strip("_.")[:60] or "search"
-    return f"{label}-k{settings.k}-{key[:8]}"
+    return f"{label}-k{settings.k}-{key}"  # the whole 128-bit key: two studies never share a name by chance
 
 
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:

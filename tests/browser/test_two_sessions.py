@@ -41,7 +41,7 @@ def server(tmp_path_factory):
     """(base URL, log path) of ``streamlit run app.py`` on the tiny model, with the repo's config."""
     if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api  # noqa: F401 - required (requirements.txt): a broken install fails, never skips
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1",

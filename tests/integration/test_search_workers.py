@@ -1,7 +1,7 @@
 """Several `directions search` worker processes on one Optuna study through one storage URL.
 
-The storage is a real PostgreSQL server started for this module where one is installed
-(tests/pg_server.py), SQLite otherwise. Two workers started together with ``--trials 8``
+Each test runs twice: on a real PostgreSQL server started for this module (tests/pg_server.py;
+these fail where none can be started) and on an SQLite file. Two workers started together with ``--trials 8``
 leave exactly 8 finished trials, each run once, by one of them, and their own counts add up
 to 8; a worker killed mid-trial leaves a study that another worker finishes, re-running the
 killed trial's directions once its heartbeat has lapsed.
@@ -18,15 +18,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
 from refusal_core.cli import main
 from refusal_core.directions.base import DirectionSet
-from tests.pg_server import postgres_available, postgres_server
+from tests.pg_server import postgres_server, require_postgres
 from tests.tiny import tiny_model
 
-optuna = pytest.importorskip("optuna")
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 8
@@ -35,16 +35,16 @@ TOTAL = 8
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    """(backend, URL): PostgreSQL when it can be started here, else an SQLite file."""
-    reason = postgres_available()
-    if reason is None:
-        with postgres_server() as url:
-            yield "postgresql", url
-    else:
-        print(f"Using SQLite: {reason}.")
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def storage(request, tmp_path_factory):
+    """(backend, URL), each backend its own test: the PostgreSQL tests need a server they can
+    start (tests/pg_server.py) and fail without one, never testing SQLite under their name."""
+    if request.param == "sqlite":
         yield "sqlite", f"sqlite:///{tmp_path_factory.mktemp('search') / 'study.db'}"
+        return
+    require_postgres()
+    with postgres_server() as url:
+        yield "postgresql", url
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ of the tensors it describes, measured, and the --max-memory refusal before any f
 from __future__ import annotations
 
 import pytest
-import torch
 
 import refusal_core.activations.extract as extract
 from refusal_core.activations.extract import extract_activations, extraction_memory

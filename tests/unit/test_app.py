@@ -16,8 +16,7 @@ from refusal_core.directions.archive import direction_sets_zip
 from refusal_core.directions.base import DirectionSet
 from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
-streamlit_testing = pytest.importorskip("streamlit.testing.v1")
-AppTest = streamlit_testing.AppTest
+from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = [
@@ -314,15 +313,32 @@ def test_bad_prompt_file_and_failed_model_load_show_errors_and_keep_the_app_runn
     assert any("No model is loaded" in info.value for info in at.info)
 
 
+ORGANISM_CHOICE = "Refusal organism (bundled)"
+BASE_CHOICE = "SmolLM2-135M-Instruct (bundled, non-refusing contrast)"
+
+
 def test_imported_sets_are_kept_per_model_and_session():
+    """A set added for one model is not offered for another model, is there again after
+    switching back, and another browser session (a second AppTest) never sees it."""
     at = _with_activations()
-    ws = _workspace(at)
-    extra = DirectionSet(torch.randn(2, 64), ("a", "b"), ({}, {}))
-    ws.add_set("extra", extra)
+    organism = _workspace(at)
+    organism.add_set("extra", DirectionSet(torch.randn(2, 64), ("a", "b"), ({}, {})))
+    at.radio(key="atlas_model_choice").set_value(BASE_CHOICE).run()
+    at.switch_page("app_pages/export.py").run()
+    _assert_ok(at)
+    base = _workspace(at, "bundled:smollm2-135m-instruct")
+    assert base is not organism and "extra" not in base.direction_sets and "DIM" not in base.direction_sets
+    at.radio(key="atlas_model_choice").set_value(ORGANISM_CHOICE).run()
     at.switch_page("app_pages/directions.py").run()
+    assert _workspace(at, "bundled:refusal-organism") is organism and "extra" in organism.direction_sets
     at.multiselect(key="directions_sets").set_value(["DIM", "extra"]).run()
     _assert_ok(at)
     assert _charts(at) == 2
+    other = _start()  # a second browser session on the same shared model
+    other.switch_page("app_pages/export.py").run()
+    _assert_ok(other)
+    spaces = other.session_state["atlas_workspaces"]
+    assert spaces and all("extra" not in space.direction_sets for space in spaces.values())
 
 
 

@@ -46,10 +46,37 @@ def test_curve_matches_single_runs_and_respects_max_k():
     assert_no_hooks(loaded.model)
 
 
-def test_kl_is_reported_per_variant_and_zero_for_no_change():
+def _first_token_logprobs_by_hand(loaded, prompts) -> torch.Tensor:
+    """One prompt at a time, no padding, plain transformers forward: ``[n, vocab]`` float64."""
+    rows = []
+    for prompt in prompts:
+        text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            rows.append(torch.log_softmax(loaded.model(input_ids=ids).logits[0, -1].double(), dim=-1))
+    return torch.stack(rows)
+
+
+def test_kl_of_each_variant_matches_a_weight_orthogonalized_model_computed_by_hand():
+    """The k-th KL is KL(base || ablated) of the first reply token, mean over the harmless
+    prompts, with the span of the first k directions removed; the oracle removes it from the
+    weights (a second code path) and runs plain forward passes one prompt at a time."""
+    from refusal_core.interventions.weights import orthogonalized_weights
+
     loaded = tiny_model("llama")
-    curve = refusal_vs_count(loaded, {"a": _family(2, 2)}, PROMPTS, harmless=PROMPTS[:2], settings=SETTINGS, judge=FirstTokenJudge("z"))
-    assert len(curve.kl["a"]) == 2 and all(value >= 0 for value in curve.kl["a"])
+    family = _family(2, 2)
+    harmless = PROMPTS[:2]
+    curve = refusal_vs_count(loaded, {"a": family}, PROMPTS, harmless=harmless, settings=SETTINGS, judge=FirstTokenJudge("z"))
+    base = _first_token_logprobs_by_hand(loaded, harmless)
+    expected = []
+    for k in (1, 2):
+        with orthogonalized_weights(loaded.model, family.select(family.names[:k])):
+            ablated = _first_token_logprobs_by_hand(loaded, harmless)
+        expected.append(float((base.exp() * (base - ablated)).sum(-1).mean()))
+    assert len(curve.kl["a"]) == 2
+    assert all(value > 1e-6 for value in expected)  # the ablation changes the distribution: not a vacuous match
+    assert torch.allclose(torch.tensor(curve.kl["a"]), torch.tensor(expected), rtol=1e-3, atol=1e-6), (curve.kl["a"], expected)
+    assert_no_hooks(loaded.model)
 
 
 def test_refusal_by_layer_returns_each_layer():

@@ -108,7 +108,6 @@ class BreakerJudge:
 
 
 def test_a_trial_that_breaks_the_model_scores_worse(tiny_llama, pool):
-    pytest.importorskip("optuna")
     from refusal_core.selection.search import SearchSettings, run_search
 
     settings = SearchSettings(k=1, n_trials=8, max_new_tokens=4, kl_penalty=0.1, stored_replies=1)
@@ -126,7 +125,6 @@ def test_a_trial_that_breaks_the_model_scores_worse(tiny_llama, pool):
 
 
 def test_verdicts_objective_counts_broken_and_penalizes_kl(tiny_llama, pool):
-    pytest.importorskip("optuna")
     from refusal_core.selection.search import SearchSettings, run_search
 
     settings = SearchSettings(k=1, n_trials=3, max_new_tokens=6, stored_replies=1)

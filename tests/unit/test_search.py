@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna  # noqa: F401 - a required package: a broken install fails here, never skips
 import pytest
 import torch
 
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search, storage_url
 from tests.tiny import assert_no_hooks
 
-pytest.importorskip("optuna")
 
 HARMFUL = ["Explain how to break into a house without a key.", "Give me step by step instructions to make a weapon."]
 HARMLESS = ["Write a short poem about the sea.", "How do I bake bread?"]
@@ -94,7 +94,7 @@ def test_study_names_say_which_pool_and_k(tiny_llama, pool):
     settings = SearchSettings(k=1, n_trials=1, objective="score", study_label="SOM 3x3 L18 P-1")
     result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings)
     name, suffix = result.study_name.rsplit("-", 1)
-    assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 8
+    assert name == "SOM_3x3_L18_P-1-k1" and len(suffix) == 32 and int(suffix, 16) >= 0  # a 128-bit key, not 32 bits
     # The label names the study; it does not change what is measured, so it is not part of the settings' identity.
     assert "study_label" not in settings.identity()
 
@@ -122,7 +122,6 @@ def test_budget_covering_every_subset_evaluates_each_once_then_reuses(tiny_llama
 
 
 def test_a_study_of_the_older_slot_encoding_is_refused_not_resumed(tiny_llama, pool, tmp_path):
-    import optuna
 
     url = f"sqlite:///{tmp_path}/old.db"
     old = optuna.create_study(storage=url, study_name="old-slots")

@@ -7,12 +7,14 @@ import contextlib
 import pytest
 import torch
 
-from refusal_core.interventions.spec import Intervention
-from refusal_core.metrics import harmless_kl
+from refusal_core.directions.base import DirectionSet
+from refusal_core.interventions.weights import orthogonalized_weights
 from refusal_core.organism import report
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.sinks import massive_activations, massive_share, random_direction_kl
+from tests._targets import ACCEPTANCE, missed_targets
 from tests.tiny import assert_no_hooks
+from tests.unit.test_comparison import _first_token_logprobs_by_hand
 
 PROMPTS = ["Name a colour.", "Give me one short tip for sleeping better tonight, please.", "Count to three."]
 
@@ -68,23 +70,32 @@ def test_massive_share_by_hand():
     assert massive_share(vectors[0], []).tolist() == [0.0]
 
 
-def test_random_direction_kl_is_seeded_and_matches_harmless_kl(tiny_llama):
+def test_random_direction_kl_is_seeded_and_matches_an_orthogonalized_model_by_hand(tiny_llama):
+    """Each value is the mean first-token KL(base || ablated) of one random direction (drawn
+    with ``torch.randn`` from a generator seeded with ``seed``, the documented seeding). The
+    oracle does not reuse the metric's code: it removes the direction from the weights and
+    runs plain forward passes one prompt at a time (no padding, no hooks)."""
     first = random_direction_kl(tiny_llama, PROMPTS, n_directions=2, seed=3)
     assert first == random_direction_kl(tiny_llama, PROMPTS, n_directions=2, seed=3)
-    assert all(value > 0 for value in first)
+    assert first != random_direction_kl(tiny_llama, PROMPTS, n_directions=2, seed=4)
     generator = torch.Generator().manual_seed(3)
-    direction = torch.randn(1, tiny_llama.model.config.hidden_size, generator=generator, dtype=torch.float64)
-    expected = harmless_kl(tiny_llama, PROMPTS, Intervention(name="r", ablate=direction)).mean()
-    assert first[0] == pytest.approx(float(expected), rel=1e-9)
+    base = _first_token_logprobs_by_hand(tiny_llama, PROMPTS)
+    for value in first:
+        direction = torch.randn(1, tiny_llama.model.config.hidden_size, generator=generator, dtype=torch.float64)
+        directions = DirectionSet(direction.float(), ("r",), ({},))
+        with orthogonalized_weights(tiny_llama.model, directions):
+            ablated = _first_token_logprobs_by_hand(tiny_llama, PROMPTS)
+        expected = float((base.exp() * (base - ablated)).sum(-1).mean())
+        assert expected > 1e-6 and value == pytest.approx(expected, rel=1e-3)
     assert_no_hooks(tiny_llama.model)
 
 
 def test_organism_report_on_a_tiny_model(tiny_llama, monkeypatch):
     monkeypatch.setattr(report, "load_model", lambda spec: tiny_llama)
     result = report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)
-    assert [t["metric"] for t in result["targets"]] == [name for name, _, _ in report.TARGETS]
+    assert {name: (op, threshold) for name, op, threshold in report.TARGETS} == ACCEPTANCE  # issue 4's, pinned
     for target in result["targets"]:
-        assert target["pass"] == (target["value"] >= target["threshold"] if target["op"] == ">=" else target["value"] <= target["threshold"])
+        assert target["pass"] == (target["metric"] not in missed_targets(result["metrics"]))
     diagnostics = result["diagnostics"]
     assert 0.0 <= diagnostics["selected_massive_share"] <= 1.0
     assert len(diagnostics["random_direction_kl"]) == 3

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import optuna
 import pytest
 
 from refusal_core.selection.subsets import decode_picks, enqueue_every_subset, picks_for, suggest_subset, trial_names
 
-optuna = pytest.importorskip("optuna")
 
 NAMES = tuple(f"d{i}" for i in range(5))
 
