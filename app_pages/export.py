@@ -113,9 +113,15 @@ def imports() -> None:
 
 
 def _model_files():
-    """The loaded model's safetensors files, or None (then a folder export edits the model in memory)."""
+    """The loaded model's safetensors files, when every residual writer maps to a tensor in them;
+    else None (a folder export then edits the model in memory)."""
+    from refusal_core.exports.folder import plan_export
+
     try:
-        return find_model_files(loaded.source)
+        files = find_model_files(loaded.source)
+        if files is not None:
+            plan_export(files)
+        return files
     except UserError as err:
         st.warning(f"The model's files cannot be streamed ({err}); a folder export will edit the model in memory.")
         return None

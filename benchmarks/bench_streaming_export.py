@@ -14,7 +14,7 @@ It prints, from one run: the time ratio streaming / in-memory (medians), each pe
 ratio to the weights' bytes on disk, the largest absolute difference between the two
 exports' tensors (read one tensor at a time), and the worst ``|h.d|/|h|`` of the streamed
 export reloaded in plain transformers in float64 (every layer's output, 2 x 16 random tokens).
-Goals (issue 25): peak <= 0.35x the weights, time <= 1.2x the in-memory export, |h.d|/|h| <= 1e-4.
+Goals: peak <= 0.35x the weights, time <= 1.2x the in-memory export, |h.d|/|h| <= 1e-4.
 
 Run from the repository root: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_streaming_export.py``
 (about 9 minutes on the shared 2-core machine, plus 1 minute to build the model the first time;

@@ -1,4 +1,4 @@
-"""Generate the replies of the judges' labelled set (issue 27): many interventions, no verdicts.
+"""Generate the replies of the judges' labelled set: many interventions, no verdicts.
 
 Replies of the organism and the bundled base model to the project's own *train* and *val*
 prompts (never *test*), 64 greedy new tokens, under interventions of many strengths: the

@@ -1,4 +1,4 @@
-"""The organism's acceptance targets (issue 4), written down here and not read from
+"""The organism's acceptance targets, written down here and not read from
 refusal_core/organism/report.py: loosening the code's TARGETS must make the tests fail."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _format_settings(fmt, args):
 
 def _streamed(args) -> str | None:
     """Stream the full-folder export from the model's files; None when there are none to stream."""
-    from refusal_core.exports.files import files_for_spec
+    from refusal_core.exports.files import WeightFilesError, files_for_spec
     from refusal_core.exports.folder import plan_export
     from refusal_core.exports.folder_format import stream_folder
     from refusal_core.interventions.export import default_export_dir
@@ -43,7 +43,11 @@ def _streamed(args) -> str | None:
     files = files_for_spec(args.model)
     if files is None:
         return None
-    plan = plan_export(files, trust_remote_code=args.trust_remote_code)
+    try:
+        plan = plan_export(files, trust_remote_code=args.trust_remote_code)
+    except WeightFilesError as err:  # names on disk the streaming export cannot map: edit the loaded model instead
+        print(f"note: the model's files cannot be streamed ({err}); exporting from memory instead.", file=sys.stderr)
+        return None
     directions = load_directions(args.ablate, plan.d_model)
     command = " ".join(["python", "-m", "refusal_core", *getattr(args, "argv", sys.argv[1:])])
     out = stream_folder(

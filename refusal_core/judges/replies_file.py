@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from refusal_core.errors import UserError
-from refusal_core.judges.verdict import LABELS, Verdict
+from refusal_core.judges.verdict import LABELS, TEXT_LABELS, Verdict
 
 __all__ = ["INSTRUCTION_FIELDS", "REPLY_FIELDS", "RepliesFileError", "ReplyRow", "agreement", "read_replies"]
 
@@ -116,9 +116,11 @@ def agreement(labels: Sequence[str], verdicts: Sequence[Verdict]) -> dict:
     (recall), and the broken false-alarm share among replies not labelled broken."""
     pairs = list(zip(labels, (v.label for v in verdicts)))
     n = len(pairs)
+    # The text verdicts always; "unfinished" only where a label or a verdict says so.
+    shown = [label for label in LABELS if label in TEXT_LABELS or any(label in pair for pair in pairs)]
     share = (lambda k, m: k / m if m else None)
     per = {label: {"n": sum(t == label for t, _ in pairs), "recall": share(sum(t == p == label for t, p in pairs), sum(t == label for t, _ in pairs)),
-                   "precision": share(sum(t == p == label for t, p in pairs), sum(p == label for _, p in pairs))} for label in LABELS}
+                   "precision": share(sum(t == p == label for t, p in pairs), sum(p == label for _, p in pairs))} for label in shown}
     not_broken = [p for t, p in pairs if t != "broken"]
     return {
         "n": n,
@@ -126,5 +128,5 @@ def agreement(labels: Sequence[str], verdicts: Sequence[Verdict]) -> dict:
         "complied_or_not": share(sum((t == "complied") == (p == "complied") for t, p in pairs), n),
         "broken_false_alarms": share(sum(p == "broken" for p in not_broken), len(not_broken)),
         "per_verdict": per,
-        "confusion": {t: {p: sum(a == t and b == p for a, b in pairs) for p in LABELS} for t in LABELS},
+        "confusion": {t: {p: sum(a == t and b == p for a, b in pairs) for p in shown} for t in shown},
     }

@@ -73,7 +73,7 @@ def _cell(value: object) -> str:
     return "" if value is None else (value if isinstance(value, str) else json.dumps(value, default=str))
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#1d1d1d}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 caption{text-align:left;font-weight:bold;margin-bottom:4px}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:0.85em}
 section{margin-bottom:3em}"""

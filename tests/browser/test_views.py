@@ -56,7 +56,7 @@ def test_the_report_opens_offline_and_draws_every_chart(page: Page, tmp_path):
 
 
 def test_each_new_control_once(page: Page, tmp_path):
-    with streamlit_server({"REFUSAL_ATLAS_TEST_MODEL": "tiny"}, tmp_path / "server.log") as url:
+    with streamlit_server(log_path=tmp_path / "server.log", stand_ins=["--tiny", "--no-umap-warm-up"]) as url:
         ui.open_app(page, url, "Start")
         ui.set_number(page, "Max prompts per set", 8)
         ui.go(page, "Data & activations")

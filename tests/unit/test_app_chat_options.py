@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing import v1 as streamlit_testing
 
-from refusal_core.model.loading import TEST_MODEL_ENV
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture(autouse=True)
 def tiny_app(monkeypatch):
-    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

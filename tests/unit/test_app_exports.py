@@ -17,7 +17,8 @@ from refusal_core.model.loading import load_model
 from tests.unit.test_app import _assert_ok, _with_activations, _workspace, tiny_app  # noqa: F401 (fixture)
 
 
-def test_export_page_lists_every_format_with_a_size_and_writes_an_adapter(tmp_path, one_thread):
+def test_export_page_lists_every_format_with_a_size_and_writes_an_adapter(tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("REFUSAL_ATLAS_EXPORT_ROOT", str(tmp_path))  # dashboard exports go under the export root
     at = _with_activations()
     at.switch_page("app_pages/export.py").run()
     _assert_ok(at)

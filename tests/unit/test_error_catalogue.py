@@ -111,7 +111,7 @@ CLI_CASES = [
                               "--out", "{tmp}/sel.json"], "directions dim"),
     ("optimize zero steps", ["directions", "optimize", "--model", "{model}", "--init", "{good}:d0", "--steps", "0",
                              "--limit", "2", "--out", "{tmp}/o"], "steps=0"),
-    # issue 28: inputs that were a traceback or a misleading message
+    # Inputs that were a traceback or a misleading message before they were caught
     ("one 5 MB line", _acts("--harmful", "{one_line}"), "one_line.txt"),
     ("negative kl-limit", _generate("--kl-limit", "-1"), "--kl-limit"),
     ("coeff nan", _generate("--actadd", "{good}:d0", "--coeff", "nan"), "--coeff nan"),
@@ -142,7 +142,7 @@ CLI_FIXES = {
     "missing model folder": "give a folder holding a Hugging Face model",
     "unknown bundled model": "use bundled:refusal-organism",
     "unknown dtype": "use one of auto, float32",
-    "unknown model family": "register_family('gpt_neox'",
+    "unknown model family": "register it with refusal_core.model.families.register_family(",
     "layer out of range": "layers 0..2; choose one of them",
     "negative layer": "layers 0..2; choose one of them",
     "position not recorded": "use one of the recorded positions",

@@ -13,6 +13,7 @@ from refusal_core.interventions.export import export_orthogonalized
 from refusal_core.interventions.export_target import ExportError, confined_export_dir, export_root
 from tests.tiny import tiny_model
 from tests.unit.test_export import two_directions
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 
 def _umask() -> int:
@@ -73,18 +74,19 @@ def test_every_exported_file_has_the_ordinary_mode(tmp_path):
 def test_the_export_page_refuses_a_folder_outside_the_root(monkeypatch, tmp_path):
     from tests.unit import test_app
 
-    monkeypatch.setenv(test_app.TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("REFUSAL_ATLAS_EXPORT_ROOT", str(tmp_path / "exports"))
     monkeypatch.chdir(tmp_path)
     at = test_app._with_activations()
     at.switch_page("app_pages/export.py").run()
-    at.text_input(key="export_model_dir").set_value("~/somewhere").run()
+    at.text_input(key="export_model_dir_folder").set_value("~/somewhere").run()
     at.button(key="export_model_run").click().run()
     assert not at.exception
     assert any("outside the export folder" in e.value and str(tmp_path / "exports") in e.value for e in at.error)
     assert not (tmp_path / "~").exists() and not (tmp_path / "exports").exists()  # no folder named "~", nothing written
-    at.text_input(key="export_model_dir").set_value("mine").run()
+    at.text_input(key="export_model_dir_folder").set_value("mine").run()
     at.button(key="export_model_run").click().run()
     assert not at.exception and not at.error
     assert (tmp_path / "exports" / "mine" / "directions.json").is_file()

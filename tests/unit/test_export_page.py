@@ -20,6 +20,7 @@ def test_export_page_streams_while_another_session_holds_the_model(tmp_path, mon
     import app_pages._state as state
 
     use_tiny_models(monkeypatch)
+    monkeypatch.setenv("REFUSAL_ATLAS_EXPORT_ROOT", str(tmp_path))  # exports go under the export root
     no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = tmp_path / "model"

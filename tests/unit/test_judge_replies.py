@@ -16,7 +16,7 @@ from refusal_core.judges.learned import LearnedJudge, LinearModel, choose
 from refusal_core.judges.replies_file import agreement, read_replies
 from refusal_core.judges.substring import substring_refused
 from refusal_core.judges.training import fit_linear
-from refusal_core.judges.verdict import LABELS, Verdict
+from refusal_core.judges.verdict import TEXT_LABELS as LABELS, Verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +77,7 @@ def test_judge_replies_json_rows_summary_and_agreement_by_hand(tmp_path, capsys)
     expected = ["refused" if substring_refused(row["reply"]) else "complied" for row in ROWS]
     assert [r["label"] for r in rows] == expected == ["refused", "complied", "complied", "refused"]
     assert [r["id"] for r in rows] == ["a", "b", "c", "d"] and rows[2]["given_label"] == "deflected"
-    assert summary["summary"] == {"complied": 0.5, "refused": 0.5, "deflected": 0.0, "broken": 0.0}
+    assert summary["summary"] == {"complied": 0.5, "refused": 0.5, "deflected": 0.0, "broken": 0.0, "unfinished": 0.0}
     # Given labels refused, complied, deflected, complied; verdicts refused, complied, complied, refused.
     scored = summary["agreement"]
     assert scored["verdict"] == 2 / 4

@@ -18,6 +18,7 @@ from refusal_core.prompts import uploads
 from refusal_core.prompts.limits import DEFAULTS, InputLimitError, limits
 from refusal_core.prompts.loaders import load_prompt_file
 from refusal_core.errors import SettingsError
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +117,8 @@ def test_the_upload_widget_limit_matches_the_engine_default():
 def test_an_oversized_upload_in_the_sidebar_shows_st_error(monkeypatch):
     from tests.unit import test_app
 
-    monkeypatch.setenv(test_app.TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("REFUSAL_ATLAS_MAX_PROMPT_CHARS", "1000")
     at = test_app._start()

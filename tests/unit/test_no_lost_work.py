@@ -15,6 +15,7 @@ from refusal_core.activations import cache
 from refusal_core.activations.extract import extract_activations
 from refusal_core.cli import main
 from refusal_core.paths import cache_dir
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 PROMPTS = ["Write a poem about the sea.", "How do I bake bread?"]
 
@@ -45,7 +46,8 @@ def test_the_cli_prints_the_warning_and_exits_0(tiny_llama, tmp_path, monkeypatc
 def test_the_data_page_shows_the_result_and_a_warning_when_the_cache_is_read_only(monkeypatch):
     from tests.unit import test_app
 
-    monkeypatch.setenv(test_app.TEST_MODEL_ENV, "tiny")
+    use_tiny_models(monkeypatch)
+    no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(cache, "save_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "cache")))
     at = test_app._start()

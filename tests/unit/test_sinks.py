@@ -93,7 +93,7 @@ def test_random_direction_kl_is_seeded_and_matches_an_orthogonalized_model_by_ha
 def test_organism_report_on_a_tiny_model(tiny_llama, monkeypatch):
     monkeypatch.setattr(report, "load_model", lambda spec: tiny_llama)
     result = report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)
-    assert {name: (op, threshold) for name, op, threshold in report.TARGETS} == ACCEPTANCE  # issue 4's, pinned
+    assert {name: (op, threshold) for name, op, threshold in report.TARGETS} == ACCEPTANCE  # the targets, pinned
     for target in result["targets"]:
         assert target["pass"] == (target["metric"] not in missed_targets(result["metrics"]))
     diagnostics = result["diagnostics"]
