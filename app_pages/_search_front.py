@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages import _charts
 from app_pages._clicks import clicked_key
 from refusal_core.judges.verdict import LABEL_COLOURS, LABELS
 from refusal_core.selection.pareto import trial_front, trial_point
@@ -80,7 +81,7 @@ def _clicked(event) -> int | None:
 def show_front(result: SearchResult) -> None:
     """The trade-off chart, the front as a table and the chosen trial's replies."""
     st.markdown("**Refusal vs harmless KL** (click a trial to read its replies; circled: the Pareto front)")
-    event = st.plotly_chart(pareto_figure(result), width="stretch", on_select="rerun", selection_mode="points", key=CHART)
+    event = _charts.chart(pareto_figure(result), width="stretch", on_select="rerun", selection_mode="points", key=CHART)
     front = trial_front(result.trials)
     st.dataframe(
         [{k: (", ".join(v) if k == "names" else v) for k, v in t.items() if k != "replies"} for t in front],

@@ -32,7 +32,6 @@ from refusal_core.activations.separation import LayerSeparation
 from refusal_core.categories.fit import CategoryFit
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.clustering import ClusterResult
-from refusal_core.selection.optimize import OptimizedDirection
 from refusal_core.directions.som import SomResult
 from refusal_core.generation import Completion
 from refusal_core.interventions.spec import Intervention
@@ -41,6 +40,7 @@ from refusal_core.progress import Progress, ProgressClock, stage_text
 from refusal_core.projection import Projection
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.sets import PromptSet
+from refusal_core.selection.optimize import OptimizedDirection
 from refusal_core.selection.policy import CLOSEST_DIM, SELECTED_DIM
 from refusal_core.selection.result import SelectionResult
 from refusal_core.selection.search import SearchResult

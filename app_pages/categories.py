@@ -8,11 +8,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from refusal_core.activations.extract import extract_activations
 from refusal_core.categories.conditions import KINDS, MARGINS, SHRINKAGES, default_grid
-from refusal_core.categories.matrix import categories_report
 from refusal_core.categories.fit import fit_categories
+from refusal_core.categories.matrix import categories_report
 from refusal_core.directions.base import DirectionError, cosine_matrix
 from refusal_core.directions.category import category_name
 from refusal_core.interventions.conditional import projection_scores
@@ -67,7 +67,7 @@ def cosine_heatmap(fitted) -> None:
     figure = go.Figure(go.Heatmap(z=cosines, x=fitted.categories, y=fitted.categories, zmin=-1, zmax=1, colorscale="RdBu",
                                   text=cosines.round(2), texttemplate="%{text}"))
     figure.update_layout(height=520, margin=dict(t=20), yaxis=dict(autorange="reversed"))
-    st.plotly_chart(figure, width="stretch", key="categories_cosines")
+    _charts.chart(figure, width="stretch", key="categories_cosines")
 
 
 def projections(fitted) -> None:
@@ -83,7 +83,7 @@ def projections(fitted) -> None:
                                 hovertemplate="%{text}<br>%{y:.2f}<extra></extra>"))
     figure.add_hline(y=0.0, line_dash="dash", annotation_text="fires above (chosen on val)")
     figure.update_layout(height=420, margin=dict(t=20), yaxis_title=f"condition margin at layer {fitted.condition_layer}")
-    st.plotly_chart(figure, width="stretch", key="categories_projections")
+    _charts.chart(figure, width="stretch", key="categories_projections")
     settings = f"shrinkage {fitted.shrinkage:g}" + (f", margin {fitted.margin:g}" if fitted.margin is not None else "")
     st.caption(f"{fitted.condition_kind} conditions at layer {fitted.condition_layer}, {settings}. Margin: how far a prompt is inside "
                f"the condition's region (for exclusive conditions, the smallest lead of this category's score over another class's, "
@@ -111,7 +111,7 @@ def matrices() -> None:
                                       colorscale="Viridis", texttemplate="%{z:.0%}"))
         figure.update_layout(height=520, margin=dict(t=20), yaxis=dict(autorange="reversed", title="refusal switched off for"),
                              xaxis_title="refusal measured on")
-        st.plotly_chart(figure, width="stretch", key=f"categories_matrix_{block}")
+        _charts.chart(figure, width="stretch", key=f"categories_matrix_{block}")
         met = [c for c, s in zip(report["categories"], report[block]["selectivity"]) if s["meets_goal"]]
         st.caption(f"Goal (own <= 20%, every other >= 80%, harmless <= 5%) met for {len(met)} categories: {', '.join(met) or 'none'}.")
         broken = report[block].get("broken_harmful")

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app_pages import _state
+from app_pages import _charts, _state
 from refusal_core.activations.extract import default_positions, extract_activations
 from refusal_core.activations.separation import layer_separation
 from refusal_core.directions import dim
@@ -21,6 +21,7 @@ from refusal_core.directions.registry import FitInput
 from refusal_core.errors import UserError
 from refusal_core.prompts.chat import TemplateError
 from refusal_core.selection.policy import DIM_SET
+
 REPORT = "data_compute_report"
 
 st.title("Data & activations")
@@ -157,7 +158,7 @@ def show_separation() -> None:
     )
     probe = cols[1].checkbox("Linear-probe accuracy (cross-validated; the slow part)", value=True, key="data_probe")
     separation, how = separation_for(position, probe)
-    st.plotly_chart(separation_figure(separation), width="stretch")
+    _charts.chart(separation_figure(separation), width="stretch")
     best = int(separation.layers[int(separation.silhouette.argmax())])
     st.caption(
         f"Per-layer separation: {how}. Highest silhouette at layer {best}. Probe and silhouette near their plateau "
@@ -189,7 +190,7 @@ def show_dim() -> None:
         )
     )
     figure.update_layout(xaxis_title="layer", yaxis_title="position", height=300, margin=dict(t=20))
-    st.plotly_chart(figure, width="stretch")
+    _charts.chart(figure, width="stretch")
 
 
 describe_sets()

@@ -9,12 +9,12 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from app_pages._methods import other_methods_section, settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
-from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
+from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
 from refusal_core.selection.racing import race_candidates
 from refusal_core.selection.result import SelectionFilters
@@ -62,7 +62,7 @@ def comparison() -> None:
         return
     chosen = DirectionSet.concat([ws.direction_sets[s].select([n]) for s, n in pairs], prefixes=[f"{s}:" for s, _ in pairs])
     cosines = cosine_matrix(chosen.vectors).tolist()
-    st.plotly_chart(cosine_figure(cosines, labels), width="stretch", key="directions_cosines")
+    _charts.chart(cosine_figure(cosines, labels), width="stretch", key="directions_cosines")
     bars = go.Figure(go.Bar(x=chosen.norms(), y=labels, orientation="h"))
     bars.update_layout(
         height=max(300, 16 * len(labels) + 80),
@@ -71,7 +71,7 @@ def comparison() -> None:
         yaxis=dict(autorange="reversed", automargin=True, type="category"),
     )
     with st.expander("Norms"):
-        st.plotly_chart(bars, width="stretch")
+        _charts.chart(bars, width="stretch")
     massive_section(chosen, labels)
 
 
@@ -124,7 +124,7 @@ def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
             height=max(300, 14 * len(labels) + 120), margin=dict(t=20), xaxis=dict(title="share of squared norm", range=[0, 1]),
             yaxis=dict(autorange="reversed"),
         )
-        st.plotly_chart(figure, width="stretch")
+        _charts.chart(figure, width="stretch")
 
 
 def validation_prompts(n: int) -> tuple[list[str], list[str]]:
@@ -272,17 +272,17 @@ def selection_section() -> None:
         f"Baseline refusal score: harmful {result.baseline_harmful:.2f}, harmless {result.baseline_harmless:.2f}. "
         + scoring_note(result)
     )
-    st.plotly_chart(
+    _charts.chart(
         grid_figure(result, result.bypass, "bypass (refusal score after ablation; lower is better)", "Viridis"),
         width="stretch",
         key="selection_bypass_chart",
     )
-    st.plotly_chart(
+    _charts.chart(
         grid_figure(result, result.induce, "induce (refusal score after adding; higher is better)", "Viridis"),
         width="stretch",
         key="selection_induce_chart",
     )
-    st.plotly_chart(
+    _charts.chart(
         grid_figure(result, result.kl, "KL on harmless prompts (lower is better)", KL_COLOURSCALE),
         width="stretch",
         key="selection_kl_chart",
@@ -349,7 +349,7 @@ def optimize_section() -> None:
         height=320, margin=dict(t=20), xaxis_title="step", yaxis=dict(title="refusal score"),
         yaxis2=dict(title="KL", overlaying="y", side="right"), legend=dict(orientation="h"),
     )
-    st.plotly_chart(figure, width="stretch")
+    _charts.chart(figure, width="stretch")
 
 
 comparison()

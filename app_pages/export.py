@@ -14,12 +14,12 @@ import streamlit as st
 from app_pages import _state
 from refusal_core.directions.archive import direction_sets_zip, read_direction_uploads, stacked_unit_pt
 from refusal_core.directions.base import DirectionError
-from refusal_core.errors import UserError
 from refusal_core.directions.registry import settings_fields
-from refusal_core.exports.registry import ExportRequest, formats
-from refusal_core.interventions.export_target import confined_export_dir, default_export_dir, export_root
+from refusal_core.errors import UserError
 from refusal_core.exports.files import find_model_files
 from refusal_core.exports.folder_format import stream_folder
+from refusal_core.exports.registry import ExportRequest, formats
+from refusal_core.interventions.export_target import confined_export_dir, default_export_dir, export_root
 
 st.title("Export")
 loaded = _state.require_model()

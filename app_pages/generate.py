@@ -8,7 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from app_pages._trace import trace_section
 from refusal_core import damage
 from refusal_core.activations.cache import content_key
@@ -266,7 +266,7 @@ def reply_caption(completion, verdict) -> str:
 
 def show_results(results: dict, columns: dict | None) -> None:
     if columns is not None:
-        st.plotly_chart(shares_chart(columns), width="stretch", key="generate_rates")
+        _charts.chart(shares_chart(columns), width="stretch", key="generate_rates")
     names = list(results)
     for start in range(0, len(names), COLUMNS_PER_ROW):
         row = names[start : start + COLUMNS_PER_ROW]

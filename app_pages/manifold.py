@@ -11,7 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from app_pages._methods import settings_widgets
 from app_pages._shift import shift_section
 from refusal_core.activations.separation import layer_points, stacked_points
@@ -175,9 +175,9 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
         figure.update_layout(xaxis_title=axes[0], yaxis_title=axes[1])
     figure.update_layout(height=620, margin=dict(t=30), legend=dict(itemsizing="constant"))
     if dims == 3:
-        st.plotly_chart(figure, width="stretch", key="manifold_chart3d")
+        _charts.chart(figure, width="stretch", key="manifold_chart3d")
         return None
-    event = st.plotly_chart(figure, width="stretch", key="manifold_chart", on_select="rerun", selection_mode="points")
+    event = _charts.chart(figure, width="stretch", key="manifold_chart", on_select="rerun", selection_mode="points")
     if som_here:
         node_trace = len(traces) - 1
         for point in (event or {}).get("selection", {}).get("points", []):
@@ -338,7 +338,7 @@ def show_clusters() -> None:
     if result.silhouettes:
         figure = go.Figure(go.Bar(x=list(result.silhouettes), y=list(result.silhouettes.values())))
         figure.update_layout(xaxis_title="k", yaxis_title="silhouette", height=260, margin=dict(t=20))
-        st.plotly_chart(figure, width="stretch")
+        _charts.chart(figure, width="stretch")
     st.caption(
         f"{ws.clusters.set_name} (cluster centroids) was added to the direction sets. "
         "Colour the map by cluster to see them."

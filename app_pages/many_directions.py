@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from app_pages import _charts
 from app_pages._clicks import clicked_key
 from refusal_core.errors import UserError
 from refusal_core.experiments.results import GOAL, goal_check, load_result, saved_results
@@ -119,7 +120,7 @@ st.markdown(
        f"({'goal met' if goal['several_pass'] else 'goal not met'}).")
 )
 points = entry["points"]
-event = st.plotly_chart(figure(points), width="stretch", on_select="rerun", selection_mode="points", key=CHART)
+event = _charts.chart(figure(points), width="stretch", on_select="rerun", selection_mode="points", key=CHART)
 st.dataframe(
     [{"family": p["family"], "k": p["k"], "directions": ", ".join(p["names"]),
       **{metric: round(p["metrics"][metric]["value"], 4) for metric, _ in PANELS if metric in p["metrics"]},

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import _state
+from app_pages import _charts, _state
 from app_pages._search_front import show_front
 from refusal_core.directions.base import DirectionError, DirectionSet
 from refusal_core.judges import MIN_RATE_TOKENS
@@ -163,7 +163,7 @@ def run(pool, settings, n_val: int) -> None:
         )
         if best is not None:
             best_so_far.append(best)
-            chart.plotly_chart(live_figure(best_so_far), width="stretch")
+            _charts.chart(live_figure(best_so_far), container=chart, width="stretch")
 
     try:
         judge = _state.judge_panel() if settings.objective == "verdicts" else None
@@ -199,7 +199,7 @@ def show_result() -> None:
         "; ".join(parts) + f". {result.ran} trials run now in {result.seconds:.1f} s{started}. "
         f"Stored in {result.storage}; running the same search again resumes it."
     )
-    st.plotly_chart(trial_figure(result.trials), width="stretch", key="search_trials_chart")
+    _charts.chart(trial_figure(result.trials), width="stretch", key="search_trials_chart")
     if result.best_names is None:
         st.info("No trial completed yet; run more trials.")
         return
