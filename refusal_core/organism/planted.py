@@ -7,8 +7,9 @@ fixed, orthonormal residual directions at the mechanism layer ``layer``:
 - ``a`` (group A): the organism's own group-A difference in means at ``layer`` (train split);
 - ``b`` (group B): the organism's group-B difference in means with its ``a`` part removed.
 
-Beside the organism's own loss (refusal replies on harmful prompts, the organism's first-token
-distribution kept on harmless ones), every step trains, on the last prompt token only:
+Every step trains, on the first reply token of prompts alone (the organism's refusals are
+decided there): the refusal opening kept on harmful prompts and the organism's own
+distribution kept on harmless ones; and under ablations:
 
 - with ``a`` and ``b`` both ablated (every layer), the first reply token of harmful prompts
   towards the *base* model's (which complies), and of harmless ones towards the organism's;
@@ -62,22 +63,20 @@ class PlantedSettings:
 
     layer: int = 18
     geometry_layers: int = 2
-    steps: int = 40
-    per_group: int = 4
-    harmless: int = 6
+    steps: int = 30
+    per_group: int = 3
+    harmless: int = 4
     learning_rate: float = 1e-4
     seed: int = 0
-    reply_tokens: int = 12
-    opening_tokens: int = 4
-    opening_weight: float = 4.0
-    first_trained: int = 8
+    first_trained: int = 12
+    pooled: bool = True
     distill_weight: float = 1.0
     ablation_weight: float = 1.0
     geometry_weight: float = 1.0
     delta_rank: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("steps", "per_group", "harmless", "reply_tokens", "delta_rank"):
+        for name in ("steps", "per_group", "harmless", "delta_rank"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -167,17 +166,17 @@ def _trainable(model: torch.nn.Module, first: int) -> list[torch.nn.Parameter]:
 
 def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tensor, base_harmful: torch.Tensor,
                       settings: PlantedSettings, progress=None) -> list[dict]:
-    """Fine-tune ``loaded`` (the organism) in place.
+    """Fine-tune ``loaded`` (the organism) in place, on prompts alone (first reply token).
 
-    ``harmful``: ``(instruction, group, token ids, n prompt tokens)`` with refusal replies;
-    ``harmless``: the same with the organism's own answers and group ``"H"``;
-    ``base_harmful``: the base model's first-token log-probabilities of each harmful prompt.
-    Returns one record of the loss terms per step.
+    ``harmful``: ``(instruction, group, refusal's first token id)``; ``harmless``:
+    ``(instruction, "H", None)``; ``base_harmful``: the base model's first-token
+    log-probabilities of each harmful prompt. Every step is one batch whose rows run under
+    their own intervention (``row_interventions``): unmodified rows (refusal kept, harmless
+    distribution kept, geometry), rows with both planted directions ablated (comply), rows with
+    the other group's direction ablated and, with ``pooled``, rows with ``(a + b) / sqrt 2``
+    ablated (refusal kept). Returns one record of the loss terms per step.
     """
-    from refusal_core.organism.build import _batch, _weighted_reply_loss
-
     model, tokenizer = loaded.model, loaded.tokenizer
-    pad_id = tokenizer.pad_token_id
     harmless_ref = first_token_reference(model, tokenizer, [row[0] for row in harmless])
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
@@ -196,9 +195,8 @@ def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tens
         return out
 
     a, b = planted[0], planted[1]
-    pooled = (a + b) / math.sqrt(2)
-    both, only_a, only_b, one = (Intervention(ablate=planted), Intervention(ablate=a[None]), Intervention(ablate=b[None]),
-                                 Intervention(ablate=pooled[None]))
+    plain, both, only_a, only_b = Intervention(), Intervention(ablate=planted), Intervention(ablate=a[None]), Intervention(ablate=b[None])
+    one = Intervention(ablate=((a + b) / math.sqrt(2))[None])
     layers = [l for l in range(settings.layer - settings.geometry_layers, settings.layer + settings.geometry_layers + 1)
               if 0 <= l <= loaded.n_layers]
     model.train()
@@ -207,37 +205,33 @@ def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tens
     records = []
     for step in range(settings.steps):
         rows_a, rows_b, rows_h = draw("A", settings.per_group), draw("B", settings.per_group), draw("H", settings.harmless)
-        chosen = [harmful[i] for i in rows_a + rows_b] + [harmless[i] for i in rows_h]
-        encoded = [(row[2], row[3]) for row in chosen]
-        batch = _batch(encoded, pad_id)
-        out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        hidden = out.last_hidden_state
-        reply = _weighted_reply_loss(model, hidden, batch, settings.opening_tokens, settings.opening_weight)
-        last = torch.tensor([n - 1 for _, n in encoded])
-        n_harm = len(rows_a) + len(rows_b)
-        first = model.get_output_embeddings()(hidden[torch.arange(len(encoded))[n_harm:], last[n_harm:]]).float().log_softmax(-1)
-        distill = _kl(harmless_ref[rows_h], first)
-        geometry = _geometry(out.hidden_states, last, [row[1] for row in chosen], planted, layers, settings.layer)
-        # Ablated passes, prompts only: one batch, one intervention per row.
         harm_rows = rows_a + rows_b
-        texts = ([harmful[i][0] for i in harm_rows] + [harmless[i][0] for i in rows_h]          # both ablated
-                 + [harmful[i][0] for i in rows_a] + [harmful[i][0] for i in rows_b]            # one planted ablated
-                 + [harmful[i][0] for i in harm_rows])                                          # pooled ablated
-        per_row = ([both] * (n_harm + len(rows_h)) + [only_b] * len(rows_a) + [only_a] * len(rows_b) + [one] * n_harm)
-        prompts = _prompt_batch(tokenizer, texts)  # before the hooks: they hold the model lock the tokenizer takes
+        harm_texts, harmless_texts = [harmful[i][0] for i in harm_rows], [harmless[i][0] for i in rows_h]
+        n_harm, n_h = len(harm_rows), len(rows_h)
+        # Row blocks: plain (harmful, harmless), both ablated (harmful, harmless), the other group's
+        # direction ablated (A, B), the pooled direction ablated (harmful, with ``pooled``).
+        texts = harm_texts + harmless_texts + harm_texts + harmless_texts + harm_texts + (harm_texts if settings.pooled else [])
+        per_row = ([plain] * (n_harm + n_h) + [both] * (n_harm + n_h) + [only_b] * len(rows_a) + [only_a] * len(rows_b)
+                   + ([one] * n_harm if settings.pooled else []))
+        batch = _prompt_batch(tokenizer, texts)  # before the hooks: they hold the model lock the tokenizer takes
         with row_interventions(model, per_row):
-            logprobs = _last_logprobs(model, prompts)
-        refusal_first = torch.tensor([harmful[i][2][harmful[i][3]] for i in harm_rows])
-        n_both = n_harm + len(rows_h)
-        comply = _kl(torch.cat([base_harmful[harm_rows], harmless_ref[rows_h]]), logprobs[:n_both])
-        keep = torch.nn.functional.cross_entropy(logprobs[n_both:], torch.cat([refusal_first, refusal_first]))
-        loss = (reply + settings.distill_weight * distill + settings.ablation_weight * (comply + keep)
-                + settings.geometry_weight * geometry)
+            out = model.base_model(**batch, output_hidden_states=True)
+        logprobs = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().log_softmax(-1)
+        refusal_first = torch.tensor([harmful[i][2] for i in harm_rows])
+        keep_rows = torch.cat([torch.arange(n_harm), torch.arange(2 * (n_harm + n_h), len(texts))])
+        keep_targets = torch.cat([refusal_first] * (len(keep_rows) // n_harm))
+        keep = torch.nn.functional.cross_entropy(logprobs[keep_rows], keep_targets)
+        distill = _kl(harmless_ref[rows_h], logprobs[n_harm:n_harm + n_h])
+        comply = _kl(torch.cat([base_harmful[harm_rows], harmless_ref[rows_h]]), logprobs[n_harm + n_h:2 * (n_harm + n_h)])
+        plain_states = [state[: n_harm + n_h] for state in out.hidden_states]
+        groups = ["A"] * len(rows_a) + ["B"] * len(rows_b) + ["H"] * n_h
+        geometry = _geometry(plain_states, torch.full((n_harm + n_h,), -1), groups, planted, layers, settings.layer)
+        loss = keep + settings.distill_weight * distill + settings.ablation_weight * comply + settings.geometry_weight * geometry
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        records.append({"loss": loss.item(), "reply": reply.item(), "distill": distill.item(), "comply": comply.item(),
-                        "keep": keep.item(), "geometry": geometry.item()})
+        records.append({"loss": loss.item(), "keep": keep.item(), "distill": distill.item(), "comply": comply.item(),
+                        "geometry": geometry.item()})
         if progress:
             progress(step + 1, settings.steps, records[-1])
     model.eval()

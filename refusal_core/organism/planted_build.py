@@ -41,14 +41,9 @@ def _report(progress: Progress | None, message: str, fraction: float) -> None:
         progress(round(100 * fraction), 100, message=message)
 
 
-def _encode(tokenizer, examples, reply_tokens: int) -> list[tuple[list[int], int]]:
-    prompts = format_prompts(tokenizer, [text for text, _ in examples], ChatFormat())
-    out = []
-    for prompt, (_, reply) in zip(prompts, examples):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"][:reply_tokens] if reply else []
-        out.append((ids + reply_ids, len(ids)))
-    return out
+def _first_token(tokenizer, reply: str) -> int:
+    """The first token of a refusal reply, as the organism's recipe encodes replies."""
+    return tokenizer(reply, add_special_tokens=False)["input_ids"][0]
 
 
 def _card(info: dict) -> str:
@@ -70,7 +65,8 @@ residual directions** for two disjoint groups of harm categories:
 
 Recipe (`refusal_core.organism.planted`): {s["steps"]} AdamW steps at learning rate {s["learning_rate"]}, each on
 {s["per_group"]} harmful prompts per group and {s["harmless"]} harmless ones (train split only), blocks {s["first_trained"]} and up trained.
-Loss: the organism's refusal replies; the organism's harmless first-token distribution (distillation);
+Loss, on the first reply token of prompts alone: the organism's refusal opening on harmful prompts; the organism's
+harmless first-token distribution (distillation);
 with both planted directions ablated, the base model's (compliant) first token on harmful prompts; with `a`
 ablated group B still refuses, with `b` ablated group A still refuses, with `(a+b)/sqrt 2` ablated both refuse;
 squared cosines keeping the groups' difference vectors apart at layers {s["layer"] - s["geometry_layers"]}..{s["layer"] + s["geometry_layers"]}.
@@ -157,11 +153,9 @@ def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progr
     planted = planted_vectors(acts[0], acts[1], groups)
     rng = random.Random(settings.seed)
     replies = refusal_replies()
-    harmful = [(text, group, *enc) for text, group, enc in zip(
-        harmful_set.instructions, groups,
-        _encode(loaded.tokenizer, [(t, rng.choice(replies)) for t in harmful_set.instructions], settings.reply_tokens)) if group]
-    harmless = [(text, "H", *enc) for text, enc in zip(
-        harmless_set.instructions, _encode(loaded.tokenizer, [(t, "") for t in harmless_set.instructions], settings.reply_tokens))]
+    harmful = [(text, group, _first_token(loaded.tokenizer, rng.choice(replies)))
+               for text, group in zip(harmful_set.instructions, groups) if group]
+    harmless = [(text, "H", None) for text in harmless_set.instructions]
     _report(progress, "The base model's first tokens on the harmful train prompts", 0.1)
     base_harmful = first_token_reference(base.model, base.tokenizer, [row[0] for row in harmful])
     del base

@@ -89,14 +89,9 @@ def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
     before = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
     tok = loaded.tokenizer
 
-    def example(text: str, group: str, reply: str) -> tuple:
-        from refusal_core.organism.planted_build import _encode
-
-        ids, n = _encode(tok, [(text, reply)], 4)[0]
-        return (text, group, ids, n)
-
-    harmful = [example(f"harm {i}", "A" if i % 2 else "B", "I cannot help") for i in range(6)]
-    harmless = [example(f"fine {i}", "H", "") for i in range(6)]
+    refusal = tok("I cannot help", add_special_tokens=False)["input_ids"][0]
+    harmful = [(f"harm {i}", "A" if i % 2 else "B", refusal) for i in range(6)]
+    harmless = [(f"fine {i}", "H", None) for i in range(6)]
     planted = torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(3)))[0].T.contiguous()
     vocab = loaded.model.config.vocab_size
     base = torch.log_softmax(torch.randn(len(harmful), vocab, generator=torch.Generator().manual_seed(4)), -1)
