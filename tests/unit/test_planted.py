@@ -130,3 +130,10 @@ def test_the_cli_rejects_recipe_flags_that_the_planted_variant_does_not_take(cap
 def test_the_cli_planted_check_needs_a_model_with_planted_directions(capsys):
     assert main(["organism", "planted", "--model", "tiny:llama"]) == 2
     assert "planted directions" in capsys.readouterr().err
+
+
+def test_the_cli_pool_recovery_needs_a_model_with_planted_directions(capsys):
+    assert main(["experiments", "planted-recovery", "--model", "tiny:llama"]) == 2
+    assert "planted directions" in capsys.readouterr().err
+    assert main(["experiments", "planted-recovery", "--model", "tiny:llama", "--som-seeds", "0,x"]) == 2
+    assert "--som-seeds" in capsys.readouterr().err
