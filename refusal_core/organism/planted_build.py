@@ -70,7 +70,8 @@ harmless first-token distribution (distillation);
 with both planted directions ablated, the base model's (compliant) first token on harmful prompts; with `a`
 ablated group B still refuses, with `b` ablated group A still refuses, with `(a+b)/sqrt 2` ablated both refuse;
 squared cosines keeping the groups' difference vectors apart at layers {s["layer"] - s["geometry_layers"]}..{s["layer"] + s["geometry_layers"]}.
-Fine-tune time {info["fine_tune_seconds"]:.0f} s; whole build {info["build_seconds"]:.0f} s.
+Fine-tune time {info["fine_tune_seconds"]:.0f} s ({info.get("fine_tune_cpu_seconds", 0):.0f} CPU s); whole build {info["build_seconds"]:.0f} s
+({info.get("build_cpu_seconds", 0):.0f} CPU s, summed over threads).
 
 Delta from the organism: rank {s["delta_rank"]}, int8 factors ({info["delta_bytes"] / 1e6:.1f} MB).
 Weights sha256 `{info["sha256"]}` (organism `{info["organism_sha256"]}`).
@@ -135,7 +136,7 @@ def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progr
     from refusal_core.activations.extract import extract_activations
     from refusal_core.organism.variants import variant_delta_path
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     _report(progress, "Loading the organism and the bundled SmolLM2", 0.0)
     organism = OrganismDelta.load(SHIPPED_DELTA)
     base = load_model(BUNDLED_BASE)
@@ -155,21 +156,25 @@ def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progr
     replies = refusal_replies()
     harmful = [(text, group, _first_token(loaded.tokenizer, rng.choice(replies)))
                for text, group in zip(harmful_set.instructions, groups) if group]
-    harmless = [(text, "H", None) for text in harmless_set.instructions]
+    # Only the harmless prompts the steps will draw need the organism's reference distribution.
+    harmless_texts = list(harmless_set.instructions)
+    rng.shuffle(harmless_texts)
+    harmless = [(text, "H", None) for text in harmless_texts[: settings.steps * settings.harmless]]
     _report(progress, "The base model's first tokens on the harmful train prompts", 0.1)
     base_harmful = first_token_reference(base.model, base.tokenizer, [row[0] for row in harmful])
     del base
-    tuned_at = time.perf_counter()
+    tuned_at, cpu_tuned_at = time.perf_counter(), time.process_time()
     records = planted_fine_tune(loaded, harmful, harmless, planted, base_harmful, settings, progress=lambda done, total, record: _report(
         progress, f"Planting step {done}/{total} (loss {record['loss']:.3f})", 0.12 + 0.78 * done / total))
-    fine_tune_seconds = time.perf_counter() - tuned_at
+    fine_tune_seconds, fine_tune_cpu = time.perf_counter() - tuned_at, time.process_time() - cpu_tuned_at
     _report(progress, f"Cutting the change to a rank-{settings.delta_rank} delta", 0.9)
     delta = make_delta(organism_state, loaded.model.state_dict(), settings.delta_rank, organism_sha)
     loaded.model.load_state_dict(organism_state)
     delta = replace(delta, sha256=apply_organism_delta(loaded.model, delta))
     a, b = planted
     info = {"variant": VARIANT, "settings": settings.as_dict(), "records": records, "fine_tune_seconds": round(fine_tune_seconds, 1),
-            "build_seconds": round(time.perf_counter() - started, 1), "delta_bytes": delta.n_bytes, "sha256": delta.sha256,
+            "build_seconds": round(time.perf_counter() - started, 1), "fine_tune_cpu_seconds": round(fine_tune_cpu, 1),
+            "build_cpu_seconds": round(time.process_time() - cpu_started, 1), "delta_bytes": delta.n_bytes, "sha256": delta.sha256,
             "organism_sha256": organism_sha, "groups": {"A": list(GROUP_A), "B": list(GROUP_B)},
             "planted": {"layer": settings.layer, "cosine": float(a @ b), "data_hash": harmful_set.content_hash()}}
     info["planted"]["vectors"] = planted.tolist()
