@@ -137,3 +137,29 @@ def test_the_cli_pool_recovery_needs_a_model_with_planted_directions(capsys):
     assert "planted directions" in capsys.readouterr().err
     assert main(["experiments", "planted-recovery", "--model", "tiny:llama", "--som-seeds", "0,x"]) == 2
     assert "--som-seeds" in capsys.readouterr().err
+
+
+def test_many_directions_page_shows_the_recovery_of_planted_directions(tiny_llama, tmp_path, monkeypatch):
+    from refusal_core.experiments.many_directions import ManyDirectionsSettings, run_many_directions
+    from refusal_core.model.loading import TEST_MODEL_ENV
+    from tests.unit.test_app import _assert_ok, _start
+
+    monkeypatch.setenv(TEST_MODEL_ENV, "tiny")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = tiny_llama.model.config.hidden_size
+    _set(torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(5)))[0].T.contiguous()).save(tmp_path / PLANTED_FILE)
+    settings = ManyDirectionsSettings(layers=(1,), max_k=2, som_seeds=(0,), som_grid=(2, 2), clusters=2, optimize=False, trials=2,
+                                      val_harmful=2, val_harmless=2, test_harmful=3, test_harmless=2, search_tokens=3, test_tokens=3,
+                                      judge="substring", n_boot=50)
+    result = run_many_directions(replace(tiny_llama, source=str(tmp_path)), settings)
+    points = result["layers"][0]["points"]
+    assert points[-1]["family"] == "planted" and all("planted" in p for p in points)
+    at = _start()
+    at.switch_page("app_pages/many_directions.py").run()
+    _assert_ok(at)
+    assert at.selectbox(key="many_model").options == [result["model"]]
+    assert any("Recovery of the planted directions" in h.value for h in at.subheader)
+    table = at.dataframe[-1].value
+    assert list(table["family"]) == [p["family"] for p in points]
+    assert list(table["planted_a best"]) == [round(p["planted"]["planted_a"]["best"], 3) for p in points]
+    assert list(table["planted_b span"])[-1] == pytest.approx(1.0)
