@@ -24,7 +24,7 @@ from refusal_core.directions.planted import PLANTED_FILE
 from refusal_core.errors import UserError
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, load_model
-from refusal_core.organism.delta import SHIPPED_DELTA, OrganismDelta, apply_organism_delta, make_delta
+from refusal_core.organism.delta import SHIPPED_DELTA, DeltaMismatchError, OrganismDelta, apply_organism_delta, make_delta
 from refusal_core.organism.planted import GROUP_A, GROUP_B, PlantedSettings, first_token_reference, group_of, planted_fine_tune, planted_vectors
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat, format_prompts
@@ -115,6 +115,9 @@ def planted_from_delta(delta_path: Path = SHIPPED_PLANTED_DELTA, progress: Progr
     from refusal_core.organism.variants import variant_dir
 
     target = variant_dir(VARIANT)
+    if not Path(delta_path).is_file():
+        raise DeltaMismatchError(f"No delta of the {VARIANT} variant at {delta_path} (none is shipped yet): build the variant with "
+                                 f"python -m refusal_core organism build --variant {VARIANT} --from-scratch")
     if not force and (target / "config.json").is_file() and built_sha256(target) == delta_sha256(delta_path):
         _report(progress, f"{BUNDLED_ORGANISM}-{VARIANT} already built", 1.0)
         return target

@@ -163,3 +163,11 @@ def test_many_directions_page_shows_the_recovery_of_planted_directions(tiny_llam
     assert list(table["family"]) == [p["family"] for p in points]
     assert list(table["planted_a best"]) == [round(p["planted"]["planted_a"]["best"], 3) for p in points]
     assert list(table["planted_b span"])[-1] == pytest.approx(1.0)
+
+
+def test_the_variant_without_a_shipped_delta_says_how_to_build_it(capsys, tmp_path, monkeypatch):
+    import refusal_core.organism.planted_build as planted_build
+
+    monkeypatch.setattr(planted_build, "SHIPPED_PLANTED_DELTA", tmp_path / "missing.safetensors")
+    assert main(["organism", "build", "--variant", "two-mechanisms"]) == 2
+    assert "--from-scratch" in capsys.readouterr().err
