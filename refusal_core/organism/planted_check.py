@@ -70,13 +70,10 @@ def check_planted(loaded: LoadedModel, planted: torch.Tensor, layer: int, split:
         "harmless_refused": harmless_shares["baseline"]["refused"],
         "dim_refused": shares["dim"]["refused"],
         "planted_refused": shares["planted"]["refused"],
-        "planted_broken": shares["planted"]["broken"] or 0.0,
+        "planted_broken": shares["planted"]["broken"],  # None: the judge has no broken verdict (substring)
         "planted_kl": kl["planted"],
     }
-    by_group = {}
-    for group in ("A", "B"):
-        rows = [i for i, g in enumerate(groups) if g == group]
-        by_group[group] = {"n": len(rows)}
+    by_group = {group: {"n": sum(g == group for g in groups)} for group in ("A", "B")}
     return {
         "model": loaded.spec, "split": split, "layer": layer, "judge": judge, "max_new_tokens": max_new_tokens,
         "n": {"harmful": len(harmful), "harmless": len(harmless)},
@@ -87,7 +84,7 @@ def check_planted(loaded: LoadedModel, planted: torch.Tensor, layer: int, split:
                         "split_directions_cosine_with_planted": [float(split_planted[i].double() @ planted[i].double()) for i in range(2)],
                         "groups": by_group},
         "targets": [{"metric": m, "op": op, "threshold": t, "value": metrics[m],
-                     "pass": metrics[m] >= t if op == ">=" else metrics[m] <= t} for m, op, t in PLANTED_TARGETS],
+                     "pass": metrics[m] is not None and (metrics[m] >= t if op == ">=" else metrics[m] <= t)} for m, op, t in PLANTED_TARGETS],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -97,7 +94,7 @@ def format_check(result: dict) -> str:
              f"layer {result['layer']}, judge {result['judge']}, {result['max_new_tokens']}-token replies", f"{'metric':18s} {'value':>8s}  target"]
     for target in result["targets"]:
         value = target["value"]
-        shown = f"{value:8.3f}" if target["metric"] in ("planted_kl", "group_cosine") else f"{value:8.1%}"
+        shown = "     n/a" if value is None else f"{value:8.3f}" if target["metric"] in ("planted_kl", "group_cosine") else f"{value:8.1%}"
         lines.append(f"{target['metric']:18s} {shown}  {target['op']} {target['threshold']:g}  {'PASS' if target['pass'] else 'FAIL'}")
     d = result["diagnostics"]
     lines.append(f"pooled DIM: cosine {d['dim_cosine_a']:.3f} with a, {d['dim_cosine_b']:.3f} with b; harmless KL {d['dim_kl']:.3f}")

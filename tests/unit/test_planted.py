@@ -171,3 +171,16 @@ def test_the_variant_without_a_shipped_delta_says_how_to_build_it(capsys, tmp_pa
     monkeypatch.setattr(planted_build, "SHIPPED_PLANTED_DELTA", tmp_path / "missing.safetensors")
     assert main(["organism", "build", "--variant", "two-mechanisms"]) == 2
     assert "--from-scratch" in capsys.readouterr().err
+
+
+def test_the_property_check_reports_an_unjudged_broken_share_as_missing_not_as_zero(tiny_llama):
+    from refusal_core.organism.planted_check import check_planted, format_check
+
+    d = tiny_llama.model.config.hidden_size
+    planted = torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(6)))[0].T.contiguous()
+    result = check_planted(tiny_llama, planted, 1, split="val", max_new_tokens=2, judge="substring", max_harmful=12, max_harmless=4)
+    assert result["n"] == {"harmful": 12, "harmless": 4}
+    assert result["metrics"]["planted_broken"] is None
+    assert next(t for t in result["targets"] if t["metric"] == "planted_broken")["pass"] is False
+    assert -1.0 <= result["metrics"]["group_cosine"] <= 1.0 and result["metrics"]["planted_kl"] >= 0
+    assert "n/a" in format_check(result)
