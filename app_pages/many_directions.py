@@ -37,6 +37,27 @@ def result_label(path: Path) -> str:
     return path.stem.removeprefix("many-directions-")
 
 
+def results_by_model(paths: list[Path]) -> dict[str, list[Path]]:
+    """Saved results grouped by the model they measured (unreadable ones apart, so their error shows)."""
+    grouped: dict[str, list[Path]] = {}
+    for item in paths:
+        try:
+            name = read(str(item), item.stat().st_mtime)["model"]
+        except (UserError, OSError, KeyError):
+            name = "(unreadable results)"
+        grouped.setdefault(name, []).append(item)
+    return grouped
+
+
+def recovery_rows(points: list[dict]) -> list[dict]:
+    """Per point: the best |cosine| of one of its directions, and of its span, with each planted direction."""
+    return [{"family": p["family"], "k": p["k"],
+             **{f"{name} {kind}": round(values[kind], 3) for name, values in p["planted"].items() for kind in ("best", "span")},
+             "complied": round(p["metrics"]["complied"]["value"], 3), "refused": round(p["metrics"]["refused"]["value"], 3),
+             "KL": round(p["metrics"]["kl"]["value"], 3)}
+            for p in points if "planted" in p]
+
+
 def point_id(point: dict) -> str:
     return f"{point['family']} k={point['k']}"
 
@@ -90,7 +111,10 @@ if not paths:
     st.info("No saved many-directions result yet: run `python -m refusal_core experiments many-directions` "
             "(it saves under the cache), then reload this page.")
     st.stop()
-path = st.selectbox("Saved result", paths, format_func=result_label, key="many_result")
+by_model = results_by_model(paths)
+model = st.selectbox("Model", list(by_model), key="many_model",
+                     help="e.g. bundled:refusal-organism-two-mechanisms, the planted ground truth whose two harm groups refuse through two known directions")
+path = st.selectbox("Saved result", by_model[model], format_func=result_label, key="many_result")
 try:
     result = read(str(path), path.stat().st_mtime)
 except (UserError, OSError) as err:
@@ -128,6 +152,13 @@ st.dataframe(
       "trials": p["search"]["trials"], "search s": p["search"]["seconds"]} for p in points],
     hide_index=True, width="stretch",
 )
+recovered = recovery_rows(points)
+if recovered:
+    st.subheader("Recovery of the planted directions")
+    st.caption("This model holds planted ground-truth directions. best: the largest |cosine| of one of the point's directions "
+               "with the planted one; span: the cosine of the planted direction with its projection onto the span of the "
+               "point's directions (1: ablating the set removes it whole). The row 'planted' ablates the planted directions themselves.")
+    st.dataframe(recovered, hide_index=True, width="stretch")
 ids = [point_id(p) for p in points]
 picked = clicked(event)
 if picked in ids:

