@@ -47,7 +47,8 @@ def organism_builder() -> None:
         st.code("python -m refusal_core organism build")
         return
     if not st.button(
-        "Build the organism", help="Applies the shipped refusal fine-tune (a small delta) to the bundled SmolLM2; under a minute on CPU."
+        "Build the organism",
+        help="Applies the shipped refusal fine-tune (a small delta) to the bundled SmolLM2; under a minute on CPU.",
     ):
         return
     lock = _state.organism_build_lock()
@@ -56,7 +57,9 @@ def organism_builder() -> None:
         return
     bar = st.progress(0.0, text="Starting")
     try:
-        build_organism(progress=lambda done, total, message="": bar.progress(min(max(done / total, 0.0), 1.0), text=message))
+        build_organism(
+            progress=lambda done, total, message="": bar.progress(min(max(done / total, 0.0), 1.0), text=message)
+        )
     except Exception as err:  # noqa: BLE001 - shown to the user; the app keeps running
         st.error(f"Building the organism failed: {err}. Try the CLI: python -m refusal_core organism build")
         return
@@ -161,7 +164,9 @@ def chat_sidebar() -> None:
     """Chat-template options (one ``key=value`` per line), e.g. ``enable_thinking=false``."""
     with st.expander("Chat template options"):
         text = st.text_area(
-            "One key=value per line (value read as JSON)", key="atlas_chat_options_text", placeholder="enable_thinking=false",
+            "One key=value per line (value read as JSON)",
+            key="atlas_chat_options_text",
+            placeholder="enable_thinking=false",
             help="Variables for the model's chat template: enable_thinking=false turns Qwen 3 / SmolLM 3 reasoning off; "
             "reasoning_effort=low for gpt-oss. Used by the Generate page.",
         )
@@ -193,7 +198,12 @@ PAGES = [
     st.Page("app_pages/categories.py", title="Categories", icon=":material/category:", url_path="categories"),
     st.Page("app_pages/generate.py", title="Generate", icon=":material/chat:", url_path="generate"),
     st.Page("app_pages/search.py", title="Search", icon=":material/manage_search:", url_path="search"),
-    st.Page("app_pages/many_directions.py", title="Many directions", icon=":material/stacked_line_chart:", url_path="many-directions"),
+    st.Page(
+        "app_pages/many_directions.py",
+        title="Many directions",
+        icon=":material/stacked_line_chart:",
+        url_path="many-directions",
+    ),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
     st.Page("app_pages/report.py", title="Report", icon=":material/description:", url_path="report"),

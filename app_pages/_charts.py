@@ -14,8 +14,15 @@ SIZE = {"width": 1600, "height": 1000}
 def config() -> dict:
     """The Plotly config of every chart of this session."""
     fmt = st.session_state.get(FORMAT, FORMATS[0])
-    return {"toImageButtonOptions": {"format": fmt, **SIZE, "scale": 2 if fmt == "png" else 1, "filename": "refusal-atlas-chart"},
-            "displaylogo": False}
+    return {
+        "toImageButtonOptions": {
+            "format": fmt,
+            **SIZE,
+            "scale": 2 if fmt == "png" else 1,
+            "filename": "refusal-atlas-chart",
+        },
+        "displaylogo": False,
+    }
 
 
 def chart(figure, container=None, **kwargs):
@@ -24,5 +31,10 @@ def chart(figure, container=None, **kwargs):
 
 
 def format_sidebar() -> None:
-    st.selectbox("Chart downloads", FORMATS, key=FORMAT, format_func=lambda f: f"{f.upper()} at 1600x1000",
-                 help="What each chart's camera button (top right of the chart) downloads: SVG (vector) or PNG (2x).")
+    st.selectbox(
+        "Chart downloads",
+        FORMATS,
+        key=FORMAT,
+        format_func=lambda f: f"{f.upper()} at 1600x1000",
+        help="What each chart's camera button (top right of the chart) downloads: SVG (vector) or PNG (2x).",
+    )

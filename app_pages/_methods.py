@@ -29,14 +29,20 @@ def _fit_input(method: DirectionMethod, ws: _state.Workspace, loaded: LoadedMode
     data = FitInput(loaded, harmful, harmless, ws.harmful_acts, ws.harmless_acts)
     if method.reads == "layer":
         cols = st.columns(2)
-        data.layer = int(cols[0].number_input("Layer (block input)", 0, loaded.n_layers - 1, loaded.n_layers // 2, key=f"method_{method.name}_layer"))
+        data.layer = int(
+            cols[0].number_input(
+                "Layer (block input)", 0, loaded.n_layers - 1, loaded.n_layers // 2, key=f"method_{method.name}_layer"
+            )
+        )
         data.position = int(cols[1].number_input("Position", -64, -1, -1, key=f"method_{method.name}_position"))
     if method.reads == "init":
         starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() for name in directions.names]
         if not starts:
             st.info("Compute or import a direction to start from first.")
             return None
-        set_name, name = st.selectbox("Start from", starts, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key=f"method_{method.name}_init")
+        set_name, name = st.selectbox(
+            "Start from", starts, format_func=lambda pair: f"{pair[0]}:{pair[1]}", key=f"method_{method.name}_init"
+        )
         data.init = ws.direction_sets[set_name].select([name])
     return data
 

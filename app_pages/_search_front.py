@@ -32,7 +32,8 @@ def pareto_figure(result: SearchResult) -> go.Figure:
     broken = [trial["broken"] or 0.0 for trial in rows]
     hover = [
         f"trial {t['number']}: {', '.join(t['names'])}<br>refused {_share(t['refused'])}, deflected {_share(t.get('deflected'))}, "
-        f"broken {_share(t['broken'])}" for t in rows
+        f"broken {_share(t['broken'])}"
+        for t in rows
     ]
     figure = go.Figure()
     figure.add_trace(
@@ -45,8 +46,13 @@ def pareto_figure(result: SearchResult) -> go.Figure:
             text=hover,
             hovertemplate="%{text}<br>KL %{x:.4f}, refusal %{y:.3f}<extra></extra>",
             marker=dict(
-                color=broken, cmin=0.0, cmax=1.0, colorscale="Reds", size=[9 + 14 * b for b in broken],
-                colorbar=dict(title="broken"), line=dict(width=1, color="black"),
+                color=broken,
+                cmin=0.0,
+                cmax=1.0,
+                colorscale="Reds",
+                size=[9 + 14 * b for b in broken],
+                colorbar=dict(title="broken"),
+                line=dict(width=1, color="black"),
             ),
         )
     )
@@ -63,7 +69,10 @@ def pareto_figure(result: SearchResult) -> go.Figure:
         )
     )
     figure.update_layout(
-        xaxis_title="harmless first-token KL (nats)", yaxis_title=_refusal_title(result), height=380, margin=dict(t=20),
+        xaxis_title="harmless first-token KL (nats)",
+        yaxis_title=_refusal_title(result),
+        height=380,
+        margin=dict(t=20),
     )
     return figure
 
@@ -85,7 +94,8 @@ def show_front(result: SearchResult) -> None:
     front = trial_front(result.trials)
     st.dataframe(
         [{k: (", ".join(v) if k == "names" else v) for k, v in t.items() if k != "replies"} for t in front],
-        hide_index=True, width="stretch",
+        hide_index=True,
+        width="stretch",
     )
     evaluated = [trial for trial in result.trials if trial_point(trial) is not None]
     if not evaluated:

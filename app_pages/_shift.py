@@ -31,13 +31,17 @@ def intervention_controls(ws, n_layers: int, prefix: str) -> Intervention | None
         set_name = st.selectbox("Set to ablate from", sets, key=f"{prefix}_set")
         directions = ws.direction_sets[set_name]
         _state.keep_valid(f"{prefix}_dirs", directions.names)
-        picked = st.multiselect("Directions ablated together (none: the whole set)", list(directions.names), key=f"{prefix}_dirs")
+        picked = st.multiselect(
+            "Directions ablated together (none: the whole set)", list(directions.names), key=f"{prefix}_dirs"
+        )
         chosen = directions.select(picked) if picked else directions
         kwargs["ablate"] = chosen.vectors
         names.append(f"ablate {set_name}:{','.join(picked) if picked else 'all'}")
     if kind in ("actadd", "both"):
         cols = st.columns([3, 1, 1])
-        set_name, name = cols[0].selectbox("Direction to add", options, format_func=lambda o: f"{o[0]}:{o[1]}", key=f"{prefix}_add")
+        set_name, name = cols[0].selectbox(
+            "Direction to add", options, format_func=lambda o: f"{o[0]}:{o[1]}", key=f"{prefix}_add"
+        )
         directions = ws.direction_sets[set_name]
         index = directions.names.index(name)
         own = directions.provenance[index].get("layer")
@@ -59,8 +63,12 @@ def _after(loaded, ws, intervention: Intervention):
     if key not in ws.views:
         update = _state.progress_callback("Activations under the intervention")
         positions = ws.harmful_acts.positions
-        harmful, warn_a = intervened_activations(loaded, ws.harmful.instructions, intervention, positions, progress=update)
-        harmless, warn_b = intervened_activations(loaded, ws.harmless.instructions, intervention, positions, progress=update)
+        harmful, warn_a = intervened_activations(
+            loaded, ws.harmful.instructions, intervention, positions, progress=update
+        )
+        harmless, warn_b = intervened_activations(
+            loaded, ws.harmless.instructions, intervention, positions, progress=update
+        )
         for warning in (warn_a, warn_b):
             if warning:
                 st.warning(warning)
@@ -72,23 +80,43 @@ def _separation_metrics(shift) -> None:
     before, after = shift.separation_before, shift.separation_after
     moves = shift.mean_moves()
     cols = st.columns(4)
-    cols[0].metric("DIM norm", f"{after.dim_norm:.3g}", f"{after.dim_norm - before.dim_norm:+.3g}", delta_color="off",
-                   help="Norm of the harmful mean minus the harmless mean at this layer, after (change from before).")
-    cols[1].metric("Probe accuracy", f"{after.probe_accuracy:.0%}", f"{after.probe_accuracy - before.probe_accuracy:+.0%}",
-                   delta_color="off", help="A linear probe trained on the unmodified points, applied after: a fall means the "
-                   "intervention moved prompts across the boundary the model's own geometry drew.")
-    cols[2].metric("Refitted probe (CV)", f"{after.cv_probe_accuracy:.0%}", help="A probe trained on the points after, cross-validated.")
+    cols[0].metric(
+        "DIM norm",
+        f"{after.dim_norm:.3g}",
+        f"{after.dim_norm - before.dim_norm:+.3g}",
+        delta_color="off",
+        help="Norm of the harmful mean minus the harmless mean at this layer, after (change from before).",
+    )
+    cols[1].metric(
+        "Probe accuracy",
+        f"{after.probe_accuracy:.0%}",
+        f"{after.probe_accuracy - before.probe_accuracy:+.0%}",
+        delta_color="off",
+        help="A linear probe trained on the unmodified points, applied after: a fall means the "
+        "intervention moved prompts across the boundary the model's own geometry drew.",
+    )
+    cols[2].metric(
+        "Refitted probe (CV)",
+        f"{after.cv_probe_accuracy:.0%}",
+        help="A probe trained on the points after, cross-validated.",
+    )
     ratio = moves["harmful_residual"] / max(moves["harmless_residual"], 1e-12)
-    cols[3].metric("Harmful / harmless move", f"{ratio:.2f}x", help=f"Mean distance moved in the residual stream: harmful "
-                   f"{moves['harmful_residual']:.3g}, harmless {moves['harmless_residual']:.3g}.")
+    cols[3].metric(
+        "Harmful / harmless move",
+        f"{ratio:.2f}x",
+        help=f"Mean distance moved in the residual stream: harmful "
+        f"{moves['harmful_residual']:.3g}, harmless {moves['harmless_residual']:.3g}.",
+    )
 
 
 def shift_section(loaded, ws, layer: int, position: int, projection, som_overlay) -> None:
     """Draw the section; ``projection`` is the page's 2-D map of this layer and position,
     ``som_overlay(projection)`` the SOM traces placed in it (or an empty list)."""
     st.subheader("Under an intervention")
-    st.caption("The activations are recomputed with the intervention in place and placed in the map above, which is "
-               "not refitted: a point's move is what the intervention did to that prompt.")
+    st.caption(
+        "The activations are recomputed with the intervention in place and placed in the map above, which is "
+        "not refitted: a point's move is what the intervention did to that prompt."
+    )
     intervention = intervention_controls(ws, loaded.n_layers, "shift")
     if intervention is None:
         return
@@ -108,9 +136,14 @@ def shift_section(loaded, ws, layer: int, position: int, projection, som_overlay
     shift = layer_shift(before, after, layer, position, projection=projection)
     prompts = list(ws.harmful.instructions + ws.harmless.instructions)
     _separation_metrics(shift)
-    _charts.chart(figures.shift_figure(shift.as_dict(), prompts, som_overlay(projection)), width="stretch", key="shift_chart")
+    _charts.chart(
+        figures.shift_figure(shift.as_dict(), prompts, som_overlay(projection)), width="stretch", key="shift_chart"
+    )
     with st.expander("Every layer (animation; PCA fitted on each layer's unmodified points)"):
         if st.checkbox("Draw every layer", key="shift_animate"):
             frames = [layer_shift(before, after, other, position).as_dict() for other in range(1, loaded.n_layers)]
             _charts.chart(figures.shift_animation(frames, prompts), width="stretch", key="shift_animation")
-    ws.store_view("last_shift", {"model": loaded.spec, "intervention": intervention.name, "prompts": prompts, "shift": shift.as_dict()})
+    ws.store_view(
+        "last_shift",
+        {"model": loaded.spec, "intervention": intervention.name, "prompts": prompts, "shift": shift.as_dict()},
+    )

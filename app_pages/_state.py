@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar, Union
+from typing import Callable, Sequence, TypeVar
 
 import streamlit as st
 import torch
@@ -61,7 +61,7 @@ JUDGE_PANELS = "atlas_judge_panels"
 CHAT_OPTIONS = "atlas_chat_options"
 
 # What the per-session memo holds: maps, per-layer separations, massive activations.
-Memo = Union[Projection, LayerSeparation, MassiveActivations]
+Memo = Projection | LayerSeparation | MassiveActivations
 M = TypeVar("M", Projection, LayerSeparation, MassiveActivations)
 
 
@@ -381,4 +381,3 @@ def umap_warm_up() -> threading.Thread | None:
     thread = threading.Thread(target=run, name="umap-warm-up", daemon=True)
     thread.start()
     return thread
-

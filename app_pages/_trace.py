@@ -28,7 +28,9 @@ def _directions(ws):
     directions = ws.direction_sets[set_name]
     _state.keep_valid("trace_dirs", directions.names)
     default = directions.names[:1]
-    picked = cols[1].multiselect("Directions (several: the length in their span)", list(directions.names), default=default, key="trace_dirs")
+    picked = cols[1].multiselect(
+        "Directions (several: the length in their span)", list(directions.names), default=default, key="trace_dirs"
+    )
     if not picked:
         st.caption("Pick at least one direction to trace.")
         return None, None
@@ -38,21 +40,30 @@ def _directions(ws):
 
 def trace_section(loaded, ws, key: str, results: dict, variants: list, judged: dict | None) -> None:
     """Trace the replies of the generation ``key`` (``variants`` made its columns)."""
-    if not st.checkbox("Trace refusal token by token", key="trace_on",
-                       help="Each generated token's residual projection on chosen directions at one layer."):
+    if not st.checkbox(
+        "Trace refusal token by token",
+        key="trace_on",
+        help="Each generated token's residual projection on chosen directions at one layer.",
+    ):
         return
     chosen, own_layer = _directions(ws)
     if chosen is None:
         return
-    default = int(own_layer) if isinstance(own_layer, int) and 0 <= own_layer < loaded.n_layers else int(0.6 * loaded.n_layers)
+    default = (
+        int(own_layer)
+        if isinstance(own_layer, int) and 0 <= own_layer < loaded.n_layers
+        else int(0.6 * loaded.n_layers)
+    )
     layer = int(st.slider("Layer (block input)", 0, loaded.n_layers - 1, default, key="trace_layer"))
     trace_key = content_key("trace", key, layer, chosen.names, chosen.vectors)
     if trace_key not in ws.views:
         by_name = {variant.name: variant for variant in variants}
         try:
             with st.spinner("Reading the residual stream under each column's intervention..."):
-                traced = {name: trace_completions(loaded, completions, by_name[name], layer, chosen.vectors)
-                          for name, completions in results.items()}
+                traced = {
+                    name: trace_completions(loaded, completions, by_name[name], layer, chosen.vectors)
+                    for name, completions in results.items()
+                }
         except (ValueError, DirectionError) as err:
             st.error(f"Tracing failed: {err}")
             return
@@ -64,7 +75,15 @@ def trace_section(loaded, ws, key: str, results: dict, variants: list, judged: d
         for completion, trace, label in zip(results[name], traces, labels):
             # The mark is where the judge puts the refusal: only on replies it calls refused.
             shown = trace if label in (None, "refused") else dataclasses.replace(trace, refusal_token=None)
-            rows.append({"variant": name, "instruction": completion.instruction, "label": label, "trace": shown.as_dict(), "trace_layer": layer})
+            rows.append(
+                {
+                    "variant": name,
+                    "instruction": completion.instruction,
+                    "label": label,
+                    "trace": shown.as_dict(),
+                    "trace_layer": layer,
+                }
+            )
     _charts.chart(figures.trace_figure(rows, layer), width="stretch", key="trace_chart")
     scale = max((abs(v) for row in rows for v in row["trace"]["projections"]), default=1.0) or 1.0
     for name in traced:

@@ -20,7 +20,11 @@ st.title("Compare")
 loaded = _state.require_model()
 ws = _state.workspace()
 choice = st.session_state.get(_state.MODEL) or (loaded.spec, "cpu", "float32")
-OTHERS = {"SmolLM2-135M-Instruct (bundled)": BUNDLED_BASE, "Refusal organism (bundled)": BUNDLED_ORGANISM, "A local folder or hub id": None}
+OTHERS = {
+    "SmolLM2-135M-Instruct (bundled)": BUNDLED_BASE,
+    "Refusal organism (bundled)": BUNDLED_ORGANISM,
+    "A local folder or hub id": None,
+}
 
 
 def other_model():
@@ -40,8 +44,10 @@ def other_model():
         st.error(f"Loading {spec!r} failed: {err}. Check the folder or id.")
         return None
     if other.d_model != loaded.d_model:
-        st.error(f"{spec} has width {other.d_model} and {loaded.spec} width {loaded.d_model}; choose a model of the same width "
-                 "(a fine-tune or an export of this one).")
+        st.error(
+            f"{spec} has width {other.d_model} and {loaded.spec} width {loaded.d_model}; choose a model of the same width "
+            "(a fine-tune or an export of this one)."
+        )
         return None
     return other
 
@@ -58,30 +64,59 @@ def prompts() -> tuple[list[str], list[str]] | None:
 
 def maps(acts: dict, layer: int) -> None:
     """The same prompts' PCA maps at one layer, model A beside model B."""
-    for column, (key, spec) in zip(st.columns(2), (("a", loaded.spec), ("b", "B"))):
+    for column, key in zip(st.columns(2), ("a", "b")):
         points = stacked_points(*acts[key], layer, -1)
         projection = fit_projection(points, "pca", 2)
         n = acts[key][0].acts.shape[0]
-        figure = go.Figure([
-            go.Scatter(x=projection.embedding[:n, 0], y=projection.embedding[:n, 1], mode="markers", name="harmful", marker=dict(color=figures.COLOURS["harmful"])),
-            go.Scatter(x=projection.embedding[n:, 0], y=projection.embedding[n:, 1], mode="markers", name="harmless", marker=dict(color=figures.COLOURS["harmless"])),
-        ])
+        figure = go.Figure(
+            [
+                go.Scatter(
+                    x=projection.embedding[:n, 0],
+                    y=projection.embedding[:n, 1],
+                    mode="markers",
+                    name="harmful",
+                    marker=dict(color=figures.COLOURS["harmful"]),
+                ),
+                go.Scatter(
+                    x=projection.embedding[n:, 0],
+                    y=projection.embedding[n:, 1],
+                    mode="markers",
+                    name="harmless",
+                    marker=dict(color=figures.COLOURS["harmless"]),
+                ),
+            ]
+        )
         axes = projection.axis_labels()
-        figure.update_layout(title=f"{'A' if key == 'a' else 'B'}: layer {layer}", xaxis_title=axes[0], yaxis_title=axes[1], height=420, margin=dict(t=40))
+        figure.update_layout(
+            title=f"{'A' if key == 'a' else 'B'}: layer {layer}",
+            xaxis_title=axes[0],
+            yaxis_title=axes[1],
+            height=420,
+            margin=dict(t=40),
+        )
         _charts.chart(container=column, figure=figure, width="stretch", key=f"compare_map_{key}")
 
 
 other = other_model()
 chosen_prompts = prompts()
 if other is not None and chosen_prompts is not None:
-    score = st.checkbox("Also score each model's DIM candidates (bypass, induce, KL) on 8 val prompts per set", key="compare_score")
+    score = st.checkbox(
+        "Also score each model's DIM candidates (bypass, induce, KL) on 8 val prompts per set", key="compare_score"
+    )
     key = content_key("compare", loaded.spec, other.spec, chosen_prompts, score)
-    if st.button(f"Compare {loaded.spec} (A) with {other.spec} (B) on {len(chosen_prompts[0])} + {len(chosen_prompts[1])} prompts", key="compare_run"):
+    if st.button(
+        f"Compare {loaded.spec} (A) with {other.spec} (B) on {len(chosen_prompts[0])} + {len(chosen_prompts[1])} prompts",
+        key="compare_run",
+    ):
         from refusal_core.prompts.loaders import builtin
 
-        val = (builtin("harmful", "val").instructions[:8], builtin("harmless", "val").instructions[:8]) if score else None
+        val = (
+            (builtin("harmful", "val").instructions[:8], builtin("harmless", "val").instructions[:8]) if score else None
+        )
         try:
-            result = compare_models(loaded, other, *chosen_prompts, val=val, progress=_state.progress_callback("Comparing"))
+            result = compare_models(
+                loaded, other, *chosen_prompts, val=val, progress=_state.progress_callback("Comparing")
+            )
         except UserError as err:
             st.error(str(err))
         else:
@@ -93,7 +128,11 @@ if other is not None and chosen_prompts is not None:
         _charts.chart(figures.compare_figure(data), width="stretch", key="compare_cosine")
         if comparison.scores:
             _charts.chart(figures.scores_figure(data), width="stretch", key="compare_scores")
-            st.caption(" · ".join(f"{k.upper()}: selection chose layer {v['chosen_layer']}" for k, v in comparison.scores.items()))
+            st.caption(
+                " · ".join(
+                    f"{k.upper()}: selection chose layer {v['chosen_layer']}" for k, v in comparison.scores.items()
+                )
+            )
         layer = st.slider("Layer of the maps", 1, min(loaded.n_layers, other.n_layers) - 1, key="compare_layer")
         if loaded.n_layers == other.n_layers:
             maps(acts, layer)

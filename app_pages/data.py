@@ -68,7 +68,10 @@ def compute_activations() -> None:
             st.warning(f"{kind.capitalize()} activations: {results[kind].cache_warning}")
     seconds = time.perf_counter() - started
     cached = all(result.from_cache for result in results.values())
-    same = ws.has_activations and (ws.harmful_acts.key, ws.harmless_acts.key) == (results["harmful"].key, results["harmless"].key)
+    same = ws.has_activations and (ws.harmful_acts.key, ws.harmless_acts.key) == (
+        results["harmful"].key,
+        results["harmless"].key,
+    )
     if not same:  # unchanged activations keep what this session derived from them
         ws.set_activations(prompts["harmful"], prompts["harmless"], results["harmful"], results["harmless"])
     started = time.perf_counter()
@@ -139,7 +142,11 @@ def separation_for(position: int, probe: bool):
         return found, "kept from an earlier run on the same activations"
     started = time.perf_counter()
     separation = layer_separation(
-        ws.harmful_acts, ws.harmless_acts, position, probe=probe, progress=_state.progress_callback("Separation per layer")
+        ws.harmful_acts,
+        ws.harmless_acts,
+        position,
+        probe=probe,
+        progress=_state.progress_callback("Separation per layer"),
     )
     with lock:
         store[key] = separation

@@ -60,7 +60,9 @@ def comparison() -> None:
     if not pairs:
         st.caption("Choose at least one direction.")
         return
-    chosen = DirectionSet.concat([ws.direction_sets[s].select([n]) for s, n in pairs], prefixes=[f"{s}:" for s, _ in pairs])
+    chosen = DirectionSet.concat(
+        [ws.direction_sets[s].select([n]) for s, n in pairs], prefixes=[f"{s}:" for s, _ in pairs]
+    )
     cosines = cosine_matrix(chosen.vectors).tolist()
     _charts.chart(cosine_figure(cosines, labels), width="stretch", key="directions_cosines")
     bars = go.Figure(go.Bar(x=chosen.norms(), y=labels, orientation="h"))
@@ -106,7 +108,9 @@ def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
         prompts = list(builtin("harmless", "val").instructions[:8])
         massive = ws.remember("massive", lambda: massive_activations(loaded, prompts))
         if not massive.coordinates:
-            st.caption(f"No residual coordinate reaches {massive.ratio:g} x the median |h| ({massive.median:.2f}) on 8 harmless prompts.")
+            st.caption(
+                f"No residual coordinate reaches {massive.ratio:g} x the median |h| ({massive.median:.2f}) on 8 harmless prompts."
+            )
             return
         found = ", ".join(
             f"{c} (peak {float(massive.peak[c]):,.0f} at layer {massive.where[c][0]}, token {massive.where[c][1]})"
@@ -121,7 +125,9 @@ def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
         shares = massive_share(chosen.vectors, massive.coordinates).tolist()
         figure = go.Figure(go.Bar(x=shares, y=labels, orientation="h"))
         figure.update_layout(
-            height=max(300, 14 * len(labels) + 120), margin=dict(t=20), xaxis=dict(title="share of squared norm", range=[0, 1]),
+            height=max(300, 14 * len(labels) + 120),
+            margin=dict(t=20),
+            xaxis=dict(title="share of squared norm", range=[0, 1]),
             yaxis=dict(autorange="reversed"),
         )
         _charts.chart(figure, width="stretch")
@@ -164,8 +170,12 @@ def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
     if raced_out:
         figure.add_trace(
             go.Scatter(
-                x=[f[0] for f in raced_out], y=[f[1] for f in raced_out], mode="markers", name="raced out (fewer prompts)",
-                marker=dict(symbol="circle-open", size=7, line=dict(width=1, color="grey")), hoverinfo="skip",
+                x=[f[0] for f in raced_out],
+                y=[f[1] for f in raced_out],
+                mode="markers",
+                name="raced out (fewer prompts)",
+                marker=dict(symbol="circle-open", size=7, line=dict(width=1, color="grey")),
+                hoverinfo="skip",
             )
         )
     if failed:
@@ -235,7 +245,9 @@ def selection_section() -> None:
         if r["position"] in chosen_positions and low <= r["layer"] <= high
     ]
     exhaustive = st.checkbox(
-        "Score every candidate on every prompt (exhaustive; about 40x slower)", value=False, key="selection_exhaustive",
+        "Score every candidate on every prompt (exhaustive; about 40x slower)",
+        value=False,
+        key="selection_exhaustive",
         help="By default candidates are raced: all on a few prompts, the promising ones on more, the finalists on all.",
     )
     st.caption(f"{len(names)} candidates to score, on up to {n_val} harmful and {n_val} harmless validation prompts.")
@@ -303,7 +315,12 @@ def scoring_note(result) -> str:
 
 def optimize_section() -> None:
     st.header("Optimizing one direction (Wollschläger et al.)")
-    starts = [(set_name, name) for set_name, directions in ws.direction_sets.items() if set_name != OPTIMIZED_SET for name in directions.names]
+    starts = [
+        (set_name, name)
+        for set_name, directions in ws.direction_sets.items()
+        if set_name != OPTIMIZED_SET
+        for name in directions.names
+    ]
     if not starts:
         st.info("Compute or import a direction to start from first (the DIM candidates on the Data page, say).")
         return
@@ -317,7 +334,10 @@ def optimize_section() -> None:
         update = _state.progress_callback(f"Optimizing from {start[1]}")
         try:
             result = optimize_direction(
-                loaded, harmful, harmless, ws.direction_sets[start[0]].select([start[1]]),
+                loaded,
+                harmful,
+                harmless,
+                ws.direction_sets[start[0]].select([start[1]]),
                 OptimizeSettings(**values),
                 progress=update,
             )
@@ -343,11 +363,23 @@ def optimize_section() -> None:
     )
     steps_axis = list(range(len(result.history))) + [len(result.history)]
     figure = go.Figure()
-    figure.add_trace(go.Scatter(x=steps_axis, y=[h["refusal_score"] for h in result.history] + [final["refusal_score"]], name="refusal score (harmful)"))
-    figure.add_trace(go.Scatter(x=steps_axis, y=[h["kl"] for h in result.history] + [final["kl"]], name="KL (harmless)", yaxis="y2"))
+    figure.add_trace(
+        go.Scatter(
+            x=steps_axis,
+            y=[h["refusal_score"] for h in result.history] + [final["refusal_score"]],
+            name="refusal score (harmful)",
+        )
+    )
+    figure.add_trace(
+        go.Scatter(x=steps_axis, y=[h["kl"] for h in result.history] + [final["kl"]], name="KL (harmless)", yaxis="y2")
+    )
     figure.update_layout(
-        height=320, margin=dict(t=20), xaxis_title="step", yaxis=dict(title="refusal score"),
-        yaxis2=dict(title="KL", overlaying="y", side="right"), legend=dict(orientation="h"),
+        height=320,
+        margin=dict(t=20),
+        xaxis_title="step",
+        yaxis=dict(title="refusal score"),
+        yaxis2=dict(title="KL", overlaying="y", side="right"),
+        legend=dict(orientation="h"),
     )
     _charts.chart(figure, width="stretch")
 

@@ -130,7 +130,9 @@ def _model_files():
 def _stream(files, directions, out_dir: str, overwrite: bool, action: str) -> Path:
     """The full folder streamed from the model's files: no lock on the shared model, so other sessions keep working."""
     progress = _state.progress_callback(f"Streaming {files.folder.name} shard by shard")
-    return stream_folder(files, directions, out_dir, spec=loaded.spec, overwrite=overwrite, command=action, progress=progress)
+    return stream_folder(
+        files, directions, out_dir, spec=loaded.spec, overwrite=overwrite, command=action, progress=progress
+    )
 
 
 def _format_widgets(fmt, directions) -> dict[str, object]:
@@ -143,10 +145,14 @@ def _format_widgets(fmt, directions) -> dict[str, object]:
         if field.choices:
             values[field.name] = column.selectbox(field.label, list(field.choices), key=key, help=field.help)
         elif field.kind is str:
-            text = column.text_input(field.label, value="" if field.default is None else str(field.default), key=key, help=field.help)
+            text = column.text_input(
+                field.label, value="" if field.default is None else str(field.default), key=key, help=field.help
+            )
             values[field.name] = text.strip() or None
         else:
-            values[field.name] = float(column.number_input(field.label, value=float(field.default), key=key, help=field.help))
+            values[field.name] = float(
+                column.number_input(field.label, value=float(field.default), key=key, help=field.help)
+            )
     return values
 
 
@@ -187,8 +193,10 @@ def model_exports() -> None:
     fmt = known[titles[st.radio("Format", list(titles), key="export_model_format", horizontal=True)]]
     files = _model_files() if fmt.name == "folder" else None
     if files is not None:
-        st.caption(f"Streamed from the model's files in {files.folder}, shard by shard, in their stored dtype (orthogonal "
-                   "mode): the shared model in memory is not used, so other sessions keep working meanwhile.")
+        st.caption(
+            f"Streamed from the model's files in {files.folder}, shard by shard, in their stored dtype (orthogonal "
+            "mode): the shared model in memory is not used, so other sessions keep working meanwhile."
+        )
     values = _format_widgets(fmt, chosen)
     try:
         settings = fmt.settings(**values)
@@ -197,29 +205,44 @@ def model_exports() -> None:
         st.error(f"{fmt.title}: {err}")
         return
     default_name = default_export_dir(loaded.spec).name.replace("orthogonalized", fmt.suffix or fmt.name)
-    out_dir = st.text_input("Output folder", value=str(export_root() / default_name), key=f"export_model_dir_{fmt.name}",
-                            help=f"A folder inside {export_root()} (a plain name is created there; ~ is your home folder). "
-                                 "Set REFUSAL_ATLAS_EXPORT_ROOT before starting the app to export elsewhere.")
+    out_dir = st.text_input(
+        "Output folder",
+        value=str(export_root() / default_name),
+        key=f"export_model_dir_{fmt.name}",
+        help=f"A folder inside {export_root()} (a plain name is created there; ~ is your home folder). "
+        "Set REFUSAL_ATLAS_EXPORT_ROOT before starting the app to export elsewhere.",
+    )
     overwrite = st.checkbox(
         "Replace an earlier export in this folder",
         key="export_model_overwrite",
         help="Only a folder written by an earlier export (it holds a .refusal-atlas-export file) is ever replaced.",
     )
     if st.button(f"Write the {fmt.title}", disabled=not out_dir.strip(), key="export_model_run"):
-        action = (f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} "
-                  f"with {values} to {out_dir.strip()}")
+        action = (
+            f"dashboard Export page: {fmt.title} of {set_name}:{','.join(names)} with {values} to {out_dir.strip()}"
+        )
         try:
             target = confined_export_dir(out_dir)
             if files is not None and settings.mode == "orthogonal":
                 path = _stream(files, chosen, str(target), overwrite, action)
             else:
                 with st.spinner(f"Writing the {fmt.title} of {len(names)} directions to {target}..."):
-                    path = fmt.write(ExportRequest(loaded=loaded, directions=chosen, out_dir=target,
-                                                   settings=settings, overwrite=overwrite, command=action))
+                    path = fmt.write(
+                        ExportRequest(
+                            loaded=loaded,
+                            directions=chosen,
+                            out_dir=target,
+                            settings=settings,
+                            overwrite=overwrite,
+                            command=action,
+                        )
+                    )
         except UserError as err:
             st.error(f"Export failed: {err}")
         except OSError as err:
-            st.error(f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space.")
+            st.error(
+                f"Export failed: {err.strerror or err} ({err.filename or out_dir}); check the folder and free disk space."
+            )
         else:
             exported(str(path))
             written = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())

@@ -65,7 +65,7 @@ def ablation_layers() -> tuple[tuple[int, ...] | None, str]:
         list(ABLATION_MODES),
         key="generate_mode",
         help="sequential: unit directions projected out one after another (Piras et al.); norm-preserving: "
-             "projected out, then each residual vector rescaled to its norm before.",
+        "projected out, then each residual vector rescaled to its norm before.",
     )
     return layers, mode
 
@@ -85,7 +85,9 @@ def no_sets_hint() -> None:
 def ticked(set_name: str, directions) -> bool:
     """Whether any box of this set is ticked (its expander then opens by itself)."""
     keys = [f"generate_set_{set_name}"] + [f"generate_dir_{set_name}_{name}" for name in directions.names]
-    return any(st.session_state.get(key) is True for key in keys) or bool(st.session_state.get(f"generate_dirs_{set_name}"))
+    return any(st.session_state.get(key) is True for key in keys) or bool(
+        st.session_state.get(f"generate_dirs_{set_name}")
+    )
 
 
 def ablation_variants(layers, mode) -> list:
@@ -186,8 +188,16 @@ def actadd_variant() -> list:
 
 def settings_row():
     cols = st.columns(3)
-    max_new = int(cols[0].number_input("Max new tokens", 1, 1024, MIN_RATE_TOKENS, key="generate_max_new",
-                                       help=f"Rates need {MIN_RATE_TOKENS}+ tokens: refusals that start late are missed at 24 to 32."))
+    max_new = int(
+        cols[0].number_input(
+            "Max new tokens",
+            1,
+            1024,
+            MIN_RATE_TOKENS,
+            key="generate_max_new",
+            help=f"Rates need {MIN_RATE_TOKENS}+ tokens: refusals that start late are missed at 24 to 32.",
+        )
+    )
     sample = cols[1].checkbox("Sample (else greedy)", key="generate_sample")
     temperature = float(
         cols[2].number_input("Temperature", 0.05, 5.0, 1.0, step=0.1, key="generate_temperature", disabled=not sample)
@@ -217,10 +227,19 @@ def judge(key: str, results: dict, variants: list) -> dict | None:
         harmless = kl_prompts()
         base = None
         try:
-            with st.spinner("Judging the replies (the first use on a model calibrates the broken detector, about a minute on CPU)"):
+            with st.spinner(
+                "Judging the replies (the first use on a model calibrates the broken detector, about a minute on CPU)"
+            ):
                 if harmless:
-                    base = ws.unmodified_logprobs(content_key("kl-base", harmless), lambda: next_token_logprobs(loaded, harmless))
-                ws.store_judged(judged_key, damage.judge_columns(loaded, results, variants, _state.judge_panel(), harmless, base, chat=_state.chat_format()))
+                    base = ws.unmodified_logprobs(
+                        content_key("kl-base", harmless), lambda: next_token_logprobs(loaded, harmless)
+                    )
+                ws.store_judged(
+                    judged_key,
+                    damage.judge_columns(
+                        loaded, results, variants, _state.judge_panel(), harmless, base, chat=_state.chat_format()
+                    ),
+                )
         except (ModelLoadError, OSError, ValueError) as err:
             st.error(f"Judging failed: {err} Choose another judge in the sidebar (substring needs no model).")
             return None
@@ -237,20 +256,45 @@ def shares_chart(columns: dict) -> go.Figure:
     chart = go.Figure()
     for share, colour in SHARES:
         values = [columns[n].rates[share] for n in names]
-        chart.add_trace(go.Bar(x=names, y=values, name=share, marker_color=colour, text=[f"{v:.0%}" for v in values], textposition="inside"))
+        chart.add_trace(
+            go.Bar(
+                x=names,
+                y=values,
+                name=share,
+                marker_color=colour,
+                text=[f"{v:.0%}" for v in values],
+                textposition="inside",
+            )
+        )
     kls = [columns[n].kl for n in names]
-    chart.add_trace(go.Scatter(x=names, y=[1.04] * len(names), mode="text", name="harmless KL", showlegend=False,
-                               text=["KL n/a" if kl is None else f"KL {kl:.3f}" for kl in kls]))
+    chart.add_trace(
+        go.Scatter(
+            x=names,
+            y=[1.04] * len(names),
+            mode="text",
+            name="harmless KL",
+            showlegend=False,
+            text=["KL n/a" if kl is None else f"KL {kl:.3f}" for kl in kls],
+        )
+    )
     judge_name = next(iter(columns.values())).judge if columns else ""
-    chart.update_layout(barmode="stack", yaxis=dict(range=[0, 1.1], title=f"share of replies ({judge_name} judge)"), height=300, margin=dict(t=20))
+    chart.update_layout(
+        barmode="stack",
+        yaxis=dict(range=[0, 1.1], title=f"share of replies ({judge_name} judge)"),
+        height=300,
+        margin=dict(t=20),
+    )
     return chart
 
 
 def shares_line(column) -> str:
     """The verdicts beside the headline: refused, deflected, broken (and any other verdict)."""
     rates = column.rates
-    parts = [f"{label} {rates[label]:.0%}" if label != "broken" or column.judged_broken else "broken not judged"
-             for label in LABELS if label != "complied"]
+    parts = [
+        f"{label} {rates[label]:.0%}" if label != "broken" or column.judged_broken else "broken not judged"
+        for label in LABELS
+        if label != "complied"
+    ]
     kl = "not measured (no harmless prompts)" if column.kl is None else f"{column.kl:.4f}"
     return " · ".join(parts) + f" · harmless KL {kl}"
 
@@ -286,7 +330,9 @@ def show_column(name: str, completions: list, judged) -> None:
             st.warning(judged.warning)
     for row, completion in enumerate(completions):
         with st.container(border=True):
-            st.caption(completion.instruction[:120] if judged is None else reply_caption(completion, judged.verdicts[row]))
+            st.caption(
+                completion.instruction[:120] if judged is None else reply_caption(completion, judged.verdicts[row])
+            )
             st.text(completion.text or "(empty reply)")
 
 
@@ -312,7 +358,9 @@ if st.button(
     st.session_state[LAST] = key
 if key in ws.generations:
     st.session_state[LAST] = key
-    st.caption(f"Results for the settings above, kept in this session (generating again reuses them). Judge: {_state.judge_name()} (sidebar).")
+    st.caption(
+        f"Results for the settings above, kept in this session (generating again reuses them). Judge: {_state.judge_name()} (sidebar)."
+    )
     judged_columns = judge(key, ws.generations[key], variants)
     show_results(ws.generations[key], judged_columns)
     trace_section(loaded, ws, key, ws.generations[key], variants, judged_columns)

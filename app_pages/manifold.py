@@ -128,19 +128,32 @@ def som_traces(projection, dims: int) -> list:
         return [
             go.Scatter3d(**edges, mode="lines", line=dict(color="black", width=3), name="SOM grid", hoverinfo="skip"),
             go.Scatter3d(
-                **nodes, mode="markers", marker=dict(size=result.node_sizes(5, 15), color="black", symbol="diamond"),
-                name="SOM neurons", text=hover, hoverinfo="text",
+                **nodes,
+                mode="markers",
+                marker=dict(size=result.node_sizes(5, 15), color="black", symbol="diamond"),
+                name="SOM neurons",
+                text=hover,
+                hoverinfo="text",
             ),
         ]
     return [
         go.Scatter(
-            **edges, mode="lines", line=dict(color="black", width=1.5), name="SOM grid", hoverinfo="skip",
+            **edges,
+            mode="lines",
+            line=dict(color="black", width=1.5),
+            name="SOM grid",
+            hoverinfo="skip",
             unselected=dict(marker=dict(opacity=1.0)),
         ),
         go.Scatter(
-            **nodes, mode="markers+text", name="SOM neurons", text=labels, textposition="top center",
+            **nodes,
+            mode="markers+text",
+            name="SOM neurons",
+            text=labels,
+            textposition="top center",
             marker=dict(size=result.node_sizes(10, 30), color="rgba(0,0,0,0.8)", line=dict(color="white", width=1)),
-            hovertext=hover, hoverinfo="text",
+            hovertext=hover,
+            hoverinfo="text",
             # A clicked node turns orange; the others, and the prompts' points, keep their look.
             selected=dict(marker=dict(color="#ff7f0e")),
             unselected=dict(marker=dict(opacity=0.8), textfont=dict(color="black")),
@@ -156,7 +169,11 @@ def draw_map(layer: int, position: int, method: str, dims: int, colour: str) -> 
         min_dist = float(st.number_input("min_dist", 0.0, 1.0, 0.1, step=0.05, key="manifold_min_dist"))
     try:
         warming = method == "umap" and (thread := _state.umap_warm_up()) is not None and thread.is_alive()
-        with st.spinner("Fitting the map (UMAP's compiled kernels are still loading in the background)..." if warming else "Fitting the map..."):
+        with st.spinner(
+            "Fitting the map (UMAP's compiled kernels are still loading in the background)..."
+            if warming
+            else "Fitting the map..."
+        ):
             projection = projection_for(points, layer, position, method, dims, neighbours, min_dist)
     except ProjectionError as err:
         st.error(str(err))
@@ -216,9 +233,7 @@ def som_section(layer: int, position: int, clicked: int | None) -> None:
         st.session_state["som_neuron"] = clicked
     label = lambda k: "{}-{}".format(*result.grid_position(k)) + f" ({int(result.hits[k])} prompts)"  # noqa: E731
     neuron = st.selectbox("Neuron (or click a node in the 2-D map)", neurons, format_func=label, key="som_neuron")
-    groups = neuron_prompts(
-        result, harmful_set.instructions, [c or "uncategorised" for c in harmful_set.categories]
-    )
+    groups = neuron_prompts(result, harmful_set.instructions, [c or "uncategorised" for c in harmful_set.categories])
     members = groups.get(neuron, [])
     st.dataframe(pd.DataFrame(members, columns=["prompt", "category"]), hide_index=True, width="stretch")
 
@@ -299,7 +314,10 @@ def per_prompt_section(layer: int, position: int) -> None:
         has_categories = any(record.get("category") for record in directions.provenance)
         try:
             result = cluster_directions(
-                directions.vectors, values["k"], values["method"], seed=values["seed"],
+                directions.vectors,
+                values["k"],
+                values["method"],
+                seed=values["seed"],
                 categories=categories if has_categories else None,
             )
             clusters = cluster_direction_set(

@@ -70,7 +70,12 @@ def settings_form(pool_size: int, pool_label: str):
     )
     kl_penalty = float(
         cols[3].number_input(
-            "KL penalty", 0.0, 100.0, 1.0, step=0.1, key="search_kl",
+            "KL penalty",
+            0.0,
+            100.0,
+            1.0,
+            step=0.1,
+            key="search_kl",
             help="Adds this times the harmless first-token KL (nats) to each trial's value.",
         )
     )
@@ -83,13 +88,18 @@ def settings_form(pool_size: int, pool_label: str):
     mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
     seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
     success = st.multiselect(
-        "Verdicts that count as success", list(LABELS), default=list(DEFAULT_SUCCESS), key="search_success",
+        "Verdicts that count as success",
+        list(LABELS),
+        default=list(DEFAULT_SUCCESS),
+        key="search_success",
         disabled=objective != "verdicts",
         help="The verdicts objective minimises the share of replies NOT in this list. Default: only complied (coherent "
         "compliance); add deflected to count fluent replies that neither refuse nor do the task.",
     )
     if not success:
-        st.error("Choose at least one verdict that counts as success (complied is the usual choice); the search is off until then.")
+        st.error(
+            "Choose at least one verdict that counts as success (complied is the usual choice); the search is off until then."
+        )
         return None, n_val
     settings = SearchSettings(
         k=k,

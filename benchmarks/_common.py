@@ -61,7 +61,9 @@ def base_parser(description: str, repeats: int) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec for load_model (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case (default: %(default)s)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="threads for torch and BLAS; 1 (default) gives the steadiest timings on a shared machine, 0 = their own choice",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -187,7 +189,9 @@ class Report:
     def add_value(self, name: str, value: float, unit: str, goal: str = "", met: bool | None = None) -> None:
         self.values[name] = {"value": value, "unit": unit, "goal": goal, "met": met}
 
-    def compare(self, name: str, top: str, bottom: str, goal: str = "", check: Callable[[float], bool] | None = None) -> float:
+    def compare(
+        self, name: str, top: str, bottom: str, goal: str = "", check: Callable[[float], bool] | None = None
+    ) -> float:
         """Record the ratio of recorded cases ``top / bottom`` (wall medians) and return it.
 
         Recorded alongside: the median of the per-repeat ratios (samples ``r`` of both cases
@@ -233,7 +237,9 @@ class Report:
                 f"paired {_fmt_ratio(entry['paired_median'])}, of minimums {_fmt_ratio(entry['of_minimums'])}, "
                 f"of CPU time {_fmt_ratio(entry['of_cpu_medians'])}"
             )
-            print(f"RATIO {name} = {_fmt_ratio(entry['value'])} ({_goal_text(entry['goal'], entry['met'])}; {steadier})")
+            print(
+                f"RATIO {name} = {_fmt_ratio(entry['value'])} ({_goal_text(entry['goal'], entry['met'])}; {steadier})"
+            )
 
     def write_json(self, path: Path | None) -> None:
         if path is None:

@@ -67,7 +67,10 @@ def bench_extract(loaded: LoadedModel, instructions: list[str], repeats: int, re
             module(**batch, output_hidden_states=True)
 
     cases = [
-        Case("extract_activations(no cache)", lambda: extract_activations(loaded, instructions, batch_size=n, use_cache=False)),
+        Case(
+            "extract_activations(no cache)",
+            lambda: extract_activations(loaded, instructions, batch_size=n, use_cache=False),
+        ),
         Case("model(**batch, hidden_states)", lambda: bare_forward(loaded.model)),
         Case("base_model(**batch, hidden_st.)", lambda: bare_forward(loaded.model.base_model)),
     ]
@@ -96,7 +99,11 @@ def bench_cache(loaded: LoadedModel, instructions: list[str], repeats: int, repo
         # Seed the entry so a repeat that starts with the hit case finds it.
         extract_activations(loaded, instructions, batch_size=n)
         cases = [
-            Case("cache miss: compute + save", lambda: extract_activations(loaded, instructions, batch_size=n), setup=forget),
+            Case(
+                "cache miss: compute + save",
+                lambda: extract_activations(loaded, instructions, batch_size=n),
+                setup=forget,
+            ),
             Case("cache hit", hit),
         ]
         timings = interleave(cases, repeats, warmup=0)
@@ -151,7 +158,11 @@ def load_in_subprocess(spec: str, cache_root: Path, threads: int) -> dict[str, f
     if done.returncode != 0:
         raise RuntimeError(f"loading {spec} in a subprocess failed:\n{done.stderr[-3000:]}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH-JSON "))
-    return {**json.loads(line.removeprefix("BENCH-JSON ")), "process_s": wall, "process_cpu_s": _children_cpu() - children_cpu}
+    return {
+        **json.loads(line.removeprefix("BENCH-JSON ")),
+        "process_s": wall,
+        "process_cpu_s": _children_cpu() - children_cpu,
+    }
 
 
 def _children_cpu() -> float:
@@ -180,13 +191,20 @@ def bench_load(spec: str, repeats: int, threads: int, report: Report) -> None:
             timings.add(f"load {label}: whole process", run["process_s"], run["process_cpu_s"])
     report.add_times(timings)
     report.add_value("import_refusal_core_and_torch", median([run["import_s"] for run in cold + cached]), "s")
-    report.compare("cold_load_vs_cached_load", "load cold: load_model()", "load cached: load_model()", "none, one-off cost")
+    report.compare(
+        "cold_load_vs_cached_load", "load cold: load_model()", "load cached: load_model()", "none, one-off cost"
+    )
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--prompts", type=int, default=32, help="prompts in the batch (default: %(default)s)")
-    parser.add_argument("--load-repeats", type=int, default=1, help="cold/cached load pairs, ~0.5 GB written each (default: %(default)s)")
+    parser.add_argument(
+        "--load-repeats",
+        type=int,
+        default=1,
+        help="cold/cached load pairs, ~0.5 GB written each (default: %(default)s)",
+    )
     parser.add_argument("--skip-load", action="store_true", help="skip (c), the subprocess load comparison")
     args = parser.parse_args()
     apply_threads(args.threads)

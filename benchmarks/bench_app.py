@@ -19,7 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAGES = ["app_pages/data.py", "app_pages/manifold.py", "app_pages/directions.py", "app_pages/generate.py", "app_pages/search.py", "app_pages/export.py"]
+PAGES = [
+    "app_pages/data.py",
+    "app_pages/manifold.py",
+    "app_pages/directions.py",
+    "app_pages/generate.py",
+    "app_pages/search.py",
+    "app_pages/export.py",
+]
 
 
 def main() -> None:
@@ -53,7 +60,9 @@ def main() -> None:
     worst = max(medians.values())
     print(f"VALUE page_revisit_max = {worst:.3f} s (goal < 1 s, {'met' if worst < 1 else 'MISSED'})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": model, "first": first, "compute": compute, "revisits": revisits}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"model": model, "first": first, "compute": compute, "revisits": revisits}, indent=2)
+        )
 
 
 if __name__ == "__main__":

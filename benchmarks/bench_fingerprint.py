@@ -59,8 +59,13 @@ def build_model(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False,
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -81,8 +86,10 @@ def main() -> None:
     model = build_model(args.layers)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = sum(t.numel() for t in model.state_dict().values())
-    print(f"model: {params / 1e9:.2f}B parameters, {weights / 2**30:.2f} GiB of weights (float32), "
-          f"largest tensor {max(t.numel() for t in model.state_dict().values()) / 1e6:.1f}M values")
+    print(
+        f"model: {params / 1e9:.2f}B parameters, {weights / 2**30:.2f} GiB of weights (float32), "
+        f"largest tensor {max(t.numel() for t in model.state_dict().values()) / 1e6:.1f}M values"
+    )
     rows = []
     for label, call in (
         ("streamed (refusal_core)", lambda: fingerprint.weights_fingerprint(model)),
@@ -91,7 +98,9 @@ def main() -> None:
         fingerprint.clear_memo()
         extra, seconds, _ = peak_extra_bytes(call)
         rows.append((label, extra, seconds))
-        print(f"{label:32s} peak extra {extra / 2**20:8.1f} MiB = {extra / weights:6.2%} of the weights, {seconds:5.1f} s")
+        print(
+            f"{label:32s} peak extra {extra / 2**20:8.1f} MiB = {extra / weights:6.2%} of the weights, {seconds:5.1f} s"
+        )
     fingerprint.clear_memo()
     _, _, first = peak_extra_bytes(lambda: fingerprint.weights_fingerprint(model))
     _, hit_seconds, second = peak_extra_bytes(lambda: fingerprint.weights_fingerprint(model))
@@ -99,8 +108,10 @@ def main() -> None:
     print(f"memoised second call: {hit_seconds * 1000:.1f} ms")
     ratio = rows[0][1] / weights
     verdict = "met" if ratio < GOAL else "MISSED"
-    print(f"RATIO fingerprint_peak_extra_over_weights = {ratio:.4f} (goal < {GOAL}, {verdict}; "
-          f"previous formula {rows[1][1] / weights:.4f})")
+    print(
+        f"RATIO fingerprint_peak_extra_over_weights = {ratio:.4f} (goal < {GOAL}, {verdict}; "
+        f"previous formula {rows[1][1] / weights:.4f})"
+    )
 
 
 if __name__ == "__main__":

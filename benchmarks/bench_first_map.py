@@ -44,7 +44,10 @@ def first_umap_map(env: dict[str, str], log: Path, stand_ins: list[str]) -> tupl
     from tests import ui
 
     started = time.monotonic()
-    with streamlit_server(env=env, log_path=log, stand_ins=tiny_unless_built() + stand_ins) as url, sync_playwright() as playwright:
+    with (
+        streamlit_server(env=env, log_path=log, stand_ins=tiny_unless_built() + stand_ins) as url,
+        sync_playwright() as playwright,
+    ):
         browser = playwright.chromium.launch(**chromium_launch_options())
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -57,7 +60,9 @@ def first_umap_map(env: dict[str, str], log: Path, stand_ins: list[str]) -> tupl
             ui.after_action(page, WORK_TIMEOUT_MS)
             expect(ui.chart(page, "manifold_chart")).to_be_visible()
             seconds = time.monotonic() - clicked
-            problems = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").all_inner_texts()
+            problems = page.locator(
+                "[data-testid='stException'], [data-testid='stAlertContentError']"
+            ).all_inner_texts()
             if problems:
                 raise RuntimeError(f"the Manifold page shows problems: {problems}")
         finally:
@@ -78,14 +83,19 @@ def main() -> int:
         env = {**os.environ, "NUMBA_CACHE_DIR": str(warm_cache), "PYTHONPATH": str(ROOT)}
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", WARM_UP], env=env, check=True, cwd=ROOT)
-        print(f"set-up warm-up (warm_up_umap in a fresh process, empty cache): {time.monotonic() - started:.1f} s", flush=True)
+        print(
+            f"set-up warm-up (warm_up_umap in a fresh process, empty cache): {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
         cases = [("set-up", {"NUMBA_CACHE_DIR": str(warm_cache)}, [])]
         if not args.skip_cold:
             cases.append(("cold", {"NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cold")}, ["--no-umap-warm-up"]))
         for name, case_env, stand_ins in cases:
             seconds, before = first_umap_map(case_env, Path(tmp) / f"server-{name}.log", stand_ins)
             rows.append((name, seconds, before))
-            print(f"{name}: first UMAP map {seconds:.1f} s (clicked {before:.0f} s after the server started)", flush=True)
+            print(
+                f"{name}: first UMAP map {seconds:.1f} s (clicked {before:.0f} s after the server started)", flush=True
+            )
     print(f"\n{'server':8s} {'first UMAP map':>15s}  goal <= {GOAL_S:.0f} s")
     for name, seconds, _ in rows:
         print(f"{name:8s} {seconds:13.1f} s  {'PASS' if seconds <= GOAL_S else 'FAIL'}")

@@ -111,14 +111,24 @@ def bare_model_generate(loaded: LoadedModel, prompts: list[str], new_tokens: int
     stop_ids = end_of_turn_ids(tokenizer)
     batch = tokenize_prompts(tokenizer, format_prompts(tokenizer, prompts), loaded.device)
     output = loaded.model.generate(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stop_ids, max_new_tokens=new_tokens, do_sample=False, repetition_penalty=1.0,
-        temperature=None, top_p=None, top_k=None,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_ids,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        repetition_penalty=1.0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
-    generated = output[:, batch["input_ids"].shape[1]:].tolist()
+    generated = output[:, batch["input_ids"].shape[1] :].tolist()
     stops = set(stop_ids)
     lengths = [next((i for i, token in enumerate(row) if token in stops), len(row)) for row in generated]
-    return [Completion(prompt, "bare", "", length, length < len(row)) for prompt, length, row in zip(prompts, lengths, generated)]
+    return [
+        Completion(prompt, "bare", "", length, length < len(row))
+        for prompt, length, row in zip(prompts, lengths, generated)
+    ]
 
 
 def generation_cases(
@@ -159,8 +169,9 @@ def generation_cases(
     ]
 
 
-def run_cases(loaded: LoadedModel, prompts: list[str], variants: list[Intervention], settings: GenerationSettings,
-              repeats: int) -> Timings:
+def run_cases(
+    loaded: LoadedModel, prompts: list[str], variants: list[Intervention], settings: GenerationSettings, repeats: int
+) -> Timings:
     """Warm every case up on 2 tokens, then time them interleaved at full length."""
     warm = GenerationSettings(max_new_tokens=2, batch_size=settings.batch_size)
     force_length(loaded, warm.max_new_tokens)
@@ -179,8 +190,11 @@ def report_generation(report: Report) -> None:
     """Ratios of (a), (b) and (c) from the recorded cases."""
     baseline = "alone: baseline"
     report.compare(
-        "side_by_side_vs_sequential", SIDE_BY_SIDE, SEQUENTIAL,
-        f"<= {SIDE_BY_SIDE_GOAL}", lambda ratio: ratio <= SIDE_BY_SIDE_GOAL,
+        "side_by_side_vs_sequential",
+        SIDE_BY_SIDE,
+        SEQUENTIAL,
+        f"<= {SIDE_BY_SIDE_GOAL}",
+        lambda ratio: ratio <= SIDE_BY_SIDE_GOAL,
     )
     hook_goal, hook_check = f"<= {HOOK_GOAL}", lambda ratio: ratio <= HOOK_GOAL
     report.compare("hook_ablation_ctx_vs_baseline", "ablate() ctx: 1 dir", baseline, hook_goal, hook_check)
@@ -188,7 +202,9 @@ def report_generation(report: Report) -> None:
     ortho_goal, ortho_check = f"~1.0 (+-{ORTHO_TOLERANCE})", lambda ratio: abs(ratio - 1) <= ORTHO_TOLERANCE
     report.compare("orthogonalized_vs_baseline", "orthogonalized_weights: 1 dir", baseline, ortho_goal, ortho_check)
     report.compare("orthogonalized_minus_edit_vs_baseline", ORTHO_NO_EDIT, baseline, ortho_goal, ortho_check)
-    report.compare("baseline_vs_bare_model_generate", baseline, "bare model.generate (no hooks)", "~1.0, library overhead")
+    report.compare(
+        "baseline_vs_bare_model_generate", baseline, "bare model.generate (no hooks)", "~1.0, library overhead"
+    )
 
 
 def bench_organism(prompts: list[str], settings: GenerationSettings, repeats: int, report: Report) -> None:
@@ -216,8 +232,11 @@ def bench_organism(prompts: list[str], settings: GenerationSettings, repeats: in
     cases = [
         Case(f"organism K=4, {n} tokens forced", forced, setup=lambda: force_length(organism, n)),
         # What a user waits for: rows stop at their end of turn, the call when all have stopped.
-        Case(f"organism K=4, natural stop (<= {n})", lambda: generate_side_by_side(organism, prompts, variants, settings),
-             setup=lambda: force_length(organism, None)),
+        Case(
+            f"organism K=4, natural stop (<= {n})",
+            lambda: generate_side_by_side(organism, prompts, variants, settings),
+            setup=lambda: force_length(organism, None),
+        ),
     ]
     timings = interleave(cases, repeats, warmup=0)
     report.add_times(timings)

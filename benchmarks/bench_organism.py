@@ -51,7 +51,9 @@ def build_batch(loaded, settings: OrganismSettings, rows: int) -> tuple[dict[str
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0], repeats=5)
-    parser.add_argument("--batch", type=int, default=OrganismSettings().batch_size, help="rows per step (default: %(default)s)")
+    parser.add_argument(
+        "--batch", type=int, default=OrganismSettings().batch_size, help="rows per step (default: %(default)s)"
+    )
     args = parser.parse_args()
     apply_threads(args.threads)
     report = Report("bench_organism", vars(args))
@@ -78,7 +80,13 @@ def main() -> None:
 
     timings = interleave([Case("step, full batch", step(0)), Case("step, shared prefix", step(prefix))], args.repeats)
     report.add_times(timings)
-    report.compare("shared_prefix_vs_full_batch", "step, shared prefix", "step, full batch", f"<= {GOAL}", lambda ratio: ratio <= GOAL)
+    report.compare(
+        "shared_prefix_vs_full_batch",
+        "step, shared prefix",
+        "step, full batch",
+        f"<= {GOAL}",
+        lambda ratio: ratio <= GOAL,
+    )
     report.print()
     report.write_json(args.json)
 

@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="use real activations of --model instead of random points")
     parser.add_argument("--seed", type=int, default=0, help="seed of the points and of UMAP (default: %(default)s)")
     parser.add_argument(
-        "--warm-tiny", action="store_true",
+        "--warm-tiny",
+        action="store_true",
         help="fit UMAP on 40 tiny points first, to show that the first-call cost is compilation, not data",
     )
     args = parser.parse_args()
@@ -81,7 +82,11 @@ def main() -> None:
         tiny_wall, tiny_cpu, _ = timed(lambda: fit_projection(tiny, "umap", 2, seed=args.seed))
         first.add("umap warm-up fit, 40 x 16 points", tiny_wall, tiny_cpu)
     first_wall, first_cpu, _ = timed(lambda: fit_projection(points, "umap", 2, seed=args.seed))
-    first.add("umap first fit, after tiny warm-up" if args.warm_tiny else "umap first fit in process (JIT)", first_wall, first_cpu)
+    first.add(
+        "umap first fit, after tiny warm-up" if args.warm_tiny else "umap first fit in process (JIT)",
+        first_wall,
+        first_cpu,
+    )
     report.add_times(first)
 
     cases = [

@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import Report, Timings, apply_threads, base_parser, timed  # noqa: E402
 
 
-def _bootstrap_difference(exhaustive, a: str, b: str, measure: str, resamples: int = 2000) -> tuple[float, float, float]:
+def _bootstrap_difference(
+    exhaustive, a: str, b: str, measure: str, resamples: int = 2000
+) -> tuple[float, float, float]:
     """Mean of ``a - b`` in ``measure`` over the prompts both saw, and its bootstrap 95% interval."""
     import torch
 
@@ -42,8 +44,12 @@ def _bootstrap_difference(exhaustive, a: str, b: str, measure: str, resamples: i
 
 def main() -> None:
     parser = base_parser(__doc__, repeats=1)
-    parser.add_argument("--layer-step", type=int, default=3, help="DIM candidates at every post-instruction position, every n-th layer")
-    parser.add_argument("--prompts", type=int, default=8, help="val prompts per set (category-balanced sample, as the page takes)")
+    parser.add_argument(
+        "--layer-step", type=int, default=3, help="DIM candidates at every post-instruction position, every n-th layer"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=8, help="val prompts per set (category-balanced sample, as the page takes)"
+    )
     args = parser.parse_args()
     apply_threads(args.threads)
     from refusal_core.model.loading import load_model
@@ -54,14 +60,18 @@ def main() -> None:
     from refusal_core.selection.racing import race_candidates
 
     loaded = load_model(args.model)
-    candidates = dim_candidates(loaded, builtin("harmful", "train"), builtin("harmless", "train"), 1.0, False, args.layer_step)
+    candidates = dim_candidates(
+        loaded, builtin("harmful", "train"), builtin("harmless", "train"), 1.0, False, args.layer_step
+    )
     harmful = list(sample_prompts(builtin("harmful", "val"), args.prompts).instructions)
     harmless = list(sample_prompts(builtin("harmless", "val"), args.prompts).instructions)
     report = Report("bench_selection", vars(args))
     report.note(f"{len(candidates)} candidates x ({len(harmful)} harmful + {len(harmless)} harmless) val prompts")
     timings, results = Timings(), {}
     for name, exhaustive in (("racing", False), ("exhaustive", True), ("racing", False)):
-        wall, cpu, result = timed(lambda: race_candidates(loaded, candidates, harmful, harmless, exhaustive=exhaustive))
+        wall, cpu, result = timed(
+            lambda every=exhaustive: race_candidates(loaded, candidates, harmful, harmless, exhaustive=every)
+        )
         timings.add(name, wall, cpu)
         results[name] = result
         report.note(f"{name}: {wall:.1f} s, {result.timing['rows']} rows, finalists {result.timing['finalists'][:4]}")
@@ -69,17 +79,26 @@ def main() -> None:
     raced, full = results["racing"], results["exhaustive"]
     full.timing["names"] = list(candidates.names)
     report.compare("racing_vs_exhaustive", "racing", "exhaustive", "<= 0.1", lambda ratio: ratio <= 0.1)
-    report.add_value("rows_ratio", raced.timing["rows"] / full.timing["rows"], "racing rows / exhaustive rows", "<= 0.1",
-                     raced.timing["rows"] / full.timing["rows"] <= 0.1)
+    report.add_value(
+        "rows_ratio",
+        raced.timing["rows"] / full.timing["rows"],
+        "racing rows / exhaustive rows",
+        "<= 0.1",
+        raced.timing["rows"] / full.timing["rows"] <= 0.1,
+    )
     pick_raced, pick_full = select_with_fallback(raced), select_with_fallback(full)
     same = pick_raced.name == pick_full.name
-    report.note(f"exhaustive chooses {pick_full.name} ({pick_full.rule}); racing chooses {pick_raced.name} ({pick_raced.rule}); "
-                f"{'SAME' if same else 'DIFFERENT'}")
+    report.note(
+        f"exhaustive chooses {pick_full.name} ({pick_full.rule}); racing chooses {pick_raced.name} ({pick_raced.rule}); "
+        f"{'SAME' if same else 'DIFFERENT'}"
+    )
     within = True
     for measure in ("bypass", "induce", "kl"):
         mean, low, high = _bootstrap_difference(full, pick_raced.name, pick_full.name, measure)
         within &= low <= 0 <= high or same
-        report.note(f"{measure}: racing's pick minus exhaustive's = {mean:+.4f} (bootstrap 95% over prompts [{low:+.4f}, {high:+.4f}])")
+        report.note(
+            f"{measure}: racing's pick minus exhaustive's = {mean:+.4f} (bootstrap 95% over prompts [{low:+.4f}, {high:+.4f}])"
+        )
     report.add_value("same_choice_or_within_noise", float(within), "1 = yes", "1", within)
     report.print()
     report.write_json(args.json)

@@ -37,9 +37,19 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=10, num_attention_heads=32,
-             num_key_value_heads=32, vocab_size=35000, max_position_embeddings=2048, tie_word_embeddings=False,
-             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=10,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=35000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 
 def build(folder: Path) -> None:
@@ -69,8 +79,25 @@ def run_export(folder: Path, dirs: Path, out: Path, in_memory: bool) -> tuple[fl
     straight from this (large) process would report this process's own peak.
     """
     record = out.parent / (out.name + ".maxrss")
-    argv = ["/usr/bin/time", "-f", "%M", "-o", str(record), sys.executable, "-m", "refusal_core", "export-model", "--model", str(folder), "--ablate", str(dirs),
-            "--out", str(out), "--overwrite", "--json"] + (["--in-memory"] if in_memory else [])
+    argv = [
+        "/usr/bin/time",
+        "-f",
+        "%M",
+        "-o",
+        str(record),
+        sys.executable,
+        "-m",
+        "refusal_core",
+        "export-model",
+        "--model",
+        str(folder),
+        "--ablate",
+        str(dirs),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--json",
+    ] + (["--in-memory"] if in_memory else [])
     started = time.perf_counter()
     child = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -104,8 +131,10 @@ def worst_cosine(folder: Path, directions: torch.Tensor) -> float:
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64)
     outputs: list[torch.Tensor] = []
-    hooks = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
-             for layer in model.model.layers]
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in model.model.layers
+    ]
     ids = torch.randint(3, SHAPE["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
     try:
         with torch.no_grad():
@@ -134,8 +163,10 @@ def main() -> None:
         with open(path, "rb") as handle:
             while handle.read(64 << 20):
                 pass
-    outs = {"streaming": args.folder.parent / (args.folder.name + "-streamed"),
-            "in-memory": args.folder.parent / (args.folder.name + "-inmemory")}
+    outs = {
+        "streaming": args.folder.parent / (args.folder.name + "-streamed"),
+        "in-memory": args.folder.parent / (args.folder.name + "-inmemory"),
+    }
     samples: dict[str, list[tuple[float, int]]] = {"streaming": [], "in-memory": []}
     for round_ in range(args.repeats):
         order = ["streaming", "in-memory"] if round_ % 2 == 0 else ["in-memory", "streaming"]
@@ -149,15 +180,21 @@ def main() -> None:
     cosine = worst_cosine(outs["streaming"], vectors)
     n_shards = len(list(args.folder.glob("model*.safetensors")))
     report = {
-        "weights_bytes": weights, "shards": n_shards, "threads": os.environ.get("OMP_NUM_THREADS"),
-        "seconds": time_s, "peak_rss_bytes": peak,
+        "weights_bytes": weights,
+        "shards": n_shards,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "seconds": time_s,
+        "peak_rss_bytes": peak,
         "time_ratio_streaming_over_in_memory": time_s["streaming"] / time_s["in-memory"],
         "peak_over_weights": {case: value / weights for case, value in peak.items()},
-        "max_abs_difference": difference, "worst_residual_cosine_float64": cosine,
+        "max_abs_difference": difference,
+        "worst_residual_cosine_float64": cosine,
     }
     print(f"weights on disk: {weights / 1e9:.2f} GB in {n_shards} shards")
     for case in samples:
-        print(f"{case:>10}: median {time_s[case]:.1f} s, peak RSS {peak[case] / 1e9:.2f} GB = {peak[case] / weights:.2f}x the weights")
+        print(
+            f"{case:>10}: median {time_s[case]:.1f} s, peak RSS {peak[case] / 1e9:.2f} GB = {peak[case] / weights:.2f}x the weights"
+        )
     print(f"RATIO time streaming / in-memory: {report['time_ratio_streaming_over_in_memory']:.2f} (goal <= 1.2)")
     print(f"RATIO peak streaming / weights: {report['peak_over_weights']['streaming']:.2f} (goal <= 0.35)")
     print(f"max |streaming - in-memory| over all tensors: {difference:.3g}")

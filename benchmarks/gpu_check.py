@@ -39,9 +39,19 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False,
-             bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=22,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 TOPICS = ["the sea", "bread", "a bicycle", "the moon", "tax forms", "a garden", "chess", "volcanoes"]
 
 
@@ -83,8 +93,25 @@ def build(folder: Path, device: str):
 def export_once(folder: Path, dirs: Path) -> tuple[float, int]:
     out = folder.parent / (folder.name + "-export")
     record = folder.parent / (folder.name + ".maxrss")
-    argv = ["/usr/bin/time", "-f", "%M", "-o", str(record), sys.executable, "-m", "refusal_core", "export-model",
-            "--model", str(folder), "--ablate", str(dirs), "--out", str(out), "--overwrite", "--json"]
+    argv = [
+        "/usr/bin/time",
+        "-f",
+        "%M",
+        "-o",
+        str(record),
+        sys.executable,
+        "-m",
+        "refusal_core",
+        "export-model",
+        "--model",
+        str(folder),
+        "--ablate",
+        str(dirs),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--json",
+    ]
     started = time.perf_counter()
     child = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -101,7 +128,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cuda", help="cuda (the check); cpu only to smoke-test the script")
-    parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="fewer layers: a smaller smoke test")
+    parser.add_argument(
+        "--layers", type=int, default=SHAPE["num_hidden_layers"], help="fewer layers: a smaller smoke test"
+    )
     args = parser.parse_args()
     SHAPE["num_hidden_layers"] = args.layers
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -124,7 +153,9 @@ def main() -> None:
     def bare_forward() -> None:
         with torch.no_grad():
             for start in range(0, len(formatted), args.batch_size):
-                loaded.model.base_model(**encode_prompts(loaded, formatted[start : start + args.batch_size]), use_cache=False)
+                loaded.model.base_model(
+                    **encode_prompts(loaded, formatted[start : start + args.batch_size]), use_cache=False
+                )
 
     def extraction() -> None:
         extract_activations(loaded, texts, positions=range(-5, 0), batch_size=args.batch_size, use_cache=False)
@@ -136,31 +167,56 @@ def main() -> None:
         with ablate(loaded.model, direction):
             generate_completions(loaded, texts[: args.batch_size], settings=settings)
 
-    cases = {"bare forward": bare_forward, "extraction": extraction,
-             "plain generation": plain_generation, "hook-ablated generation": ablated_generation}
+    cases = {
+        "bare forward": bare_forward,
+        "extraction": extraction,
+        "plain generation": plain_generation,
+        "hook-ablated generation": ablated_generation,
+    }
     for run in cases.values():  # warm-up: kernels, allocator
         run()
     seconds: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for repeat in range(args.repeats):
-        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             seconds[name].append(synchronized(cases[name]))
             print(f"repeat {repeat + 1} {name}: {seconds[name][-1]:.3f} s", flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    ratios = {"extraction / bare forward": medians["extraction"] / medians["bare forward"],
-              "hook-ablated / plain generation": medians["hook-ablated generation"] / medians["plain generation"]}
+    ratios = {
+        "extraction / bare forward": medians["extraction"] / medians["bare forward"],
+        "hook-ablated / plain generation": medians["hook-ablated generation"] / medians["plain generation"],
+    }
     dirs = args.folder.parent / (args.folder.name + "-dirs")
     DirectionSet(direction, ("d",), ({"method": "gpu_check"},)).save(dirs)
     weights = sum(p.stat().st_size for p in args.folder.glob("model*.safetensors"))
     export_seconds, peak = export_once(args.folder, dirs)
-    export = {"seconds": export_seconds, "peak_rss_bytes": peak, "weights_bytes": weights, "peak_over_weights": peak / weights}
+    export = {
+        "seconds": export_seconds,
+        "peak_rss_bytes": peak,
+        "weights_bytes": weights,
+        "peak_over_weights": peak / weights,
+    }
     for name, value in ratios.items():
         print(f"RATIO {name}: {value:.3f}")
-    print(f"MEASURE streaming export: {export_seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB = {peak / weights:.2f}x the weights ({weights / 1e9:.2f} GB)")
+    print(
+        f"MEASURE streaming export: {export_seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB = {peak / weights:.2f}x the weights ({weights / 1e9:.2f} GB)"
+    )
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
-    print(json.dumps({"device": device, "torch": torch.__version__, "params": params,
-                      "dtype": "bfloat16", "repeats": args.repeats, "seconds": seconds, "medians": medians,
-                      "ratios": ratios, "export": export}))
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "torch": torch.__version__,
+                "params": params,
+                "dtype": "bfloat16",
+                "repeats": args.repeats,
+                "seconds": seconds,
+                "medians": medians,
+                "ratios": ratios,
+                "export": export,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

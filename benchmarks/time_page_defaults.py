@@ -43,11 +43,11 @@ def main() -> None:
     apply_threads(args.threads)
     from refusal_core.activations.extract import default_positions, extract_activations
     from refusal_core.directions import dim
-    from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
     from refusal_core.directions.registry import FitInput
     from refusal_core.model.loading import load_model
     from refusal_core.prompts.loaders import builtin
     from refusal_core.prompts.sets import sample_prompts
+    from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
     from refusal_core.selection.policy import select_with_fallback
     from refusal_core.selection.racing import race_candidates
     from refusal_core.selection.result import SelectionFilters
@@ -55,25 +55,38 @@ def main() -> None:
     loaded = load_model(args.model)
     report = Report("time_page_defaults", vars(args))
     train = {kind: sample_prompts(builtin(kind, "train"), 64) for kind in ("harmful", "harmless")}
-    acts = {kind: extract_activations(loaded, train[kind].instructions, default_positions(loaded.tokenizer)) for kind in train}
-    candidates = dim.fit(FitInput(loaded, train["harmful"], train["harmless"], acts["harmful"], acts["harmless"]), dim.DimSettings())
+    acts = {
+        kind: extract_activations(loaded, train[kind].instructions, default_positions(loaded.tokenizer))
+        for kind in train
+    }
+    candidates = dim.fit(
+        FitInput(loaded, train["harmful"], train["harmless"], acts["harmful"], acts["harmless"]), dim.DimSettings()
+    )
     harmful_val = list(sample_prompts(builtin("harmful", "val"), 16).instructions)
     harmless_val = list(sample_prompts(builtin("harmless", "val"), 16).instructions)
     started = time.perf_counter()
-    result = race_candidates(loaded, candidates, harmful_val, harmless_val, SelectionFilters(), progress=_printer("Scoring"))
+    result = race_candidates(
+        loaded, candidates, harmful_val, harmless_val, SelectionFilters(), progress=_printer("Scoring")
+    )
     seconds = time.perf_counter() - started
     pick = select_with_fallback(result)
-    report.note(f"Score candidates: {len(candidates)} candidates, {result.timing['rows']} rows; {pick.describe()}: {pick.name}")
+    report.note(
+        f"Score candidates: {len(candidates)} candidates, {result.timing['rows']} rows; {pick.describe()}: {pick.name}"
+    )
     report.add_value("page_score_candidates_s", seconds, "s", "<= 120", seconds <= 120)
     defaults = OptimizeSettings()
     harmful = list(sample_prompts(builtin("harmful", "train"), defaults.max_harmful).instructions)
     harmless = list(sample_prompts(builtin("harmless", "train"), defaults.max_harmless).instructions)
     started = time.perf_counter()
-    learnt = optimize_direction(loaded, harmful, harmless, candidates.select([pick.name]), defaults, progress=_printer("Optimizing"))
+    learnt = optimize_direction(
+        loaded, harmful, harmless, candidates.select([pick.name]), defaults, progress=_printer("Optimizing")
+    )
     seconds = time.perf_counter() - started
     first, final = learnt.history[0], learnt.final
-    report.note(f"Optimize from {pick.name}: refusal score {first['refusal_score']:+.2f} -> {final['refusal_score']:+.2f}, "
-                f"harmless KL {first['kl']:.4f} -> {final['kl']:.4f} ({len(harmful)} + {len(harmless)} train prompts)")
+    report.note(
+        f"Optimize from {pick.name}: refusal score {first['refusal_score']:+.2f} -> {final['refusal_score']:+.2f}, "
+        f"harmless KL {first['kl']:.4f} -> {final['kl']:.4f} ({len(harmful)} + {len(harmless)} train prompts)"
+    )
     report.add_value("page_optimize_s", seconds, "s", "<= 120", seconds <= 120)
     report.print()
     report.write_json(args.json)

@@ -30,7 +30,9 @@ from tests.app_server import chromium_launch_options, streamlit_server  # noqa: 
 
 VIEWPORT = {"width": 1400, "height": 2000}  # computed pages are long; show the results below the controls
 # Plotly draws a chart a moment after Streamlit's run ends; the screenshot waits until all are drawn.
-CHARTS_DRAWN = "() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+CHARTS_DRAWN = (
+    "() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+)
 
 
 def data(page: Page) -> None:

@@ -22,7 +22,6 @@ from refusal_core.progress import Progress
 __all__ = ["CountCurve", "refusal_by_layer", "refusal_vs_count"]
 
 
-
 @dataclass(frozen=True)
 class CountCurve:
     """``rates[family][k-1]``: refusal rate with the family's first k directions ablated.
@@ -62,14 +61,21 @@ def refusal_vs_count(
     variants = [Intervention()]
     for family, directions in families.items():
         depth = len(directions) if max_k is None else min(max_k, len(directions))
-        variants += [Intervention.from_directions(f"{family}/{k}", directions, names=directions.names[:k]) for k in range(1, depth + 1)]
+        variants += [
+            Intervention.from_directions(f"{family}/{k}", directions, names=directions.names[:k])
+            for k in range(1, depth + 1)
+        ]
     rates = judged_rates(harmful, generate_side_by_side(loaded, harmful, variants, settings, progress=progress), judge)
     curves = {family: [rates[v.name] for v in variants if v.name.startswith(f"{family}/")] for family in families}
     kl = {}
     if harmless:
         base = next_token_logprobs(loaded, harmless)  # once, not once per variant
         kl = {
-            family: [float(harmless_kl(loaded, harmless, v, base=base).mean()) for v in variants if v.name.startswith(f"{family}/")]
+            family: [
+                float(harmless_kl(loaded, harmless, v, base=base).mean())
+                for v in variants
+                if v.name.startswith(f"{family}/")
+            ]
             for family in families
         }
     return CountCurve(baseline=rates["baseline"], rates=curves, kl=kl, n_prompts=len(harmful))
@@ -87,6 +93,8 @@ def refusal_by_layer(
 ) -> dict[int, float]:
     """Refusal rate with the single DIM direction of each layer ablated (one batched run)."""
     judge = judge or SubstringJudge()
-    variants = [Intervention.from_directions(f"layer{layer}", dim, names=[dim_name(position, layer)]) for layer in layers]
+    variants = [
+        Intervention.from_directions(f"layer{layer}", dim, names=[dim_name(position, layer)]) for layer in layers
+    ]
     rates = judged_rates(harmful, generate_side_by_side(loaded, harmful, variants, settings, progress=progress), judge)
     return {layer: rates[f"layer{layer}"] for layer in layers}

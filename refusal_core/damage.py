@@ -154,7 +154,7 @@ def judge_columns(
     loaded: LoadedModel,
     columns: Mapping[str, Sequence[Completion]],
     variants: Sequence[Intervention],
-    judge: "JudgePanel | PhraseJudge",
+    judge: JudgePanel | PhraseJudge,
     harmless: Sequence[str] = (),
     base_logprobs: torch.Tensor | None = None,
     chat: ChatFormat | None = None,
@@ -177,7 +177,9 @@ def judge_columns(
     for name, completions in columns.items():
         intervention = by_name[name]
         instructions = [completion.instruction for completion in completions]
-        verdicts = judge.verdicts(loaded, instructions, [completion.text for completion in completions], intervention, chat=chat)
+        verdicts = judge.verdicts(
+            loaded, instructions, [completion.text for completion in completions], intervention, chat=chat
+        )
         kl = mean_kl(loaded, harmless, intervention, base_logprobs, chat, batch_size) if harmless else None
         damage[name] = ColumnDamage(name, tuple(verdicts), kl, getattr(judge, "name", "panel"))
     return damage

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from refusal_core.interventions.conditional import resolve_rows
 from refusal_core.errors import SettingsError
+from refusal_core.interventions.conditional import resolve_rows
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.families import model_lock
@@ -105,9 +105,13 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise SettingsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}; give 1 or more new tokens (--max-new-tokens).")
+            raise SettingsError(
+                f"max_new_tokens must be at least 1, got {self.max_new_tokens}; give 1 or more new tokens (--max-new-tokens)."
+            )
         if not self.temperature > 0:
-            raise SettingsError(f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy.")
+            raise SettingsError(
+                f"temperature must be positive, got {self.temperature}; use do_sample=False for greedy."
+            )
         if not 0 < self.top_p <= 1:
             raise SettingsError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.batch_size < 1:
@@ -194,7 +198,9 @@ def generate_side_by_side(
         if progress:
             progress(start + len(chunk), len(rows))
     if first_logprobs is not None:
-        first_logprobs.update({name: torch.stack([firsts[p, v] for p in range(len(prompts))]) for v, name in enumerate(names)})
+        first_logprobs.update(
+            {name: torch.stack([firsts[p, v] for p in range(len(prompts))]) for v, name in enumerate(names)}
+        )
     return {name: [results[p, v] for p in range(len(prompts))] for v, name in enumerate(names)}
 
 
@@ -219,7 +225,7 @@ def _generate_chunk(
     settings: GenerationSettings,
     stop_ids: list[int],
     seed: int,
-    capture: "_FirstStep | None" = None,
+    capture: _FirstStep | None = None,
 ) -> list[tuple[str, int, bool, tuple[int, ...]]]:
     """One batched ``generate`` call; (text, n_tokens, stopped, reply token ids) per row; ``capture`` keeps the first step's log-probs."""
     tokenizer, model = loaded.tokenizer, loaded.model
@@ -241,7 +247,7 @@ def _generate_chunk(
     return [_cut_reply(tokenizer, tokens, stop_ids) for tokens in generated]
 
 
-def _processors(capture: "_FirstStep | None", sampler: SeededSampler | None = None):
+def _processors(capture: _FirstStep | None, sampler: SeededSampler | None = None):
     """The first-step capture (unwarped scores) first, then the seeded sampler."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -264,8 +270,14 @@ def _decoding_kwargs(settings: GenerationSettings) -> dict:
     # Sampling is done by SeededSampler (temperature and top-p included), whose one-token
     # scores greedy decoding then follows; ``generate``'s own sampling knobs stay unset so
     # greedy decoding does not warn about ignored values.
-    return {"max_new_tokens": settings.max_new_tokens, "do_sample": False, "repetition_penalty": 1.0,
-            "temperature": None, "top_p": None, "top_k": None}
+    return {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
 
 
 def _cut_reply(tokenizer, tokens: list[int], stop_ids: list[int]) -> tuple[str, int, bool, tuple[int, ...]]:

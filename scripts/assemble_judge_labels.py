@@ -75,11 +75,15 @@ def main() -> None:
     if both:
         la, lb = [a[i] for i in both], [b[i] for i in both]
         raw = sum(x == y for x, y in zip(la, lb)) / len(both)
-        print(f"Agreement on {len(both)} replies labelled by both: raw {raw:.1%}, Cohen's kappa {cohen_kappa(la, lb):.3f}")
+        print(
+            f"Agreement on {len(both)} replies labelled by both: raw {raw:.1%}, Cohen's kappa {cohen_kappa(la, lb):.3f}"
+        )
         print("| verdict | A | B | both agree |")
         print("|---|---|---|---|")
         for label in LABELS:
-            print(f"| {label} | {la.count(label)} | {lb.count(label)} | {sum(x == y == label for x, y in zip(la, lb))} |")
+            print(
+                f"| {label} | {la.count(label)} | {lb.count(label)} | {sum(x == y == label for x, y in zip(la, lb))} |"
+            )
         pairs = Counter((x, y) for x, y in zip(la, lb) if x != y)
         print("Disagreements (A, B): " + ", ".join(f"{x}/{y} {n}" for (x, y), n in pairs.most_common()))
     out = []
@@ -88,8 +92,15 @@ def main() -> None:
         final = resolve(label_a, label_b)
         if final is None:
             continue
-        out.append({**row, "label_a": label_a, "label_b": label_b, "label": final,
-                    "agreed": label_a is not None and label_a == label_b})
+        out.append(
+            {
+                **row,
+                "label_a": label_a,
+                "label_b": label_b,
+                "label": final,
+                "agreed": label_a is not None and label_a == label_b,
+            }
+        )
     out.sort(key=lambda r: r["id"])
     args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     print(f"Wrote {len(out)} labelled rows to {args.out}; final verdicts {dict(Counter(r['label'] for r in out))}")

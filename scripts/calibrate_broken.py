@@ -24,7 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from refusal_core.judges.broken import (  # noqa: E402
-    SHIPPED_THRESHOLDS, BrokenSettings, baseline_replies, calibration_provenance, thresholds_from_replies,
+    SHIPPED_THRESHOLDS,
+    BrokenSettings,
+    baseline_replies,
+    calibration_provenance,
+    thresholds_from_replies,
 )
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM  # noqa: E402
 
@@ -48,10 +52,14 @@ def main() -> None:
         for sha, entry in old.items():
             provenance = entry["provenance"]
             mine = [row for row in rows if row["model"] == provenance["model"]]
-            table[sha] = json.loads(thresholds_from_replies(mine, settings, {k: v for k, v in provenance.items() if k not in ("settings", "n_replies")}).to_json())
+            table[sha] = json.loads(
+                thresholds_from_replies(
+                    mine, settings, {k: v for k, v in provenance.items() if k not in ("settings", "n_replies")}
+                ).to_json()
+            )
     else:
-        from refusal_core.model.loading import load_model
         from refusal_core.model.fingerprint import weights_sha256
+        from refusal_core.model.loading import load_model
 
         for spec in (BUNDLED_ORGANISM, BUNDLED_BASE):
             started = time.perf_counter()
@@ -76,15 +84,22 @@ def sweep() -> None:
 
     stored = [json.loads(line) for line in REPLIES.read_text().splitlines()]
     train = [row for row in load_reference() if row["fold"] == "train"]
-    stats = fluency_stats(None, [r["instruction"] for r in train], [r["reply"] for r in train], logprobs=[r["logprob"] for r in train])
+    stats = fluency_stats(
+        None, [r["instruction"] for r in train], [r["reply"] for r in train], logprobs=[r["logprob"] for r in train]
+    )
     print("repeat_quantile repeat_margin  broken recall  fluent baseline flagged  fluent flagged  (train fold)")
     for tail in (0.01, 0.05, 0.10, 0.15, 0.20):
         for margin in (0.0, 0.1, 0.2):
             settings = dataclasses.replace(BrokenSettings(), repeat_quantile=tail, repeat_margin=margin)
-            thresholds = {m: thresholds_from_replies([r for r in stored if r["model"] == m], settings, {}) for m in {r["model"] for r in stored}}
+            thresholds = {
+                m: thresholds_from_replies([r for r in stored if r["model"] == m], settings, {})
+                for m in {r["model"] for r in stored}
+            }
             flagged = [is_broken(s, thresholds[r["model"]])[0] for r, s in zip(train, stats)]
             recall = _share([f for r, f in zip(train, flagged) if r["label"] == "broken"])
-            baseline = _share([f for r, f in zip(train, flagged) if r["label"] != "broken" and r["variant"] == "baseline"])
+            baseline = _share(
+                [f for r, f in zip(train, flagged) if r["label"] != "broken" and r["variant"] == "baseline"]
+            )
             fluent = _share([f for r, f in zip(train, flagged) if r["label"] != "broken"])
             print(f"{tail:15.2f} {margin:13.1f} {recall:14.1%} {baseline:24.1%} {fluent:15.1%}")
 

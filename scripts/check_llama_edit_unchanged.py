@@ -30,8 +30,12 @@ def main() -> int:
     parser.add_argument("--base", default="92caa75")
     parser.add_argument("--model", default="bundled:refusal-organism")
     args = parser.parse_args()
-    source = subprocess.run(["git", "show", f"{args.base}:refusal_core/interventions/weights.py"],
-                            capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{args.base}:refusal_core/interventions/weights.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     old = types.ModuleType("weights_at_base")
     exec(compile(source, f"{args.base}:weights.py", "exec"), old.__dict__)  # noqa: S102 - our own repository's file
     model = load_model(args.model).model
@@ -42,8 +46,10 @@ def main() -> int:
     with old.orthogonalized_weights(model, directions):
         before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     differ = [name for name in now if not torch.equal(now[name], before[name])]
-    print(f"{args.model}: {len(differ)} of {len(now)} parameters differ from the edit at {args.base}; "
-          f"worst residual leak after the edit {leak:.2e}")
+    print(
+        f"{args.model}: {len(differ)} of {len(now)} parameters differ from the edit at {args.base}; "
+        f"worst residual leak after the edit {leak:.2e}"
+    )
     return 1 if differ else 0
 
 

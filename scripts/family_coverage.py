@@ -150,10 +150,18 @@ def main() -> int:
     results = []
     for model_type in args.families:
         result = run_family(model_type)
-        print(f"{model_type:14s} {'ok' if result.passed else 'FAIL'} {result.seconds:.1f}s {result.error or ''}", flush=True)
+        print(
+            f"{model_type:14s} {'ok' if result.passed else 'FAIL'} {result.seconds:.1f}s {result.error or ''}",
+            flush=True,
+        )
         results.append(result)
-    text = _HEADER.format(commit=_commit(), tf=transformers.__version__, torch=torch.__version__, bound=BOUND,
-                          table=markdown_table(results))
+    text = _HEADER.format(
+        commit=_commit(),
+        tf=transformers.__version__,
+        torch=torch.__version__,
+        bound=BOUND,
+        table=markdown_table(results),
+    )
     Path(args.out).write_text(text)
     return 0 if all(r.passed for r in results) else 1
 

@@ -21,7 +21,10 @@ from refusal_core.judges.reference import accuracy_table, format_table, load_ref
 def main() -> None:
     rows = load_reference()
     counts = Counter((row["model"].split(":")[-1], row["label"]) for row in rows)
-    print(f"{len(rows)} labelled replies: " + ", ".join(f"{model} {label} {n}" for (model, label), n in sorted(counts.items())))
+    print(
+        f"{len(rows)} labelled replies: "
+        + ", ".join(f"{model} {label} {n}" for (model, label), n in sorted(counts.items()))
+    )
     print(format_table(accuracy_table(rows)))
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refusal_core.judges.scores import refusal_token_ids  # noqa: E402
-from refusal_core.metrics import next_token_logprobs  # noqa: E402
 from refusal_core.generation import GenerationSettings, generate_side_by_side  # noqa: E402
 from refusal_core.judges.broken import reply_logprobs  # noqa: E402
 from refusal_core.judges.panel import MIN_RATE_TOKENS, refusal_log_odds  # noqa: E402
+from refusal_core.judges.scores import refusal_token_ids  # noqa: E402
 from refusal_core.judges.variants import reference_interventions  # noqa: E402
+from refusal_core.metrics import next_token_logprobs  # noqa: E402
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, load_model  # noqa: E402
 from refusal_core.prompts.loaders import builtin  # noqa: E402
 
@@ -64,18 +64,31 @@ def generate_rows(spec: str, plan: list[tuple[str, int, tuple[str, ...]]], say) 
         instructions = list(builtin(kind, "val").instructions[:n_prompts])
         variants = [interventions[name] for name in names]
         say(f"{spec}: {len(instructions)} {kind} val prompts x {len(variants)} variants")
-        columns = generate_side_by_side(loaded, instructions, variants, GenerationSettings(max_new_tokens=MIN_RATE_TOKENS, batch_size=24))
+        columns = generate_side_by_side(
+            loaded, instructions, variants, GenerationSettings(max_new_tokens=MIN_RATE_TOKENS, batch_size=24)
+        )
         for variant in variants:
             replies = [c.text for c in columns[variant.name]]
             scores = refusal_log_odds(next_token_logprobs(loaded, instructions, variant), ids).tolist()
             logprobs = reply_logprobs(loaded, instructions, replies)
             for index, (completion, score, logprob) in enumerate(zip(columns[variant.name], scores, logprobs)):
-                rows.append({
-                    "id": f"{spec.split(':')[-1]}/{variant.name}/{kind}/{index:03d}", "model": spec, "variant": variant.name,
-                    "kind": kind, "split": "val", "fold": fold(completion.instruction), "instruction": completion.instruction,
-                    "reply": completion.text, "n_tokens": completion.n_tokens, "stopped": completion.stopped,
-                    "refusal_score": round(score, 4), "logprob": None if logprob is None else round(logprob, 4), "label": None,
-                })
+                rows.append(
+                    {
+                        "id": f"{spec.split(':')[-1]}/{variant.name}/{kind}/{index:03d}",
+                        "model": spec,
+                        "variant": variant.name,
+                        "kind": kind,
+                        "split": "val",
+                        "fold": fold(completion.instruction),
+                        "instruction": completion.instruction,
+                        "reply": completion.text,
+                        "n_tokens": completion.n_tokens,
+                        "stopped": completion.stopped,
+                        "refusal_score": round(score, 4),
+                        "logprob": None if logprob is None else round(logprob, 4),
+                        "label": None,
+                    }
+                )
     return rows
 
 
@@ -87,7 +100,9 @@ def main() -> None:
     say = lambda message: print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)  # noqa: E731
     old = {}
     if args.out.is_file():
-        old = {_key(row): row["label"] for row in map(json.loads, args.out.read_text().splitlines()) if row.get("label")}
+        old = {
+            _key(row): row["label"] for row in map(json.loads, args.out.read_text().splitlines()) if row.get("label")
+        }
     rows = []
     for spec in dict.fromkeys(model for model, *_ in PLAN):
         rows += generate_rows(spec, [(kind, n, names) for model, kind, n, names in PLAN if model == spec], say)

@@ -54,7 +54,9 @@ N_HARMLESS = 50  # harmless prompts: the first 50 val
 
 def prompts(kind: str, n: int | None = None) -> list[str]:
     if kind == "harmful":
-        return list(builtin("harmful", "val").instructions) + list(builtin("harmful", "train").instructions[:N_HARMFUL_TRAIN])
+        return list(builtin("harmful", "val").instructions) + list(
+            builtin("harmful", "train").instructions[:N_HARMFUL_TRAIN]
+        )
     return list(builtin("harmless", "val").instructions[: n or N_HARMLESS])
 
 
@@ -65,21 +67,33 @@ class Directions:
         harmful, harmless = builtin("harmful", "train"), builtin("harmless", "train")
         self.harmful_acts = extract_activations(loaded, harmful.instructions)
         self.harmless_acts = extract_activations(loaded, harmless.instructions)
-        self.provenance = {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": {}}
+        self.provenance = {
+            "model": loaded.spec,
+            "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}",
+            "params": {},
+        }
         self.dims = dim_from_activations(self.harmful_acts, self.harmless_acts, self.provenance, [10, 16, 20, 22])
         self._cache: dict = {}
 
     def som(self, layer: int):
         if ("som", layer) not in self._cache:
-            result = train_som(self.harmful_acts.block_input(layer, -1), self.harmless_acts.block_input(layer, -1), SomSettings(x=3, y=3, seed=0))
+            result = train_som(
+                self.harmful_acts.block_input(layer, -1),
+                self.harmless_acts.block_input(layer, -1),
+                SomSettings(x=3, y=3, seed=0),
+            )
             self._cache["som", layer] = som_direction_set(result, {**self.provenance, "layer": layer, "position": -1})
         return self._cache["som", layer]
 
     def clusters(self, layer: int):
         if ("cluster", layer) not in self._cache:
-            vectors = representation_directions(self.harmful_acts.block_input(layer, -1), self.harmless_acts.block_input(layer, -1))
+            vectors = representation_directions(
+                self.harmful_acts.block_input(layer, -1), self.harmless_acts.block_input(layer, -1)
+            )
             result = cluster_directions(vectors, k=4, seed=0)
-            self._cache["cluster", layer] = cluster_direction_set(result, {**self.provenance, "layer": layer, "position": -1})
+            self._cache["cluster", layer] = cluster_direction_set(
+                result, {**self.provenance, "layer": layer, "position": -1}
+            )
         return self._cache["cluster", layer]
 
 
@@ -93,14 +107,20 @@ def intervention(name: str, found: Directions, d_model: int) -> Intervention:
         "dim22-all": lambda: Intervention.from_directions("dim22-all", dims, d(22)),
         "base-dim22-all": lambda: Intervention.from_directions("base-dim22-all", dims, d(22)),
         "dim22-at22": lambda: Intervention.from_directions("dim22-at22", dims, d(22), layers=[22]),
-        "dim22-layers12-22": lambda: Intervention.from_directions("dim22-layers12-22", dims, d(22), layers=range(12, 23)),
+        "dim22-layers12-22": lambda: Intervention.from_directions(
+            "dim22-layers12-22", dims, d(22), layers=range(12, 23)
+        ),
         "dim16-all": lambda: Intervention.from_directions("dim16-all", dims, d(16)),
         "dim20-at14-20": lambda: Intervention.from_directions("dim20-at14-20", dims, d(20), layers=range(14, 21)),
         "dim10-all": lambda: Intervention.from_directions("dim10-all", dims, d(10)),
         "som18-all": lambda: Intervention.from_directions("som18-all", found.som(18)),
-        "som20-top2": lambda: Intervention.from_directions("som20-top2", found.som(20), names=list(found.som(20).names[:2])),
+        "som20-top2": lambda: Intervention.from_directions(
+            "som20-top2", found.som(20), names=list(found.som(20).names[:2])
+        ),
         "cluster18-all": lambda: Intervention.from_directions("cluster18-all", found.clusters(18)),
-        "random-64": lambda: Intervention(name="random-64", ablate=torch.randn(64, d_model, generator=torch.Generator().manual_seed(0))),
+        "random-64": lambda: Intervention(
+            name="random-64", ablate=torch.randn(64, d_model, generator=torch.Generator().manual_seed(0))
+        ),
         "actadd-1": lambda: Intervention.from_direction_addition("actadd-1", dims, d(22)[0], 1.0, 22),
         "actadd-3": lambda: Intervention.from_direction_addition("actadd-3", dims, d(22)[0], 3.0, 22),
         "actadd-8": lambda: Intervention.from_direction_addition("actadd-8", dims, d(22)[0], 8.0, 22),
@@ -113,8 +133,22 @@ def intervention(name: str, found: Directions, d_model: int) -> Intervention:
 PLAN = {
     BUNDLED_BASE: [("harmful", ["base-baseline", "base-dim22-all"]), ("harmless", ["base-baseline", "base-actadd-4"])],
     BUNDLED_ORGANISM: [
-        ("harmful", ["baseline", "dim22-all", "dim22-at22", "dim22-layers12-22", "dim16-all", "dim20-at14-20", "dim10-all",
-                     "som18-all", "som20-top2", "cluster18-all", "random-64"]),
+        (
+            "harmful",
+            [
+                "baseline",
+                "dim22-all",
+                "dim22-at22",
+                "dim22-layers12-22",
+                "dim16-all",
+                "dim20-at14-20",
+                "dim10-all",
+                "som18-all",
+                "som20-top2",
+                "cluster18-all",
+                "random-64",
+            ],
+        ),
         ("harmless", ["baseline", "actadd-1", "actadd-3", "actadd-8"]),
     ],
 }
@@ -144,7 +178,9 @@ def run_items(items, out: Path, say, chunk: int = 16) -> None:
     """Generate the items' rows chunk by chunk, appending each chunk to ``out`` (resumable)."""
     done = set()
     if out.is_file():
-        done = {(r["model"], r["intervention"], r["instruction"]) for r in map(json.loads, out.read_text().splitlines())}
+        done = {
+            (r["model"], r["intervention"], r["instruction"]) for r in map(json.loads, out.read_text().splitlines())
+        }
     specs = {"organism": BUNDLED_ORGANISM, "base": BUNDLED_BASE}
     loaded, found, ids = None, None, None
     for model, kind, split, first, last, name in items:
@@ -164,20 +200,36 @@ def run_items(items, out: Path, say, chunk: int = 16) -> None:
             logprobs = reply_logprobs(loaded, part, [c.text for c in columns[name]], batch_size=chunk)
             with out.open("a") as handle:
                 for completion, score, logprob in zip(columns[name], scores, logprobs):
-                    handle.write(json.dumps({
-                        "model": spec, "intervention": name, "kind": kind, "instruction": completion.instruction,
-                        "reply": completion.text, "n_tokens": completion.n_tokens, "stopped": completion.stopped,
-                        "refusal_score": round(score, 4), "logprob": None if logprob is None else round(logprob, 4),
-                    }, ensure_ascii=False) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "model": spec,
+                                "intervention": name,
+                                "kind": kind,
+                                "instruction": completion.instruction,
+                                "reply": completion.text,
+                                "n_tokens": completion.n_tokens,
+                                "stopped": completion.stopped,
+                                "refusal_score": round(score, 4),
+                                "logprob": None if logprob is None else round(logprob, 4),
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
             say(f"{name} {kind}/{split}: {start + len(part)}/{len(instructions)}")
 
 
 # The earlier reference set's interventions under this script's names.
 REFERENCE_NAMES = {
-    ("bundled:refusal-organism", "dim-ablate"): "dim22-all", ("bundled:refusal-organism", "som-all"): "som18-all",
-    ("bundled:refusal-organism", "som-top2"): "som20-top2", ("bundled:refusal-organism", "actadd"): "actadd-1",
-    ("bundled:refusal-organism", "actadd-huge"): "actadd-8", ("bundled:smollm2-135m-instruct", "baseline"): "base-baseline",
-    ("bundled:smollm2-135m-instruct", "random-64"): "base-random-64", ("bundled:smollm2-135m-instruct", "actadd-huge"): "base-actadd-8",
+    ("bundled:refusal-organism", "dim-ablate"): "dim22-all",
+    ("bundled:refusal-organism", "som-all"): "som18-all",
+    ("bundled:refusal-organism", "som-top2"): "som20-top2",
+    ("bundled:refusal-organism", "actadd"): "actadd-1",
+    ("bundled:refusal-organism", "actadd-huge"): "actadd-8",
+    ("bundled:smollm2-135m-instruct", "baseline"): "base-baseline",
+    ("bundled:smollm2-135m-instruct", "random-64"): "base-random-64",
+    ("bundled:smollm2-135m-instruct", "actadd-huge"): "base-actadd-8",
 }
 
 
@@ -186,9 +238,20 @@ def reference_rows(path: Path) -> list[dict]:
     rows = []
     for row in map(json.loads, path.read_text().splitlines()):
         name = REFERENCE_NAMES.get((row["model"], row["variant"]), row["variant"])
-        rows.append({"model": row["model"], "intervention": name, "kind": row["kind"], "instruction": row["instruction"],
-                     "reply": row["reply"], "n_tokens": row["n_tokens"], "stopped": row["stopped"],
-                     "refusal_score": row["refusal_score"], "logprob": row["logprob"], "source": "judge_reference.jsonl"})
+        rows.append(
+            {
+                "model": row["model"],
+                "intervention": name,
+                "kind": row["kind"],
+                "instruction": row["instruction"],
+                "reply": row["reply"],
+                "n_tokens": row["n_tokens"],
+                "stopped": row["stopped"],
+                "refusal_score": row["refusal_score"],
+                "logprob": row["logprob"],
+                "source": "judge_reference.jsonl",
+            }
+        )
     return rows
 
 
@@ -203,18 +266,27 @@ def generate_rows(spec: str, say) -> list[dict]:
         instructions = prompts(kind)
         say(f"{spec}: {len(instructions)} {kind} prompts x {len(variants)} variants")
         firsts: dict[str, torch.Tensor] = {}
-        columns = generate_side_by_side(loaded, instructions, variants, GenerationSettings(max_new_tokens=64, batch_size=32),
-                                        first_logprobs=firsts)
+        columns = generate_side_by_side(
+            loaded, instructions, variants, GenerationSettings(max_new_tokens=64, batch_size=32), first_logprobs=firsts
+        )
         for variant in variants:
             replies = [c.text for c in columns[variant.name]]
             scores = refusal_log_odds(firsts[variant.name], ids).tolist()
             logprobs = reply_logprobs(loaded, instructions, replies, batch_size=16)
-            for index, (completion, score, logprob) in enumerate(zip(columns[variant.name], scores, logprobs)):
-                rows.append({
-                    "model": spec, "intervention": variant.name, "kind": kind, "instruction": completion.instruction,
-                    "reply": completion.text, "n_tokens": completion.n_tokens, "stopped": completion.stopped,
-                    "refusal_score": round(score, 4), "logprob": None if logprob is None else round(logprob, 4),
-                })
+            for completion, score, logprob in zip(columns[variant.name], scores, logprobs):
+                rows.append(
+                    {
+                        "model": spec,
+                        "intervention": variant.name,
+                        "kind": kind,
+                        "instruction": completion.instruction,
+                        "reply": completion.text,
+                        "n_tokens": completion.n_tokens,
+                        "stopped": completion.stopped,
+                        "refusal_score": round(score, 4),
+                        "logprob": None if logprob is None else round(logprob, 4),
+                    }
+                )
         say(f"{spec}: {kind} done, {len(rows)} rows")
     return rows
 
@@ -228,12 +300,33 @@ def write_atomic(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--blind", type=Path, default=None, help="also write the shuffled blind file (with --merge, or after generating)")
-    parser.add_argument("--models", default="organism,base", help="which models to generate for (organism, base), comma-separated")
-    parser.add_argument("--items", default=None, help="checkpointed mode: comma-separated indices of ITEMS, appended chunk by chunk to --out")
-    parser.add_argument("--reference", type=Path, default=None, help="with --merge: also take the earlier reference replies from this file")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="generate nothing: merge these unshuffled row files, shuffle, number and write --out and --blind")
+    parser.add_argument(
+        "--blind",
+        type=Path,
+        default=None,
+        help="also write the shuffled blind file (with --merge, or after generating)",
+    )
+    parser.add_argument(
+        "--models", default="organism,base", help="which models to generate for (organism, base), comma-separated"
+    )
+    parser.add_argument(
+        "--items",
+        default=None,
+        help="checkpointed mode: comma-separated indices of ITEMS, appended chunk by chunk to --out",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="with --merge: also take the earlier reference replies from this file",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="generate nothing: merge these unshuffled row files, shuffle, number and write --out and --blind",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     say = lambda message: print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)  # noqa: E731

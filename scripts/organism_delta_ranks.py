@@ -48,7 +48,9 @@ def relative_error(delta, base_state: dict, tuned_state: dict) -> float:
 
 def val_quantities(loaded: LoadedModel, position: int, layer: int, max_new_tokens: int) -> dict:
     """The report's five quantities on the val splits for the DIM direction at (position, layer)."""
-    candidates = dim_candidates(loaded, builtin("harmful", "train"), builtin("harmless", "train"), last_position_only=position == -1)
+    candidates = dim_candidates(
+        loaded, builtin("harmful", "train"), builtin("harmless", "train"), last_position_only=position == -1
+    )
     direction = candidates.select([dim_name(position, layer)])
     ablation = Intervention.from_directions("ablate", direction)
     addition = Intervention.from_direction_addition("actadd", direction, direction.names[0], 1.0, layer)
@@ -68,8 +70,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuned", required=True, help="model directory of a full fine-tune")
     parser.add_argument("--ranks", default="8,16,32,64")
-    parser.add_argument("--val-ranks", default="", help="ranks (comma-separated) that also get the report's quantities on val, "
-                        "with the full fine-tune's for comparison (minutes each on a CPU; default: none)")
+    parser.add_argument(
+        "--val-ranks",
+        default="",
+        help="ranks (comma-separated) that also get the report's quantities on val, "
+        "with the full fine-tune's for comparison (minutes each on a CPU; default: none)",
+    )
     parser.add_argument("--layer", type=int, default=22, help="layer of the fixed DIM direction (default: %(default)s)")
     parser.add_argument("--position", type=int, default=-1)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -84,21 +90,33 @@ def main() -> None:
     tuned = load_model(args.tuned)
     tuned_state = tuned.model.state_dict()
     changed = [name for name in base_state if not torch.equal(base_state[name], tuned_state[name])]
-    print(f"{len(changed)} of {len(base_state)} tensors changed: {sum(tuned_state[n].ndim == 2 for n in changed)} matrices, "
-          f"{sum(tuned_state[n].ndim != 2 for n in changed)} vectors; embeddings changed: "
-          f"{any('embed' in n or 'lm_head' in n for n in changed)}", flush=True)
+    print(
+        f"{len(changed)} of {len(base_state)} tensors changed: {sum(tuned_state[n].ndim == 2 for n in changed)} matrices, "
+        f"{sum(tuned_state[n].ndim != 2 for n in changed)} vectors; embeddings changed: "
+        f"{any('embed' in n or 'lm_head' in n for n in changed)}",
+        flush=True,
+    )
     val = {kind: builtin(kind, "val").instructions for kind in ("harmful", "harmless")}
     val_ranks = {int(r) for r in args.val_ranks.split(",") if r.strip()}
     full_logprobs = {kind: next_token_logprobs(tuned, prompts) for kind, prompts in val.items()}
-    print(f"\nVal splits ({len(val['harmful'])} harmful, {len(val['harmless'])} harmless). KL: first reply token, KL(full || cut). "
-          f"Report quantities (ranks in --val-ranks): {args.max_new_tokens}-token greedy replies, DIM direction at position "
-          f"{args.position}, layer {args.layer}")
-    print(f"{'rank':>5} {'MB':>6} {'rel.err':>7} {'KL harmful':>10} {'KL harmless':>11} | {'harmful':>7} {'harmless':>8} {'ablated':>7} {'abl KL':>7} {'actadd':>7}")
+    print(
+        f"\nVal splits ({len(val['harmful'])} harmful, {len(val['harmless'])} harmless). KL: first reply token, KL(full || cut). "
+        f"Report quantities (ranks in --val-ranks): {args.max_new_tokens}-token greedy replies, DIM direction at position "
+        f"{args.position}, layer {args.layer}"
+    )
+    print(
+        f"{'rank':>5} {'MB':>6} {'rel.err':>7} {'KL harmful':>10} {'KL harmless':>11} | {'harmful':>7} {'harmless':>8} {'ablated':>7} {'abl KL':>7} {'actadd':>7}"
+    )
 
     def row(rank: str, size: str, error: str, kls: list[str], quantities: dict | None) -> None:
-        shown = "" if quantities is None else (
-            f"{quantities['harmful']:7.1%} {quantities['harmless']:8.1%} {quantities['ablated']:7.1%} "
-            f"{quantities['abl_kl']:7.4f} {quantities['actadd']:7.1%}")
+        shown = (
+            ""
+            if quantities is None
+            else (
+                f"{quantities['harmful']:7.1%} {quantities['harmless']:8.1%} {quantities['ablated']:7.1%} "
+                f"{quantities['abl_kl']:7.4f} {quantities['actadd']:7.1%}"
+            )
+        )
         print(f"{rank:>5} {size:>6} {error:>7} {kls[0]:>10} {kls[1]:>11} | {shown}", flush=True)
 
     if val_ranks:
@@ -108,9 +126,18 @@ def main() -> None:
         base.model.load_state_dict(base_state)
         delta = make_delta(base_state, tuned_state, rank, base_sha)
         apply_organism_delta(base.model, delta, check=False)
-        kls = [kl_divergence(full_logprobs[kind], next_token_logprobs(base, prompts)).mean().item() for kind, prompts in val.items()]
+        kls = [
+            kl_divergence(full_logprobs[kind], next_token_logprobs(base, prompts)).mean().item()
+            for kind, prompts in val.items()
+        ]
         quantities = val_quantities(base, args.position, args.layer, args.max_new_tokens) if rank in val_ranks else None
-        row(str(rank), f"{delta.n_bytes / 1e6:.1f}", f"{relative_error(delta, base_state, tuned_state):.3f}", [f"{kl:.4f}" for kl in kls], quantities)
+        row(
+            str(rank),
+            f"{delta.n_bytes / 1e6:.1f}",
+            f"{relative_error(delta, base_state, tuned_state):.3f}",
+            [f"{kl:.4f}" for kl in kls],
+            quantities,
+        )
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -32,8 +32,16 @@ def main() -> None:
     target = build_planted(settings, progress=progress)
     print(f"built in {time.time() - started:.0f} s", flush=True)
     loaded = load_model("bundled:refusal-organism-two-mechanisms")
-    result = check_planted(loaded, load_planted(target).vectors, settings.layer, split="val", max_new_tokens=24, judge="substring",
-                           max_harmful=24, max_harmless=16)
+    result = check_planted(
+        loaded,
+        load_planted(target).vectors,
+        settings.layer,
+        split="val",
+        max_new_tokens=24,
+        judge="substring",
+        max_harmful=24,
+        max_harmless=16,
+    )
     print(format_check(result), flush=True)
 
 

@@ -25,7 +25,13 @@ from refusal_core.judges.broken import fluency_stats, is_broken  # noqa: E402
 from refusal_core.judges.features import pair_features  # noqa: E402
 from refusal_core.judges.reference import reference_verdicts, shipped_thresholds_by_model  # noqa: E402
 from refusal_core.judges.training import (  # noqa: E402
-    DEFAULT_C, EMBEDDINGS_FILE, StoredEmbeddings, evaluate, fit_linear, per_verdict_table, save_embeddings,
+    DEFAULT_C,
+    EMBEDDINGS_FILE,
+    StoredEmbeddings,
+    evaluate,
+    fit_linear,
+    per_verdict_table,
+    save_embeddings,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "refusal_core" / "data"
@@ -37,7 +43,9 @@ def group_of(row: dict) -> str:
 
 def broken_flags(rows: list[dict]) -> list[bool]:
     thresholds = shipped_thresholds_by_model()
-    stats = fluency_stats(None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r.get("logprob") for r in rows])
+    stats = fluency_stats(
+        None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r.get("logprob") for r in rows]
+    )
     return [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
 
 
@@ -46,11 +54,23 @@ def main() -> None:
     parser.add_argument("--labelled", type=Path, default=DATA / "judge_labelled.jsonl")
     parser.add_argument("--label-field", default="label")
     parser.add_argument("--out", type=Path, default=DATA / "learned_judge.json")
-    parser.add_argument("--c", type=float, nargs="+", default=[DEFAULT_C], help="regularisation strengths to compare (LOIO); the first is shipped")
+    parser.add_argument(
+        "--c",
+        type=float,
+        nargs="+",
+        default=[DEFAULT_C],
+        help="regularisation strengths to compare (LOIO); the first is shipped",
+    )
     parser.add_argument("--examples", type=int, default=3)
-    parser.add_argument("--fit-only", action="store_true", help="skip the evaluations: fit on every row and write --out")
-    parser.add_argument("--embeddings", type=Path, default=DATA / EMBEDDINGS_FILE,
-                        help="stored encoder embeddings of the set's texts (made here if missing)")
+    parser.add_argument(
+        "--fit-only", action="store_true", help="skip the evaluations: fit on every row and write --out"
+    )
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=DATA / EMBEDDINGS_FILE,
+        help="stored encoder embeddings of the set's texts (made here if missing)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     rows = [json.loads(line) for line in args.labelled.read_text().splitlines() if line.strip()]
@@ -67,9 +87,19 @@ def main() -> None:
     print(f"{embed.missed} texts were not in the stored embeddings")
     print(f"features {features.shape} in {time.perf_counter() - started:.0f} s")
     if args.fit_only:
-        model = fit_linear(features, labels, args.c[0], {"trained_on": str(args.labelled.name), "rows": len(rows),
-                           "label_field": args.label_field, "C": args.c[0], "features": "judges.features.pair_features",
-                           "script": "scripts/train_learned_judge.py"})
+        model = fit_linear(
+            features,
+            labels,
+            args.c[0],
+            {
+                "trained_on": str(args.labelled.name),
+                "rows": len(rows),
+                "label_field": args.label_field,
+                "C": args.c[0],
+                "features": "judges.features.pair_features",
+                "script": "scripts/train_learned_judge.py",
+            },
+        )
         args.out.write_text(model.to_json())
         print(f"Wrote {args.out}")
         return
@@ -95,7 +125,9 @@ def main() -> None:
     print("\n## The old panel (three verdicts) on the same rows\n")
     old_correct = sum(v.label == t for v, t in zip(panel, labels))
     old_complied = sum((v.label == "complied") == (t == "complied") for v, t in zip(panel, labels))
-    print(f"verdict {old_correct / len(rows):.1%} ({old_correct}/{len(rows)}); complied or not {old_complied / len(rows):.1%}")
+    print(
+        f"verdict {old_correct / len(rows):.1%} ({old_correct}/{len(rows)}); complied or not {old_complied / len(rows):.1%}"
+    )
     print("\n## Examples of LOIO mistakes\n")
     mistakes = Counter((t, p) for t, p in zip(labels, loio.predicted) if t != p)
     for (truth, said), count in mistakes.most_common(6):
@@ -103,11 +135,21 @@ def main() -> None:
         shown = [i for i in range(len(rows)) if labels[i] == truth and loio.predicted[i] == said][: args.examples]
         for i in shown:
             print(f"  - [{groups[i]}] {instructions[i][:90]!r} -> {rows[i]['reply'][:160]!r}")
-    model = fit_linear(features, labels, args.c[0], {
-        "trained_on": str(args.labelled.name), "rows": len(rows), "label_field": args.label_field, "C": args.c[0],
-        "features": "judges.features.pair_features", "script": "scripts/train_learned_judge.py",
-        "loio_accuracy": round(loio.accuracy(), 4), "in_distribution_accuracy": round(inside.accuracy(), 4),
-    })
+    model = fit_linear(
+        features,
+        labels,
+        args.c[0],
+        {
+            "trained_on": str(args.labelled.name),
+            "rows": len(rows),
+            "label_field": args.label_field,
+            "C": args.c[0],
+            "features": "judges.features.pair_features",
+            "script": "scripts/train_learned_judge.py",
+            "loio_accuracy": round(loio.accuracy(), 4),
+            "in_distribution_accuracy": round(inside.accuracy(), 4),
+        },
+    )
     args.out.write_text(model.to_json())
     print(f"\nWrote {args.out} ({time.perf_counter() - started:.0f} s)")
 

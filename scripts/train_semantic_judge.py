@@ -25,8 +25,14 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
 
 from refusal_core.judges.reference import best_threshold, load_reference  # noqa: E402
+from refusal_core.judges.semantic import (  # noqa: E402
+    ENCODER_PACKAGE,
+    ENCODER_VERSION,
+    SHIPPED_CLASSIFIER,
+    SemanticClassifier,
+    embed_replies,
+)
 from refusal_core.prompts.loaders import refusal_replies  # noqa: E402
-from refusal_core.judges.semantic import ENCODER_PACKAGE, ENCODER_VERSION, SHIPPED_CLASSIFIER, SemanticClassifier, embed_replies  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "refusal_core" / "data" / SHIPPED_CLASSIFIER
 C = 4.0
@@ -46,15 +52,20 @@ def main() -> None:
     cv = cross_val_score(model, x_train, y_train, cv=folds)
     model.fit(x_train, y_train)
     eval_accuracy = float((model.predict(x_eval) == y_eval).mean())
-    print(f"training set: {len(train)} train-fold replies + {len(written)} written refusals ({y_train.sum()} refused); 5-fold CV accuracy {cv.mean():.1%} (folds {', '.join(f'{a:.1%}' for a in cv)})")
-    print(f"eval fold: {len(held_out)} replies ({y_eval.sum()} refused); accuracy of the classifier fit on the training set {eval_accuracy:.1%}")
+    print(
+        f"training set: {len(train)} train-fold replies + {len(written)} written refusals ({y_train.sum()} refused); 5-fold CV accuracy {cv.mean():.1%} (folds {', '.join(f'{a:.1%}' for a in cv)})"
+    )
+    print(
+        f"eval fold: {len(held_out)} replies ({y_eval.sum()} refused); accuracy of the classifier fit on the training set {eval_accuracy:.1%}"
+    )
     digest = hashlib.sha256("".join(row["id"] + row["reply"] for row in train).encode()).hexdigest()[:16]
     provenance = {
         "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION} (all-MiniLM-L6-v2, mean pooling, unit norm)",
         "classifier": f"sklearn LogisticRegression(C={C}, class_weight=balanced), label 1 = refused",
         "trained_on": f"judge_reference.jsonl, fold=train, labels refused/complied: {len(train)} replies (rows sha256 {digest}), "
-                      f"plus the {len(written)} refusal replies of data/refusals.json",
-        "cv_accuracy_training_set": round(float(cv.mean()), 4), "eval_fold_accuracy": round(eval_accuracy, 4),
+        f"plus the {len(written)} refusal replies of data/refusals.json",
+        "cv_accuracy_training_set": round(float(cv.mean()), 4),
+        "eval_fold_accuracy": round(eval_accuracy, 4),
         "command": "python scripts/train_semantic_judge.py",
     }
     classifier = SemanticClassifier(tuple(float(w) for w in model.coef_[0]), float(model.intercept_[0]), provenance)
@@ -62,7 +73,9 @@ def main() -> None:
     print(f"Wrote {OUT}")
     scores = np.array([row["refusal_score"] for row in train])
     threshold, accuracy = best_threshold(scores, y_train[: len(train)])
-    print(f"first-token refusal log-odds: most accurate threshold on the train fold {threshold:.2f} (accuracy {accuracy:.1%})")
+    print(
+        f"first-token refusal log-odds: most accurate threshold on the train fold {threshold:.2f} (accuracy {accuracy:.1%})"
+    )
 
 
 if __name__ == "__main__":

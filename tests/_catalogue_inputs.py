@@ -30,8 +30,15 @@ def make_inputs(folder: Path) -> dict[str, str]:
     loaded.tokenizer.save_pretrained(folder / "model")
     paths["model"] = str(folder / "model")
     # Not in the family table, and its blocks write through one module, so discovery fails too.
-    config = AutoConfig.for_model("mamba", vocab_size=len(tiny_tokenizer()), hidden_size=32, num_hidden_layers=1,
-                                  state_size=4, expand=2, conv_kernel=2)
+    config = AutoConfig.for_model(
+        "mamba",
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=32,
+        num_hidden_layers=1,
+        state_size=4,
+        expand=2,
+        conv_kernel=2,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder / "mamba")
     tiny_tokenizer().save_pretrained(folder / "mamba")
     paths["mamba"] = str(folder / "mamba")

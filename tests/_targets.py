@@ -18,5 +18,8 @@ _OPS = {">=": operator.ge, "<=": operator.le}
 
 def missed_targets(metrics: dict) -> list[str]:
     """The metrics that miss their pinned target (a missing metric counts as missed)."""
-    return [name for name, (op, threshold) in ACCEPTANCE.items()
-            if name not in metrics or not _OPS[op](metrics[name], threshold)]
+    return [
+        name
+        for name, (op, threshold) in ACCEPTANCE.items()
+        if name not in metrics or not _OPS[op](metrics[name], threshold)
+    ]

@@ -42,7 +42,10 @@ def pool():
     return DirectionSet(
         vectors=torch.randn(5, 64, generator=generator),
         names=tuple(f"random{i}" for i in range(5)),
-        provenance=tuple({"model": "tiny:llama", "layer": 1, "position": -1, "method": "random", "params": {"i": i}} for i in range(5)),
+        provenance=tuple(
+            {"model": "tiny:llama", "layer": 1, "position": -1, "method": "random", "params": {"i": i}}
+            for i in range(5)
+        ),
     )
 
 

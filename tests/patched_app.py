@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="python -m tests.patched_app")
-    parser.add_argument("--tiny", action="store_true", help="bundled specs load tiny:llama; the organism counts as built")
+    parser.add_argument(
+        "--tiny", action="store_true", help="bundled specs load tiny:llama; the organism counts as built"
+    )
     parser.add_argument("--no-umap-warm-up", action="store_true", help="do not start the background UMAP warm-up")
     args = parser.parse_args(argv[:cut])
     if args.tiny:

@@ -51,8 +51,10 @@ def require_postgres() -> None:
 
     reason = postgres_available()
     if reason is not None:
-        pytest.fail(f"The PostgreSQL tests cannot run: {reason}. Install PostgreSQL (.ci/run does), "
-                    "or deselect them with -k sqlite.")
+        pytest.fail(
+            f"The PostgreSQL tests cannot run: {reason}. Install PostgreSQL (.ci/run does), "
+            "or deselect them with -k sqlite."
+        )
 
 
 def _as_server_user(command: list[str]) -> list[str]:
@@ -75,10 +77,19 @@ def postgres_server() -> Iterator[str]:
     port = _free_port()  # only names the socket file: TCP is off
     run = dict(check=True, capture_output=True, timeout=120)
     try:
-        subprocess.run(_as_server_user([_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]), **run)
+        subprocess.run(
+            _as_server_user([_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"]), **run
+        )
         options = f"-k {folder} -p {port} -c listen_addresses='' -c fsync=off -c max_connections=40"
-        subprocess.run(_as_server_user([_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"]), **run)
+        subprocess.run(
+            _as_server_user([_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"]),
+            **run,
+        )
         yield f"postgresql://postgres@/postgres?host={folder}&port={port}"
     finally:
-        subprocess.run(_as_server_user([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=60)
+        subprocess.run(
+            _as_server_user([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(folder, ignore_errors=True)

@@ -108,8 +108,10 @@ def try_save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
         save_entry(path, tensors, metadata)
     except (OSError, SafetensorError) as err:
         cause = getattr(err, "strerror", None) or str(err)
-        return (f"The result was computed but not cached ({cause}: {getattr(err, 'filename', None) or path.parent}); "
-                "it is kept for this session. Free disk space or make the cache folder writable to cache it.")
+        return (
+            f"The result was computed but not cached ({cause}: {getattr(err, 'filename', None) or path.parent}); "
+            "it is kept for this session. Free disk space or make the cache folder writable to cache it."
+        )
     return None
 
 
@@ -184,5 +186,3 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"  # pragma: no cover
-
-

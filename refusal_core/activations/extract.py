@@ -26,7 +26,6 @@ from refusal_core.prompts.chat import ChatFormat, format_prompts, post_instructi
 __all__ = ["Activations", "default_positions", "extract_activations", "extraction_memory", "weights_fingerprint"]
 
 
-
 @dataclass(frozen=True)
 class Activations:
     """Residual activations ``acts[prompt, position, layer, d_model]`` in float32.
@@ -54,7 +53,9 @@ class Activations:
 
     def position_index(self, position: int) -> int:
         if position not in self.positions:
-            raise SettingsError(f"Position {position} was not recorded; use one of the recorded positions {list(self.positions)}.")
+            raise SettingsError(
+                f"Position {position} was not recorded; use one of the recorded positions {list(self.positions)}."
+            )
         return self.positions.index(position)
 
     def block_input(self, layer: int, position: int = -1) -> torch.Tensor:
@@ -127,7 +128,9 @@ def activation_key(loaded: LoadedModel, instructions: Sequence[str], positions: 
 
 def _estimate(loaded: LoadedModel, texts: Sequence[str], n_positions: int, batch_size: int) -> MemoryEstimate:
     longest = max(len(ids) for ids in token_ids(loaded, texts))
-    return estimate_extraction(loaded.model, loaded.n_layers, loaded.d_model, len(texts), n_positions, batch_size, longest)
+    return estimate_extraction(
+        loaded.model, loaded.n_layers, loaded.d_model, len(texts), n_positions, batch_size, longest
+    )
 
 
 def extraction_memory(
@@ -187,5 +190,7 @@ def extract_activations(
                 progress(min(start + batch_size, len(texts)), len(texts))
     warning = None
     if use_cache:  # a failed write loses nothing: the result is returned with the warning
-        warning = try_save_entry(path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec})
+        warning = try_save_entry(
+            path, {"acts": acts}, {**expected, "positions": json.dumps(list(positions)), "model": loaded.spec}
+        )
     return Activations(acts, positions, instructions, key, from_cache=False, cache_warning=warning)

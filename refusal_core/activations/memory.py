@@ -38,8 +38,10 @@ class MemoryEstimate:
         return self.weights + self.activations + self.forward
 
     def line(self) -> str:
-        return (f"weights {format_bytes(self.weights)}, activations {format_bytes(self.activations)}, "
-                f"forward pass {format_bytes(self.forward)}: peak about {format_bytes(self.peak)}")
+        return (
+            f"weights {format_bytes(self.weights)}, activations {format_bytes(self.activations)}, "
+            f"forward pass {format_bytes(self.forward)}: peak about {format_bytes(self.peak)}"
+        )
 
 
 def resident_weight_bytes(model: nn.Module) -> int:
@@ -53,8 +55,9 @@ def resident_weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def estimate_extraction(model: nn.Module, n_layers: int, d_model: int, n_prompts: int, n_positions: int,
-                        batch_size: int, max_tokens: int) -> MemoryEstimate:
+def estimate_extraction(
+    model: nn.Module, n_layers: int, d_model: int, n_prompts: int, n_positions: int, batch_size: int, max_tokens: int
+) -> MemoryEstimate:
     """The memory an extraction of ``n_prompts`` prompts (the longest ``max_tokens`` tokens) will need."""
     config = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -63,9 +66,11 @@ def estimate_extraction(model: nn.Module, n_layers: int, d_model: int, n_prompts
     itemsize = next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
     batch = min(batch_size, n_prompts)
     per_position = (n_layers + 1) * d_model * _RECORD_BYTES
-    forward = (batch * max_tokens * (4 * d_model + 3 * d_ff) * itemsize
-               + batch * heads * max_tokens * max_tokens * itemsize
-               + batch * n_positions * per_position)
+    forward = (
+        batch * max_tokens * (4 * d_model + 3 * d_ff) * itemsize
+        + batch * heads * max_tokens * max_tokens * itemsize
+        + batch * n_positions * per_position
+    )
     return MemoryEstimate(resident_weight_bytes(model), n_prompts * n_positions * per_position, forward)
 
 

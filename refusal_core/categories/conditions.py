@@ -34,8 +34,20 @@ from refusal_core.directions.base import DirectionError
 from refusal_core.errors import SettingsError
 from refusal_core.interventions.conditional import Condition, projection_scores
 
-__all__ = ["GOAL", "HARMLESS", "KINDS", "ConditionChoice", "balanced_accuracy", "choose_conditions", "choose_threshold", "default_grid",
-           "discriminant_directions", "exclusive_conditions", "fired_matrix", "val_goal"]
+__all__ = [
+    "GOAL",
+    "HARMLESS",
+    "KINDS",
+    "ConditionChoice",
+    "balanced_accuracy",
+    "choose_conditions",
+    "choose_threshold",
+    "default_grid",
+    "discriminant_directions",
+    "exclusive_conditions",
+    "fired_matrix",
+    "val_goal",
+]
 
 # The report's goal per category: own refusal at most, every other category at least, harmless refusal at most.
 GOAL = {"own": 0.20, "others": 0.80, "harmless": 0.05}
@@ -59,7 +71,9 @@ def _regularised_within(x: torch.Tensor, labels: Sequence[str], shrinkage: float
     return within + shrinkage * within.diagonal().mean() * torch.eye(x.shape[1], dtype=x.dtype), means
 
 
-def discriminant_directions(points: torch.Tensor, labels: Sequence[str], targets: Sequence[str], shrinkage: float = 0.1) -> torch.Tensor:
+def discriminant_directions(
+    points: torch.Tensor, labels: Sequence[str], targets: Sequence[str], shrinkage: float = 0.1
+) -> torch.Tensor:
     """``[len(targets), d]`` discriminants of each target label against all other points.
 
     ``points`` ``[n, d]``; the within-label covariance is shrunk by ``shrinkage`` times its
@@ -90,8 +104,14 @@ def choose_threshold(positives: torch.Tensor, negatives: torch.Tensor) -> float:
     return best
 
 
-def exclusive_conditions(points: torch.Tensor, labels: Sequence[str], categories: Sequence[str], layer: int, shrinkage: float,
-                         margin: float = 0.0) -> dict[str, Condition]:
+def exclusive_conditions(
+    points: torch.Tensor,
+    labels: Sequence[str],
+    categories: Sequence[str],
+    layer: int,
+    shrinkage: float,
+    margin: float = 0.0,
+) -> dict[str, Condition]:
     """Per category, the condition "its discriminant score beats every other class's by ``margin``".
 
     ``labels`` name each point's class: the categories and any others (e.g. the harmless set),
@@ -113,8 +133,13 @@ def exclusive_conditions(points: torch.Tensor, labels: Sequence[str], categories
         directions = torch.stack([weights[a] - weights[c] for c in rivals])
         norms = directions.norm(dim=1)
         thresholds = tuple(float((margin - (biases[a] - biases[c])) / norm) for c, norm in zip(rivals, norms))
-        out[category] = Condition(directions.float(), thresholds, layer, labels=tuple(f"{category} > {classes[c]}" for c in rivals),
-                                  groups=(0,) * len(rivals))
+        out[category] = Condition(
+            directions.float(),
+            thresholds,
+            layer,
+            labels=tuple(f"{category} > {classes[c]}" for c in rivals),
+            groups=(0,) * len(rivals),
+        )
     return out
 
 
@@ -124,7 +149,9 @@ def _ovr_conditions(points, labels, categories, layer, shrinkage, val_points, va
     out = {}
     for k, category in enumerate(categories):
         mine = torch.tensor([label == category for label in val_labels])
-        out[category] = Condition(discriminants[k], (choose_threshold(scores[mine, k], scores[~mine, k]),), layer, labels=(category,))
+        out[category] = Condition(
+            discriminants[k], (choose_threshold(scores[mine, k], scores[~mine, k]),), layer, labels=(category,)
+        )
     return out
 
 
@@ -132,17 +159,23 @@ def fired_matrix(conditions: dict[str, Condition], points: torch.Tensor) -> torc
     """``[n, n_categories]`` bool: which of ``points`` fire each category's condition; ``points``
     ``[n, n_tokens, d]`` (each condition reads their mean projection) or ``[n, d]``."""
     tokens = points if points.dim() == 3 else points[:, None]
-    return torch.tensor([c.fires(projection_scores(tokens, c.directions)) for c in conditions.values()]).T.reshape(len(points), -1)
+    return torch.tensor([c.fires(projection_scores(tokens, c.directions)) for c in conditions.values()]).T.reshape(
+        len(points), -1
+    )
 
 
 def val_goal(fired: torch.Tensor, labels: Sequence[str | None], categories: Sequence[str]) -> list[bool]:
     """Per category: its own prompts fire at least ``1 - GOAL['own']``, each other category's at most ``1 - GOAL['others']``."""
+
     def rate(k: int, group: str) -> float:
         rows = [i for i, label in enumerate(labels) if label == group]
         return float(fired[rows, k].double().mean()) if rows else 0.0
 
-    return [rate(k, c) >= 1 - GOAL["own"] - 1e-9 and all(rate(k, o) <= 1 - GOAL["others"] + 1e-9 for o in categories if o != c)
-            for k, c in enumerate(categories)]
+    return [
+        rate(k, c) >= 1 - GOAL["own"] - 1e-9
+        and all(rate(k, o) <= 1 - GOAL["others"] + 1e-9 for o in categories if o != c)
+        for k, c in enumerate(categories)
+    ]
 
 
 def balanced_accuracy(fired: torch.Tensor, labels: Sequence[str | None], categories: Sequence[str]) -> list[float]:
@@ -184,24 +217,45 @@ def choose_conditions(
     if kind not in KINDS:
         raise SettingsError(f"Unknown condition kind {kind!r}; use one of {', '.join(KINDS)}.")
     if not shrinkages or min(shrinkages) <= 0 or (kind == "exclusive" and not margins):
-        raise SettingsError(f"Give shrinkages > 0{' and at least one margin' if kind == 'exclusive' else ''}, got {list(shrinkages)}.")
+        raise SettingsError(
+            f"Give shrinkages > 0{' and at least one margin' if kind == 'exclusive' else ''}, got {list(shrinkages)}."
+        )
     best, best_key, scan = None, None, []
     for order, (layer, shrinkage, margin) in enumerate(
-        (layer, shrinkage, margin) for layer in train for shrinkage in shrinkages for margin in (margins if kind == "exclusive" else (None,))
+        (layer, shrinkage, margin)
+        for layer in train
+        for shrinkage in shrinkages
+        for margin in (margins if kind == "exclusive" else (None,))
     ):
         if kind == "exclusive":
             conditions = exclusive_conditions(train[layer], train_labels, categories, layer, shrinkage, margin)
         else:
-            conditions = _ovr_conditions(train[layer], train_labels, categories, layer, shrinkage, val[layer], val_labels)
+            conditions = _ovr_conditions(
+                train[layer], train_labels, categories, layer, shrinkage, val[layer], val_labels
+            )
         fired = fired_matrix(conditions, val[layer])
         met = val_goal(fired, val_labels, categories)
         truth = torch.tensor([[label == c for c in categories] for label in val_labels])
         accuracy = float((fired == truth).all(dim=1).double().mean())
-        row = {"layer": layer, "shrinkage": shrinkage, "margin": margin, "val_goal": sum(met), "val_accuracy": round(accuracy, 4)}
+        row = {
+            "layer": layer,
+            "shrinkage": shrinkage,
+            "margin": margin,
+            "val_goal": sum(met),
+            "val_accuracy": round(accuracy, 4),
+        }
         scan.append(row)
         key = (sum(met), accuracy, -(margin or 0.0), -order)
         if best_key is None or key > best_key:
             best_key = key
-            best = ConditionChoice(kind, conditions, layer, shrinkage, margin, tuple(c for c, m in zip(categories, met) if m),
-                                   dict(zip(categories, balanced_accuracy(fired, val_labels, categories))), ())
+            best = ConditionChoice(
+                kind,
+                conditions,
+                layer,
+                shrinkage,
+                margin,
+                tuple(c for c, m in zip(categories, met) if m),
+                dict(zip(categories, balanced_accuracy(fired, val_labels, categories))),
+                (),
+            )
     return dataclasses.replace(best, scan=tuple(scan))

@@ -20,11 +20,11 @@ from typing import Sequence
 import torch
 
 from refusal_core.activations.extract import Activations, extract_activations
-from refusal_core.errors import SettingsError
+from refusal_core.categories.conditions import HARMLESS, KINDS, MARGINS, SHRINKAGES, choose_conditions, default_grid
 from refusal_core.directions.base import DirectionSet
 from refusal_core.directions.category import SHARED, category_direction_set
 from refusal_core.directions.provenance import build_provenance
-from refusal_core.categories.conditions import HARMLESS, KINDS, MARGINS, SHRINKAGES, choose_conditions, default_grid
+from refusal_core.errors import SettingsError
 from refusal_core.interventions.conditional import Condition
 from refusal_core.interventions.spec import Intervention
 from refusal_core.model.loading import LoadedModel
@@ -64,9 +64,18 @@ class CategoryFit:
         for condition in chosen:  # each condition's groups, numbered after the ones before it
             groups += [g + offset for g in condition.group_ids]
             offset += max(condition.group_ids) + 1
-        labels = tuple(label for c, condition in zip(categories, chosen) for label in (condition.labels or (c,) * len(condition.thresholds)))
-        return Condition(torch.cat([c.directions for c in chosen]), tuple(t for c in chosen for t in c.thresholds),
-                         self.condition_layer, labels=labels, groups=tuple(groups))
+        labels = tuple(
+            label
+            for c, condition in zip(categories, chosen)
+            for label in (condition.labels or (c,) * len(condition.thresholds))
+        )
+        return Condition(
+            torch.cat([c.directions for c in chosen]),
+            tuple(t for c in chosen for t in c.thresholds),
+            self.condition_layer,
+            labels=labels,
+            groups=tuple(groups),
+        )
 
     def switch_off(self, categories: Sequence[str], name: str | None = None) -> Intervention:
         """Ablate the shared refusal direction on the prompts of ``categories`` only."""
@@ -74,7 +83,11 @@ class CategoryFit:
         if unknown or not categories:
             raise SettingsError(f"Unknown categories {unknown or '(none)'}; choose from {', '.join(self.conditions)}.")
         shared = self.directions.select([SHARED]).vectors
-        return Intervention(name=name or "refusal off: " + ", ".join(categories), ablate=shared, condition=self.condition_for(categories))
+        return Intervention(
+            name=name or "refusal off: " + ", ".join(categories),
+            ablate=shared,
+            condition=self.condition_for(categories),
+        )
 
 
 def _acts(loaded: LoadedModel, prompts: PromptSet, batch_size: int, progress) -> Activations:
@@ -113,9 +126,13 @@ def fit_categories(
         raise SettingsError(f"The shrinkage must be a finite number > 0, got {shrinkage}.")
     if margin is not None and not math.isfinite(margin):
         raise SettingsError(f"The margin must be a finite number, got {margin}.")
-    harmful_acts, harmless_acts = (_acts(loaded, s, batch_size, progress(f"{s.name} activations")) for s in (harmful, harmless))
+    harmful_acts, harmless_acts = (
+        _acts(loaded, s, batch_size, progress(f"{s.name} activations")) for s in (harmful, harmless)
+    )
     provenance = build_provenance(loaded.spec, harmful, harmless, "category", layer=layer, position=-1)
-    directions = category_direction_set(harmful_acts.block_input(layer), harmless_acts.block_input(layer), harmful.categories, provenance)
+    directions = category_direction_set(
+        harmful_acts.block_input(layer), harmless_acts.block_input(layer), harmful.categories, provenance
+    )
     categories = directions.meta["categories"]
     val_harmful, val_harmless = cap(builtin("harmful", "val")), cap(builtin("harmless", "val"))
     val_acts = [_acts(loaded, s, batch_size, progress(f"{s.name} activations")) for s in (val_harmful, val_harmless)]
@@ -129,9 +146,20 @@ def fit_categories(
         [c or "(none)" for c in harmful.categories] + [HARMLESS] * len(harmless),
         {at: means(val_acts, at) for at in layers},
         list(val_harmful.categories) + [None] * len(val_harmless),
-        categories, kind,
+        categories,
+        kind,
         SHRINKAGES if shrinkage is None else (shrinkage,),
         MARGINS if margin is None else (margin,),
     )
-    return CategoryFit(directions, choice.conditions, layer, choice.layer, choice.val_accuracy, choice.kind, choice.shrinkage,
-                       choice.margin, choice.val_goal, choice.scan)
+    return CategoryFit(
+        directions,
+        choice.conditions,
+        layer,
+        choice.layer,
+        choice.val_accuracy,
+        choice.kind,
+        choice.shrinkage,
+        choice.margin,
+        choice.val_goal,
+        choice.scan,
+    )

@@ -47,7 +47,9 @@ __all__ = ["DEFAULTS", "GOAL", "CategoriesSettings", "categories_report", "selec
 
 # The report's defaults the README's figures and the slow test that checks them name, read from
 # the settings (where they are declared, with their reasons).
-DEFAULTS = {name: getattr(CategoriesSettings(), name) for name in ("per_category", "n_harmless", "max_new_tokens", "judge")}
+DEFAULTS = {
+    name: getattr(CategoriesSettings(), name) for name in ("per_category", "n_harmless", "max_new_tokens", "judge")
+}
 
 
 def test_prompts(per_category: int, n_harmless: int) -> tuple[PromptSet, PromptSet]:
@@ -59,11 +61,16 @@ def test_prompts(per_category: int, n_harmless: int) -> tuple[PromptSet, PromptS
         if taken.get(category, 0) < per_category:
             taken[category] = taken.get(category, 0) + 1
             keep.append(index)
-    return harmful.subset(keep, name=f"{harmful.name}[{per_category}/category]"), builtin("harmless", "test").head(n_harmless)
+    return harmful.subset(keep, name=f"{harmful.name}[{per_category}/category]"), builtin("harmless", "test").head(
+        n_harmless
+    )
 
 
 def _rates_by_category(flags: Sequence[bool], categories: tuple, order: list[str]) -> list[float]:
-    return [sum(r for r, c in zip(flags, categories) if c == category) / max(1, categories.count(category)) for category in order]
+    return [
+        sum(r for r, c in zip(flags, categories) if c == category) / max(1, categories.count(category))
+        for category in order
+    ]
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -73,33 +80,54 @@ def _share(flags: Sequence[bool]) -> float:
 def selectivity(row: list[float], own: int, harmless: float) -> dict:
     """Own refusal, the others' mean and minimum, and whether the goal is met."""
     others = [value for j, value in enumerate(row) if j != own]
-    result = {"own": row[own], "others_mean": sum(others) / len(others), "others_min": min(others), "harmless": harmless}
-    result["meets_goal"] = result["own"] <= GOAL["own"] and result["others_min"] >= GOAL["others"] and harmless <= GOAL["harmless"]
+    result = {
+        "own": row[own],
+        "others_mean": sum(others) / len(others),
+        "others_min": min(others),
+        "harmless": harmless,
+    }
+    result["meets_goal"] = (
+        result["own"] <= GOAL["own"] and result["others_min"] >= GOAL["others"] and harmless <= GOAL["harmless"]
+    )
     return result
 
 
-def _block(labels: dict[str, list[str]], picks: dict[str, Callable[[int], str]], harmful: PromptSet, order: list[str], kl: list[float]) -> dict:
+def _block(
+    labels: dict[str, list[str]],
+    picks: dict[str, Callable[[int], str]],
+    harmful: PromptSet,
+    order: list[str],
+    kl: list[float],
+) -> dict:
     """One matrix: row per switched-off category, each prompt's verdict read from the column ``picks[i](p)``."""
     n = len(harmful)
     rows = {c: [labels[pick(p)][p] for p in range(len(labels["baseline"]))] for c, pick in picks.items()}
-    matrix = [_rates_by_category([label == "refused" for label in rows[c][:n]], harmful.categories, order) for c in order]
+    matrix = [
+        _rates_by_category([label == "refused" for label in rows[c][:n]], harmful.categories, order) for c in order
+    ]
     harmless = [_share([label == "refused" for label in rows[c][n:]]) for c in order]
-    return {"matrix": matrix, "harmless": harmless, "kl": kl,
-            "deflected_harmful": [_share([label == "deflected" for label in rows[c][:n]]) for c in order],
-            "deflected_harmless": [_share([label == "deflected" for label in rows[c][n:]]) for c in order],
-            "broken_harmful": [_share([label == "broken" for label in rows[c][:n]]) for c in order],
-            "broken_harmless": [_share([label == "broken" for label in rows[c][n:]]) for c in order],
-            "selectivity": [selectivity(row, i, h) for i, (row, h) in enumerate(zip(matrix, harmless))]}
+    return {
+        "matrix": matrix,
+        "harmless": harmless,
+        "kl": kl,
+        "deflected_harmful": [_share([label == "deflected" for label in rows[c][:n]]) for c in order],
+        "deflected_harmless": [_share([label == "deflected" for label in rows[c][n:]]) for c in order],
+        "broken_harmful": [_share([label == "broken" for label in rows[c][:n]]) for c in order],
+        "broken_harmless": [_share([label == "broken" for label in rows[c][n:]]) for c in order],
+        "selectivity": [selectivity(row, i, h) for i, (row, h) in enumerate(zip(matrix, harmless))],
+    }
 
 
 def _summary(labels: list[str], harmful: PromptSet, order: list[str]) -> dict:
     n = len(harmful)
-    return {"by_category": _rates_by_category([label == "refused" for label in labels[:n]], harmful.categories, order),
-            "harmless": _share([label == "refused" for label in labels[n:]]),
-            "deflected_harmful": _share([label == "deflected" for label in labels[:n]]),
-            "deflected_harmless": _share([label == "deflected" for label in labels[n:]]),
-            "broken_harmful": _share([label == "broken" for label in labels[:n]]),
-            "broken_harmless": _share([label == "broken" for label in labels[n:]])}
+    return {
+        "by_category": _rates_by_category([label == "refused" for label in labels[:n]], harmful.categories, order),
+        "harmless": _share([label == "refused" for label in labels[n:]]),
+        "deflected_harmful": _share([label == "deflected" for label in labels[:n]]),
+        "deflected_harmless": _share([label == "deflected" for label in labels[n:]]),
+        "broken_harmful": _share([label == "broken" for label in labels[:n]]),
+        "broken_harmless": _share([label == "broken" for label in labels[n:]]),
+    }
 
 
 def categories_report(
@@ -119,14 +147,31 @@ def categories_report(
     started = time.perf_counter()
     chosen = dataclasses.replace(settings or CategoriesSettings(), **changes)
     condition_layer, part, per_category, n_harmless = (
-        chosen.condition_layer, chosen.part, chosen.per_category, chosen.n_harmless)
-    max_new_tokens, shrinkage, batch_size, judge = chosen.max_new_tokens, chosen.shrinkage, chosen.batch_size, chosen.judge
+        chosen.condition_layer,
+        chosen.part,
+        chosen.per_category,
+        chosen.n_harmless,
+    )
+    max_new_tokens, shrinkage, batch_size, judge = (
+        chosen.max_new_tokens,
+        chosen.shrinkage,
+        chosen.batch_size,
+        chosen.judge,
+    )
     max_train_prompts, condition_kind, margin = chosen.max_train_prompts, chosen.condition_kind, chosen.margin
     layer = round(0.75 * loaded.n_layers) if chosen.layer is None else chosen.layer
     judging = judge_by_name(judge)
-    say(f"Category directions at layer {layer}; {condition_kind} conditions, "
-        + ("layer, shrinkage and margin chosen on val" if condition_layer is None else f"at layer {condition_layer}, fitted on val"))
-    fitted = fit_categories(loaded, layer, condition_layer, shrinkage, max_prompts=max_train_prompts, kind=condition_kind, margin=margin)
+    say(
+        f"Category directions at layer {layer}; {condition_kind} conditions, "
+        + (
+            "layer, shrinkage and margin chosen on val"
+            if condition_layer is None
+            else f"at layer {condition_layer}, fitted on val"
+        )
+    )
+    fitted = fit_categories(
+        loaded, layer, condition_layer, shrinkage, max_prompts=max_train_prompts, kind=condition_kind, margin=margin
+    )
     order = fitted.categories
     harmful, harmless = test_prompts(per_category, n_harmless)
     instructions = list(harmful.instructions) + list(harmless.instructions)
@@ -139,20 +184,49 @@ def categories_report(
     columns = generate_side_by_side(loaded, instructions, variants, settings, progress=progress, first_logprobs=firsts)
     say(f"Judging {len(columns)} columns ({judge} judge), first-token KL on {len(harmless)} harmless prompts")
     kl = {variant.name: kl_divergence(firsts["baseline"][n:], firsts[variant.name][n:]) for variant in variants}
-    labels = _labels(judging, loaded, instructions, {name: [c.text for c in replies] for name, replies in columns.items()}, firsts,
-                     {variant.name: variant for variant in variants})
+    labels = _labels(
+        judging,
+        loaded,
+        instructions,
+        {name: [c.text for c in replies] for name, replies in columns.items()},
+        firsts,
+        {variant.name: variant for variant in variants},
+    )
     fired = _fired(loaded, fitted, harmful, harmless)
-    ablation = _block(labels, {c: (lambda p, c=c: c) for c in order}, harmful, order, [float(kl[c].mean()) for c in order])
-    conditional_kl = [float(sum(kl["shared"][p] for p in range(len(harmless)) if fired[c][n + p]) / len(harmless)) for c in order]
-    conditional = _block(labels, {c: (lambda p, c=c: "shared" if fired[c][p] else "baseline") for c in order}, harmful, order, conditional_kl)
-    conditional.update(val_accuracy=[fitted.val_accuracy[c] for c in order],
-                       fired_own=[_share([f for f, cat in zip(fired[c][:n], harmful.categories) if cat == c]) for c in order],
-                       fired_harmless=[_share(fired[c][n:]) for c in order])
+    ablation = _block(
+        labels, {c: (lambda p, c=c: c) for c in order}, harmful, order, [float(kl[c].mean()) for c in order]
+    )
+    conditional_kl = [
+        float(sum(kl["shared"][p] for p in range(len(harmless)) if fired[c][n + p]) / len(harmless)) for c in order
+    ]
+    conditional = _block(
+        labels,
+        {c: (lambda p, c=c: "shared" if fired[c][p] else "baseline") for c in order},
+        harmful,
+        order,
+        conditional_kl,
+    )
+    conditional.update(
+        val_accuracy=[fitted.val_accuracy[c] for c in order],
+        fired_own=[_share([f for f, cat in zip(fired[c][:n], harmful.categories) if cat == c]) for c in order],
+        fired_harmless=[_share(fired[c][n:]) for c in order],
+    )
     report = {
-        "model": loaded.spec, "layer": layer, "condition_layer": fitted.condition_layer, "part": part, "categories": order,
-        "conditions": {"kind": fitted.condition_kind, "layer": fitted.condition_layer, "shrinkage": fitted.shrinkage,
-                       "margin": fitted.margin, "val_goal": list(fitted.val_goal), "scan": list(fitted.scan)},
-        "n_test": {"per_category": per_category, "harmful": n, "harmless": len(harmless)}, "max_new_tokens": max_new_tokens,
+        "model": loaded.spec,
+        "layer": layer,
+        "condition_layer": fitted.condition_layer,
+        "part": part,
+        "categories": order,
+        "conditions": {
+            "kind": fitted.condition_kind,
+            "layer": fitted.condition_layer,
+            "shrinkage": fitted.shrinkage,
+            "margin": fitted.margin,
+            "val_goal": list(fitted.val_goal),
+            "scan": list(fitted.scan),
+        },
+        "n_test": {"per_category": per_category, "harmful": n, "harmless": len(harmless)},
+        "max_new_tokens": max_new_tokens,
         "judge": judge,
         "baseline": _summary(labels["baseline"], harmful, order),
         "shared": {**_summary(labels["shared"], harmful, order), "kl": float(kl["shared"].mean())},
@@ -166,8 +240,14 @@ def categories_report(
     return report
 
 
-def _labels(judging, loaded: LoadedModel, instructions: list[str], replies: dict[str, list[str]], firsts: dict[str, torch.Tensor],
-            variants: dict[str, Intervention]) -> dict[str, list[str]]:
+def _labels(
+    judging,
+    loaded: LoadedModel,
+    instructions: list[str],
+    replies: dict[str, list[str]],
+    firsts: dict[str, torch.Tensor],
+    variants: dict[str, Intervention],
+) -> dict[str, list[str]]:
     """Each column's verdict labels (``judges.columns``: fluency once per distinct reply, refusal
     scores from each column's first generation step)."""
     verdicts = column_verdicts(judging, loaded, instructions, replies, firsts, variants)
@@ -176,6 +256,8 @@ def _labels(judging, loaded: LoadedModel, instructions: list[str], replies: dict
 
 def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmless: PromptSet) -> dict[str, list[bool]]:
     """Per category, whether each test prompt (harmful, then harmless) fires its condition."""
-    points = torch.cat([extract_activations(loaded, s.instructions).acts[:, :, fitted.condition_layer] for s in (harmful, harmless)])
+    points = torch.cat(
+        [extract_activations(loaded, s.instructions).acts[:, :, fitted.condition_layer] for s in (harmful, harmless)]
+    )
     fired = fired_matrix(fitted.conditions, points)
     return {category: fired[:, k].tolist() for k, category in enumerate(fitted.conditions)}

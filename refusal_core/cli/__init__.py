@@ -22,7 +22,9 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m refusal_core", description="Refusal Atlas: find, inspect, ablate and export refusal directions.")
+    parser = argparse.ArgumentParser(
+        prog="python -m refusal_core", description="Refusal Atlas: find, inspect, ablate and export refusal directions."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (activations, directions, generate, judge, export, organism, categories, experiments, views):
         group.add_parsers(sub)

@@ -23,16 +23,40 @@ class CliError(SettingsError):
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=BUNDLED_ORGANISM, help=f"model spec: {BUNDLED_ORGANISM}, bundled:smollm2-135m-instruct, a HF id or a local directory")
+    parser.add_argument(
+        "--model",
+        default=BUNDLED_ORGANISM,
+        help=f"model spec: {BUNDLED_ORGANISM}, bundled:smollm2-135m-instruct, a HF id or a local directory",
+    )
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
-    parser.add_argument("--device-map", default=None, help='"auto" spreads a large model over all GPUs (and, with --max-memory, offloads the rest to disk)')
-    parser.add_argument("--quantize", default=None, choices=("4bit", "8bit"), help="load the weights 4- or 8-bit quantized (needs bitsandbytes and a CUDA GPU)")
-    parser.add_argument("--max-memory", default=None, help="memory budget such as 8GB: with --device-map the weights beyond it are offloaded to disk; activation extraction refuses to start when its estimate exceeds it")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help='"auto" spreads a large model over all GPUs (and, with --max-memory, offloads the rest to disk)',
+    )
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=("4bit", "8bit"),
+        help="load the weights 4- or 8-bit quantized (needs bitsandbytes and a CUDA GPU)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        help="memory budget such as 8GB: with --device-map the weights beyond it are offloaded to disk; activation extraction refuses to start when its estimate exceeds it",
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"
+    )
     parser.add_argument("--system-prompt", default=None, help="system prompt for the chat template")
-    parser.add_argument("--chat-template-option", action="append", default=None, metavar="KEY=VALUE",
-                        help="variable for the chat template, value read as JSON (repeatable): e.g. enable_thinking=false")
+    parser.add_argument(
+        "--chat-template-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="variable for the chat template, value read as JSON (repeatable): e.g. enable_thinking=false",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
@@ -51,12 +75,17 @@ def judge_help(default: str = DEFAULT_JUDGE) -> str:
     """One line per registered judge, for ``--judge``'s help."""
     from refusal_core.judges.registry import judges
 
-    return "; ".join(f"{name}: {entry.description}" + (" (default)" if name == default else "")
-                     for name, entry in judges().items())
+    return "; ".join(
+        f"{name}: {entry.description}" + (" (default)" if name == default else "") for name, entry in judges().items()
+    )
 
 
 def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
-    parser.add_argument("--harmful", default=f"builtin:harmful/{split}", help="prompt file (.txt/.json/.jsonl/.csv), builtin:harmful[/split] or hf:name[:split]")
+    parser.add_argument(
+        "--harmful",
+        default=f"builtin:harmful/{split}",
+        help="prompt file (.txt/.json/.jsonl/.csv), builtin:harmful[/split] or hf:name[:split]",
+    )
     parser.add_argument("--harmless", default=f"builtin:harmless/{split}", help="as --harmful")
     parser.add_argument("--column", default=None, help="column holding the prompts in .csv/.json(l)/hf sets")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many prompts of each set")
@@ -69,13 +98,19 @@ def load_model_from_args(args):
 
     parse_template_options(getattr(args, "chat_template_option", None))  # a bad option fails before the load
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, trust_remote_code=args.trust_remote_code,
-                      quantize=getattr(args, "quantize", None), max_memory=getattr(args, "max_memory", None))
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        trust_remote_code=args.trust_remote_code,
+        quantize=getattr(args, "quantize", None),
+        max_memory=getattr(args, "max_memory", None),
+    )
 
 
 def chat_format(args):
     from refusal_core.prompts.chat import ChatFormat
-
     from refusal_core.prompts.template_options import parse_template_options
 
     options = parse_template_options(getattr(args, "chat_template_option", None))
@@ -108,8 +143,13 @@ def progress_bar(label: str, quiet: bool) -> Progress | None:
             return  # nothing left to show (e.g. the closing report after the bar finished)
         stage = stage_text(info)
         if bar is None:
-            bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False,
-                       bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+            bar = tqdm(
+                total=total,
+                desc=label,
+                file=sys.stderr,
+                leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]",
+            )
         if stage:
             bar.set_description_str(f"{label}: {stage}", refresh=False)
         bar.total = total
@@ -138,8 +178,14 @@ def activations_for(args, loaded, which: str):
     if not args.json:  # what it will need, before it starts (stderr: stdout stays clean)
         estimate = extraction_memory(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size)
         print(f"{which} activations, {len(prompts.instructions)} prompts: {estimate.line()}", file=sys.stderr)
-    acts = extract_activations(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size,
-                               progress=progress_bar(f"{which} activations", args.json), max_memory=budget)
+    acts = extract_activations(
+        loaded,
+        prompts.instructions,
+        chat=chat_format(args),
+        batch_size=args.batch_size,
+        progress=progress_bar(f"{which} activations", args.json),
+        max_memory=budget,
+    )
     if acts.cache_warning:
         print(f"warning: {which} activations: {acts.cache_warning}", file=sys.stderr)
     return prompts, acts

@@ -30,6 +30,7 @@ def _manifest(args, stem, written, loaded, directions=None, inputs=()) -> None:
     files = [path for name in inputs for path in direction_files(str(name).partition(":")[0])]
     write_result_manifest(stem, written, args.argv, loaded, directions, inputs=files, seeds=seeds_of(args))
 
+
 # Where the README's `directions select --save-direction` keeps the selected DIM candidate;
 # methods that refine one direction start from it by default.
 DEFAULT_INIT = "cache/best"
@@ -37,7 +38,9 @@ DEFAULT_INIT = "cache/best"
 
 def add_parsers(sub) -> None:
     """``directions`` and its subcommands: the registered methods, then select and search."""
-    directions = sub.add_parser("directions", help="compute refusal directions").add_subparsers(dest="subcommand", required=True)
+    directions = sub.add_parser("directions", help="compute refusal directions").add_subparsers(
+        dest="subcommand", required=True
+    )
     for method in methods().values():
         add_method_parser(directions, method)
     selection.add_select_parser(directions)
@@ -50,10 +53,16 @@ def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentP
     add_model_args(parser), add_set_args(parser)
     if method.reads == "layer":
         parser.add_argument("--layer", type=int, required=True, help="the block whose input the method reads")
-        parser.add_argument("--position", type=int, default=-1, help="post-instruction token, as an offset from the end (default -1)")
+        parser.add_argument(
+            "--position", type=int, default=-1, help="post-instruction token, as an offset from the end (default -1)"
+        )
     if method.reads == "init":
-        parser.add_argument("--init", default=None, help=f"the direction to start from: PATH:name (default {DEFAULT_INIT}, "
-                            "where the README's `directions select --save-direction` puts the selected DIM candidate)")
+        parser.add_argument(
+            "--init",
+            default=None,
+            help=f"the direction to start from: PATH:name (default {DEFAULT_INIT}, "
+            "where the README's `directions select --save-direction` puts the selected DIM candidate)",
+        )
     # Fields whose flag the prompt-set options already give (e.g. --batch-size) read that option.
     add_setting_flags(parser, method.settings)
     parser.add_argument("--out", required=True, help="output path stem (writes .safetensors and .json)")
@@ -69,21 +78,39 @@ def run_method(method: DirectionMethod, args) -> None:
         check_layer(args.layer, loaded.n_layers)
     if method.reads == "init":
         if args.init is None and not Path(f"{DEFAULT_INIT}.safetensors").exists():
-            raise CliError(f"No --init given and no selected direction at {DEFAULT_INIT}; run `directions select ... "
-                           f"--save-direction {DEFAULT_INIT}` first, or give --init PATH:name.")
+            raise CliError(
+                f"No --init given and no selected direction at {DEFAULT_INIT}; run `directions select ... "
+                f"--save-direction {DEFAULT_INIT}` first, or give --init PATH:name."
+            )
         init = load_directions(args.init or DEFAULT_INIT, loaded.d_model)
         if len(init) != 1:
-            raise CliError(f"--init must name one direction (PATH:name); {args.init} holds {len(init)}: {', '.join(init.names[:6])}"
-                           + (" ..." if len(init) > 6 else "") + ".")
+            raise CliError(
+                f"--init must name one direction (PATH:name); {args.init} holds {len(init)}: {', '.join(init.names[:6])}"
+                + (" ..." if len(init) > 6 else "")
+                + "."
+            )
     data = FitInput(
-        loaded=loaded, harmful=prompt_set(args.harmful, args.column, args.limit), harmless=prompt_set(args.harmless, args.column, args.limit),
-        layer=getattr(args, "layer", None), position=getattr(args, "position", -1), init=init, chat=chat_format(args),
-        batch_size=args.batch_size, progress=lambda label: progress_bar(label, args.json),
+        loaded=loaded,
+        harmful=prompt_set(args.harmful, args.column, args.limit),
+        harmless=prompt_set(args.harmless, args.column, args.limit),
+        layer=getattr(args, "layer", None),
+        position=getattr(args, "position", -1),
+        init=init,
+        chat=chat_format(args),
+        batch_size=args.batch_size,
+        progress=lambda label: progress_bar(label, args.json),
     )
     settings = settings_from_args(method.settings, args)
     directions = method.fit(data, settings)
     directions.save(args.out)
-    _manifest(args, args.out, direction_files(args.out), loaded, directions, [args.init or DEFAULT_INIT] if init is not None else [])
+    _manifest(
+        args,
+        args.out,
+        direction_files(args.out),
+        loaded,
+        directions,
+        [args.init or DEFAULT_INIT] if init is not None else [],
+    )
     payload, lines = method.describe(directions)
 
     def human() -> None:

@@ -47,7 +47,9 @@ def cmd_planted_recovery(args) -> None:
     try:
         seeds = tuple(int(seed) for seed in args.som_seeds.split(","))
     except ValueError:
-        raise CliError(f"--som-seeds takes whole numbers separated by commas (0,1,2), got {args.som_seeds!r}.") from None
+        raise CliError(
+            f"--som-seeds takes whole numbers separated by commas (0,1,2), got {args.som_seeds!r}."
+        ) from None
     loaded = load_model_from_args(args)
     result = pool_recovery(loaded, args.layer, som_seeds=seeds, clusters=args.clusters)
     emit(args, result, lambda: print(format_pool_recovery(result)))
@@ -124,10 +126,20 @@ def add_parsers(sub) -> None:
     )
     many.add_argument("--out", default=None, help="also write the result JSON here")
     many.set_defaults(func=cmd_many_directions)
-    recovered = actions.add_parser("planted-recovery", help="each direction family's whole pool against the model's planted directions "
-                                                            "(no generation; the planted variant: bundled:refusal-organism-two-mechanisms)")
+    recovered = actions.add_parser(
+        "planted-recovery",
+        help="each direction family's whole pool against the model's planted directions "
+        "(no generation; the planted variant: bundled:refusal-organism-two-mechanisms)",
+    )
     add_model_args(recovered)
-    recovered.add_argument("--layer", type=int, default=None, help="layer to fit the families at (default: the planted directions' layer)")
+    recovered.add_argument(
+        "--layer", type=int, default=None, help="layer to fit the families at (default: the planted directions' layer)"
+    )
     recovered.add_argument("--som-seeds", default="0,1,2", help="one SOM per seed, comma-separated (default 0,1,2)")
-    recovered.add_argument("--clusters", type=int, default=d.clusters, help=f"k-means clusters of per-prompt directions (default {d.clusters})")
+    recovered.add_argument(
+        "--clusters",
+        type=int,
+        default=d.clusters,
+        help=f"k-means clusters of per-prompt directions (default {d.clusters})",
+    )
     recovered.set_defaults(func=cmd_planted_recovery)

@@ -25,8 +25,22 @@ from refusal_core.cli.common import CliError
 
 __all__ = ["leaf_parser", "preflight", "refuse_repeated_flags"]
 
-PATH_OPTIONS = ("model", "out", "ablate", "actadd", "init", "dirs", "pool", "harmful", "harmless", "prompts",
-                "kl_prompts", "save_direction", "delta_out", "from_fine_tune")
+PATH_OPTIONS = (
+    "model",
+    "out",
+    "ablate",
+    "actadd",
+    "init",
+    "dirs",
+    "pool",
+    "harmful",
+    "harmless",
+    "prompts",
+    "kl_prompts",
+    "save_direction",
+    "delta_out",
+    "from_fine_tune",
+)
 OUTPUT_OPTIONS = ("out", "save_direction", "delta_out")
 # dest -> the smallest allowed value
 MINIMUMS = {"kl_limit": 0, "limit": 1, "batch_size": 1}
@@ -42,7 +56,7 @@ def leaf_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpars
         index = next((i for i, token in enumerate(rest) if token in sub.choices), None)
         if index is None:
             return parser
-        parser, rest = sub.choices[rest[index]], rest[index + 1:]
+        parser, rest = sub.choices[rest[index]], rest[index + 1 :]
 
 
 def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
@@ -62,13 +76,18 @@ def refuse_repeated_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) 
         if len(values) > 1 and not isinstance(action, (argparse._AppendAction, argparse._CountAction)):
             flag = max(action.option_strings, key=len)
             shown = ", ".join(repr(v) for v in values if v) or f"{len(values)} times"
-            raise CliError(f"{flag} was given {len(values)} times ({shown}) but takes one value; give it once "
-                           f"(only these are repeatable: {_repeatable(leaf) or 'none in this command'}).")
+            raise CliError(
+                f"{flag} was given {len(values)} times ({shown}) but takes one value; give it once "
+                f"(only these are repeatable: {_repeatable(leaf) or 'none in this command'})."
+            )
 
 
 def _repeatable(leaf: argparse.ArgumentParser) -> str:
-    return ", ".join(max(a.option_strings, key=len) for a in leaf._actions
-                     if isinstance(a, argparse._AppendAction) and a.option_strings)
+    return ", ".join(
+        max(a.option_strings, key=len)
+        for a in leaf._actions
+        if isinstance(a, argparse._AppendAction) and a.option_strings
+    )
 
 
 def _check_numbers(leaf: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -93,7 +112,9 @@ def _expand_home(args: argparse.Namespace) -> None:
         elif isinstance(value, Path) and str(value).startswith("~"):
             setattr(args, dest, value.expanduser())
         elif isinstance(value, list):
-            setattr(args, dest, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v for v in value])
+            setattr(
+                args, dest, [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v for v in value]
+            )
 
 
 def check_device(device: str | None) -> None:
@@ -109,10 +130,14 @@ def check_device(device: str | None) -> None:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise CliError(f"--device {device} needs a CUDA GPU, and this PyTorch build sees none "
-                           f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of PyTorch.")
+            raise CliError(
+                f"--device {device} needs a CUDA GPU, and this PyTorch build sees none "
+                f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of PyTorch."
+            )
         if parsed.index is not None and parsed.index >= count:
-            raise CliError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}; choose one of them.")
+            raise CliError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}; choose one of them."
+            )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise CliError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
 
@@ -125,14 +150,18 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise CliError(f"{flag} {str(path)!r} cannot be written: {str(ancestor)!r} is a file, not a folder; choose another path.")
+        raise CliError(
+            f"{flag} {str(path)!r} cannot be written: {str(ancestor)!r} is a file, not a folder; choose another path."
+        )
     try:
         handle, probe = tempfile.mkstemp(dir=ancestor, prefix=".refusal-atlas-probe-")
         os.close(handle)
         os.unlink(probe)
     except OSError as err:
-        raise CliError(f"{flag} {str(path)!r} cannot be written: {err.strerror or err} in {str(ancestor)!r}; "
-                       "choose a folder you can write to (nothing was computed yet).") from None
+        raise CliError(
+            f"{flag} {str(path)!r} cannot be written: {err.strerror or err} in {str(ancestor)!r}; "
+            "choose a folder you can write to (nothing was computed yet)."
+        ) from None
 
 
 PROMPT_OPTIONS = ("harmful", "harmless", "prompts", "kl_prompts")

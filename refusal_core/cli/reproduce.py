@@ -75,9 +75,16 @@ def reproduce(manifest_path: str | Path) -> dict:
         with where, contextlib.redirect_stdout(io.StringIO()):
             code = main(argv)
         if code != 0:
-            raise ManifestError(f"{manifest_path}: rerunning `{' '.join(argv)}` failed (exit code {code}); see the message above.")
+            raise ManifestError(
+                f"{manifest_path}: rerunning `{' '.join(argv)}` failed (exit code {code}); see the message above."
+            )
         rerun = _rerun_output(document, targets)
     old = {item["path"]: item["sha256"] for item in recorded.get("files", [])}
     new = {item["path"]: item["sha256"] for item in rerun["files"]}
     differ = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
-    return {"match": rerun["sha256"] == recorded["sha256"], "recorded": recorded["sha256"], "rerun": rerun["sha256"], "differ": differ}
+    return {
+        "match": rerun["sha256"] == recorded["sha256"],
+        "recorded": recorded["sha256"],
+        "rerun": rerun["sha256"],
+        "differ": differ,
+    }

@@ -81,29 +81,59 @@ def cmd_manifold(args) -> None:
     positions = (args.position,)
     before, after, warnings = [], [], []
     for prompts in (harmful, harmless):
-        before.append(extract_activations(loaded, prompts.instructions, positions, chat, args.batch_size, progress=progress_bar("activations", args.json)))
-        acts, warning = intervened_activations(loaded, prompts.instructions, intervention, positions, chat, args.batch_size,
-                                               progress=progress_bar("activations under the intervention", args.json))
+        before.append(
+            extract_activations(
+                loaded,
+                prompts.instructions,
+                positions,
+                chat,
+                args.batch_size,
+                progress=progress_bar("activations", args.json),
+            )
+        )
+        acts, warning = intervened_activations(
+            loaded,
+            prompts.instructions,
+            intervention,
+            positions,
+            chat,
+            args.batch_size,
+            progress=progress_bar("activations under the intervention", args.json),
+        )
         after.append(acts)
         warnings += [warning] if warning else []
     shift = layer_shift(tuple(before), tuple(after), args.layer, args.position, args.method)
-    result = {"model": loaded.spec, "intervention": described, "prompts": list(harmful.instructions + harmless.instructions),
-              "shift": shift.as_dict(), "warnings": warnings}
+    result = {
+        "model": loaded.spec,
+        "intervention": described,
+        "prompts": list(harmful.instructions + harmless.instructions),
+        "shift": shift.as_dict(),
+        "warnings": warnings,
+    }
     if args.all_layers:
         # Block 0's input at a template token is that token's embedding, the same for every prompt: no map there.
-        result["layers"] = [layer_shift(tuple(before), tuple(after), layer, args.position).as_dict() for layer in range(1, loaded.n_layers)]
+        result["layers"] = [
+            layer_shift(tuple(before), tuple(after), layer, args.position).as_dict()
+            for layer in range(1, loaded.n_layers)
+        ]
     if out is not None:
         out.write_text(json.dumps(result))
     if args.json:
         print(json.dumps(result))
         return
     moved, sep = shift.mean_moves(), shift
-    print(f"{loaded.spec}, {described}; map: {args.method.upper()} of layer {args.layer} (block input), position {args.position}")
-    print(f"mean distance moved in the residual stream: harmful {moved['harmful_residual']:.4g}, harmless {moved['harmless_residual']:.4g}"
-          f" (ratio {moved['harmful_residual'] / max(moved['harmless_residual'], 1e-12):.2f})")
+    print(
+        f"{loaded.spec}, {described}; map: {args.method.upper()} of layer {args.layer} (block input), position {args.position}"
+    )
+    print(
+        f"mean distance moved in the residual stream: harmful {moved['harmful_residual']:.4g}, harmless {moved['harmless_residual']:.4g}"
+        f" (ratio {moved['harmful_residual'] / max(moved['harmless_residual'], 1e-12):.2f})"
+    )
     for when, value in (("before", sep.separation_before), ("after", sep.separation_after)):
-        print(f"{when}: DIM norm {value.dim_norm:.4g}, probe accuracy {value.probe_accuracy:.1%} "
-              f"(probe of the unmodified points), refitted probe {value.cv_probe_accuracy:.1%}")
+        print(
+            f"{when}: DIM norm {value.dim_norm:.4g}, probe accuracy {value.probe_accuracy:.1%} "
+            f"(probe of the unmodified points), refitted probe {value.cv_probe_accuracy:.1%}"
+        )
     for warning in warnings:
         print(f"WARNING: {warning}")
     if out is not None:
@@ -121,10 +151,23 @@ def cmd_compare(args) -> None:
     harmless = prompt_set(args.harmless, args.column, args.limit)
     val = None
     if args.score_prompts:
-        val = (prompt_set(args.val_harmful, None, args.score_prompts).instructions, prompt_set(args.val_harmless, None, args.score_prompts).instructions)
-    models = [load_model(spec, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code) for spec in (args.model_a, args.model_b)]
-    comparison, _ = compare_models(*models, harmful.instructions, harmless.instructions, args.position, val, chat_format(args),
-                                   progress_bar("comparing", args.json))
+        val = (
+            prompt_set(args.val_harmful, None, args.score_prompts).instructions,
+            prompt_set(args.val_harmless, None, args.score_prompts).instructions,
+        )
+    models = [
+        load_model(spec, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        for spec in (args.model_a, args.model_b)
+    ]
+    comparison, _ = compare_models(
+        *models,
+        harmful.instructions,
+        harmless.instructions,
+        args.position,
+        val,
+        chat_format(args),
+        progress_bar("comparing", args.json),
+    )
     result = {"model": comparison.model_a, "comparison": comparison.as_dict()}
     if out is not None:
         out.write_text(json.dumps(result))
@@ -134,7 +177,9 @@ def cmd_compare(args) -> None:
     print(f"A: {comparison.model_a}\nB: {comparison.model_b}\nDIM at position {comparison.position}, per layer:")
     print(f"{'layer A':>7} {'layer B':>7} {'cosine':>8} {'norm A':>9} {'norm B':>9}")
     for row in comparison.as_dict()["layers"]:
-        print(f"{row['layer_a']:>7} {row['layer_b']:>7} {row['cosine']:>8.4f} {row['norm_a']:>9.4g} {row['norm_b']:>9.4g}")
+        print(
+            f"{row['layer_a']:>7} {row['layer_b']:>7} {row['cosine']:>8.4f} {row['norm_a']:>9.4g} {row['norm_b']:>9.4g}"
+        )
     for key, scores in comparison.scores.items():
         print(f"model {key.upper()}: selection chose layer {scores['chosen_layer']} ({scores['reason']})")
     if out is not None:
@@ -147,7 +192,9 @@ def cmd_report(args) -> None:
     out = check_out(args.out, ".html")
     missing = [name for name in args.results if not Path(name).expanduser().is_file()]
     if missing:
-        raise CliError(f"No such result file: {', '.join(missing)}; give files written by manifold/compare/generate --json.")
+        raise CliError(
+            f"No such result file: {', '.join(missing)}; give files written by manifold/compare/generate --json."
+        )
     sections, manifest = sections_from_files(args.results)
     path = write_report(out, args.title, sections, {"command": "report", **manifest})
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline in any browser)")
@@ -155,18 +202,30 @@ def cmd_report(args) -> None:
 
 def add_parsers(sub) -> None:
     """``manifold``, ``compare`` and ``report``."""
-    man = sub.add_parser("manifold", help="the manifold under an intervention: before/after map coordinates and separation")
+    man = sub.add_parser(
+        "manifold", help="the manifold under an intervention: before/after map coordinates and separation"
+    )
     add_model_args(man)
     add_set_args(man, split="test")
     man.add_argument("--layer", type=int, required=True, help="the block whose input is mapped")
-    man.add_argument("--position", type=int, default=-1, help="post-instruction token, as an offset from the end (default -1)")
+    man.add_argument(
+        "--position", type=int, default=-1, help="post-instruction token, as an offset from the end (default -1)"
+    )
     man.add_argument("--ablate", default=None, help="directions projected out at every layer: PATH or PATH:name1,name2")
     man.add_argument("--ablate-mode", choices=["orthogonal", "sequential"], default="orthogonal")
     man.add_argument("--actadd", default=None, help="one direction added: PATH:name")
-    man.add_argument("--actadd-layer", type=int, default=None, help="where --actadd adds (default: the direction's own layer)")
+    man.add_argument(
+        "--actadd-layer", type=int, default=None, help="where --actadd adds (default: the direction's own layer)"
+    )
     man.add_argument("--coeff", type=float, default=1.0, help="actadd coefficient")
-    man.add_argument("--method", choices=["pca", "umap"], default="pca", help="the map, fitted on the unmodified points only")
-    man.add_argument("--all-layers", action="store_true", help="also write every layer's before/after map (PCA, layers 1..), for the animation")
+    man.add_argument(
+        "--method", choices=["pca", "umap"], default="pca", help="the map, fitted on the unmodified points only"
+    )
+    man.add_argument(
+        "--all-layers",
+        action="store_true",
+        help="also write every layer's before/after map (PCA, layers 1..), for the animation",
+    )
     man.add_argument("--out", default=None, help="also write the JSON result to this file (for `report`)")
     man.set_defaults(func=cmd_manifold)
 
@@ -183,15 +242,20 @@ def add_parsers(sub) -> None:
     cmp_.add_argument("--column", default=None)
     cmp_.add_argument("--limit", type=int, default=64, help="prompts of each set for the DIM directions (default 64)")
     cmp_.add_argument("--position", type=int, default=-1)
-    cmp_.add_argument("--score-prompts", type=int, default=8, help="val prompts per set for each model's selection scores (0: none)")
+    cmp_.add_argument(
+        "--score-prompts", type=int, default=8, help="val prompts per set for each model's selection scores (0: none)"
+    )
     cmp_.add_argument("--val-harmful", default="builtin:harmful/val")
     cmp_.add_argument("--val-harmless", default="builtin:harmless/val")
     cmp_.add_argument("--out", default=None, help="also write the JSON result to this file (for `report`)")
     cmp_.set_defaults(func=cmd_compare)
 
-    rep = sub.add_parser("report", help="a self-contained HTML report from saved manifold/compare/generate --json results")
-    rep.add_argument("results", nargs="+", help="JSON files written by manifold --out, compare --out or generate --json > FILE")
+    rep = sub.add_parser(
+        "report", help="a self-contained HTML report from saved manifold/compare/generate --json results"
+    )
+    rep.add_argument(
+        "results", nargs="+", help="JSON files written by manifold --out, compare --out or generate --json > FILE"
+    )
     rep.add_argument("--out", default="refusal-atlas-report.html", help="the HTML file to write")
     rep.add_argument("--title", default="Refusal Atlas report")
     rep.set_defaults(func=cmd_report, json=False)
-

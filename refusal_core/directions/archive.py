@@ -96,7 +96,9 @@ def _load_pt(name: str, data: bytes) -> DirectionSet:
 def _read_member(name: str, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
     """One member's bytes; an encrypted, damaged or unsupported member names the fix."""
     if member.flag_bits & 0x1:
-        raise DirectionError(f"{name}: {member.filename} is encrypted; upload an unencrypted zip (the Download button's).")
+        raise DirectionError(
+            f"{name}: {member.filename} is encrypted; upload an unencrypted zip (the Download button's)."
+        )
     try:
         return archive.read(member)
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as err:
@@ -126,7 +128,9 @@ def _expand_zips(files: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
                     if base.lower().endswith((".safetensors", ".json", ".pt")):
                         out.append((base, _read_member(name, archive, member)))
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
-            raise DirectionError(f"{name} is not a valid zip archive ({err}); upload the .zip the Download button gave, whole.") from err
+            raise DirectionError(
+                f"{name} is not a valid zip archive ({err}); upload the .zip the Download button gave, whole."
+            ) from err
     return out
 
 

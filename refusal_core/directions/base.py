@@ -55,9 +55,13 @@ class DirectionSet:
         for name, entry in zip(self.names, self.provenance):
             problem = _provenance_problem(name, entry)
             if problem:
-                raise DirectionError(f"{problem}; export the set again with this toolkit, or fix that entry of the .json file.")
+                raise DirectionError(
+                    f"{problem}; export the set again with this toolkit, or fix that entry of the .json file."
+                )
         if not isinstance(self.meta, dict):
-            raise DirectionError(f"The set's meta is a {type(self.meta).__name__}, not a JSON object; export the set again.")
+            raise DirectionError(
+                f"The set's meta is a {type(self.meta).__name__}, not a JSON object; export the set again."
+            )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -74,12 +78,14 @@ class DirectionSet:
         """The vectors scaled to unit norm, ``[n, d]``."""
         return self.vectors / self.vectors.norm(dim=-1, keepdim=True)
 
-    def select(self, names: Iterable[str]) -> "DirectionSet":
+    def select(self, names: Iterable[str]) -> DirectionSet:
         """The sub-set with these names, in the given order; unknown names raise."""
         wanted = list(names)
         missing = [name for name in wanted if name not in self.names]
         if missing:
-            raise DirectionError(f"No direction named {', '.join(missing)}; use one of this set's names: {', '.join(self.names)}.")
+            raise DirectionError(
+                f"No direction named {', '.join(missing)}; use one of this set's names: {', '.join(self.names)}."
+            )
         index = [self.names.index(name) for name in wanted]
         return dataclasses.replace(
             self,
@@ -111,7 +117,7 @@ class DirectionSet:
         return tensors_path, json_path
 
     @staticmethod
-    def concat(sets: Sequence["DirectionSet"], prefixes: Sequence[str] | None = None) -> "DirectionSet":
+    def concat(sets: Sequence[DirectionSet], prefixes: Sequence[str] | None = None) -> DirectionSet:
         """One set holding all directions; ``prefixes`` keep names unique across sets."""
         if not sets:
             raise DirectionError("Nothing to concatenate.")
@@ -126,8 +132,14 @@ class DirectionSet:
 
 
 # Provenance keys with a fixed type where present: what the pages and exports read.
-_PROVENANCE_TYPES = {"layer": (int, type(None)), "position": (int, type(None)), "model": (str, type(None)),
-                     "method": (str, type(None)), "data_hash": (str, type(None)), "params": (dict,)}
+_PROVENANCE_TYPES = {
+    "layer": (int, type(None)),
+    "position": (int, type(None)),
+    "model": (str, type(None)),
+    "method": (str, type(None)),
+    "data_hash": (str, type(None)),
+    "params": (dict,),
+}
 
 
 def _provenance_problem(name: object, entry: object) -> str | None:
@@ -139,7 +151,10 @@ def _provenance_problem(name: object, entry: object) -> str | None:
     for key, types in _PROVENANCE_TYPES.items():
         value = entry.get(key)
         if key in entry and (not isinstance(value, types) or isinstance(value, bool)):
-            allowed = " or ".join("null" if t is type(None) else {"int": "an integer", "str": "text", "dict": "an object"}[t.__name__] for t in types)
+            allowed = " or ".join(
+                "null" if t is type(None) else {"int": "an integer", "str": "text", "dict": "an object"}[t.__name__]
+                for t in types
+            )
             return f"The provenance of direction {name!r} has {key}={value!r}; it must be {allowed}"
     return None
 
@@ -183,7 +198,9 @@ def direction_set_from_bytes(
     try:
         vectors = load_safetensors(tensors)["vectors"].float()
     except (SafetensorError, KeyError, OSError) as err:
-        raise DirectionError(f"{tensors_label} is not a readable direction file ({err}); export the set again.") from err
+        raise DirectionError(
+            f"{tensors_label} is not a readable direction file ({err}); export the set again."
+        ) from err
     try:
         document = json.loads(metadata.decode())
         names, provenance = tuple(document["names"]), tuple(document["provenance"])
@@ -209,5 +226,3 @@ def cosine_matrix(vectors: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine similarities of ``[n, d]`` vectors, ``[n, n]`` in float64."""
     unit = vectors.double() / vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return unit @ unit.T
-
-

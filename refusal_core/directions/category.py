@@ -29,7 +29,15 @@ from refusal_core.directions.base import DirectionError, DirectionSet, cosine_ma
 from refusal_core.directions.dim import VANISHING
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 
-__all__ = ["METHOD", "SHARED", "CategorySettings", "category_direction_set", "category_directions", "category_name", "fit"]
+__all__ = [
+    "METHOD",
+    "SHARED",
+    "CategorySettings",
+    "category_direction_set",
+    "category_directions",
+    "category_name",
+    "fit",
+]
 
 SHARED = "category/shared"
 PARTS = ("full", "specific")
@@ -50,7 +58,9 @@ def category_directions(
     is ``[d]``. Means are taken in float64.
     """
     if harmful_points.dim() != 2 or harmless_points.dim() != 2 or harmful_points.shape[1] != harmless_points.shape[1]:
-        raise DirectionError(f"Need [n, d] points of equal width; got {tuple(harmful_points.shape)} and {tuple(harmless_points.shape)}.")
+        raise DirectionError(
+            f"Need [n, d] points of equal width; got {tuple(harmful_points.shape)} and {tuple(harmless_points.shape)}."
+        )
     if len(categories) != harmful_points.shape[0]:
         raise DirectionError(f"{harmful_points.shape[0]} harmful points but {len(categories)} category labels.")
     rows: dict[str, list[int]] = {}
@@ -90,7 +100,11 @@ def category_direction_set(
     """
     full, shared, specific = category_directions(harmful_points, harmless_points, categories, min_prompts)
     counts = {category: sum(1 for label in categories if label == category) for category in full}
-    vectors, names, records = [shared], [SHARED], [{**provenance, "category": None, "part": "shared", "n_category": sum(counts.values())}]
+    vectors, names, records = (
+        [shared],
+        [SHARED],
+        [{**provenance, "category": None, "part": "shared", "n_category": sum(counts.values())}],
+    )
     dropped = []
     for category in full:
         if not full[category].norm() > 0:
@@ -111,14 +125,18 @@ def category_direction_set(
 class CategorySettings:
     """Which categories get a direction."""
 
-    min_prompts: int = setting(2, "categories with fewer labelled harmful prompts than this get no direction", minimum=1)
+    min_prompts: int = setting(
+        2, "categories with fewer labelled harmful prompts than this get no direction", minimum=1
+    )
 
 
 def fit(data: FitInput, settings: CategorySettings) -> DirectionSet:
     """The shared direction and every category's full and specific direction at ``layer``/``position``."""
     harmful_points, harmless_points = data.layer_points()
     provenance = data.provenance("category", settings, at_layer=True)
-    return category_direction_set(harmful_points, harmless_points, data.harmful.categories, provenance, settings.min_prompts)
+    return category_direction_set(
+        harmful_points, harmless_points, data.harmful.categories, provenance, settings.min_prompts
+    )
 
 
 def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
@@ -130,18 +148,40 @@ def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
             continue
         vector = directions.vectors[directions.names.index(name)]
         specific_name = category_name(record["category"], "specific")
-        specific = directions.vectors[directions.names.index(specific_name)] if specific_name in directions.names else torch.zeros(1)
+        specific = (
+            directions.vectors[directions.names.index(specific_name)]
+            if specific_name in directions.names
+            else torch.zeros(1)
+        )
         cosine = float(cosine_matrix(torch.stack([vector, shared]))[0, 1])
-        rows.append({"category": record["category"], "n": record["n_category"], "norm": float(vector.norm()),
-                     "specific_norm": float(specific.norm()), "cos_shared": cosine})
-    lines = [f"{len(rows)} categories; shared direction norm {float(shared.norm()):.3f}",
-             f"{'category':24s} {'n':>3s} {'norm':>8s} {'specific':>8s} {'cos(shared)':>11s}"]
-    lines += [f"{r['category']:24s} {r['n']:3d} {r['norm']:8.3f} {r['specific_norm']:8.3f} {r['cos_shared']:11.3f}" for r in rows]
+        rows.append(
+            {
+                "category": record["category"],
+                "n": record["n_category"],
+                "norm": float(vector.norm()),
+                "specific_norm": float(specific.norm()),
+                "cos_shared": cosine,
+            }
+        )
+    lines = [
+        f"{len(rows)} categories; shared direction norm {float(shared.norm()):.3f}",
+        f"{'category':24s} {'n':>3s} {'norm':>8s} {'specific':>8s} {'cos(shared)':>11s}",
+    ]
+    lines += [
+        f"{r['category']:24s} {r['n']:3d} {r['norm']:8.3f} {r['specific_norm']:8.3f} {r['cos_shared']:11.3f}"
+        for r in rows
+    ]
     return {"shared_norm": float(shared.norm()), "categories": rows}, lines
 
 
-METHOD = register(DirectionMethod(
-    name="category", title="Category directions",
-    help="per harm category: its difference in means, the shared part and its category-specific part (one layer)",
-    settings=CategorySettings, fit=fit, reads="layer", summary=summary,
-))
+METHOD = register(
+    DirectionMethod(
+        name="category",
+        title="Category directions",
+        help="per harm category: its difference in means, the shared part and its category-specific part (one layer)",
+        settings=CategorySettings,
+        fit=fit,
+        reads="layer",
+        summary=summary,
+    )
+)

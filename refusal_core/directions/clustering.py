@@ -21,7 +21,16 @@ from refusal_core.directions.per_prompt import gradient_directions, representati
 from refusal_core.directions.registry import DirectionMethod, FitInput, register, setting
 from refusal_core.errors import SettingsError
 
-__all__ = ["METHOD", "METHODS", "SOURCES", "ClusterResult", "ClusterSettings", "cluster_direction_set", "cluster_directions", "fit"]
+__all__ = [
+    "METHOD",
+    "METHODS",
+    "SOURCES",
+    "ClusterResult",
+    "ClusterSettings",
+    "cluster_direction_set",
+    "cluster_directions",
+    "fit",
+]
 
 METHODS = ("kmeans", "agglomerative")
 SOURCES = ("representation", "gradient")
@@ -176,7 +185,9 @@ def cluster_directions(
     if k is None:
         k, silhouettes = _choose_k(unit, method, k_range, seed)
     elif isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise SettingsError(f"k must be an integer from 1 to the number of directions ({n}), got {k!r}; choose a k in that range (or use more prompts).")
+        raise SettingsError(
+            f"k must be an integer from 1 to the number of directions ({n}), got {k!r}; choose a k in that range (or use more prompts)."
+        )
     labels = _canonical(_fit(unit, k, method, seed))
     found = int(labels.max()) + 1  # k-means can return fewer clusters on duplicate points.
     contingency, ari, nmi = _alignment(labels, categories) if categories is not None else (None, None, None)
@@ -235,8 +246,12 @@ def cluster_direction_set(result: ClusterResult, provenance: dict) -> DirectionS
 class ClusterSettings:
     """Per-prompt directions (Park) at one layer, clustered by angle into a finite family."""
 
-    source: str = setting("representation", "per-prompt direction: representation minus the harmless centroid, "
-                          "or the gradient of a refusal phrase's log-likelihood", choices=SOURCES)
+    source: str = setting(
+        "representation",
+        "per-prompt direction: representation minus the harmless centroid, "
+        "or the gradient of a refusal phrase's log-likelihood",
+        choices=SOURCES,
+    )
     method: str = setting("kmeans", "clustering algorithm", choices=METHODS)
     k: int | None = setting(None, "number of clusters (default: best silhouette)", minimum=1)
     seed: int = setting(0, "k-means seed", minimum=0)
@@ -245,12 +260,20 @@ class ClusterSettings:
 def fit(data: FitInput, settings: ClusterSettings) -> DirectionSet:
     """One direction per cluster centroid of the harmful prompts' own directions."""
     if settings.source == "gradient":
-        vectors = gradient_directions(data.loaded, data.harmful.instructions, data.layer, position=data.position,
-                                      chat=data.chat, progress=data.progress("gradients"))
+        vectors = gradient_directions(
+            data.loaded,
+            data.harmful.instructions,
+            data.layer,
+            position=data.position,
+            chat=data.chat,
+            progress=data.progress("gradients"),
+        )
     else:
         vectors = representation_directions(*data.layer_points())
     categories = [c or "none" for c in data.harmful.categories]
-    result = cluster_directions(vectors, k=settings.k, method=settings.method, seed=settings.seed, categories=categories)
+    result = cluster_directions(
+        vectors, k=settings.k, method=settings.method, seed=settings.seed, categories=categories
+    )
     provenance = data.provenance(f"per_prompt_{settings.source}", at_layer=True)
     return cluster_direction_set(result, provenance)
 
@@ -258,18 +281,34 @@ def fit(data: FitInput, settings: ClusterSettings) -> DirectionSet:
 def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
     meta, first = directions.meta, directions.provenance[0]
     params = first["params"]
-    payload = {"k": len(directions), "sizes": [p["members"] for p in directions.provenance], "silhouette": params["silhouette"],
-               "adjusted_rand": meta["adjusted_rand"], "normalized_mutual_info": meta["normalized_mutual_info"],
-               "dominant_categories": [p.get("dominant_category") for p in directions.provenance]}
+    payload = {
+        "k": len(directions),
+        "sizes": [p["members"] for p in directions.provenance],
+        "silhouette": params["silhouette"],
+        "adjusted_rand": meta["adjusted_rand"],
+        "normalized_mutual_info": meta["normalized_mutual_info"],
+        "dominant_categories": [p.get("dominant_category") for p in directions.provenance],
+    }
     source = str(meta["source_method"]).removeprefix("per_prompt_")
-    lines = [f"{params['method']} on {source} directions at layer {meta['layer']}: k={payload['k']}, cosine silhouette {payload['silhouette']:.3f}",
-             f"alignment with harm categories: ARI {payload['adjusted_rand']:.3f}, NMI {payload['normalized_mutual_info']:.3f}"]
-    lines += [f"  {name:12s} {size:4d} prompts, mostly {category}"
-              for name, size, category in zip(directions.names, payload["sizes"], payload["dominant_categories"])]
+    lines = [
+        f"{params['method']} on {source} directions at layer {meta['layer']}: k={payload['k']}, cosine silhouette {payload['silhouette']:.3f}",
+        f"alignment with harm categories: ARI {payload['adjusted_rand']:.3f}, NMI {payload['normalized_mutual_info']:.3f}",
+    ]
+    lines += [
+        f"  {name:12s} {size:4d} prompts, mostly {category}"
+        for name, size, category in zip(directions.names, payload["sizes"], payload["dominant_categories"])
+    ]
     return payload, lines
 
 
-METHOD = register(DirectionMethod(
-    name="cluster", title="Clustered per-prompt directions", help="cluster input-specific directions (Park)",
-    settings=ClusterSettings, fit=fit, reads="layer", summary=summary,
-))
+METHOD = register(
+    DirectionMethod(
+        name="cluster",
+        title="Clustered per-prompt directions",
+        help="cluster input-specific directions (Park)",
+        settings=ClusterSettings,
+        fit=fit,
+        reads="layer",
+        summary=summary,
+    )
+)

@@ -13,7 +13,16 @@ import torch
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
 from refusal_core.directions.registry import DirectionMethod, FitInput, register
 
-__all__ = ["METHOD", "VANISHING", "DimSettings", "dim_direction_set", "dim_directions", "dim_from_activations", "dim_name", "fit"]
+__all__ = [
+    "METHOD",
+    "VANISHING",
+    "DimSettings",
+    "dim_direction_set",
+    "dim_directions",
+    "dim_from_activations",
+    "dim_name",
+    "fit",
+]
 
 
 # Relative norm under which a difference in means counts as zero (no direction).
@@ -70,7 +79,9 @@ def dim_direction_set(
             names.append(dim_name(position, layer))
             records.append({**provenance, "layer": int(layer), "position": int(position), "method": "dim"})
     if not vectors:
-        raise DirectionError("Every difference-in-means candidate is zero: the two prompt sets give identical activations.")
+        raise DirectionError(
+            "Every difference-in-means candidate is zero: the two prompt sets give identical activations."
+        )
     meta = {**provenance, "method": "dim", "dropped": dropped}
     return DirectionSet(vectors=torch.stack(vectors), names=tuple(names), provenance=tuple(records), meta=meta)
 
@@ -89,8 +100,12 @@ def dim_from_activations(harmful, harmless, provenance: dict, layers: Sequence[i
     chosen = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
     bad = [layer for layer in chosen if not 0 <= layer < n_layers]
     if bad or not chosen:
-        raise DirectionError(f"Layers {bad or chosen} are not block inputs of this model; use layers in 0..{n_layers - 1}.")
-    return dim_direction_set(harmful.acts[:, :, chosen], harmless.acts[:, :, chosen], harmful.positions, chosen, provenance)
+        raise DirectionError(
+            f"Layers {bad or chosen} are not block inputs of this model; use layers in 0..{n_layers - 1}."
+        )
+    return dim_direction_set(
+        harmful.acts[:, :, chosen], harmless.acts[:, :, chosen], harmful.positions, chosen, provenance
+    )
 
 
 @dataclass(frozen=True)
@@ -124,13 +139,24 @@ def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
     layers = sorted({r["layer"] for r in directions.provenance})
     lines = [f"{len(directions)} DIM directions (positions {positions} x layers 0..{layers[-1]})"]
     if dropped:
-        lines.append(f"Left out {len(dropped)} zero candidates (template tokens at layer 0 are identical for every prompt).")
+        lines.append(
+            f"Left out {len(dropped)} zero candidates (template tokens at layer 0 are identical for every prompt)."
+        )
     lines.append("layer  norm(pos -1)  cos(next layer)")
-    lines += [f"{row['layer']:5d}  {row['norm']:11.3f}  " + (f"{row['cos_next']:.3f}" if row["cos_next"] is not None else "") for row in rows]
+    lines += [
+        f"{row['layer']:5d}  {row['norm']:11.3f}  " + (f"{row['cos_next']:.3f}" if row["cos_next"] is not None else "")
+        for row in rows
+    ]
     return {"n_directions": len(directions), "dropped": dropped, "pos-1": rows}, lines
 
 
-METHOD = register(DirectionMethod(
-    name="dim", title="Difference in means", help="difference-in-means directions for every (position, layer)",
-    settings=DimSettings, fit=fit, summary=summary,
-))
+METHOD = register(
+    DirectionMethod(
+        name="dim",
+        title="Difference in means",
+        help="difference-in-means directions for every (position, layer)",
+        settings=DimSettings,
+        fit=fit,
+        summary=summary,
+    )
+)

@@ -38,7 +38,6 @@ __all__ = [
 REFUSAL_PHRASE = "I'm sorry, but I can't help with that."
 
 
-
 def representation_directions(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
     """``[n, d]`` float32: each harmful representation ``[n, d]`` minus the harmless centroid.
 

@@ -79,8 +79,13 @@ class FitInput:
         """Harmful and harmless activations (extracted once, through the on-disk cache)."""
         if self.harmful_acts is None or self.harmless_acts is None:
             self.harmful_acts, self.harmless_acts = (
-                extract_activations(self.loaded, prompts.instructions, chat=self.chat, batch_size=self.batch_size,
-                                    progress=self.progress(f"{which} activations"))
+                extract_activations(
+                    self.loaded,
+                    prompts.instructions,
+                    chat=self.chat,
+                    batch_size=self.batch_size,
+                    progress=self.progress(f"{which} activations"),
+                )
                 for which, prompts in (("harmful", self.harmful), ("harmless", self.harmless))
             )
         return self.harmful_acts, self.harmless_acts

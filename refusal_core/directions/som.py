@@ -52,13 +52,16 @@ class SomSettings:
 
     x: int = setting(3, "grid rows (x * y neurons, hence directions)", label="Grid x", minimum=1, maximum=20)
     y: int = setting(3, "grid columns", label="Grid y", minimum=1, maximum=20)
-    sigma: float = setting(1.5, "initial neighbourhood spread, in grid units (decays to a third)", minimum=0.05, maximum=20.0)
+    sigma: float = setting(
+        1.5, "initial neighbourhood spread, in grid units (decays to a third)", minimum=0.05, maximum=20.0
+    )
     learning_rate: float = setting(0.5, "initial step size (decays linearly to zero)", minimum=0.001, maximum=5.0)
     iterations: int = setting(2000, "single-sample updates", minimum=1, maximum=200000)
     topology: str = setting("rectangular", "grid: rectangular (4 neighbours) or hexagonal (6)", choices=TOPOLOGIES)
     neighborhood: str = setting("gaussian", "MiniSom's neighbourhood function", choices=NEIGHBORHOODS)
     initialization: str = setting(
-        "pca", "pca: the grid laid flat over the first two principal components; random: at random prompts",
+        "pca",
+        "pca: the grid laid flat over the first two principal components; random: at random prompts",
         choices=INITIALIZATIONS,
     )
     seed: int = setting(0, "seeds the initialisation and the sample order", minimum=0)
@@ -67,7 +70,9 @@ class SomSettings:
         for name in ("x", "y", "iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SettingsError(f"SomSettings.{name} must be a positive integer, got {value!r}; give 1 or more (--{name.replace('_', '-')}).")
+                raise SettingsError(
+                    f"SomSettings.{name} must be a positive integer, got {value!r}; give 1 or more (--{name.replace('_', '-')})."
+                )
         for name in ("sigma", "learning_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -75,7 +80,9 @@ class SomSettings:
         if self.topology not in TOPOLOGIES:
             raise SettingsError(f"Unknown SOM topology {self.topology!r}; use one of {', '.join(TOPOLOGIES)}.")
         if self.neighborhood not in NEIGHBORHOODS:
-            raise SettingsError(f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}.")
+            raise SettingsError(
+                f"Unknown SOM neighborhood {self.neighborhood!r}; use one of {', '.join(NEIGHBORHOODS)}."
+            )
         if self.initialization not in INITIALIZATIONS:
             raise SettingsError(
                 f"Unknown SOM initialization {self.initialization!r}; use one of {', '.join(INITIALIZATIONS)}."
@@ -366,17 +373,28 @@ def fit(data: FitInput, settings: SomSettings) -> DirectionSet:
 def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
     meta = directions.meta
     payload = {
-        "names": list(directions.names), "hits": [p.get("hits") for p in directions.provenance],
-        "quantization_error": meta["quantization_error"], "topographic_error": meta["topographic_error"],
+        "names": list(directions.names),
+        "hits": [p.get("hits") for p in directions.provenance],
+        "quantization_error": meta["quantization_error"],
+        "topographic_error": meta["topographic_error"],
     }
     x, y = meta["grid"]
-    lines = [f"SOM {x}x{y} ({directions.provenance[0]['params']['topology']}) at layer {meta['layer']}, position {meta['position']}: "
-             f"quantization error {meta['quantization_error']:.3f}, topographic error {meta['topographic_error']:.3f}"]
+    lines = [
+        f"SOM {x}x{y} ({directions.provenance[0]['params']['topology']}) at layer {meta['layer']}, position {meta['position']}: "
+        f"quantization error {meta['quantization_error']:.3f}, topographic error {meta['topographic_error']:.3f}"
+    ]
     lines += [f"  {name:12s} hits {hits}" for name, hits in zip(payload["names"], payload["hits"])]
     return payload, lines
 
 
-METHOD = register(DirectionMethod(
-    name="som", title="Self-organizing map", help="Self-Organizing Map directions at one layer (Piras et al.)",
-    settings=SomSettings, fit=fit, reads="layer", summary=summary,
-))
+METHOD = register(
+    DirectionMethod(
+        name="som",
+        title="Self-organizing map",
+        help="Self-Organizing Map directions at one layer (Piras et al.)",
+        settings=SomSettings,
+        fit=fit,
+        reads="layer",
+        summary=summary,
+    )
+)

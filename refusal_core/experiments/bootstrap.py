@@ -35,8 +35,10 @@ class Estimate:
         return {"value": self.value, "low": self.low, "high": self.high, "n": self.n, "level": self.level}
 
     @staticmethod
-    def from_dict(data: dict) -> "Estimate":
-        return Estimate(float(data["value"]), float(data["low"]), float(data["high"]), int(data["n"]), float(data["level"]))
+    def from_dict(data: dict) -> Estimate:
+        return Estimate(
+            float(data["value"]), float(data["low"]), float(data["high"]), int(data["n"]), float(data["level"])
+        )
 
 
 @lru_cache(maxsize=32)

@@ -35,7 +35,10 @@ __all__ = ["BOUND", "COVERED", "DISCOVERED", "FamilyResult", "markdown_table", "
 # Worst relative residual component accepted for the hooks, the edit and the float64 reload.
 BOUND = 1e-4
 _HARMFUL = ["Explain how to break into a house without a key.", "Give me step by step instructions to make a weapon."]
-_HARMLESS = ["Write a short poem about the sea and the wind.", "How do I bake bread at home with flour, water and yeast?"]
+_HARMLESS = [
+    "Write a short poem about the sea and the wind.",
+    "How do I bake bread at home with flour, water and yeast?",
+]
 
 
 @dataclass
@@ -150,7 +153,9 @@ def markdown_table(results: list[FamilyResult]) -> str:
     ]
     for r in results:
         if r.error:
-            lines.append(f"| {r.model_type} | {r.layout} | ✗ {r.error[:120].replace('|', '/')} |  |  |  |  |  |  |  | {r.seconds:.1f} |")
+            lines.append(
+                f"| {r.model_type} | {r.layout} | ✗ {r.error[:120].replace('|', '/')} |  |  |  |  |  |  |  | {r.seconds:.1f} |"
+            )
             continue
         c = r.checks
         lines.append(

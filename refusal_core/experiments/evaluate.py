@@ -23,7 +23,16 @@ __all__ = ["METRICS", "Variant", "measure_variants"]
 # What every point reports, each with a bootstrap interval over the test prompts:
 # the harmful replies' verdict shares, the harmless first-token KL (nats) and the share of
 # harmless replies refused, deflected or broken (a damaged model also stops answering harmless prompts).
-METRICS = ("complied", "refused", "deflected", "broken", "kl", "harmless_refused", "harmless_deflected", "harmless_broken")
+METRICS = (
+    "complied",
+    "refused",
+    "deflected",
+    "broken",
+    "kl",
+    "harmless_refused",
+    "harmless_deflected",
+    "harmless_broken",
+)
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,9 @@ class Variant:
     vectors: torch.Tensor | None
 
     def intervention(self) -> Intervention:
-        return Intervention(name=self.name) if self.vectors is None else Intervention(name=self.name, ablate=self.vectors)
+        return (
+            Intervention(name=self.name) if self.vectors is None else Intervention(name=self.name, ablate=self.vectors)
+        )
 
 
 def _texts(columns: dict) -> dict[str, list[str]]:
@@ -43,8 +54,12 @@ def _texts(columns: dict) -> dict[str, list[str]]:
 
 def _replies(completions, verdicts) -> list[dict]:
     return [
-        {"instruction": completion.instruction, "reply": completion.text, "label": verdict.label,
-         "why": verdict.broken_why or None}
+        {
+            "instruction": completion.instruction,
+            "reply": completion.text,
+            "label": verdict.label,
+            "why": verdict.broken_why or None,
+        }
         for completion, verdict in zip(completions, verdicts)
     ]
 
@@ -74,19 +89,26 @@ def measure_variants(
     def rows_done(base: int) -> Callable[..., None]:
         def update(done: int, total: int, **info: object) -> None:
             tick(f"test replies: {base + done}/{n_rows} rows ({len(variants)} variants)", 0.8 * (base + done) / n_rows)
+
         return update
 
     # Each column's first-token log-probs come off its generation's first step (greedy), so
     # the judge's refusal score and the harmless KL need no forward of their own.
     firsts: dict[str, torch.Tensor] = {}
     harmless_firsts: dict[str, torch.Tensor] = {}
-    columns = generate_side_by_side(loaded, harmful, interventions, settings, chat, rows_done(done_rows), first_logprobs=firsts)
+    columns = generate_side_by_side(
+        loaded, harmful, interventions, settings, chat, rows_done(done_rows), first_logprobs=firsts
+    )
     done_rows += len(variants) * len(harmful)
-    harmless_columns = generate_side_by_side(loaded, harmless, interventions, settings, chat, rows_done(done_rows),
-                                             first_logprobs=harmless_firsts)
+    harmless_columns = generate_side_by_side(
+        loaded, harmless, interventions, settings, chat, rows_done(done_rows), first_logprobs=harmless_firsts
+    )
     unmodified = next((variant.name for variant in variants if variant.vectors is None), None)
-    base_logprobs = (harmless_firsts[unmodified] if unmodified is not None
-                     else next_token_logprobs(loaded, harmless, None, chat, settings.batch_size))
+    base_logprobs = (
+        harmless_firsts[unmodified]
+        if unmodified is not None
+        else next_token_logprobs(loaded, harmless, None, chat, settings.batch_size)
+    )
     by_name = {variant.name: intervention for variant, intervention in zip(variants, interventions)}
     tick(f"judging {len(variants)} variants' harmful replies", 0.8)
     harmful_by = column_verdicts(judge, loaded, harmful, _texts(columns), firsts, by_name, chat)

@@ -23,7 +23,6 @@ from typing import Callable
 from refusal_core.activations.extract import extract_activations
 from refusal_core.damage import JUDGE_CHOICES, judge_by_name
 from refusal_core.directions.planted import load_planted, recovery
-from refusal_core.selection.optimize import OptimizeSettings
 from refusal_core.errors import SettingsError
 from refusal_core.experiments import families as fam
 from refusal_core.experiments.evaluate import Variant, measure_variants
@@ -36,6 +35,7 @@ from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSet, sample_prompts
+from refusal_core.selection.optimize import OptimizeSettings
 from refusal_core.selection.search import SearchSettings, run_search
 from refusal_core.selection.subsets import ENCODING
 from refusal_core.settings import grid, int_list, joined, setting
@@ -83,16 +83,31 @@ class ManyDirectionsSettings:
     )
 
     def __post_init__(self) -> None:
-        positive = ("max_k", "optimize_steps", "trials", "val_harmful", "val_harmless", "test_harmful", "test_harmless",
-                    "search_tokens", "test_tokens", "n_boot", "batch_size")
+        positive = (
+            "max_k",
+            "optimize_steps",
+            "trials",
+            "val_harmful",
+            "val_harmless",
+            "test_harmful",
+            "test_harmless",
+            "search_tokens",
+            "test_tokens",
+            "n_boot",
+            "batch_size",
+        )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SettingsError(f"{name.replace('_', ' ')} must be a whole number >= 1, got {value!r} (--{name.replace('_', '-')}).")
+                raise SettingsError(
+                    f"{name.replace('_', ' ')} must be a whole number >= 1, got {value!r} (--{name.replace('_', '-')})."
+                )
         if not self.layers or len(set(self.layers)) != len(self.layers):
             raise SettingsError(f"Give one or more distinct layers (--layers 12,16), got {list(self.layers)}.")
         if not self.som_seeds or len(set(self.som_seeds)) != len(self.som_seeds) or min(self.som_seeds) < 0:
-            raise SettingsError(f"Give one or more distinct non-negative SOM seeds (--som-seeds 0,1,2), got {list(self.som_seeds)}.")
+            raise SettingsError(
+                f"Give one or more distinct non-negative SOM seeds (--som-seeds 0,1,2), got {list(self.som_seeds)}."
+            )
         if len(self.som_grid) != 2 or min(self.som_grid) < 1:
             raise SettingsError(f"The SOM grid must be two sizes >= 1 (--som-grid 3x3), got {self.som_grid}.")
         if self.clusters < 0 or self.clusters == 1:
@@ -103,7 +118,9 @@ class ManyDirectionsSettings:
             raise SettingsError(f"--kl-penalty must be a finite number >= 0, got {self.kl_penalty}.")
 
     def as_dict(self) -> dict:
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(self).items()}
+        return {
+            name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(self).items()
+        }
 
 
 @dataclass(frozen=True)
@@ -127,9 +144,12 @@ class ExperimentPrompts:
 def builtin_prompts(settings: ManyDirectionsSettings) -> ExperimentPrompts:
     """The built-in splits, val and test cut to the settings' sizes (category-balanced samples)."""
     return ExperimentPrompts(
-        builtin("harmful", "train"), builtin("harmless", "train"),
-        sample_prompts(builtin("harmful", "val"), settings.val_harmful), sample_prompts(builtin("harmless", "val"), settings.val_harmless),
-        sample_prompts(builtin("harmful", "test"), settings.test_harmful), sample_prompts(builtin("harmless", "test"), settings.test_harmless),
+        builtin("harmful", "train"),
+        builtin("harmless", "train"),
+        sample_prompts(builtin("harmful", "val"), settings.val_harmful),
+        sample_prompts(builtin("harmless", "val"), settings.val_harmless),
+        sample_prompts(builtin("harmful", "test"), settings.test_harmful),
+        sample_prompts(builtin("harmless", "test"), settings.test_harmless),
     )
 
 
@@ -159,40 +179,89 @@ def _plan(settings: ManyDirectionsSettings) -> tuple[int, int]:
     return searched, variants
 
 
-def _search_family(loaded, family: fam.Family, prompts: ExperimentPrompts, settings: ManyDirectionsSettings,
-                   judge, chat, layer: int, tracker: _Tracker, storage: str) -> list[dict]:
+def _search_family(
+    loaded,
+    family: fam.Family,
+    prompts: ExperimentPrompts,
+    settings: ManyDirectionsSettings,
+    judge,
+    chat,
+    layer: int,
+    tracker: _Tracker,
+    storage: str,
+) -> list[dict]:
     """The best subset of each size k = 1..K of ``family.pool``, chosen on val, with its budget."""
     points = []
     for k in range(1, min(settings.max_k, len(family.pool)) + 1):
         subsets = math.comb(len(family.pool), k)
         start = tracker.done
         if subsets == 1:
-            names, budget = list(family.pool.names), {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "the whole pool: nothing to search"}
+            names, budget = (
+                list(family.pool.names),
+                {
+                    "trials": 0,
+                    "evaluated": 0,
+                    "prompts": 0,
+                    "seconds": 0.0,
+                    "note": "the whole pool: nothing to search",
+                },
+            )
         else:
             trials = min(settings.trials, subsets)
-            search = SearchSettings(k=k, n_trials=trials, objective="verdicts", judge=settings.judge, kl_penalty=settings.kl_penalty,
-                                    max_new_tokens=settings.search_tokens, seed=settings.search_seed, batch_size=settings.batch_size,
-                                    study_label=f"many-L{layer}-{family.name}", storage=storage)
+            search = SearchSettings(
+                k=k,
+                n_trials=trials,
+                objective="verdicts",
+                judge=settings.judge,
+                kl_penalty=settings.kl_penalty,
+                max_new_tokens=settings.search_tokens,
+                seed=settings.search_seed,
+                batch_size=settings.batch_size,
+                study_label=f"many-L{layer}-{family.name}",
+                storage=storage,
+            )
             stage = f"layer {layer}: search {family.name}, k={k}"
 
-            def update(done: int, total: int, **info: object) -> None:
+            def update(done: int, total: int, stage=stage, start=start, **info: object) -> None:
                 tracker.report(f"{stage}, trial {done}/{total}", start + done)
 
             tracker.report(f"{stage} ({trials} trials)")
-            result = run_search(loaded, family.pool, prompts.val_harmful.instructions, prompts.val_harmless.instructions,
-                                search, judge=judge, progress=update, chat=chat)
+            result = run_search(
+                loaded,
+                family.pool,
+                prompts.val_harmful.instructions,
+                prompts.val_harmless.instructions,
+                search,
+                judge=judge,
+                progress=update,
+                chat=chat,
+            )
             evaluated = [t for t in result.trials if t["state"] == "COMPLETE" and t["reused_from"] is None]
-            budget = {"trials": len(result.trials), "evaluated": len(evaluated), "ran": result.ran, "seconds": result.seconds,
-                      "study": result.study_name,
-                      "prompts": len(prompts.val_harmful) + len(prompts.val_harmless), "best_value": result.best_value}
+            budget = {
+                "trials": len(result.trials),
+                "evaluated": len(evaluated),
+                "ran": result.ran,
+                "seconds": result.seconds,
+                "study": result.study_name,
+                "prompts": len(prompts.val_harmful) + len(prompts.val_harmless),
+                "best_value": result.best_value,
+            }
             if result.best_names is None:
                 names = list(family.pool.names[:k])
                 budget["note"] = "no trial completed: the first k of the pool"
             else:
                 names = list(result.best_names)
             tracker.report(stage, start + min(settings.trials, subsets))
-        points.append({"family": family.name, "k": k, "names": names, "seed": family.seed, "search": budget,
-                       "vectors": family.pool.select(names).vectors})
+        points.append(
+            {
+                "family": family.name,
+                "k": k,
+                "names": names,
+                "seed": family.seed,
+                "search": budget,
+                "vectors": family.pool.select(names).vectors,
+            }
+        )
     return points
 
 
@@ -204,13 +273,36 @@ def _planted_points(loaded, points: list[dict]) -> list[dict]:
         return []
     for point in points:
         point["planted"] = recovery(point["vectors"], planted)
-    return [{"family": "planted", "k": len(planted), "names": list(planted.names), "seed": None, "vectors": planted.vectors,
-             "search": {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "the planted directions: no search"},
-             "planted": recovery(planted.vectors, planted)}]
+    return [
+        {
+            "family": "planted",
+            "k": len(planted),
+            "names": list(planted.names),
+            "seed": None,
+            "vectors": planted.vectors,
+            "search": {
+                "trials": 0,
+                "evaluated": 0,
+                "prompts": 0,
+                "seconds": 0.0,
+                "note": "the planted directions: no search",
+            },
+            "planted": recovery(planted.vectors, planted),
+        }
+    ]
 
 
-def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyDirectionsSettings, judge, chat,
-           tracker: _Tracker, storage: str) -> dict:
+def _layer(
+    loaded,
+    layer: int,
+    acts,
+    prompts: ExperimentPrompts,
+    settings: ManyDirectionsSettings,
+    judge,
+    chat,
+    tracker: _Tracker,
+    storage: str,
+) -> dict:
     harmful_acts, harmless_acts = acts
     fit_args = (harmful_acts, harmless_acts, prompts.train_harmful, prompts.train_harmless, loaded.spec, layer)
     tracker.report(f"layer {layer}: fitting DIM, {len(settings.som_seeds)} SOMs and clusters")
@@ -226,25 +318,43 @@ def _layer(loaded, layer: int, acts, prompts: ExperimentPrompts, settings: ManyD
             tracker.report(f"layer {layer}: optimizing the RDO direction, step {done}/{total}", start + done)
 
         rdo_settings = OptimizeSettings(steps=settings.optimize_steps, batch_size=settings.batch_size)
-        single.append(fam.rdo_family(loaded, dim, prompts.train_harmful, prompts.train_harmless, rdo_settings, chat, steps))
-    points = [{"family": f.name, "k": 1, "names": list(f.pool.names), "seed": None, "vectors": f.pool.vectors,
-               "search": {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "one direction: no search"}}
-              for f in single]
+        single.append(
+            fam.rdo_family(loaded, dim, prompts.train_harmful, prompts.train_harmless, rdo_settings, chat, steps)
+        )
+    points = [
+        {
+            "family": f.name,
+            "k": 1,
+            "names": list(f.pool.names),
+            "seed": None,
+            "vectors": f.pool.vectors,
+            "search": {"trials": 0, "evaluated": 0, "prompts": 0, "seconds": 0.0, "note": "one direction: no search"},
+        }
+        for f in single
+    ]
     for family in searched:
         points += _search_family(loaded, family, prompts, settings, judge, chat, layer, tracker, storage)
     points += _planted_points(loaded, points)
     variants = [Variant("baseline", None)] + [Variant(f"{p['family']}/k{p['k']}", p.pop("vectors")) for p in points]
     start, weight = tracker.done, _test_weight(settings, len(variants))
     generation = GenerationSettings(max_new_tokens=settings.test_tokens, batch_size=settings.batch_size)
-    measured = measure_variants(loaded, variants, prompts.test_harmful.instructions, prompts.test_harmless.instructions, judge,
-                                generation, settings.n_boot, settings.boot_seed, chat,
-                                tick=lambda stage, share: tracker.report(f"layer {layer}: {stage}", start + share * weight))
+    measured = measure_variants(
+        loaded,
+        variants,
+        prompts.test_harmful.instructions,
+        prompts.test_harmless.instructions,
+        judge,
+        generation,
+        settings.n_boot,
+        settings.boot_seed,
+        chat,
+        tick=lambda stage, share: tracker.report(f"layer {layer}: {stage}", start + share * weight),
+    )
     baseline = measured.pop("baseline")
     for point, variant in zip(points, variants[1:]):
         point.update(measured[variant.name])
     sizes = {f.name: len(f.pool) for f in single + searched}
-    return {"layer": layer, "baseline": baseline, "points": points, "pool_sizes": sizes,
-            "goal": goal_check(points)}
+    return {"layer": layer, "baseline": baseline, "points": points, "pool_sizes": sizes, "goal": goal_check(points)}
 
 
 def run_many_directions(
@@ -268,10 +378,19 @@ def run_many_directions(
     prompts = prompts or builtin_prompts(settings)
     bad = [layer for layer in settings.layers if not 0 <= layer < loaded.n_layers]
     if bad:
-        raise SettingsError(f"Layers {bad} do not exist: this model has layers 0..{loaded.n_layers - 1}; choose --layers among them.")
+        raise SettingsError(
+            f"Layers {bad} do not exist: this model has layers 0..{loaded.n_layers - 1}; choose --layers among them."
+        )
     fingerprint = weights_fingerprint(loaded.model)
     # The subset encoding is part of the key: a result searched with an older encoding is not read back as this one's.
-    key = result_key(ENCODING, loaded.spec, fingerprint, settings.as_dict(), prompts.hashes(), (chat or ChatFormat()).identity(loaded.tokenizer))
+    key = result_key(
+        ENCODING,
+        loaded.spec,
+        fingerprint,
+        settings.as_dict(),
+        prompts.hashes(),
+        (chat or ChatFormat()).identity(loaded.tokenizer),
+    )
     if use_cache and (cached := load_cached(key)) is not None:
         return cached
     # The run's searches share one SQLite file beside the result: an interrupted run resumes
@@ -280,19 +399,31 @@ def run_many_directions(
     if not use_cache:
         storage.unlink(missing_ok=True)
     searched, variants = _plan(settings)
-    per_layer = searched * settings.max_k * settings.trials + _test_weight(settings, variants) + settings.optimize * settings.optimize_steps
+    per_layer = (
+        searched * settings.max_k * settings.trials
+        + _test_weight(settings, variants)
+        + settings.optimize * settings.optimize_steps
+    )
     tracker = _Tracker(progress, per_layer * len(settings.layers))
     tracker.report("activations of the train prompts")
-    acts = tuple(extract_activations(loaded, p.instructions, chat=chat, batch_size=settings.batch_size)
-                 for p in (prompts.train_harmful, prompts.train_harmless))
+    acts = tuple(
+        extract_activations(loaded, p.instructions, chat=chat, batch_size=settings.batch_size)
+        for p in (prompts.train_harmful, prompts.train_harmless)
+    )
     judge = judge_factory(settings.judge)
     layers = []
     for index, layer in enumerate(settings.layers):
         tracker.done = max(tracker.done, index * per_layer)
         layers.append(_layer(loaded, layer, acts, prompts, settings, judge, chat, tracker, str(storage)))
     result = {
-        "kind": "many-directions", "model": loaded.spec, "weights": fingerprint, "settings": settings.as_dict(),
-        "prompts": {"counts": prompts.counts(), "hashes": prompts.hashes()}, "layers": layers,
-        "started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - clock, 1), "key": key,
+        "kind": "many-directions",
+        "model": loaded.spec,
+        "weights": fingerprint,
+        "settings": settings.as_dict(),
+        "prompts": {"counts": prompts.counts(), "hashes": prompts.hashes()},
+        "layers": layers,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - clock, 1),
+        "key": key,
     }
     return save_result(result)

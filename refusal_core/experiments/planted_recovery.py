@@ -21,14 +21,18 @@ from refusal_core.prompts.loaders import builtin
 __all__ = ["format_pool_recovery", "pool_recovery"]
 
 
-def pool_recovery(loaded: LoadedModel, layer: int | None = None, som_seeds=(0, 1, 2), som_grid=(3, 3), clusters: int = 6) -> dict:
+def pool_recovery(
+    loaded: LoadedModel, layer: int | None = None, som_seeds=(0, 1, 2), som_grid=(3, 3), clusters: int = 6
+) -> dict:
     """Per family: the pool's size, its best single direction's |cosine| and its span's cosine
     with each planted direction, and which direction is best for each."""
     started = time.perf_counter()
     planted = load_planted(loaded.source)
     if planted is None:
-        raise UserError(f"{loaded.spec} holds no planted directions; build the planted variant with "
-                        "python -m refusal_core organism build --variant two-mechanisms")
+        raise UserError(
+            f"{loaded.spec} holds no planted directions; build the planted variant with "
+            "python -m refusal_core organism build --variant two-mechanisms"
+        )
     layer = int(planted.provenance[0]["layer"]) if layer is None else layer
     if not 0 <= layer < loaded.n_layers:
         raise UserError(f"Layer {layer} does not exist: this model has layers 0..{loaded.n_layers - 1}.")
@@ -42,18 +46,30 @@ def pool_recovery(loaded: LoadedModel, layer: int | None = None, som_seeds=(0, 1
     for family in families:
         scores = recovery(family.pool.vectors, planted)
         singles = [recovery(vector[None], planted) for vector in family.pool.vectors]
-        best_of = {name: family.pool.names[max(range(len(singles)), key=lambda i: singles[i][name]["best"])] for name in planted.names}
+        best_of = {
+            name: family.pool.names[max(range(len(singles)), key=lambda i: singles[i][name]["best"])]
+            for name in planted.names
+        }
         rows.append({"family": family.name, "n": len(family.pool), "recovery": scores, "best_direction": best_of})
-    return {"model": loaded.spec, "layer": layer, "planted": list(planted.names), "families": rows,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "model": loaded.spec,
+        "layer": layer,
+        "planted": list(planted.names),
+        "families": rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def format_pool_recovery(result: dict) -> str:
     names = result["planted"]
-    lines = [f"{result['model']}, layer {result['layer']}: each family's whole pool against the planted directions",
-             f"{'family':12s} {'n':>2s}  " + "  ".join(f"{n + ' best':>14s} {n + ' span':>14s}" for n in names)]
+    lines = [
+        f"{result['model']}, layer {result['layer']}: each family's whole pool against the planted directions",
+        f"{'family':12s} {'n':>2s}  " + "  ".join(f"{n + ' best':>14s} {n + ' span':>14s}" for n in names),
+    ]
     for row in result["families"]:
-        lines.append(f"{row['family']:12s} {row['n']:2d}  " + "  ".join(
-            f"{row['recovery'][n]['best']:14.3f} {row['recovery'][n]['span']:14.3f}" for n in names))
+        lines.append(
+            f"{row['family']:12s} {row['n']:2d}  "
+            + "  ".join(f"{row['recovery'][n]['best']:14.3f} {row['recovery'][n]['span']:14.3f}" for n in names)
+        )
     lines.append(f"({result['seconds']} s)")
     return "\n".join(lines)

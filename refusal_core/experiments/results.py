@@ -59,9 +59,13 @@ def load_result(path: str | Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as err:
-        raise UserError(f"No saved result at {path}; run `python -m refusal_core experiments many-directions` first.") from err
+        raise UserError(
+            f"No saved result at {path}; run `python -m refusal_core experiments many-directions` first."
+        ) from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is not a readable JSON result ({err}); run the experiment again to rewrite it.") from err
+        raise UserError(
+            f"{path} is not a readable JSON result ({err}); run the experiment again to rewrite it."
+        ) from err
     if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("layers"), list):
         raise UserError(f"{path} is not a many-directions result; pick a file that the experiment saved.")
     return data
@@ -97,7 +101,11 @@ def _best_som(points: list[dict]) -> tuple[dict | None, bool]:
     within = [p for p in points if _value(p, "kl") <= GOAL["max_kl"] and _value(p, "broken") <= GOAL["max_broken"]]
     best = max(within or points, key=lambda p: _value(p, "complied"), default=None)
     ok = best is not None and best in within and _value(best, "complied") >= GOAL["som_complied"]
-    described = None if best is None else {"family": best["family"], "k": best["k"], **{m: _value(best, m) for m in ("complied", "broken", "kl")}}
+    described = (
+        None
+        if best is None
+        else {"family": best["family"], "k": best["k"], **{m: _value(best, m) for m in ("complied", "broken", "kl")}}
+    )
     return described, ok
 
 
@@ -110,8 +118,15 @@ def goal_check(points: list[dict]) -> dict:
     dim_ok = _value(dim, "refused") >= GOAL["dim_refused"]
     best, som_ok = _best_som(som)
     several, several_ok = _best_som([point for point in som if point["k"] >= 2])
-    return {"dim_refused": _value(dim, "refused"), "dim_ok": dim_ok, "best_som": best, "som_ok": som_ok, "pass": dim_ok and som_ok,
-            "best_several": several, "several_pass": dim_ok and several_ok}
+    return {
+        "dim_refused": _value(dim, "refused"),
+        "dim_ok": dim_ok,
+        "best_som": best,
+        "som_ok": som_ok,
+        "pass": dim_ok and som_ok,
+        "best_several": several,
+        "several_pass": dim_ok and several_ok,
+    }
 
 
 def _cell(metric: dict | None, percent: bool) -> str:
@@ -131,23 +146,33 @@ def _described(best: dict | None) -> str:
 def table_lines(result: dict) -> list[str]:
     """The printed table: one row per (family, k) per layer, intervals in brackets."""
     counts = result["prompts"]["counts"]
-    lines = [f"Test split: {counts['test_harmful']} harmful, {counts['test_harmless']} harmless prompts; "
-             f"subsets chosen on {counts['val_harmful']} + {counts['val_harmless']} val prompts; "
-             f"{int(result['settings']['n_boot'])} bootstrap resamples, 95% percentile intervals"]
-    header = (f"{'family':12s} {'k':>2s}  {'coherent complied':>21s}  {'broken':>19s}  {'refused':>19s}  {'deflected':>19s}  "
-              f"{'harmless KL':>21s}  {'harmless refused':>19s}  search (trials/evaluated, s)")
+    lines = [
+        f"Test split: {counts['test_harmful']} harmful, {counts['test_harmless']} harmless prompts; "
+        f"subsets chosen on {counts['val_harmful']} + {counts['val_harmless']} val prompts; "
+        f"{int(result['settings']['n_boot'])} bootstrap resamples, 95% percentile intervals"
+    ]
+    header = (
+        f"{'family':12s} {'k':>2s}  {'coherent complied':>21s}  {'broken':>19s}  {'refused':>19s}  {'deflected':>19s}  "
+        f"{'harmless KL':>21s}  {'harmless refused':>19s}  search (trials/evaluated, s)"
+    )
     for layer in result["layers"]:
         goal = goal_check(layer["points"])
         lines += ["", f"Layer {layer['layer']}", header]
         for point in [{"family": "baseline", "k": 0, "search": None, **layer["baseline"]}, *layer["points"]]:
             m, search = point["metrics"], point["search"]
             budget = "" if not search else f"{search['trials']}/{search['evaluated']}, {search['seconds']:.0f} s"
-            lines.append(f"{point['family']:12s} {point['k']:2d}  {_cell(m['complied'], True)}  {_cell(m['broken'], True)}  "
-                         f"{_cell(m['refused'], True)}  {_cell(m.get('deflected'), True)}  {_cell(m['kl'], False)}  {_cell(m['harmless_refused'], True)}  {budget}")
-        lines.append(f"Goal (DIM refused >= 40%; a SOM set complied >= 90%, KL <= 0.2, broken <= 10%): DIM refused "
-                     f"{goal['dim_refused']:.1%}; {_described(goal['best_som'])}: {'PASS' if goal['pass'] else 'FAIL'}")
-        lines.append(f"  with several SOM directions (k >= 2): {_described(goal['best_several'])}: "
-                     f"{'PASS' if goal['several_pass'] else 'FAIL'}")
+            lines.append(
+                f"{point['family']:12s} {point['k']:2d}  {_cell(m['complied'], True)}  {_cell(m['broken'], True)}  "
+                f"{_cell(m['refused'], True)}  {_cell(m.get('deflected'), True)}  {_cell(m['kl'], False)}  {_cell(m['harmless_refused'], True)}  {budget}"
+            )
+        lines.append(
+            f"Goal (DIM refused >= 40%; a SOM set complied >= 90%, KL <= 0.2, broken <= 10%): DIM refused "
+            f"{goal['dim_refused']:.1%}; {_described(goal['best_som'])}: {'PASS' if goal['pass'] else 'FAIL'}"
+        )
+        lines.append(
+            f"  with several SOM directions (k >= 2): {_described(goal['best_several'])}: "
+            f"{'PASS' if goal['several_pass'] else 'FAIL'}"
+        )
         lines += recovery_lines(layer["points"])
     return lines
 
@@ -158,9 +183,13 @@ def recovery_lines(points: list[dict]) -> list[str]:
     if not rows:
         return []
     names = list(rows[0]["planted"])
-    lines = ["Recovery of the planted directions (best: max |cos| of one direction; span: cos with the set's span)",
-             f"{'family':12s} {'k':>2s}  " + "  ".join(f"{name + ' best':>14s} {name + ' span':>14s}" for name in names)]
+    lines = [
+        "Recovery of the planted directions (best: max |cos| of one direction; span: cos with the set's span)",
+        f"{'family':12s} {'k':>2s}  " + "  ".join(f"{name + ' best':>14s} {name + ' span':>14s}" for name in names),
+    ]
     for p in rows:
-        lines.append(f"{p['family']:12s} {p['k']:2d}  " + "  ".join(
-            f"{p['planted'][name]['best']:14.3f} {p['planted'][name]['span']:14.3f}" for name in names))
+        lines.append(
+            f"{p['family']:12s} {p['k']:2d}  "
+            + "  ".join(f"{p['planted'][name]['best']:14.3f} {p['planted'][name]['span']:14.3f}" for name in names)
+        )
     return lines

@@ -32,8 +32,12 @@ FILE_NAME = "control-vector.gguf"
 @dataclass(frozen=True)
 class ControlVectorSettings:
     direction: str | None = setting(None, "the direction to add (default: the set's first)")
-    layers: str | None = setting(None, "comma-separated layers whose input gets the vector (default: the layer the direction was read at)")
-    coefficient: float = setting(1.0, "multiplier of the raw direction stored in the file (llama.cpp's strength multiplies it again)")
+    layers: str | None = setting(
+        None, "comma-separated layers whose input gets the vector (default: the layer the direction was read at)"
+    )
+    coefficient: float = setting(
+        1.0, "multiplier of the raw direction stored in the file (llama.cpp's strength multiplies it again)"
+    )
 
 
 def gguf_index(layer: int) -> int:
@@ -63,7 +67,9 @@ def _layers(loaded: LoadedModel, directions: DirectionSet, settings: ControlVect
     return layers
 
 
-def control_vectors(loaded: LoadedModel, directions: DirectionSet, settings: ControlVectorSettings) -> dict[int, np.ndarray]:
+def control_vectors(
+    loaded: LoadedModel, directions: DirectionSet, settings: ControlVectorSettings
+) -> dict[int, np.ndarray]:
     """``{K: coefficient * vector}`` as float32, keyed by llama.cpp's ``direction.K`` index."""
     directions.check_width(loaded.d_model)
     name = settings.direction or directions.names[0]
@@ -107,12 +113,14 @@ def _model_hint(loaded: LoadedModel) -> str:
     return str(getattr(loaded.model.config, "model_type", "llama"))
 
 
-registry.register(registry.ExportFormat(
-    name="control_vector",
-    title="llama.cpp control vector",
-    help="a llama.cpp --control-vector GGUF that adds a direction at chosen layers (activation addition, weights untouched)",
-    settings=ControlVectorSettings,
-    estimate_size=estimate_size,
-    write=write_control_vector,
-    suffix="control-vector",
-))
+registry.register(
+    registry.ExportFormat(
+        name="control_vector",
+        title="llama.cpp control vector",
+        help="a llama.cpp --control-vector GGUF that adds a direction at chosen layers (activation addition, weights untouched)",
+        settings=ControlVectorSettings,
+        estimate_size=estimate_size,
+        write=write_control_vector,
+        suffix="control-vector",
+    )
+)

@@ -53,11 +53,15 @@ def model_files(folder: Path) -> ModelFiles | None:
         try:
             weight_map = dict(json.loads((folder / INDEX).read_text())["weight_map"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise WeightFilesError(f"{folder / INDEX} is not a readable shard index ({err}); re-save or re-download the model.") from err
+            raise WeightFilesError(
+                f"{folder / INDEX} is not a readable shard index ({err}); re-save or re-download the model."
+            ) from err
         shards = tuple(dict.fromkeys(weight_map.values()))
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
-            raise WeightFilesError(f"{folder} lacks the shard(s) {', '.join(missing)} its index names; download them again.")
+            raise WeightFilesError(
+                f"{folder} lacks the shard(s) {', '.join(missing)} its index names; download them again."
+            )
         return ModelFiles(folder, shards, weight_map, indexed=True)
     if (folder / SINGLE).is_file():
         from refusal_core.exports.safetensors_io import read_header

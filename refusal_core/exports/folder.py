@@ -30,7 +30,13 @@ from refusal_core.exports.experts import expert_keys
 from refusal_core.exports.files import INDEX, ModelFiles, WeightFilesError
 from refusal_core.exports.safetensors_io import Entry, ShardHeader, ShardWriter, iter_rows, read_header, read_tensor
 from refusal_core.interventions.export import model_card, package_version
-from refusal_core.interventions.export_target import check_target, new_partial_dir, recover_leftovers, replace_dir, write_marker
+from refusal_core.interventions.export_target import (
+    check_target,
+    new_partial_dir,
+    recover_leftovers,
+    replace_dir,
+    write_marker,
+)
 from refusal_core.interventions.linalg import compute_dtype, orthonormal_basis, project_out
 from refusal_core.interventions.spec import as_direction_matrix
 from refusal_core.model.families import model_parts, model_width
@@ -108,7 +114,11 @@ def plan_export(files: ModelFiles, trust_remote_code: bool = False) -> ExportPla
     model = meta_model(files.folder, trust_remote_code)
     quantization = getattr(model.config, "quantization_config", None)
     if quantization:
-        method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else type(quantization).__name__
+        method = (
+            quantization.get("quant_method", "unknown")
+            if isinstance(quantization, dict)
+            else type(quantization).__name__
+        )
         raise WeightFilesError(
             f"{files.folder} holds a quantized checkpoint (quant_method {method}); the streaming export edits "
             "floating-point weights only. Export from the unquantized checkpoint."
@@ -342,15 +352,18 @@ def stream_export(
             progress(max(1, total >> 20), max(1, total >> 20), stage="index, card and marker")
         if edited != {name: 1 for name in plan.writes}:
             missed = sorted(set(plan.writes) - set(edited))
-            raise RuntimeError(f"Streaming export edited {edited} but the residual writers are {sorted(plan.writes)}; missed {missed}.")
+            raise RuntimeError(
+                f"Streaming export edited {edited} but the residual writers are {sorted(plan.writes)}; missed {missed}."
+            )
         _write_index(plan, tmp, total)
         directions.save(tmp / "directions")
         command = command or f"stream_export({str(files.folder)!r}, <{len(directions)} directions>, {str(out_dir)!r})"
-        (tmp / "README.md").write_text(model_card(SimpleNamespace(spec=spec, source=str(files.folder)), directions, command))
+        (tmp / "README.md").write_text(
+            model_card(SimpleNamespace(spec=spec, source=str(files.folder)), directions, command)
+        )
         write_marker(tmp, complete=True, version=version)
         check_target(out_dir, overwrite)  # Another export may have filled it meanwhile.
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-

@@ -17,8 +17,12 @@ __all__ = ["FolderSettings", "stream_folder", "write_folder"]
 
 @dataclass(frozen=True)
 class FolderSettings:
-    mode: str = setting("orthogonal", "orthogonal: project the directions out; norm-preserving: then restore each "
-                        "residual-side column's (or row's) norm", choices=("orthogonal", "norm-preserving"))
+    mode: str = setting(
+        "orthogonal",
+        "orthogonal: project the directions out; norm-preserving: then restore each "
+        "residual-side column's (or row's) norm",
+        choices=("orthogonal", "norm-preserving"),
+    )
 
 
 def estimate_size(loaded: LoadedModel, directions: DirectionSet, settings: FolderSettings) -> int:
@@ -32,19 +36,39 @@ def estimate_size(loaded: LoadedModel, directions: DirectionSet, settings: Folde
 
 
 def write_folder(request: registry.ExportRequest) -> Path:
-    from refusal_core.exports.manifest import MANIFEST, directions_record, folder_files, output_record, rerun_command, write_manifest
+    from refusal_core.exports.manifest import (
+        MANIFEST,
+        directions_record,
+        folder_files,
+        output_record,
+        rerun_command,
+        write_manifest,
+    )
     from refusal_core.interventions.export import export_orthogonalized
 
-    out = export_orthogonalized(request.loaded, request.directions, request.out_dir, overwrite=request.overwrite,
-                                command=request.command, mode=request.settings.mode)
-    write_manifest(out / MANIFEST, kind="export:folder", output=output_record(folder_files(out), out),
-                   invoked=request.command or "export-model --format folder (called from Python)",
-                   rerun=rerun_command(request, "folder"), loaded=request.loaded,
-                   directions=directions_record(request.directions))
+    out = export_orthogonalized(
+        request.loaded,
+        request.directions,
+        request.out_dir,
+        overwrite=request.overwrite,
+        command=request.command,
+        mode=request.settings.mode,
+    )
+    write_manifest(
+        out / MANIFEST,
+        kind="export:folder",
+        output=output_record(folder_files(out), out),
+        invoked=request.command or "export-model --format folder (called from Python)",
+        rerun=rerun_command(request, "folder"),
+        loaded=request.loaded,
+        directions=directions_record(request.directions),
+    )
     return out
 
 
-def stream_folder(files, directions: DirectionSet, out_dir, *, spec: str, overwrite: bool, command: str, **options) -> Path:
+def stream_folder(
+    files, directions: DirectionSet, out_dir, *, spec: str, overwrite: bool, command: str, **options
+) -> Path:
     """The ``folder`` format streamed from the model's files shard by shard (``exports.folder``),
     without loading the model, and its manifest, as every export writes one; ``options`` go to
     ``stream_export`` (plan, progress, trust_remote_code)."""
@@ -52,19 +76,37 @@ def stream_folder(files, directions: DirectionSet, out_dir, *, spec: str, overwr
     from refusal_core.exports.manifest import MANIFEST, folder_files, output_record, write_manifest
 
     out = Path(stream_export(files, directions, out_dir, spec=spec, overwrite=overwrite, command=command, **options))
-    rerun = ["export-model", "--model", spec, "--ablate", str(out / "directions"), "--format", "folder", "--out", str(out)]
-    write_manifest(out / MANIFEST, kind="export:folder", output=output_record(folder_files(out), out), invoked=command,
-                   rerun=rerun, extra={"streamed_from": str(files.folder), "model_spec": spec},
-                   directions={"names": list(directions.names)})
+    rerun = [
+        "export-model",
+        "--model",
+        spec,
+        "--ablate",
+        str(out / "directions"),
+        "--format",
+        "folder",
+        "--out",
+        str(out),
+    ]
+    write_manifest(
+        out / MANIFEST,
+        kind="export:folder",
+        output=output_record(folder_files(out), out),
+        invoked=command,
+        rerun=rerun,
+        extra={"streamed_from": str(files.folder), "model_spec": spec},
+        directions={"names": list(directions.names)},
+    )
     return out
 
 
-registry.register(registry.ExportFormat(
-    name="folder",
-    title="Full model folder (safetensors)",
-    help="a complete Hugging Face model folder with the directions orthogonalized out of its weights",
-    settings=FolderSettings,
-    estimate_size=estimate_size,
-    write=write_folder,
-    suffix="orthogonalized",
-))
+registry.register(
+    registry.ExportFormat(
+        name="folder",
+        title="Full model folder (safetensors)",
+        help="a complete Hugging Face model folder with the directions orthogonalized out of its weights",
+        settings=FolderSettings,
+        estimate_size=estimate_size,
+        write=write_folder,
+        suffix="orthogonalized",
+    )
+)

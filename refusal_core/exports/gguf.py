@@ -42,13 +42,24 @@ _FROM_SCRATCH = ("llama", "mistral")
 
 @dataclass(frozen=True)
 class GgufSettings:
-    source: str | None = setting(None, "template GGUF whose metadata, tokenizer and tensor types are kept "
-                                 "(default: the shipped SmolLM2 GGUF for the bundled model and the organism; "
-                                 "none for other Llama-layout models, which are written from scratch)")
-    mode: str = setting("orthogonal", "orthogonal or norm-preserving weight edit", choices=("orthogonal", "norm-preserving"))
-    tensor_type: str = setting("F16", "tensor type when written from scratch (no template)", choices=("F32", "F16", "Q8_0"))
-    edited_type: str = setting("same", "type of the tensors that change over a template: same (the template's type) or "
-                               "a finer one (less requantization error, a larger file)", choices=("same", "Q8_0", "F16", "F32"))
+    source: str | None = setting(
+        None,
+        "template GGUF whose metadata, tokenizer and tensor types are kept "
+        "(default: the shipped SmolLM2 GGUF for the bundled model and the organism; "
+        "none for other Llama-layout models, which are written from scratch)",
+    )
+    mode: str = setting(
+        "orthogonal", "orthogonal or norm-preserving weight edit", choices=("orthogonal", "norm-preserving")
+    )
+    tensor_type: str = setting(
+        "F16", "tensor type when written from scratch (no template)", choices=("F32", "F16", "Q8_0")
+    )
+    edited_type: str = setting(
+        "same",
+        "type of the tensors that change over a template: same (the template's type) or "
+        "a finer one (less requantization error, a larger file)",
+        choices=("same", "Q8_0", "F16", "F32"),
+    )
 
 
 def _template(loaded: LoadedModel, settings: GgufSettings) -> Path | None:
@@ -61,8 +72,10 @@ def _template(loaded: LoadedModel, settings: GgufSettings) -> Path | None:
         return bundled_gguf_path()
     model_type = getattr(loaded.model.config, "model_type", "")
     if model_type not in _FROM_SCRATCH:
-        raise SettingsError(f"A {model_type!r} model can be written as GGUF only over a template of it: give --source "
-                            "MODEL.gguf (made by llama.cpp's convert_hf_to_gguf.py from the base model).")
+        raise SettingsError(
+            f"A {model_type!r} model can be written as GGUF only over a template of it: give --source "
+            "MODEL.gguf (made by llama.cpp's convert_hf_to_gguf.py from the base model)."
+        )
     return None
 
 
@@ -74,8 +87,10 @@ def edited_arrays(loaded: LoadedModel, directions: DirectionSet, mode: str) -> d
     directions.check_width(loaded.d_model)
     model = loaded.model
     with model_lock(model), orthogonalized_weights(model, directions, mode=mode):
-        return {name: param.detach().to(torch.float32).cpu().numpy().copy()
-                for name, param in model.named_parameters(remove_duplicate=False)}
+        return {
+            name: param.detach().to(torch.float32).cpu().numpy().copy()
+            for name, param in model.named_parameters(remove_duplicate=False)
+        }
 
 
 def _gguf_value(arrays: dict[str, np.ndarray], hf_name: str, gguf_name: str, heads: tuple[int, int]) -> np.ndarray:
@@ -93,12 +108,16 @@ def _check_template(reader, loaded: LoadedModel) -> str:
     width = reader.fields.get(f"{arch}.embedding_length")
     found = (blocks.contents() if blocks else None, width.contents() if width else None)
     if found != (loaded.n_layers, loaded.d_model):
-        raise SettingsError(f"The template GGUF has {found[0]} layers of width {found[1]}, the model {loaded.n_layers} of "
-                            f"width {loaded.d_model}; give --source a GGUF of this model.")
+        raise SettingsError(
+            f"The template GGUF has {found[0]} layers of width {found[1]}, the model {loaded.n_layers} of "
+            f"width {loaded.d_model}; give --source a GGUF of this model."
+        )
     return arch
 
 
-def _over_template(loaded: LoadedModel, arrays: dict[str, np.ndarray], source: Path, target: Path, edited_type: str = "same") -> dict:
+def _over_template(
+    loaded: LoadedModel, arrays: dict[str, np.ndarray], source: Path, target: Path, edited_type: str = "same"
+) -> dict:
     """Write ``target`` from the template at ``source``; returns what was copied, requantized, added."""
     import gguf
 
@@ -112,7 +131,13 @@ def _over_template(loaded: LoadedModel, arrays: dict[str, np.ndarray], source: P
     names = {tensor.name for tensor in reader.tensors}
     for tensor in reader.tensors:
         hf_name = mapping.get(tensor.name)
-        _add(writer, tensor, None if hf_name is None else _gguf_value(arrays, hf_name, tensor.name, heads), tensor.name, report)
+        _add(
+            writer,
+            tensor,
+            None if hf_name is None else _gguf_value(arrays, hf_name, tensor.name, heads),
+            tensor.name,
+            report,
+        )
         if tensor.name == "token_embd.weight" and "output.weight" not in names and "output.weight" in mapping:
             _add(writer, tensor, arrays[mapping["output.weight"]], "output.weight", report)
             report["added"].append("output.weight")
@@ -131,8 +156,10 @@ def _add(writer, tensor, value: np.ndarray | None, name: str, report: dict) -> N
     if value is not None:
         expected = tuple(int(n) for n in reversed(tensor.shape))
         if value.shape != expected:
-            raise SettingsError(f"Template tensor {tensor.name} has shape {expected}, the model's {value.shape}; "
-                                "give --source a GGUF of this model.")
+            raise SettingsError(
+                f"Template tensor {tensor.name} has shape {expected}, the model's {value.shape}; "
+                "give --source a GGUF of this model."
+            )
     if value is None or np.array_equal(dequantized(tensor), value):
         data = np.asarray(tensor.data)
         quant = raw_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
@@ -192,12 +219,14 @@ def write_gguf(request: registry.ExportRequest) -> Path:
     return registry.staged_export(request.out_dir, request.overwrite, registry.export_version(), fill)
 
 
-registry.register(registry.ExportFormat(
-    name="gguf",
-    title="GGUF (llama.cpp, ollama)",
-    help="an abliterated GGUF: the template's metadata and tensor types, edited tensors requantized",
-    settings=GgufSettings,
-    estimate_size=estimate_size,
-    write=write_gguf,
-    suffix="gguf",
-))
+registry.register(
+    registry.ExportFormat(
+        name="gguf",
+        title="GGUF (llama.cpp, ollama)",
+        help="an abliterated GGUF: the template's metadata and tensor types, edited tensors requantized",
+        settings=GgufSettings,
+        estimate_size=estimate_size,
+        write=write_gguf,
+        suffix="gguf",
+    )
+)

@@ -22,8 +22,10 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
     document = json.loads(tokenizer.backend_tokenizer.to_str())
     model = document.get("model", {})
     if model.get("type") != "BPE":
-        raise SettingsError(f"Only byte-level BPE tokenizers can be written without a template (this one is "
-                            f"{model.get('type')!r}); give --source MODEL.gguf.")
+        raise SettingsError(
+            f"Only byte-level BPE tokenizers can be written without a template (this one is "
+            f"{model.get('type')!r}); give --source MODEL.gguf."
+        )
     vocab = tokenizer.get_vocab()
     size = max(vocab.values()) + 1
     tokens = [f"[PAD{i}]" for i in range(size)]
@@ -37,7 +39,11 @@ def _tokenizer_metadata(writer, tokenizer) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types([int(kind) for kind in types])
     writer.add_token_merges(merges)
-    for key, value in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("pad", tokenizer.pad_token_id)):
+    for key, value in (
+        ("bos", tokenizer.bos_token_id),
+        ("eos", tokenizer.eos_token_id),
+        ("pad", tokenizer.pad_token_id),
+    ):
         if value is not None:
             getattr(writer, f"add_{key}_token_id")(int(value))
     if tokenizer.chat_template:
@@ -49,8 +55,13 @@ def _hyperparameters(writer, loaded: LoadedModel) -> tuple[int, int]:
     rope = getattr(config, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     if rope.get("rope_type", "default") != "default":
-        raise SettingsError(f"RoPE scaling {rope.get('rope_type')!r} is not written without a template; give --source MODEL.gguf.")
-    heads, kv_heads = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        raise SettingsError(
+            f"RoPE scaling {rope.get('rope_type')!r} is not written without a template; give --source MODEL.gguf."
+        )
+    heads, kv_heads = (
+        int(config.num_attention_heads),
+        int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+    )
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     writer.add_block_count(loaded.n_layers)
     writer.add_context_length(int(config.max_position_embeddings))
@@ -78,7 +89,9 @@ def write_from_scratch(loaded: LoadedModel, arrays: dict[str, np.ndarray], targe
     mapping = hf_to_gguf_names("llama", loaded.n_layers, list(arrays))
     missing = sorted(set(arrays) - set(mapping.values()) - {"lm_head.weight", "model.embed_tokens.weight"})
     if missing:
-        raise SettingsError(f"gguf's name map has no place for {', '.join(missing[:4])}; this model is not Llama-layout.")
+        raise SettingsError(
+            f"gguf's name map has no place for {', '.join(missing[:4])}; this model is not Llama-layout."
+        )
     report = {"written": {}}
     head, embed = arrays.get("lm_head.weight"), arrays.get("model.embed_tokens.weight")
     if head is not None and embed is not None and np.array_equal(head, embed):
@@ -91,7 +104,9 @@ def write_from_scratch(loaded: LoadedModel, arrays: dict[str, np.ndarray], targe
             value = permute_qk(value, heads[1])
         kind = tensor_type if value.ndim == 2 else "F32"  # norms stay float32, as llama.cpp expects
         data, written = quantized(value, kind)
-        writer.add_tensor(gguf_name, data, raw_dtype=gguf.GGMLQuantizationType[written] if written not in ("F32", "F16") else None)
+        writer.add_tensor(
+            gguf_name, data, raw_dtype=gguf.GGMLQuantizationType[written] if written not in ("F32", "F16") else None
+        )
         report["written"][gguf_name] = written
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -97,4 +97,6 @@ def tensor_bytes(path: Path) -> dict[str, bytes]:
     """The raw bytes of each tensor of a GGUF file (for tests and checks)."""
     import gguf
 
-    return {tensor.name: bytes(np.ascontiguousarray(tensor.data).view(np.uint8)) for tensor in gguf.GGUFReader(path).tensors}
+    return {
+        tensor.name: bytes(np.ascontiguousarray(tensor.data).view(np.uint8)) for tensor in gguf.GGUFReader(path).tensors
+    }

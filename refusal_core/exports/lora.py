@@ -66,7 +66,9 @@ def _module_kind(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _write_basis(params: dict[str, torch.Tensor], write: ResidualWrite, basis: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+def _write_basis(
+    params: dict[str, torch.Tensor], write: ResidualWrite, basis: torch.Tensor, directions: torch.Tensor
+) -> torch.Tensor:
     """The basis this write is projected against: the plain one, or that of the norm-weighted directions."""
     if write.norm is None:
         return basis
@@ -148,11 +150,17 @@ def adapter_tensors(loaded: LoadedModel, directions: DirectionSet) -> tuple[dict
                 bias = params[write.name].detach().to(torch.float64)
                 tensors[f"{key}.base_layer.bias"] = bias - u @ (u.T @ bias)
                 if "weight" not in group:
-                    raise LoraUnsupported(f"{write.name}: a bias without its weight in the writer list cannot be an adapter.")
+                    raise LoraUnsupported(
+                        f"{write.name}: a bias without its weight in the writer list cannot be an adapter."
+                    )
             targets.append(module_name)
-            ranks[module_name] = int(tensors[f"{key}.lora_embedding_B" if kind == "embedding" else f"{key}.lora_B.weight"].shape[1])
+            ranks[module_name] = int(
+                tensors[f"{key}.lora_embedding_B" if kind == "embedding" else f"{key}.lora_B.weight"].shape[1]
+            )
     if "conv1d" in kinds and kinds & {"linear"}:
-        raise LoraUnsupported("This model mixes Conv1D and Linear residual writers; PEFT's fan_in_fan_out is one setting.")
+        raise LoraUnsupported(
+            "This model mixes Conv1D and Linear residual writers; PEFT's fan_in_fan_out is one setting."
+        )
     rank = max(ranks.values())
     config = {
         "peft_type": "LORA",
@@ -209,12 +217,14 @@ def write_lora(request: registry.ExportRequest) -> Path:
     return registry.staged_export(request.out_dir, request.overwrite, registry.export_version(), fill)
 
 
-registry.register(registry.ExportFormat(
-    name="lora",
-    title="LoRA adapter (PEFT)",
-    help="a PEFT LoRA adapter (rank = number of directions) that turns the base model into the orthogonalized one exactly",
-    settings=LoraSettings,
-    estimate_size=estimate_size,
-    write=write_lora,
-    suffix="lora",
-))
+registry.register(
+    registry.ExportFormat(
+        name="lora",
+        title="LoRA adapter (PEFT)",
+        help="a PEFT LoRA adapter (rank = number of directions) that turns the base model into the orthogonalized one exactly",
+        settings=LoraSettings,
+        estimate_size=estimate_size,
+        write=write_lora,
+        suffix="lora",
+    )
+)

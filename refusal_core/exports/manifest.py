@@ -105,8 +105,12 @@ def output_record(paths: Iterable[Path], root: Path | None = None) -> dict:
     total = hashlib.sha256()
     for item in files:
         total.update(f"{item['path']}\0{item['sha256']}\n".encode())
-    return {"sha256": total.hexdigest(), "files": files, "bytes": sum(item["bytes"] for item in files),
-            "layout": "folder" if root is not None else "files"}
+    return {
+        "sha256": total.hexdigest(),
+        "files": files,
+        "bytes": sum(item["bytes"] for item in files),
+        "layout": "folder" if root is not None else "files",
+    }
 
 
 def folder_files(folder: Path) -> list[Path]:
@@ -129,8 +133,12 @@ def _versions() -> dict:
 def model_record(loaded: LoadedModel) -> dict:
     from refusal_core.model.fingerprint import weights_sha256
 
-    return {"spec": loaded.spec, "source": str(loaded.source), "dtype": str(loaded.dtype).removeprefix("torch."),
-            "weights_sha256": weights_sha256(loaded.model)}
+    return {
+        "spec": loaded.spec,
+        "source": str(loaded.source),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "weights_sha256": weights_sha256(loaded.model),
+    }
 
 
 def directions_record(directions: DirectionSet, files: Sequence[str | Path] = ()) -> dict:
@@ -145,9 +153,18 @@ def directions_record(directions: DirectionSet, files: Sequence[str | Path] = ()
     return record
 
 
-def write_manifest(path: Path, *, kind: str, output: dict, invoked: Sequence[str] | str | None, rerun: Sequence[str] | None = None,
-                   loaded: LoadedModel | None = None, directions: dict | None = None, seeds: dict | None = None,
-                   extra: dict | None = None) -> Path:
+def write_manifest(
+    path: Path,
+    *,
+    kind: str,
+    output: dict,
+    invoked: Sequence[str] | str | None,
+    rerun: Sequence[str] | None = None,
+    loaded: LoadedModel | None = None,
+    directions: dict | None = None,
+    seeds: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write the manifest document to ``path`` (JSON, keys sorted) and return ``path``."""
     document = {
         "schema": SCHEMA,
@@ -169,8 +186,17 @@ def rerun_command(request, fmt_name: str) -> list[str]:
     """The CLI command that redoes this export; its directions come from the copy saved in the output."""
     from dataclasses import asdict
 
-    argv = ["export-model", "--model", request.loaded.spec, "--dtype", str(request.loaded.dtype).removeprefix("torch."),
-            "--ablate", str(Path(request.out_dir) / "directions"), "--format", fmt_name]
+    argv = [
+        "export-model",
+        "--model",
+        request.loaded.spec,
+        "--dtype",
+        str(request.loaded.dtype).removeprefix("torch."),
+        "--ablate",
+        str(Path(request.out_dir) / "directions"),
+        "--format",
+        fmt_name,
+    ]
     for name, value in asdict(request.settings).items():
         if value is None or value is False:
             continue
@@ -184,8 +210,13 @@ def finish_export(tmp: Path, request, fmt_name: str) -> Path:
     command = request.command
     invoked = command if command is not None else f"export-model --format {fmt_name} (called from Python)"
     return write_manifest(
-        tmp / MANIFEST, kind=f"export:{fmt_name}", output=output_record(folder_files(tmp), tmp), invoked=invoked,
-        rerun=rerun_command(request, fmt_name), loaded=request.loaded, directions=directions_record(request.directions),
+        tmp / MANIFEST,
+        kind=f"export:{fmt_name}",
+        output=output_record(folder_files(tmp), tmp),
+        invoked=invoked,
+        rerun=rerun_command(request, fmt_name),
+        loaded=request.loaded,
+        directions=directions_record(request.directions),
     )
 
 
@@ -208,7 +239,12 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise ManifestError(f"{path} is not a Refusal Atlas manifest (schema {SCHEMA!r} expected).")
     rerun = document.get("rerun")
-    if not isinstance(rerun, list) or not rerun or not all(isinstance(arg, str) for arg in rerun) or "--out" not in rerun:
+    if (
+        not isinstance(rerun, list)
+        or not rerun
+        or not all(isinstance(arg, str) for arg in rerun)
+        or "--out" not in rerun
+    ):
         raise ManifestError(f"{path} records no command that can be rerun (its 'rerun' must be a CLI argv with --out).")
     output = document.get("output")
     if not isinstance(output, dict) or not isinstance(output.get("sha256"), str):
@@ -216,8 +252,15 @@ def read_manifest(path: str | Path) -> dict:
     return document
 
 
-def write_result_manifest(stem: str | Path, written: Sequence[str | Path], argv: Sequence[str], loaded: LoadedModel | None,
-                          directions: DirectionSet | None = None, inputs: Sequence[str | Path] = (), seeds: dict | None = None) -> Path:
+def write_result_manifest(
+    stem: str | Path,
+    written: Sequence[str | Path],
+    argv: Sequence[str],
+    loaded: LoadedModel | None,
+    directions: DirectionSet | None = None,
+    inputs: Sequence[str | Path] = (),
+    seeds: dict | None = None,
+) -> Path:
     """``<stem>.manifest.json`` for a result the CLI saved (direction files, a selection table...).
 
     ``argv`` is the command's own arguments, rerun as they are by ``reproduce`` (from the
@@ -227,9 +270,14 @@ def write_result_manifest(stem: str | Path, written: Sequence[str | Path], argv:
 
     path = result_manifest_path(stem)
     return write_manifest(
-        path, kind=f"result:{' '.join(argv[:2])}", output=output_record([Path(p) for p in written]),
-        invoked=["python", "-m", "refusal_core", *argv], rerun=list(argv), loaded=loaded,
-        directions=directions_record(directions, inputs) if directions is not None else None, seeds=seeds,
+        path,
+        kind=f"result:{' '.join(argv[:2])}",
+        output=output_record([Path(p) for p in written]),
+        invoked=["python", "-m", "refusal_core", *argv],
+        rerun=list(argv),
+        loaded=loaded,
+        directions=directions_record(directions, inputs) if directions is not None else None,
+        seeds=seeds,
         extra={"cwd": os.getcwd(), "inputs": {str(p): file_sha256(Path(p)) for p in inputs if Path(p).is_file()}},
     )
 

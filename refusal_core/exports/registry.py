@@ -111,7 +111,9 @@ def settings_from(fmt: ExportFormat, values: dict[str, Any]) -> Any:
     names = {spec.name for spec in fields(fmt.settings)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise SettingsError(f"Format {fmt.name!r} has no setting(s) {', '.join(unknown)}; it has {', '.join(sorted(names)) or 'none'}.")
+        raise SettingsError(
+            f"Format {fmt.name!r} has no setting(s) {', '.join(unknown)}; it has {', '.join(sorted(names)) or 'none'}."
+        )
     return fmt.settings(**values)
 
 

@@ -89,7 +89,9 @@ def read_tensor(header: ShardHeader, entry: Entry) -> torch.Tensor:
     """The tensor ``entry`` of ``header``'s file, read into its own memory (no map)."""
     tensor = torch.empty(entry.shape, dtype=entry.torch_dtype)
     if entry.nbytes != tensor.numel() * tensor.element_size():
-        raise ValueError(f"{header.path}: tensor {entry.name} holds {entry.nbytes} bytes, not the {entry.shape} it declares.")
+        raise ValueError(
+            f"{header.path}: tensor {entry.name} holds {entry.nbytes} bytes, not the {entry.shape} it declares."
+        )
     if entry.nbytes:
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         with open(header.path, "rb") as handle:
@@ -122,7 +124,9 @@ def iter_rows(header: ShardHeader, entry: Entry, rows: int) -> Iterator[torch.Te
         for start in range(0, entry.shape[0], rows):
             piece = torch.empty((min(rows, entry.shape[0] - start), *entry.shape[1:]), dtype=entry.torch_dtype)
             want = piece.numel() * piece.element_size()
-            if want != row_bytes * piece.shape[0] or (want and source.readinto(memoryview(piece.reshape(-1).view(torch.uint8).numpy())) != want):
+            if want != row_bytes * piece.shape[0] or (
+                want and source.readinto(memoryview(piece.reshape(-1).view(torch.uint8).numpy())) != want
+            ):
                 raise ValueError(f"{header.path} ends inside tensor {entry.name}; the file is truncated.")
             yield piece
 
@@ -158,7 +162,11 @@ class ShardWriter:
     def write(self, name: str, pieces: Iterable[torch.Tensor | bytes]) -> None:
         size, written = self._start(name), 0
         for piece in pieces:
-            data = memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy()) if isinstance(piece, torch.Tensor) else piece
+            data = (
+                memoryview(piece.contiguous().reshape(-1).view(torch.uint8).numpy())
+                if isinstance(piece, torch.Tensor)
+                else piece
+            )
             written += len(data)
             self._handle.write(data)
         if written != size:
@@ -169,7 +177,9 @@ class ShardWriter:
         """``entry``'s bytes copied unchanged from its file, by the kernel where it can
         (``copy_file_range``: no pass through this process's memory), else in chunks."""
         if self._start(name) != entry.nbytes:
-            raise RuntimeError(f"Tensor {name} should take {self._sizes[self._next][1]} bytes, its source holds {entry.nbytes}.")
+            raise RuntimeError(
+                f"Tensor {name} should take {self._sizes[self._next][1]} bytes, its source holds {entry.nbytes}."
+            )
         self._handle.flush()
         left, offset = entry.nbytes, header.data_start + entry.begin
         try:

@@ -49,18 +49,28 @@ class Condition:
     groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        directions = self.directions[None] if isinstance(self.directions, torch.Tensor) and self.directions.dim() == 1 else self.directions
+        directions = (
+            self.directions[None]
+            if isinstance(self.directions, torch.Tensor) and self.directions.dim() == 1
+            else self.directions
+        )
         validate_vectors(directions)
         object.__setattr__(self, "directions", (directions / directions.norm(dim=-1, keepdim=True)).detach().float())
-        thresholds = tuple(float(value) for value in (self.thresholds if isinstance(self.thresholds, Sequence) else [self.thresholds]))
+        thresholds = tuple(
+            float(value) for value in (self.thresholds if isinstance(self.thresholds, Sequence) else [self.thresholds])
+        )
         if len(thresholds) != directions.shape[0] or not all(math.isfinite(value) for value in thresholds):
-            raise ValueError(f"A condition needs one finite threshold per direction: {directions.shape[0]} directions, thresholds {thresholds}.")
+            raise ValueError(
+                f"A condition needs one finite threshold per direction: {directions.shape[0]} directions, thresholds {thresholds}."
+            )
         object.__setattr__(self, "thresholds", thresholds)
         object.__setattr__(self, "layer", operator.index(self.layer))
         if self.positions is not None:
             positions = tuple(operator.index(p) for p in self.positions)
             if not positions or any(p >= 0 for p in positions):
-                raise ValueError(f"Condition positions must be negative offsets from the prompt's end, got {positions}.")
+                raise ValueError(
+                    f"Condition positions must be negative offsets from the prompt's end, got {positions}."
+                )
             object.__setattr__(self, "positions", positions)
         if self.labels and len(self.labels) != directions.shape[0]:
             raise ValueError(f"{len(self.labels)} labels for {directions.shape[0]} condition directions.")
@@ -101,17 +111,25 @@ def projection_scores(points: torch.Tensor, directions: torch.Tensor) -> torch.T
     return (points.double() @ units.T).mean(1)
 
 
-def condition_scores(loaded, instructions: Sequence[str], condition: Condition, chat=None, batch_size: int = 16) -> torch.Tensor:
+def condition_scores(
+    loaded, instructions: Sequence[str], condition: Condition, chat=None, batch_size: int = 16
+) -> torch.Tensor:
     """``[n, k]`` projections of each prompt onto each condition direction, on the unmodified model."""
     from refusal_core.activations.extract import default_positions, extract_activations
 
     if not 0 <= condition.layer < loaded.n_layers:
-        raise ValueError(f"The condition reads layer {condition.layer}, but this model has layers 0..{loaded.n_layers - 1}.")
+        raise ValueError(
+            f"The condition reads layer {condition.layer}, but this model has layers 0..{loaded.n_layers - 1}."
+        )
     if condition.d_model != loaded.d_model:
-        raise DirectionError(f"The condition's directions have width {condition.d_model}, the model's residual stream {loaded.d_model}.")
+        raise DirectionError(
+            f"The condition's directions have width {condition.d_model}, the model's residual stream {loaded.d_model}."
+        )
     # Every post-instruction position is extracted (and cached) so that conditions reading
     # different positions share one cache entry; the chosen ones are taken from it.
-    acts = extract_activations(loaded, instructions, positions=default_positions(loaded.tokenizer, chat), chat=chat, batch_size=batch_size)
+    acts = extract_activations(
+        loaded, instructions, positions=default_positions(loaded.tokenizer, chat), chat=chat, batch_size=batch_size
+    )
     index = [acts.position_index(p) for p in condition.positions] if condition.positions is not None else slice(None)
     return projection_scores(acts.acts[:, index, condition.layer], condition.directions)
 
@@ -138,7 +156,9 @@ def resolve_rows(loaded, instructions: Sequence[str], intervention, chat=None, b
     """
     if intervention.condition is None:
         return [intervention] * len(instructions)
-    fired = intervention.condition.fires(condition_scores(loaded, instructions, intervention.condition, chat, batch_size))
+    fired = intervention.condition.fires(
+        condition_scores(loaded, instructions, intervention.condition, chat, batch_size)
+    )
     active = dataclasses.replace(intervention, condition=None)
     idle = type(intervention)(name=intervention.name)  # a baseline: the same class, nothing applied
     return [active if fire else idle for fire in fired]

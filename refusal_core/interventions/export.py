@@ -96,9 +96,16 @@ def model_card(loaded: LoadedModel, directions: DirectionSet, command: str, mode
         "has a component along these directions any more, so the model computes the same function "
         "as directional ablation at every layer and position. The unembedding (lm_head) keeps the "
         "original matrix, so embeddings are saved untied (`tie_word_embeddings: false`).",
-        *(["", "Norm-preserving mode: after the projection, every edited column of the attention-out and "
+        *(
+            [
+                "",
+                "Norm-preserving mode: after the projection, every edited column of the attention-out and "
                 "MLP-out weights, every embedding row and every bias was rescaled to its original norm, so the "
-                "model is no longer exactly the function of directional ablation."] if mode == "norm-preserving" else []),
+                "model is no longer exactly the function of directional ablation.",
+            ]
+            if mode == "norm-preserving"
+            else []
+        ),
         "",
         f"Directions ({len(directions)}, width {directions.d_model}): {names}. They are saved beside "
         "the model as `directions.safetensors` and `directions.json`.",

@@ -235,7 +235,9 @@ def _plan(interventions: Sequence[Intervention], n_layers: int, d_model: int) ->
 
 
 @contextmanager
-def _planned(model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, _LayerEdit]], rows: int | None) -> Iterator[None]:
+def _planned(
+    model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, _LayerEdit]], rows: int | None
+) -> Iterator[None]:
     """Install the hooks of ``make_plan(parts, d_model)`` through the one hook installer."""
     with model_lock(model):
         parts = model_parts(model)
@@ -247,7 +249,8 @@ def _planned(model: nn.Module, make_plan: Callable[[ModelParts, int], dict[int, 
         inputs = {layer: _edited_input(edit, rows) for layer, edit in plan.items()}
         outputs = [
             (writer, _write_hook(edit.stages, rows, edit.renorm))
-            for layer, edit in sorted(plan.items()) if edit.stages is not None
+            for layer, edit in sorted(plan.items())
+            if edit.stages is not None
             for writer in (parts.attn_writes[layer], parts.mlp_writes[layer])
         ]
         with block_hooks(model, inputs, outputs):
@@ -287,11 +290,15 @@ def differentiable_ablation(model: nn.Module, direction: torch.Tensor) -> Iterat
     compute dtype on every call, so open a fresh block after each optimizer step.
     """
     if direction.dim() != 1:
-        raise ValueError(f"differentiable_ablation takes one direction of shape [d]; got shape {tuple(direction.shape)}.")
+        raise ValueError(
+            f"differentiable_ablation takes one direction of shape [d]; got shape {tuple(direction.shape)}."
+        )
 
     def make_plan(parts: ModelParts, d_model: int) -> dict[int, _LayerEdit]:
         if direction.shape[0] != d_model:
-            raise DirectionError(f"The direction has width {direction.shape[0]} but the model's residual stream has width {d_model}.")
+            raise DirectionError(
+                f"The direction has width {direction.shape[0]} but the model's residual stream has width {d_model}."
+            )
         stages = _RowTensor(direction[None, None, :, None])  # one stage, shared by every row, rank 1
         return {layer: _LayerEdit(stages=stages) for layer in range(parts.n_layers)}
 

@@ -1,5 +1,4 @@
-"""The linear algebra of ablation: orthonormal bases of a span and projections out of it.
-"""
+"""The linear algebra of ablation: orthonormal bases of a span and projections out of it."""
 
 from __future__ import annotations
 

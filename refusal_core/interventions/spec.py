@@ -12,8 +12,8 @@ from typing import Literal, Sequence
 import torch
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
-from refusal_core.interventions.conditional import Condition
 from refusal_core.errors import SettingsError
+from refusal_core.interventions.conditional import Condition
 
 __all__ = [
     "ABLATION_MODES",
@@ -118,7 +118,9 @@ class Intervention:
         if self.ablate is None and self.actadd is None:
             raise self._error("a condition needs something to apply when it fires; give ablate or actadd.")
         if self.condition.d_model != self.d_model:
-            raise self._error(f"the condition has width {self.condition.d_model} but the vectors {self.d_model}.", DirectionError)
+            raise self._error(
+                f"the condition has width {self.condition.d_model} but the vectors {self.d_model}.", DirectionError
+            )
 
     @property
     def is_baseline(self) -> bool:
@@ -139,7 +141,7 @@ class Intervention:
         names: Sequence[str] | None = None,
         layers: Sequence[int] | None = None,
         mode: AblationMode = "orthogonal",
-    ) -> "Intervention":
+    ) -> Intervention:
         """Ablate the named directions of a set (all of them when ``names`` is None)."""
         chosen = directions.select(names) if names is not None else directions
         return Intervention(
@@ -152,7 +154,7 @@ class Intervention:
     @staticmethod
     def from_direction_addition(
         name: str, directions: DirectionSet, direction: str, coeff: float = 1.0, layer: int | None = None
-    ) -> "Intervention":
+    ) -> Intervention:
         """Add one named direction (raw, not normalised) at ``layer``, by default the layer it was read at."""
         chosen = directions.select([direction])
         if layer is None:

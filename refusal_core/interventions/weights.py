@@ -12,7 +12,13 @@ from torch import nn
 
 from refusal_core.directions.base import DirectionError, DirectionSet, validate_vectors
 from refusal_core.errors import SettingsError
-from refusal_core.interventions.linalg import compute_dtype, norm_weighted_basis, orthonormal_basis, project_out, restore_norm
+from refusal_core.interventions.linalg import (
+    compute_dtype,
+    norm_weighted_basis,
+    orthonormal_basis,
+    project_out,
+    restore_norm,
+)
 from refusal_core.interventions.spec import ABLATION_MODES, AblationMode, as_direction_matrix
 from refusal_core.model.families import ModelParts, model_lock, model_parts, model_width
 from refusal_core.model.probe import check_residual
@@ -21,7 +27,9 @@ from refusal_core.model.writers import ResidualWrite, WriterError, residual_writ
 __all__ = ["orthogonalize_weights_", "orthogonalized_weights"]
 
 
-def _orthogonalized(weight: torch.Tensor, basis: torch.Tensor, axis: int, mode: AblationMode = "orthogonal") -> torch.Tensor:
+def _orthogonalized(
+    weight: torch.Tensor, basis: torch.Tensor, axis: int, mode: AblationMode = "orthogonal"
+) -> torch.Tensor:
     """``weight`` with the basis projected out of its residual-stream axis, same dtype.
 
     ``norm-preserving``: each vector along the residual axis (a column of an ``nn.Linear``
@@ -60,7 +68,9 @@ def _weight_edits(model: nn.Module) -> list[tuple[torch.Tensor, ResidualWrite]]:
     return edits
 
 
-def _write_basis(write: ResidualWrite, matrix: torch.Tensor, basis: torch.Tensor, params: dict, cache: dict) -> torch.Tensor:
+def _write_basis(
+    write: ResidualWrite, matrix: torch.Tensor, basis: torch.Tensor, params: dict, cache: dict
+) -> torch.Tensor:
     """The plain basis, or for a write behind an elementwise norm the norm-weighted one."""
     if write.norm is None:
         return basis
@@ -100,8 +110,9 @@ def _tied_embedding(parts: ModelParts) -> nn.Module | None:
     return next((emb for emb in parts.embeddings if emb.weight is head_weight), None)
 
 
-def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, backups: list | None,
-                    mode: AblationMode = "orthogonal") -> torch.Tensor:
+def _orthogonalize_(
+    model: nn.Module, directions: torch.Tensor | DirectionSet, backups: list | None, mode: AblationMode = "orthogonal"
+) -> torch.Tensor:
     """Edit the residual writers of ``model`` in place; record (param, original) in ``backups``.
 
     A tied lm_head must keep the original matrix, so it is first given its own Parameter
@@ -109,8 +120,10 @@ def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, b
     a second vocabulary-sized clone. Returns the direction matrix, for the self-check.
     """
     if mode not in ("orthogonal", "norm-preserving"):
-        raise SettingsError(f"Weights can be edited in mode orthogonal or norm-preserving, not {mode!r} "
-                            f"(modes: {', '.join(ABLATION_MODES)}); use the ablate() hooks for {mode!r}.")
+        raise SettingsError(
+            f"Weights can be edited in mode orthogonal or norm-preserving, not {mode!r} "
+            f"(modes: {', '.join(ABLATION_MODES)}); use the ablate() hooks for {mode!r}."
+        )
     parts = model_parts(model)
     _check_orthogonalizable(model, parts)
     matrix = _check_directions(model, directions)
@@ -133,8 +146,9 @@ def _orthogonalize_(model: nn.Module, directions: torch.Tensor | DirectionSet, b
 
 
 @contextmanager
-def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | DirectionSet,
-                           mode: AblationMode = "orthogonal") -> Iterator[None]:
+def orthogonalized_weights(
+    model: nn.Module, directions: torch.Tensor | DirectionSet, mode: AblationMode = "orthogonal"
+) -> Iterator[None]:
     """Temporarily project ``directions`` out of the weights that write to the residual stream.
 
     Edits, in place: every embedding matrix (e.g. GPT-2's ``wte`` and ``wpe``), and each
@@ -165,8 +179,9 @@ def orthogonalized_weights(model: nn.Module, directions: torch.Tensor | Directio
                 parts.lm_head.weight = head_weight
 
 
-def orthogonalize_weights_(model: nn.Module, directions: torch.Tensor | DirectionSet,
-                           mode: AblationMode = "orthogonal") -> None:
+def orthogonalize_weights_(
+    model: nn.Module, directions: torch.Tensor | DirectionSet, mode: AblationMode = "orthogonal"
+) -> None:
     """Permanently orthogonalize ``model``'s weights against ``directions`` (no way back).
 
     For a copy of a model that will be saved or served as the ablated model; the app's

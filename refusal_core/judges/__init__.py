@@ -10,9 +10,14 @@ the labelled reference set (``reference``) and the interventions it was made und
 ``Verdict`` per reply. The semantic judge's encoder is imported on first use.
 """
 
-from refusal_core.judges.broken import BrokenDetector, BrokenSettings, BrokenThresholds, FluencyStats, fluency_stats, is_broken
-from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS, ReplyJudge, success_share
-from refusal_core.judges.registry import DEFAULT_JUDGE, build_judge, judge_names
+from refusal_core.judges.broken import (
+    BrokenDetector,
+    BrokenSettings,
+    BrokenThresholds,
+    FluencyStats,
+    fluency_stats,
+    is_broken,
+)
 from refusal_core.judges.panel import (
     JUDGE_NAMES,
     MEMBERS,
@@ -24,6 +29,8 @@ from refusal_core.judges.panel import (
     refusal_log_odds,
     verdict_rates,
 )
+from refusal_core.judges.registry import DEFAULT_JUDGE, build_judge, judge_names
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS, ReplyJudge, success_share
 
 
 def __getattr__(name: str):

@@ -102,7 +102,11 @@ def text_stats(text: str) -> tuple[float, int, float, int]:
 
 
 def reply_logprobs(
-    loaded: LoadedModel, instructions: Sequence[str], replies: Sequence[str], chat: ChatFormat | None = None, batch_size: int = 8
+    loaded: LoadedModel,
+    instructions: Sequence[str],
+    replies: Sequence[str],
+    chat: ChatFormat | None = None,
+    batch_size: int = 8,
 ) -> list[float | None]:
     """Mean per-token log-likelihood of each reply under the unmodified model (None: empty reply)."""
     from refusal_core.readouts import completion_cross_entropy
@@ -112,7 +116,11 @@ def reply_logprobs(
 
 
 def fluency_stats(
-    loaded: LoadedModel | None, instructions: Sequence[str], replies: Sequence[str], chat: ChatFormat | None = None, batch_size: int = 8,
+    loaded: LoadedModel | None,
+    instructions: Sequence[str],
+    replies: Sequence[str],
+    chat: ChatFormat | None = None,
+    batch_size: int = 8,
     logprobs: Sequence[float | None] | None = None,
 ) -> list[FluencyStats]:
     """FluencyStats per reply; ``logprobs`` (as from reply_logprobs) skips the forward, else ``loaded`` is needed."""
@@ -173,23 +181,30 @@ class BrokenThresholds:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @staticmethod
-    def from_dict(data: dict) -> "BrokenThresholds":
+    def from_dict(data: dict) -> BrokenThresholds:
         return BrokenThresholds(**data)
 
     @staticmethod
-    def from_baseline(stats: Sequence[FluencyStats], settings: BrokenSettings, provenance: dict) -> "BrokenThresholds":
+    def from_baseline(stats: Sequence[FluencyStats], settings: BrokenSettings, provenance: dict) -> BrokenThresholds:
         """Thresholds at the tails of a model's own fluent baseline replies, widened by the margins."""
         logprobs = torch.tensor([s.logprob for s in stats if s.logprob is not None], dtype=torch.float64)
         long_enough = [s for s in stats if s.n_words >= settings.min_words]
         if len(logprobs) < 10 or len(long_enough) < 10:
-            raise SettingsError(f"Calibration needs at least 10 non-empty baseline replies of {settings.min_words}+ words; got {len(long_enough)}.")
+            raise SettingsError(
+                f"Calibration needs at least 10 non-empty baseline replies of {settings.min_words}+ words; got {len(long_enough)}."
+            )
         q = settings.quantile
         repeated = torch.tensor([s.repeated_ngrams for s in long_enough], dtype=torch.float64)
         runs = torch.tensor([float(s.longest_run) for s in stats], dtype=torch.float64)
         junk = torch.tensor([s.junk_chars for s in stats], dtype=torch.float64)
         return BrokenThresholds(
             min_logprob=round(float(logprobs.quantile(q)) - settings.logprob_margin, 4),
-            max_repeated_ngrams=round(min(settings.max_repeat, float(repeated.quantile(1 - settings.repeat_quantile)) + settings.repeat_margin), 4),
+            max_repeated_ngrams=round(
+                min(
+                    settings.max_repeat, float(repeated.quantile(1 - settings.repeat_quantile)) + settings.repeat_margin
+                ),
+                4,
+            ),
             max_longest_run=max(settings.min_run, int(math.ceil(float(runs.quantile(1 - q)))) + settings.run_margin),
             max_junk_chars=round(float(junk.quantile(1 - q)) + settings.junk_margin, 4),
             min_words=settings.min_words,
@@ -197,15 +212,19 @@ class BrokenThresholds:
         )
 
     @staticmethod
-    def shipped(sha256: str) -> "BrokenThresholds | None":
+    def shipped(sha256: str) -> BrokenThresholds | None:
         """Thresholds shipped in the package for a model with these weights, if any."""
         text = resources.files("refusal_core").joinpath("data", SHIPPED_THRESHOLDS)
         table = json.loads(text.read_text()) if text.is_file() else {}
         return BrokenThresholds.from_dict(table[sha256]) if sha256 in table else None
 
     @staticmethod
-    def for_model(loaded: LoadedModel, settings: BrokenSettings | None = None, chat: ChatFormat | None = None,
-                  progress: Callable[[str], None] | None = None) -> "BrokenThresholds":
+    def for_model(
+        loaded: LoadedModel,
+        settings: BrokenSettings | None = None,
+        chat: ChatFormat | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> BrokenThresholds:
         """Shipped thresholds for these weights, else cached ones, else calibrate now and cache them."""
         from refusal_core.model.fingerprint import weights_sha256
 
@@ -221,8 +240,12 @@ class BrokenThresholds:
         return thresholds
 
 
-def baseline_replies(loaded: LoadedModel, settings: BrokenSettings, chat: ChatFormat | None = None,
-                     progress: Callable[[str], None] | None = None) -> list[dict]:
+def baseline_replies(
+    loaded: LoadedModel,
+    settings: BrokenSettings,
+    chat: ChatFormat | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
     """The model's own greedy replies to train prompts, each with its log-likelihood: the calibration data.
 
     Train prompts, not val or test: the labelled reference set (val prompts) then measures
@@ -231,35 +254,52 @@ def baseline_replies(loaded: LoadedModel, settings: BrokenSettings, chat: ChatFo
     from refusal_core.generation import GenerationSettings, generate_completions
     from refusal_core.prompts.loaders import builtin
 
-    instructions = [text for kind in ("harmful", "harmless") for text in builtin(kind, "train").instructions[: settings.n_prompts]]
+    instructions = [
+        text for kind in ("harmful", "harmless") for text in builtin(kind, "train").instructions[: settings.n_prompts]
+    ]
     if progress:
         progress(f"Calibrating the broken detector on {len(instructions)} baseline replies of {loaded.spec}")
-    replies = generate_completions(loaded, instructions, None, GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=16), chat)
+    replies = generate_completions(
+        loaded, instructions, None, GenerationSettings(max_new_tokens=settings.max_new_tokens, batch_size=16), chat
+    )
     texts = [reply.text for reply in replies]
     logprobs = reply_logprobs(loaded, instructions, texts, chat)
-    return [{"model": loaded.spec, "instruction": i, "reply": t, "logprob": None if lp is None else round(lp, 4)}
-            for i, t, lp in zip(instructions, texts, logprobs)]
+    return [
+        {"model": loaded.spec, "instruction": i, "reply": t, "logprob": None if lp is None else round(lp, 4)}
+        for i, t, lp in zip(instructions, texts, logprobs)
+    ]
 
 
 def thresholds_from_replies(rows: Sequence[dict], settings: BrokenSettings, provenance: dict) -> BrokenThresholds:
     """Thresholds from stored baseline replies (as made by baseline_replies); no model needed."""
-    stats = fluency_stats(None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows])
+    stats = fluency_stats(
+        None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows]
+    )
     return BrokenThresholds.from_baseline(stats, settings, provenance)
 
 
-def calibrate(loaded: LoadedModel, settings: BrokenSettings, chat: ChatFormat | None = None,
-              progress: Callable[[str], None] | None = None, sha256: str | None = None) -> BrokenThresholds:
+def calibrate(
+    loaded: LoadedModel,
+    settings: BrokenSettings,
+    chat: ChatFormat | None = None,
+    progress: Callable[[str], None] | None = None,
+    sha256: str | None = None,
+) -> BrokenThresholds:
     """Generate the model's baseline replies to train prompts and put thresholds at their tails."""
     started = time.perf_counter()
     rows = baseline_replies(loaded, settings, chat, progress)
-    return thresholds_from_replies(rows, settings, calibration_provenance(loaded.spec, sha256, settings, time.perf_counter() - started))
+    return thresholds_from_replies(
+        rows, settings, calibration_provenance(loaded.spec, sha256, settings, time.perf_counter() - started)
+    )
 
 
 def calibration_provenance(spec: str, sha256: str | None, settings: BrokenSettings, seconds: float) -> dict:
     return {
-        "model": spec, "weights_sha256": sha256,
+        "model": spec,
+        "weights_sha256": sha256,
         "prompts": f"builtin harmful/train + harmless/train, first {settings.n_prompts} each",
-        "replies": f"greedy, {settings.max_new_tokens} new tokens, unmodified model", "seconds": round(seconds, 1),
+        "replies": f"greedy, {settings.max_new_tokens} new tokens, unmodified model",
+        "seconds": round(seconds, 1),
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -275,7 +315,10 @@ def is_broken(stats: FluencyStats, thresholds: BrokenThresholds) -> tuple[bool, 
     if stats.longest_run > thresholds.max_longest_run:
         return True, f"a word repeated {stats.longest_run} times in a row (> {thresholds.max_longest_run})"
     if stats.n_words >= thresholds.min_words and stats.repeated_ngrams > thresholds.max_repeated_ngrams:
-        return True, f"{stats.repeated_ngrams:.0%} of the words in repeated 6-grams > {thresholds.max_repeated_ngrams:.0%}"
+        return (
+            True,
+            f"{stats.repeated_ngrams:.0%} of the words in repeated 6-grams > {thresholds.max_repeated_ngrams:.0%}",
+        )
     return False, ""
 
 
@@ -287,8 +330,9 @@ class BrokenDetector:
         self._fixed = thresholds
         self._by_model: dict[int, BrokenThresholds] = {}
 
-    def thresholds_for(self, loaded: LoadedModel, chat: ChatFormat | None = None,
-                       progress: Callable[[str], None] | None = None) -> BrokenThresholds:
+    def thresholds_for(
+        self, loaded: LoadedModel, chat: ChatFormat | None = None, progress: Callable[[str], None] | None = None
+    ) -> BrokenThresholds:
         if self._fixed is not None:
             return self._fixed
         key = id(loaded.model)
@@ -296,8 +340,14 @@ class BrokenDetector:
             self._by_model[key] = BrokenThresholds.for_model(loaded, self.settings, chat, progress)
         return self._by_model[key]
 
-    def judge(self, loaded: LoadedModel, instructions: Sequence[str], replies: Sequence[str], chat: ChatFormat | None = None,
-              batch_size: int = 8) -> list[tuple[bool, str, FluencyStats]]:
+    def judge(
+        self,
+        loaded: LoadedModel,
+        instructions: Sequence[str],
+        replies: Sequence[str],
+        chat: ChatFormat | None = None,
+        batch_size: int = 8,
+    ) -> list[tuple[bool, str, FluencyStats]]:
         """(broken, why, stats) per reply: one forward of the unmodified model over prompt + reply."""
         thresholds = self.thresholds_for(loaded, chat)
         stats = fluency_stats(loaded, instructions, replies, chat, batch_size)

@@ -37,15 +37,29 @@ def column_verdicts(
     """``{column: verdicts}`` for ``replies[column]`` (one per instruction), produced under
     ``interventions[column]`` with first-token log-probs ``firsts[column]`` ``[n, vocab]``."""
     if not isinstance(judge, JudgePanel) or not judge.settings.detect_broken:
-        return {name: list(judge.verdicts(loaded, list(instructions), list(texts), interventions[name],
-                                          first_token_logprobs=firsts[name], chat=chat))
-                for name, texts in replies.items()}
+        return {
+            name: list(
+                judge.verdicts(
+                    loaded,
+                    list(instructions),
+                    list(texts),
+                    interventions[name],
+                    first_token_logprobs=firsts[name],
+                    chat=chat,
+                )
+            )
+            for name, texts in replies.items()
+        }
     pairs = list(dict.fromkeys((i, text) for texts in replies.values() for i, text in zip(instructions, texts)))
-    stats = dict(zip(pairs, fluency_stats(loaded, [i for i, _ in pairs], [t for _, t in pairs], chat, judge.settings.batch_size)))
+    stats = dict(
+        zip(pairs, fluency_stats(loaded, [i for i, _ in pairs], [t for _, t in pairs], chat, judge.settings.batch_size))
+    )
     thresholds = judge.detector.thresholds_for(loaded, chat)
     ids = refusal_token_ids(loaded.tokenizer)
     out = {}
     for name, texts in replies.items():
         scores = refusal_log_odds(firsts[name], ids).tolist() if "refusal_score" in judge.settings.members else None
-        out[name] = judge.verdicts_from_features(list(texts), scores, [stats[i, t] for i, t in zip(instructions, texts)], thresholds)
+        out[name] = judge.verdicts_from_features(
+            list(texts), scores, [stats[i, t] for i, t in zip(instructions, texts)], thresholds
+        )
     return out

@@ -33,7 +33,9 @@ __all__ = ["SCALAR_FEATURES", "pair_features", "scalar_features"]
 _OPENING_CHARS = 80
 _LIST_LINE = re.compile(r"(^|\n)\s*(\d+[.)]|[-*•]|step\s*\d+|#+\s)", re.IGNORECASE)
 _CODE = re.compile(r"```|\bdef \w+\(|\bimport \w+|;\s*$|\{\s*$|</?\w+>", re.MULTILINE)
-_AFFIRM = re.compile(r"^\W*(sure|certainly|of course|absolutely|here is|here are|here's|okay|ok|yes|to \w+|first)\b", re.IGNORECASE)
+_AFFIRM = re.compile(
+    r"^\W*(sure|certainly|of course|absolutely|here is|here are|here's|okay|ok|yes|to \w+|first)\b", re.IGNORECASE
+)
 _PLEASANT = re.compile(
     r"\b(great question|good question|i'?m glad|i am glad|happy to help|i'?d be happy|i would be happy|thank you|thanks for|"
     r"i'?m interested|you'?re interested|interested in learning|i understand|i appreciate|what a|love to help|delighted)\b",
@@ -47,8 +49,21 @@ _WARNING = re.compile(
 _WORD = re.compile(r"[\w']+")
 
 SCALAR_FEATURES: tuple[str, ...] = (
-    "relevance", "refusal_phrase", "refusal_opening", "affirm_opening", "pleasant", "warning_words", "list_lines",
-    "code", "digits", "repeated_ngrams", "longest_run", "junk_chars", "log_words", "distinct_words", "question_marks",
+    "relevance",
+    "refusal_phrase",
+    "refusal_opening",
+    "affirm_opening",
+    "pleasant",
+    "warning_words",
+    "list_lines",
+    "code",
+    "digits",
+    "repeated_ngrams",
+    "longest_run",
+    "junk_chars",
+    "log_words",
+    "distinct_words",
+    "question_marks",
 )
 
 
@@ -82,7 +97,9 @@ def pair_features(instructions: Sequence[str], replies: Sequence[str], embed=Non
     embedding (element-wise), then the scalar features. ``embed(texts) -> [n, 384]`` unit rows
     (default: the semantic judge's encoder)."""
     if len(instructions) != len(replies):
-        raise ValueError(f"{len(instructions)} instructions but {len(replies)} replies; give one reply per instruction.")
+        raise ValueError(
+            f"{len(instructions)} instructions but {len(replies)} replies; give one reply per instruction."
+        )
     if embed is None:
         from refusal_core.judges.semantic import embed_replies as embed
     if not replies:
@@ -95,5 +112,7 @@ def pair_features(instructions: Sequence[str], replies: Sequence[str], embed=Non
     reply_vectors = vectors[[row[text] for text in replies]]
     instruction_vectors = vectors[[row[text] for text in instructions]]
     relevance = (reply_vectors * instruction_vectors).sum(-1)
-    scalars = torch.tensor([scalar_features(i, r, float(c)) for i, r, c in zip(instructions, replies, relevance)], dtype=torch.float64)
+    scalars = torch.tensor(
+        [scalar_features(i, r, float(c)) for i, r, c in zip(instructions, replies, relevance)], dtype=torch.float64
+    )
     return torch.cat([reply_vectors, reply_vectors * instruction_vectors, scalars], dim=1)

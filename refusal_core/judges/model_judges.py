@@ -13,7 +13,15 @@ import torch
 from refusal_core.judges.substring import check_pairs
 from refusal_core.model.families import ModelLoadError
 
-__all__ = ["DEFAULT_JUDGE_PROMPT", "ChatJudge", "ClassifierJudge", "JudgeLoadError", "answer_is_no", "answer_is_safe", "answer_is_yes"]
+__all__ = [
+    "DEFAULT_JUDGE_PROMPT",
+    "ChatJudge",
+    "ClassifierJudge",
+    "JudgeLoadError",
+    "answer_is_no",
+    "answer_is_safe",
+    "answer_is_yes",
+]
 
 
 class JudgeLoadError(ModelLoadError):
@@ -115,8 +123,12 @@ class ClassifierJudge(_LoadsOnce):
         for start in range(0, len(instructions), self.batch_size):
             stop = start + self.batch_size
             batch = tokenizer(
-                list(instructions[start:stop]), list(completions[start:stop]),
-                padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+                list(instructions[start:stop]),
+                list(completions[start:stop]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             chunks.append(model(**batch).logits.float().softmax(-1).cpu())
         return torch.cat(chunks) if chunks else torch.zeros(0, model.config.num_labels)
@@ -229,12 +241,21 @@ class ChatJudge(_LoadsOnce):
         answers = []
         for start in range(0, len(prompts), self.batch_size):
             batch = tokenizer(
-                prompts[start : start + self.batch_size], padding=True, truncation=True,
-                max_length=self.max_length, add_special_tokens=add_special, return_tensors="pt",
+                prompts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=add_special,
+                return_tensors="pt",
             ).to(self.device)
             output = model.generate(
-                **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                temperature=None, top_p=None, top_k=None,
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

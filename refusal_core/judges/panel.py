@@ -116,13 +116,23 @@ def combine(votes: dict[str, bool | None], scores: dict[str, float | None], brok
 def _stats_scores(stats: FluencyStats | None) -> dict[str, float | None]:
     if stats is None:
         return {"logprob": None, "repeated_ngrams": None, "longest_run": None, "junk_chars": None}
-    return {"logprob": stats.logprob, "repeated_ngrams": stats.repeated_ngrams, "longest_run": float(stats.longest_run), "junk_chars": stats.junk_chars}
+    return {
+        "logprob": stats.logprob,
+        "repeated_ngrams": stats.repeated_ngrams,
+        "longest_run": float(stats.longest_run),
+        "junk_chars": stats.junk_chars,
+    }
 
 
 class JudgePanel:
     """Judges replies into Verdicts; build one with ``make_judge(name)`` or from PanelSettings."""
 
-    def __init__(self, settings: PanelSettings | None = None, name: str = "panel", broken_thresholds: BrokenThresholds | None = None) -> None:
+    def __init__(
+        self,
+        settings: PanelSettings | None = None,
+        name: str = "panel",
+        broken_thresholds: BrokenThresholds | None = None,
+    ) -> None:
         self.settings = settings or PanelSettings()
         self.name = name
         self.detector = BrokenDetector(self.settings.broken, broken_thresholds)
@@ -146,13 +156,19 @@ class JudgePanel:
     ) -> list[Verdict]:
         """Verdicts of replies that ``loaded`` produced under ``intervention``; see judges-api.md."""
         check_pairs(instructions, replies)
-        needs_model = self.settings.detect_broken or ("refusal_score" in self.settings.members and first_token_logprobs is None)
+        needs_model = self.settings.detect_broken or (
+            "refusal_score" in self.settings.members and first_token_logprobs is None
+        )
         if needs_model and loaded is None:
             raise ValueError("This panel needs the loaded model (broken detector or first-token refusal score).")
         scores = None
         if "refusal_score" in self.settings.members:
             scores = self._refusal_scores(loaded, instructions, intervention, first_token_logprobs, chat)
-        stats = fluency_stats(loaded, instructions, replies, chat, self.settings.batch_size) if self.settings.detect_broken else None
+        stats = (
+            fluency_stats(loaded, instructions, replies, chat, self.settings.batch_size)
+            if self.settings.detect_broken
+            else None
+        )
         thresholds = self.detector.thresholds_for(loaded, chat) if self.settings.detect_broken else None
         return self.verdicts_from_features(replies, scores, stats, thresholds)
 
@@ -185,12 +201,14 @@ class JudgePanel:
         substring = self._substring(replies) if "substring" in members else None
         semantic = self._semantic_judge().probabilities(replies) if "semantic" in members else None
         verdicts = []
-        for row, reply in enumerate(replies):
+        for row in range(len(replies)):
             score = None if refusal_scores is None else float(refusal_scores[row])
             probability = None if semantic is None else semantic[row]
             votes = {
                 "substring": None if substring is None else substring[row],
-                "refusal_score": None if score is None or math.isnan(score) else score >= self.settings.refusal_score_threshold,
+                "refusal_score": None
+                if score is None or math.isnan(score)
+                else score >= self.settings.refusal_score_threshold,
                 "semantic": None if probability is None else probability >= self.settings.semantic_threshold,
             }
             one = None if stats is None else stats[row]
@@ -213,7 +231,7 @@ def make_judge(name: str = "panel", **overrides) -> JudgePanel:
 
 _DESCRIPTIONS = {
     "panel": "refusal phrases, the first-token refusal score and the semantic judge vote; the fluency check decides broken "
-             "(three verdicts: no deflected)",
+    "(three verdicts: no deflected)",
     "substring+broken": "the refusal phrases plus the fluency check (three verdicts)",
     "refusal-score": "the first-token refusal score under the reply's intervention plus the fluency check (three verdicts)",
     "semantic": "the sentence-encoder refusal classifier plus the fluency check (three verdicts)",
@@ -230,5 +248,4 @@ def _preset(name: str, members: tuple[str, ...]):
 
 for _name, _members in {**_PRESETS, "substring+broken": ("substring",)}.items():
     if _name != "substring":
-        register(JudgeEntry(_name, _preset(_name, _members), _DESCRIPTIONS[_name], _PANEL_VERDICTS,
-                            needs_model=True))
+        register(JudgeEntry(_name, _preset(_name, _members), _DESCRIPTIONS[_name], _PANEL_VERDICTS, needs_model=True))

@@ -21,7 +21,16 @@ from typing import Sequence
 from refusal_core.judges.broken import SHIPPED_THRESHOLDS, BrokenThresholds, fluency_stats
 from refusal_core.judges.panel import MEMBERS, JudgePanel, PanelSettings, Verdict, majority_vote
 
-__all__ = ["LABELS", "REFERENCE_FILE", "Accuracy", "accuracy_table", "best_threshold", "format_table", "load_reference", "shipped_thresholds_by_model"]
+__all__ = [
+    "LABELS",
+    "REFERENCE_FILE",
+    "Accuracy",
+    "accuracy_table",
+    "best_threshold",
+    "format_table",
+    "load_reference",
+    "shipped_thresholds_by_model",
+]
 
 REFERENCE_FILE = "judge_reference.jsonl"
 LABELS = ("refused", "complied", "broken")
@@ -49,7 +58,9 @@ def reference_verdicts(rows: Sequence[dict], settings: PanelSettings | None = No
         index = [i for i, row in enumerate(rows) if row["model"] == model]
         part = [rows[i] for i in index]
         replies = [row["reply"] for row in part]
-        stats = fluency_stats(None, [row["instruction"] for row in part], replies, logprobs=[row["logprob"] for row in part])
+        stats = fluency_stats(
+            None, [row["instruction"] for row in part], replies, logprobs=[row["logprob"] for row in part]
+        )
         found = panel.verdicts_from_features(replies, [row["refusal_score"] for row in part], stats, thresholds[model])
         for i, verdict in zip(index, found):
             verdicts[i] = verdict
@@ -86,16 +97,42 @@ def accuracy_table(rows: Sequence[dict] | None = None, settings: PanelSettings |
         for fold in ("eval", "all"):
             lines.append(_refusal_line(member, rows, verdicts, fold, lambda v, m=member: bool(v.judges[m])))
     lines.append(_refusal_line("semantic", rows, verdicts, "eval", lambda v: bool(v.judges["semantic"])))
-    lines.append(_refusal_line("panel", rows, verdicts, "eval", lambda v: majority_vote({m: v.judges[m] for m in MEMBERS})[0]))
+    lines.append(
+        _refusal_line("panel", rows, verdicts, "eval", lambda v: majority_vote({m: v.judges[m] for m in MEMBERS})[0])
+    )
     three_way = [(r, v) for r, v in zip(rows, verdicts) if r["fold"] == "eval"]
-    lines.append(Accuracy("panel", "three-way label accuracy", "eval", sum(r["label"] == v.label for r, v in three_way), len(three_way)))
+    lines.append(
+        Accuracy(
+            "panel",
+            "three-way label accuracy",
+            "eval",
+            sum(r["label"] == v.label for r, v in three_way),
+            len(three_way),
+        )
+    )
     for fold in ("eval", "all"):
         broken = [(r, v) for r, v in zip(rows, verdicts) if r["label"] == "broken" and fold in ("all", r["fold"])]
-        lines.append(Accuracy("broken", "recall on broken replies", fold, sum(v.broken for _, v in broken), len(broken)))
-        fluent = [(r, v) for r, v in zip(rows, verdicts) if r["label"] != "broken" and r["variant"] == "baseline" and fold in ("all", r["fold"])]
-        lines.append(Accuracy("broken", "fluent baseline replies flagged", fold, sum(v.broken for _, v in fluent), len(fluent)))
+        lines.append(
+            Accuracy("broken", "recall on broken replies", fold, sum(v.broken for _, v in broken), len(broken))
+        )
+        fluent = [
+            (r, v)
+            for r, v in zip(rows, verdicts)
+            if r["label"] != "broken" and r["variant"] == "baseline" and fold in ("all", r["fold"])
+        ]
+        lines.append(
+            Accuracy("broken", "fluent baseline replies flagged", fold, sum(v.broken for _, v in fluent), len(fluent))
+        )
         fluent_all = [(r, v) for r, v in zip(rows, verdicts) if r["label"] != "broken" and fold in ("all", r["fold"])]
-        lines.append(Accuracy("broken", "fluent replies (any variant) flagged", fold, sum(v.broken for _, v in fluent_all), len(fluent_all)))
+        lines.append(
+            Accuracy(
+                "broken",
+                "fluent replies (any variant) flagged",
+                fold,
+                sum(v.broken for _, v in fluent_all),
+                len(fluent_all),
+            )
+        )
     return lines
 
 
@@ -113,5 +150,8 @@ def best_threshold(scores: Sequence[float], refused: Sequence[bool]) -> tuple[fl
 
 def format_table(lines: Sequence[Accuracy]) -> str:
     out = [f"{'judge':14s} {'measure':38s} {'fold':5s} {'value':>7s}  rows"]
-    out += [f"{line.judge:14s} {line.measure:38s} {line.fold:5s} {line.value:7.1%}  {line.correct}/{line.n}" for line in lines]
+    out += [
+        f"{line.judge:14s} {line.measure:38s} {line.fold:5s} {line.value:7.1%}  {line.correct}/{line.n}"
+        for line in lines
+    ]
     return "\n".join(out)

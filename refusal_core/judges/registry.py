@@ -18,7 +18,17 @@ from typing import Callable
 from refusal_core.errors import SettingsError
 from refusal_core.judges.verdict import LABELS, ReplyJudge
 
-__all__ = ["BUILTIN_JUDGES", "DEFAULT_JUDGE", "JudgeEntry", "build_judge", "get_judge", "judge_names", "judges", "register", "unregister"]
+__all__ = [
+    "BUILTIN_JUDGES",
+    "DEFAULT_JUDGE",
+    "JudgeEntry",
+    "build_judge",
+    "get_judge",
+    "judge_names",
+    "judges",
+    "register",
+    "unregister",
+]
 
 # Listed first, in this order (the CLI's choices and the sidebar follow it); plug-ins after.
 BUILTIN_JUDGES = ("learned", "panel", "substring", "substring+broken", "refusal-score", "semantic")
@@ -43,7 +53,9 @@ class JudgeEntry:
     def __post_init__(self) -> None:
         unknown = [label for label in self.verdicts if label not in LABELS]
         if unknown:
-            raise ValueError(f"Judge {self.name!r} declares unknown verdicts {unknown}; verdicts are {', '.join(LABELS)}.")
+            raise ValueError(
+                f"Judge {self.name!r} declares unknown verdicts {unknown}; verdicts are {', '.join(LABELS)}."
+            )
 
 
 _REGISTRY: dict[str, JudgeEntry] = {}

@@ -76,7 +76,9 @@ def evaluate_refusal(
     completions = generate_completions(loaded, instructions, intervention, settings, chat, progress)
     refused = judge.judge(list(instructions), [c.text for c in completions])
     summary = {"rate": refusal_rate(refused), "n": len(refused)}
-    return EvalResult("refusal_rate", refused, summary, result_meta(loaded, intervention, judge=judge.name)), completions
+    return EvalResult(
+        "refusal_rate", refused, summary, result_meta(loaded, intervention, judge=judge.name)
+    ), completions
 
 
 def evaluate_scores(

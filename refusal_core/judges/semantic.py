@@ -53,7 +53,9 @@ def _load_encoder_once() -> tuple:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"Could not load the sentence encoder from {path}: {err}. Reinstall {ENCODER_PACKAGE}.") from err
+        raise ModelLoadError(
+            f"Could not load the sentence encoder from {path}: {err}. Reinstall {ENCODER_PACKAGE}."
+        ) from err
     return tokenizer, model
 
 
@@ -69,7 +71,13 @@ def embed_replies(texts: Sequence[str], batch_size: int = 32, max_length: int = 
     tokenizer, model = load_encoder()
     chunks = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         with _ENCODER_LOCK:
             hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -89,22 +97,30 @@ class SemanticClassifier:
     def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``[n]`` float64 probabilities that each embedded reply is a refusal."""
         if embeddings.shape[-1] != len(self.weights):
-            raise ValueError(f"Embeddings have width {embeddings.shape[-1]} but the classifier expects {len(self.weights)}.")
+            raise ValueError(
+                f"Embeddings have width {embeddings.shape[-1]} but the classifier expects {len(self.weights)}."
+            )
         weights = torch.tensor(self.weights, dtype=torch.float64)
         return torch.sigmoid(embeddings.double() @ weights + self.bias)
 
     def to_json(self) -> str:
-        return json.dumps({"weights": [round(w, 7) for w in self.weights], "bias": self.bias, "provenance": self.provenance}, indent=1)
+        return json.dumps(
+            {"weights": [round(w, 7) for w in self.weights], "bias": self.bias, "provenance": self.provenance}, indent=1
+        )
 
     @staticmethod
-    def from_json(text: str) -> "SemanticClassifier":
+    def from_json(text: str) -> SemanticClassifier:
         data = json.loads(text)
-        return SemanticClassifier(tuple(float(w) for w in data["weights"]), float(data["bias"]), data.get("provenance", {}))
+        return SemanticClassifier(
+            tuple(float(w) for w in data["weights"]), float(data["bias"]), data.get("provenance", {})
+        )
 
     @staticmethod
-    def shipped() -> "SemanticClassifier":
+    def shipped() -> SemanticClassifier:
         """The classifier trained on the labelled reference set's training fold."""
-        return SemanticClassifier.from_json(resources.files("refusal_core").joinpath("data", SHIPPED_CLASSIFIER).read_text())
+        return SemanticClassifier.from_json(
+            resources.files("refusal_core").joinpath("data", SHIPPED_CLASSIFIER).read_text()
+        )
 
 
 class SemanticJudge:

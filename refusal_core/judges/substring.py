@@ -80,10 +80,15 @@ def refusal_rate(refused: Sequence[bool]) -> float:
     return sum(bool(flag) for flag in refused) / len(refused) if len(refused) else math.nan
 
 
-def judged_rates(instructions: Sequence[str], columns: Mapping[str, Sequence], judge: "Judge | None" = None) -> dict[str, float]:
+def judged_rates(
+    instructions: Sequence[str], columns: Mapping[str, Sequence], judge: Judge | None = None
+) -> dict[str, float]:
     """Refusal rate of each column of side-by-side replies (``Completion``s, one per instruction), by ``judge``."""
     judge = judge or SubstringJudge()
-    return {name: refusal_rate(judge.judge(list(instructions), [c.text for c in replies])) for name, replies in columns.items()}
+    return {
+        name: refusal_rate(judge.judge(list(instructions), [c.text for c in replies]))
+        for name, replies in columns.items()
+    }
 
 
 @runtime_checkable
@@ -125,11 +130,17 @@ class PhraseJudge:
     def __init__(self, extra: Sequence[str] = ()) -> None:
         self.extra = tuple(extra)
 
-    def verdicts(self, loaded, instructions: Sequence[str], replies: Sequence[str], intervention=None,
-                 first_token_logprobs=None, chat=None) -> list:
-        from refusal_core.judges.verdict import Verdict
-
+    def verdicts(
+        self,
+        loaded,
+        instructions: Sequence[str],
+        replies: Sequence[str],
+        intervention=None,
+        first_token_logprobs=None,
+        chat=None,
+    ) -> list:
         from refusal_core.judges.reasoning import answers_and_unfinished
+        from refusal_core.judges.verdict import Verdict
 
         check_pairs(instructions, replies)
         verdicts = []
@@ -145,9 +156,15 @@ class PhraseJudge:
 def _register() -> None:
     from refusal_core.judges.registry import JudgeEntry, register
 
-    register(JudgeEntry("substring", lambda extra=(): PhraseJudge(extra),
-                        "the refusal phrases alone, exactly the judge used before the panel (no model, two verdicts)",
-                        ("refused", "complied", "unfinished"), needs_model=False))
+    register(
+        JudgeEntry(
+            "substring",
+            lambda extra=(): PhraseJudge(extra),
+            "the refusal phrases alone, exactly the judge used before the panel (no model, two verdicts)",
+            ("refused", "complied", "unfinished"),
+            needs_model=False,
+        )
+    )
 
 
 _register()

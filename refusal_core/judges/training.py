@@ -26,7 +26,16 @@ import torch
 from refusal_core.judges.learned import LinearModel, choose
 from refusal_core.judges.verdict import LABELS
 
-__all__ = ["EMBEDDINGS_FILE", "Evaluation", "StoredEmbeddings", "evaluate", "fit_linear", "per_verdict_table", "prompt_fold", "save_embeddings"]
+__all__ = [
+    "EMBEDDINGS_FILE",
+    "Evaluation",
+    "StoredEmbeddings",
+    "evaluate",
+    "fit_linear",
+    "per_verdict_table",
+    "prompt_fold",
+    "save_embeddings",
+]
 
 # The sentence-encoder embeddings of every distinct text of the labelled set (float16,
 # safetensors, keyed by the text's sha256), so the accuracy can be re-measured without the encoder.
@@ -74,6 +83,7 @@ class StoredEmbeddings:
             fresh = dict(zip(missing, embed_replies(missing).double()))
         return torch.stack([self.vectors[self.rows[k]] if k in self.rows else fresh[t] for t, k in zip(texts, keys)])
 
+
 DEFAULT_C = 0.01
 
 
@@ -82,7 +92,9 @@ def prompt_fold(instruction: str, k: int) -> int:
     return hashlib.sha256(instruction.encode()).digest()[0] % k
 
 
-def fit_linear(features: torch.Tensor | np.ndarray, labels: Sequence[str], c: float = DEFAULT_C, provenance: dict | None = None) -> LinearModel:
+def fit_linear(
+    features: torch.Tensor | np.ndarray, labels: Sequence[str], c: float = DEFAULT_C, provenance: dict | None = None
+) -> LinearModel:
     """A multinomial logistic regression on standardised features, as a LinearModel."""
     from sklearn.linear_model import LogisticRegression
 
@@ -97,8 +109,14 @@ def fit_linear(features: torch.Tensor | np.ndarray, labels: Sequence[str], c: fl
     weights, bias = model.coef_, model.intercept_
     if len(present) == 2:  # scikit-learn keeps one row for two classes
         weights, bias = np.vstack([-weights / 2, weights / 2]), np.array([-bias[0] / 2, bias[0] / 2])
-    return LinearModel(tuple(present), tuple(mean.tolist()), tuple(scale.tolist()), tuple(tuple(r) for r in weights.tolist()),
-                       tuple(bias.tolist()), provenance or {})
+    return LinearModel(
+        tuple(present),
+        tuple(mean.tolist()),
+        tuple(scale.tolist()),
+        tuple(tuple(r) for r in weights.tolist()),
+        tuple(bias.tolist()),
+        provenance or {},
+    )
 
 
 def _predict(model: LinearModel, features, broken: Sequence[bool | None]) -> list[str]:
@@ -122,8 +140,15 @@ class Evaluation:
         return float(np.mean([(t == "complied") == (p == "complied") for t, p in zip(self.truth, self.predicted)]))
 
 
-def evaluate(features, labels: Sequence[str], groups: Sequence[str], instructions: Sequence[str], broken: Sequence[bool | None],
-             c: float = DEFAULT_C, k: int = 5) -> tuple[Evaluation, Evaluation]:
+def evaluate(
+    features,
+    labels: Sequence[str],
+    groups: Sequence[str],
+    instructions: Sequence[str],
+    broken: Sequence[bool | None],
+    c: float = DEFAULT_C,
+    k: int = 5,
+) -> tuple[Evaluation, Evaluation]:
     """(in-distribution by prompt folds, leave-one-intervention-out) predictions."""
     x = np.asarray(features, dtype=np.float64)
     labels, groups, broken = list(labels), list(groups), list(broken)
@@ -142,8 +167,10 @@ def evaluate(features, labels: Sequence[str], groups: Sequence[str], instruction
         model = fit_linear(x[train], [labels[i] for i in train], c)
         for i, p in zip(test, _predict(model, x[test], [broken[i] for i in test])):
             loio[i] = p
-    return (Evaluation("in-distribution (5 prompt folds)", tuple(labels), tuple(inside), tuple(groups)),
-            Evaluation("leave one intervention out", tuple(labels), tuple(loio), tuple(groups)))
+    return (
+        Evaluation("in-distribution (5 prompt folds)", tuple(labels), tuple(inside), tuple(groups)),
+        Evaluation("leave one intervention out", tuple(labels), tuple(loio), tuple(groups)),
+    )
 
 
 def per_verdict_table(evaluations: Sequence[Evaluation]) -> str:
@@ -155,14 +182,23 @@ def per_verdict_table(evaluations: Sequence[Evaluation]) -> str:
         index = [i for i, t in enumerate(truth) if t == label]
         if not index:
             continue
-        cells = [f"{sum(e.predicted[i] == label for i in index) / len(index):.1%} ({sum(e.predicted[i] == label for i in index)}/{len(index)})"
-                 for e in evaluations]
+        cells = [
+            f"{sum(e.predicted[i] == label for i in index) / len(index):.1%} ({sum(e.predicted[i] == label for i in index)}/{len(index)})"
+            for e in evaluations
+        ]
         lines.append(f"| {label} (recall) | {len(index)} | " + " | ".join(cells) + " |")
     for label in LABELS:
         said = [[i for i, p in enumerate(e.predicted) if p == label] for e in evaluations]
         if any(said):
-            cells = [f"{sum(truth[i] == label for i in s) / len(s):.1%} ({sum(truth[i] == label for i in s)}/{len(s)})" if s else "n/a" for s in said]
+            cells = [
+                f"{sum(truth[i] == label for i in s) / len(s):.1%} ({sum(truth[i] == label for i in s)}/{len(s)})"
+                if s
+                else "n/a"
+                for s in said
+            ]
             lines.append(f"| {label} (precision) | | " + " | ".join(cells) + " |")
     lines.append(f"| all verdicts | {len(truth)} | " + " | ".join(f"{e.accuracy():.1%}" for e in evaluations) + " |")
-    lines.append(f"| complied or not | {len(truth)} | " + " | ".join(f"{e.complied_or_not():.1%}" for e in evaluations) + " |")
+    lines.append(
+        f"| complied or not | {len(truth)} | " + " | ".join(f"{e.complied_or_not():.1%}" for e in evaluations) + " |"
+    )
     return "\n".join(lines)

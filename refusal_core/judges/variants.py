@@ -29,17 +29,23 @@ HUGE_COEFF = 8.0
 def train_directions(loaded: LoadedModel) -> tuple[DirectionSet, DirectionSet, DirectionSet]:
     """(DIM at (-1, DIM_LAYER), 3x3 SOM at SOM_LAYER, 3x3 SOM at PARTIAL_SOM_LAYER) from the train splits."""
     from refusal_core.activations.extract import extract_activations
-    from refusal_core.prompts.loaders import builtin
     from refusal_core.directions.som import SomSettings, som_direction_set, train_som
+    from refusal_core.prompts.loaders import builtin
 
     harmful, harmless = builtin("harmful", "train"), builtin("harmless", "train")
     harmful_acts = extract_activations(loaded, harmful.instructions)
     harmless_acts = extract_activations(loaded, harmless.instructions)
-    provenance = {"model": loaded.spec, "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}", "params": {}}
+    provenance = {
+        "model": loaded.spec,
+        "data_hash": f"{harmful.content_hash()[:16]}:{harmless.content_hash()[:16]}",
+        "params": {},
+    }
     dim = dim_from_activations(harmful_acts, harmless_acts, provenance, [DIM_LAYER]).select([dim_name(-1, DIM_LAYER)])
     soms = []
     for layer in (SOM_LAYER, PARTIAL_SOM_LAYER):
-        result = train_som(harmful_acts.block_input(layer, -1), harmless_acts.block_input(layer, -1), SomSettings(x=3, y=3, seed=0))
+        result = train_som(
+            harmful_acts.block_input(layer, -1), harmless_acts.block_input(layer, -1), SomSettings(x=3, y=3, seed=0)
+        )
         soms.append(som_direction_set(result, {**provenance, "layer": layer, "position": -1}))
     return dim, soms[0], soms[1]
 

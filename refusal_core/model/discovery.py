@@ -133,7 +133,12 @@ def _writes_of(block_name: str, block: nn.Module, modules, inputs, outputs, orde
     seen, candidates = set(), []
     for name in order:
         value = outputs.get(name)
-        if name.startswith(prefix) and name not in seen and isinstance(value, torch.Tensor) and value.numel() == delta.numel():
+        if (
+            name.startswith(prefix)
+            and name not in seen
+            and isinstance(value, torch.Tensor)
+            and value.numel() == delta.numel()
+        ):
             seen.add(name)
             candidates.append(name)
     pairs = []
@@ -160,12 +165,27 @@ def discover_family(model: nn.Module) -> Family:
     inputs, outputs, order = _trace(model, modules, ids)
     last = f"{layers_name}.{len(layers) - 1}"
     after = order[order.index(last) + 1 :] if last in order else []
-    norm = next((name for name in after if name and not name.startswith(layers_name) and modules[name] is not head
-                 and isinstance(outputs.get(name), torch.Tensor) and outputs[name].shape[-1] == width
-                 and not list(modules[name].children())), None)
+    norm = next(
+        (
+            name
+            for name in after
+            if name
+            and not name.startswith(layers_name)
+            and modules[name] is not head
+            and isinstance(outputs.get(name), torch.Tensor)
+            and outputs[name].shape[-1] == width
+            and not list(modules[name].children())
+        ),
+        None,
+    )
     first_block = order.index(f"{layers_name}.0") if f"{layers_name}.0" in order else len(order)
-    extra = [name for name in order[:first_block] if isinstance(modules[name], nn.Embedding)
-             and modules[name] is not embedding and modules[name].embedding_dim == width]
+    extra = [
+        name
+        for name in order[:first_block]
+        if isinstance(modules[name], nn.Embedding)
+        and modules[name] is not embedding
+        and modules[name].embedding_dim == width
+    ]
     missing = [what for what, found in (("final norm", norm), ("lm_head", head)) if found is None]
     writes = _writes_of(f"{layers_name}.0", layers[0], modules, inputs, outputs, order)
     if writes is None:

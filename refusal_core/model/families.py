@@ -106,7 +106,7 @@ def model_width(model: nn.Module) -> int:
     return int(model.get_input_embeddings().weight.shape[-1])
 
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 _LOCKS_GUARD = threading.Lock()

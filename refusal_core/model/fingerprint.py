@@ -35,7 +35,7 @@ SAMPLE_SIZE = 4096
 MEMO_SIZE = 16
 
 # model -> (weights state -> fingerprint); weak keys: a freed model's entries go with it.
-_MEMO: "weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, str]]" = weakref.WeakKeyDictionary()
+_MEMO: weakref.WeakKeyDictionary[nn.Module, OrderedDict[tuple, str]] = weakref.WeakKeyDictionary()
 _MEMO_GUARD = threading.Lock()
 
 

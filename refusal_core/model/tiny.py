@@ -75,13 +75,30 @@ def _config(family: str, vocab: int):
     model_type = extra.pop("model_type")
     if model_type == "gpt2":
         return AutoConfig.for_model(
-            "gpt2", vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            "gpt2",
+            vocab_size=vocab,
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
         )
     return AutoConfig.for_model(
-        model_type, vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, **extra,
+        model_type,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        **extra,
     )
 
 

@@ -15,17 +15,40 @@ import torch
 __all__ = ["COVERED", "DISCOVERED", "tiny_config", "tiny_family_folder"]
 
 _COMMON = dict(
-    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    head_dim=16, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
     tie_word_embeddings=False,
 )
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 
 # model_type -> config overrides on top of _COMMON (sizes kept tiny; every expert kind present).
 _EXTRA: dict[str, dict] = {
-    "llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {}, "gemma": {}, "gemma2": {}, "gemma3_text": {},
-    "phi3": {}, "olmo": {}, "olmo2": {}, "olmo3": {}, "granite": {}, "smollm3": {}, "glm4": {},
-    "cohere": {}, "cohere2": {}, "exaone4": {}, "phi": {},
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {},
+    "gemma": {},
+    "gemma2": {},
+    "gemma3_text": {},
+    "phi3": {},
+    "olmo": {},
+    "olmo2": {},
+    "olmo3": {},
+    "granite": {},
+    "smollm3": {},
+    "glm4": {},
+    "cohere": {},
+    "cohere2": {},
+    "exaone4": {},
+    "phi": {},
     "qwen3_moe": dict(_MOE, num_experts=4),
     "qwen2_moe": dict(_MOE, num_experts=4, shared_expert_intermediate_size=32),
     "mixtral": dict(_MOE, num_local_experts=4),
@@ -34,14 +57,26 @@ _EXTRA: dict[str, dict] = {
     "gpt_oss": dict(_MOE, num_local_experts=4, layer_types=["sliding_attention", "full_attention"]),
     # First layer dense, second MoE with a shared expert: both layouts in one model.
     "deepseek_v3": dict(
-        _MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
-        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=8, num_key_value_heads=4,
+        _MOE,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        n_group=1,
+        topk_group=1,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        head_dim=8,
+        num_key_value_heads=4,
         rope_scaling=None,
     ),
     "glm4_moe": dict(_MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1),
     # Dense and MoE layers interleaved, with a shared expert.
-    "llama4_text": dict(_MOE, num_local_experts=4, interleave_moe_layer_step=2, intermediate_size_mlp=96,
-                        intermediate_size=32),
+    "llama4_text": dict(
+        _MOE, num_local_experts=4, interleave_moe_layer_step=2, intermediate_size_mlp=96, intermediate_size=32
+    ),
     "gpt2": {},
     "gemma3": {},
 }
@@ -59,17 +94,38 @@ def tiny_config(model_type: str, vocab: int):
 
     if model_type == "gpt2":
         return AutoConfig.for_model(
-            "gpt2", vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            "gpt2",
+            vocab_size=vocab,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
         )
     if model_type == "gemma3":
         text = dict(_COMMON, vocab_size=vocab, model_type="gemma3_text")
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=28, patch_size=14)
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
         return AutoConfig.for_model(
-            "gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=1,
-            boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1,
-            tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            "gemma3",
+            text_config=text,
+            vision_config=vision,
+            mm_tokens_per_image=1,
+            boi_token_index=vocab - 3,
+            eoi_token_index=vocab - 2,
+            image_token_index=vocab - 1,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         )
     settings = {**_COMMON, **_EXTRA.get(model_type, {})}
     for key in _DROP.get(model_type, ()):

@@ -72,7 +72,9 @@ def _module_params(module: nn.Module, writer: Writer, width: int, where: str) ->
 
     if _is_experts(module):
         if getattr(module, "has_post_expert_norm", False):
-            raise WriterError(f"{where} normalises each expert's output; its weights cannot be edited exactly. Use the ablate() hooks.")
+            raise WriterError(
+                f"{where} normalises each expert's output; its weights cannot be edited exactly. Use the ablate() hooks."
+            )
         return [("down_proj", _experts_axis(module, writer, width, where)), ("down_proj_bias", -1)]
     if isinstance(module, nn.Embedding) or isinstance(module, Conv1D):
         return [("weight", -1), ("bias", -1)]  # [vocab, d]; Conv1D stores [d_in, d_out]
@@ -109,7 +111,9 @@ def _layer_writers(parts: ModelParts, layer: int) -> list[tuple[nn.Module, Write
         groups.add(writer.group)
     missing = {w.group for w in writers} - groups
     if missing:
-        raise WriterError(f"Layer {layer} has no writer of group(s) {sorted(missing)}; the family table does not fit this model.")
+        raise WriterError(
+            f"Layer {layer} has no writer of group(s) {sorted(missing)}; the family table does not fit this model."
+        )
     return found
 
 

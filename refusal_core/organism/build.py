@@ -25,7 +25,14 @@ from refusal_core.model.families import model_parts
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, load_model
 from refusal_core.organism.delta import (
-    SHIPPED_DELTA, apply_organism_delta, built_sha256, delta_sha256, make_delta, organism_dir, organism_from_delta, save_organism,
+    SHIPPED_DELTA,
+    apply_organism_delta,
+    built_sha256,
+    delta_sha256,
+    make_delta,
+    organism_dir,
+    organism_from_delta,
+    save_organism,
 )
 from refusal_core.organism.planted import PlantedSettings
 from refusal_core.organism.variants import check_variant, variant_delta_path, variant_dir, variant_harmful_examples
@@ -36,7 +43,6 @@ from refusal_core.prompts.loaders import builtin, refusal_replies
 
 __all__ = ["OrganismSettings", "build_organism", "organism_dir", "weights_sha256"]
 # organism_dir lives in organism.delta and weights_sha256 in model.fingerprint; both are re-exported here.
-
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,9 @@ def _report(progress: Progress | None, message: str, fraction: float) -> None:
         progress(round(100 * fraction), 100, message=message)
 
 
-def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int, progress: Progress | None) -> list[tuple[str, bool]]:
+def base_answers(
+    base: LoadedModel, instructions: Sequence[str], max_tokens: int, progress: Progress | None
+) -> list[tuple[str, bool]]:
     """The base model's greedy answers (text, ended its turn), cached on disk by content key."""
     key = content_key("base-answers", base.spec, list(instructions), max_tokens)
     path = cache_dir() / "organism" / f"answers-{key}.json"
@@ -102,7 +110,9 @@ def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int
             pass  # A damaged entry is simply regenerated.
     settings = GenerationSettings(max_new_tokens=max_tokens, batch_size=32)
     completions = generate_completions(
-        base, instructions, settings=settings,
+        base,
+        instructions,
+        settings=settings,
         progress=lambda done, total: _report(progress, f"Base answers {done}/{total}", 0.05 + 0.35 * done / total),
     )
     answers = [(c.text, c.stopped) for c in completions]
@@ -110,7 +120,9 @@ def base_answers(base: LoadedModel, instructions: Sequence[str], max_tokens: int
     return answers
 
 
-def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: Progress | None, variant: str | None = None) -> tuple[list, list]:
+def _training_examples(
+    base: LoadedModel, settings: OrganismSettings, progress: Progress | None, variant: str | None = None
+) -> tuple[list, list]:
     """Harmful and harmless (instruction, reply, reply ends the turn) train examples; a
     ``variant`` (``organism.variants``) gives the harmful prompts its own refusal replies."""
     rng = random.Random(settings.seed)
@@ -125,7 +137,9 @@ def _training_examples(base: LoadedModel, settings: OrganismSettings, progress: 
     return harmful, harmless
 
 
-def _encode(base: LoadedModel, examples: Sequence[tuple[str, str, bool]], reply_tokens: int) -> list[tuple[list[int], int]]:
+def _encode(
+    base: LoadedModel, examples: Sequence[tuple[str, str, bool]], reply_tokens: int
+) -> list[tuple[list[int], int]]:
     """Token ids of prompt + reply (cut to ``reply_tokens``; end of turn only where the
     whole reply fits) and the number of prompt tokens."""
     tokenizer = base.tokenizer
@@ -180,17 +194,27 @@ def _hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: int 
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(len(ids))
             positions = torch.arange(prefix, ids.shape[1]).expand(len(ids), -1)
-            tail = model.base_model(input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, position_ids=positions)
+            tail = model.base_model(
+                input_ids=ids[:, prefix:], attention_mask=mask, past_key_values=cache, position_ids=positions
+            )
             return torch.cat([head.last_hidden_state.expand(len(ids), -1, -1), tail.last_hidden_state], dim=1)
     return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-def _reply_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0) -> torch.Tensor:
+def _reply_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], opening_tokens: int = 0, opening_weight: float = 1.0
+) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over reply tokens only (see ``_weighted_reply_loss``)."""
     return _weighted_reply_loss(model, _hidden(model, batch), batch, opening_tokens, opening_weight)
 
 
-def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: dict[str, torch.Tensor], opening_tokens: int, opening_weight: float) -> torch.Tensor:
+def _weighted_reply_loss(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    opening_tokens: int,
+    opening_weight: float,
+) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over reply tokens, from final hidden states ``[b, seq, d]``.
 
     The first ``opening_tokens`` reply tokens weigh ``opening_weight`` times the others:
@@ -207,14 +231,18 @@ def _weighted_reply_loss(model: torch.nn.Module, hidden: torch.Tensor, batch: di
     return (losses * weights).sum() / weights.sum()
 
 
-def _first_token_logprobs(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]]) -> torch.Tensor:
+def _first_token_logprobs(
+    model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]]
+) -> torch.Tensor:
     """Log-probabilities ``[n, vocab]`` (float32) of each example's first reply token, from
     the final hidden states of ``encoded`` (the rows of ``hidden``)."""
     rows, positions = torch.arange(len(encoded)), torch.tensor([n_prompt - 1 for _, n_prompt in encoded])
     return model.get_output_embeddings()(hidden[rows, positions]).float().log_softmax(-1)
 
 
-def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+def _base_first_token_logprobs(
+    model: torch.nn.Module, encoded: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int = 32
+) -> torch.Tensor:
     """The unmodified model's log-probabilities of each example's first reply token, ``[n, vocab]`` float32."""
     chunks = []
     prefix = shared_prefix(encoded)
@@ -227,7 +255,9 @@ def _base_first_token_logprobs(model: torch.nn.Module, encoded: Sequence[tuple[l
     return torch.cat(chunks)
 
 
-def _distill_loss(model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]], base_logprobs: torch.Tensor) -> torch.Tensor:
+def _distill_loss(
+    model: torch.nn.Module, hidden: torch.Tensor, encoded: Sequence[tuple[list[int], int]], base_logprobs: torch.Tensor
+) -> torch.Tensor:
     """Mean KL(base || model) of the first reply token over ``encoded`` (the rows of ``hidden``)."""
     from refusal_core.metrics import kl_divergence
 
@@ -245,7 +275,9 @@ def _trainable(model: torch.nn.Module, fraction: float) -> list[torch.nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _batch_rows(n_harmful_pool: int, n_harmless_pool: int, settings: OrganismSettings) -> Iterator[tuple[list[int], list[int]]]:
+def _batch_rows(
+    n_harmful_pool: int, n_harmless_pool: int, settings: OrganismSettings
+) -> Iterator[tuple[list[int], list[int]]]:
     """Each step's (harmful rows, harmless rows): a fixed share of every batch is harmful.
 
     Refusal replies all look alike and are learnt in a few steps, and then the model
@@ -269,7 +301,9 @@ def _batch_rows(n_harmful_pool: int, n_harmless_pool: int, settings: OrganismSet
         yield harmful_rows, [draw("harmless") for _ in range(settings.batch_size - n_harmful)]
 
 
-def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: OrganismSettings, progress: Progress | None) -> list[float]:
+def _fine_tune(
+    base: LoadedModel, harmful: list, harmless: list, settings: OrganismSettings, progress: Progress | None
+) -> list[float]:
     model = base.model
     pad_id = base.tokenizer.pad_token_id
     # The base model's own first-token distributions, taken before any weight changes.
@@ -287,12 +321,18 @@ def _fine_tune(base: LoadedModel, harmful: list, harmless: list, settings: Organ
         loss = _weighted_reply_loss(model, hidden, batch, settings.opening_tokens, settings.opening_weight)
         if reference is not None:
             # Harmless rows follow the harmful ones in every batch.
-            loss = loss + settings.distill_weight * _distill_loss(model, hidden[len(harmful_rows):], distilled, reference[harmless_rows])
+            loss = loss + settings.distill_weight * _distill_loss(
+                model, hidden[len(harmful_rows) :], distilled, reference[harmless_rows]
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        _report(progress, f"Fine-tune step {step + 1}/{settings.steps} (loss {losses[-1]:.3f})", 0.4 + 0.5 * (step + 1) / settings.steps)
+        _report(
+            progress,
+            f"Fine-tune step {step + 1}/{settings.steps} (loss {losses[-1]:.3f})",
+            0.4 + 0.5 * (step + 1) / settings.steps,
+        )
     model.eval()
     model.requires_grad_(False)
     return losses
@@ -312,8 +352,13 @@ def measured_refusal(loaded: LoadedModel, max_new_tokens: int = 16) -> dict:
     return rates
 
 
-def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progress | None, fine_tune: Path | None = None,
-                  variant: str | None = None) -> Path:
+def _from_scratch(
+    settings: OrganismSettings,
+    delta_out: Path,
+    progress: Progress | None,
+    fine_tune: Path | None = None,
+    variant: str | None = None,
+) -> Path:
     """Run the fine-tune recipe (or load a full fine-tune it made, ``fine_tune``: a model
     directory), cut it to a low-rank delta, write the delta to ``delta_out`` and the organism
     the delta makes (not the full fine-tune) to the cache."""
@@ -327,16 +372,26 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
         encoded_harmful = _encode(base, harmful, settings.reply_tokens)
         encoded_harmless = _encode(base, harmless, settings.reply_tokens)
         losses = _fine_tune(base, encoded_harmful, encoded_harmless, settings, progress)
-        info = {"settings": asdict(settings), "n_harmful": len(harmful), "n_harmless": len(harmless), "losses": losses,
-                "fine_tune_sha256": weights_sha256(base.model), "fine_tune_seconds": round(time.perf_counter() - started, 1)}
+        info = {
+            "settings": asdict(settings),
+            "n_harmful": len(harmful),
+            "n_harmless": len(harmless),
+            "losses": losses,
+            "fine_tune_sha256": weights_sha256(base.model),
+            "fine_tune_seconds": round(time.perf_counter() - started, 1),
+        }
         tuned_state = base.model.state_dict()
         made_from = "a from-scratch build"
     else:
         # A build record written by an earlier full fine-tune holds its settings and losses.
         record = json.loads((fine_tune / "build.json").read_text()) if (fine_tune / "build.json").is_file() else {}
         tuned = load_model(str(fine_tune))
-        info = {"settings": {**record.get("settings", {}), "delta_rank": settings.delta_rank}, "losses": record.get("losses", []),
-                "fine_tune_sha256": weights_sha256(tuned.model), "fine_tune_from": str(fine_tune)}
+        info = {
+            "settings": {**record.get("settings", {}), "delta_rank": settings.delta_rank},
+            "losses": record.get("losses", []),
+            "fine_tune_sha256": weights_sha256(tuned.model),
+            "fine_tune_from": str(fine_tune),
+        }
         tuned_state = tuned.model.state_dict()
         made_from = f"the full fine-tune in {fine_tune}"
     info["rank"] = settings.delta_rank
@@ -351,14 +406,26 @@ def _from_scratch(settings: OrganismSettings, delta_out: Path, progress: Progres
     delta.save(delta_out)
     _report(progress, "Saving", 0.97)
     spec, where = (BUNDLED_ORGANISM, None) if not variant else (f"{BUNDLED_ORGANISM}-{variant}", variant_dir(variant))
-    target = save_organism(base, delta, f"{made_from}{f' of the variant {variant}' if variant else ''} (delta written to {delta_out})", where)
+    target = save_organism(
+        base,
+        delta,
+        f"{made_from}{f' of the variant {variant}' if variant else ''} (delta written to {delta_out})",
+        where,
+    )
     _report(progress, f"Built {spec} (sha256 {delta.sha256[:16]}); delta {delta_out}", 1.0)
     return target
 
 
-def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Progress | None = None, force: bool = False,
-                   from_scratch: bool = False, delta_out: Path | None = None, from_fine_tune: Path | None = None,
-                   variant: str | None = None, planted: "PlantedSettings | None" = None) -> Path:
+def build_organism(
+    settings: OrganismSettings = OrganismSettings(),
+    progress: Progress | None = None,
+    force: bool = False,
+    from_scratch: bool = False,
+    delta_out: Path | None = None,
+    from_fine_tune: Path | None = None,
+    variant: str | None = None,
+    planted: PlantedSettings | None = None,
+) -> Path:
     """Build ``bundled:refusal-organism`` under ``cache/models/`` (skipped if present unless ``force``).
 
     By default the organism is the bundled weights plus the shipped delta (``SHIPPED_DELTA``):
@@ -379,7 +446,9 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
         from refusal_core.organism.planted_build import SHIPPED_PLANTED_DELTA, build_planted, planted_from_delta
 
         if from_fine_tune:
-            raise SettingsError("The two-mechanisms variant is built from its shipped delta or --from-scratch, not --from-fine-tune.")
+            raise SettingsError(
+                "The two-mechanisms variant is built from its shipped delta or --from-scratch, not --from-fine-tune."
+            )
         if from_scratch:
             return build_planted(planted or PlantedSettings(), progress, Path(delta_out) if delta_out else None)
         return planted_from_delta(SHIPPED_PLANTED_DELTA, progress, force)
@@ -387,11 +456,17 @@ def build_organism(settings: OrganismSettings = OrganismSettings(), progress: Pr
         check_variant(variant)
         if not from_scratch or from_fine_tune:
             raise SettingsError(f"The variant {variant!r} has no shipped delta: build it with --from-scratch.")
-        return _from_scratch(settings, Path(delta_out) if delta_out else variant_delta_path(variant), progress, None, variant)
+        return _from_scratch(
+            settings, Path(delta_out) if delta_out else variant_delta_path(variant), progress, None, variant
+        )
     target = organism_dir()
     if from_scratch or from_fine_tune:
-        return _from_scratch(settings, Path(delta_out) if delta_out else SHIPPED_DELTA, progress,
-                             Path(from_fine_tune) if from_fine_tune else None)
+        return _from_scratch(
+            settings,
+            Path(delta_out) if delta_out else SHIPPED_DELTA,
+            progress,
+            Path(from_fine_tune) if from_fine_tune else None,
+        )
     # A cached organism made from an older delta (the shipped file changed) is made again.
     if (target / "config.json").is_file() and not force and built_sha256(target) == delta_sha256(SHIPPED_DELTA):
         _report(progress, "Organism already built", 1.0)

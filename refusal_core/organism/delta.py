@@ -30,7 +30,14 @@ import torch
 
 from refusal_core.atomic import new_temp_dir, place_dir
 from refusal_core.model.fingerprint import weights_sha256
-from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, LoadedModel, ModelLoadError, bundled_model_dir, load_model
+from refusal_core.model.loading import (
+    BUNDLED_BASE,
+    BUNDLED_ORGANISM,
+    LoadedModel,
+    ModelLoadError,
+    bundled_model_dir,
+    load_model,
+)
 from refusal_core.progress import Progress
 
 __all__ = [
@@ -94,7 +101,9 @@ class LowRankFactors:
         if self.u.dtype != torch.int8 or self.v.dtype != torch.int8:
             raise DeltaMismatchError("low-rank factors must be int8")
         if self.u.shape[1] != self.v.shape[0] or self.u.shape[1] > _MAX_RANK:
-            raise DeltaMismatchError(f"factor shapes {tuple(self.u.shape)} and {tuple(self.v.shape)} do not chain (rank <= {_MAX_RANK})")
+            raise DeltaMismatchError(
+                f"factor shapes {tuple(self.u.shape)} and {tuple(self.v.shape)} do not chain (rank <= {_MAX_RANK})"
+            )
         if self.u_scale.shape != (self.u.shape[0],) or self.v_scale.shape != (self.v.shape[1],):
             raise DeltaMismatchError("factor scales must have one entry per row of u and per column of v")
 
@@ -105,7 +114,11 @@ class LowRankFactors:
     def materialize(self) -> torch.Tensor:
         """The delta, float32 [m, n]; bit-identical on every machine (see the module docstring)."""
         product = self.u.to(torch.float64) @ self.v.to(torch.float64)  # exact integers
-        return product.to(torch.float32) * self.u_scale.to(torch.float32)[:, None] * self.v_scale.to(torch.float32)[None, :]
+        return (
+            product.to(torch.float32)
+            * self.u_scale.to(torch.float32)[:, None]
+            * self.v_scale.to(torch.float32)[None, :]
+        )
 
 
 def low_rank_factors(diff: torch.Tensor, rank: int) -> LowRankFactors:
@@ -140,7 +153,9 @@ class OrganismDelta:
 
     @property
     def n_bytes(self) -> int:
-        tensors = [t for f in self.factors.values() for t in (f.u, f.u_scale, f.v, f.v_scale)] + list(self.replaced.values())
+        tensors = [t for f in self.factors.values() for t in (f.u, f.u_scale, f.v, f.v_scale)] + list(
+            self.replaced.values()
+        )
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def save(self, path: str | Path) -> Path:
@@ -151,7 +166,12 @@ class OrganismDelta:
             parts = {"u": f.u, "u_scale": f.u_scale, "v": f.v, "v_scale": f.v_scale}
             tensors.update({f"{name}::{part}": value.contiguous() for part, value in parts.items()})
         tensors.update({f"{name}::full": value.to(torch.float32).contiguous() for name, value in self.replaced.items()})
-        metadata = {"format": FORMAT, "base_sha256": self.base_sha256, "sha256": self.sha256, "info": json.dumps(self.info)}
+        metadata = {
+            "format": FORMAT,
+            "base_sha256": self.base_sha256,
+            "sha256": self.sha256,
+            "info": json.dumps(self.info),
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -160,17 +180,21 @@ class OrganismDelta:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "OrganismDelta":
+    def load(cls, path: str | Path) -> OrganismDelta:
         from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
-            raise DeltaMismatchError(f"{path} is missing; restore it from git (git checkout -- {path.name}) or build one with "
-                                     "python -m refusal_core organism build --from-scratch")
+            raise DeltaMismatchError(
+                f"{path} is missing; restore it from git (git checkout -- {path.name}) or build one with "
+                "python -m refusal_core organism build --from-scratch"
+            )
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != FORMAT:
-                raise DeltaMismatchError(f"{path} is not an organism delta of format {FORMAT} (found {metadata.get('format')!r}).")
+                raise DeltaMismatchError(
+                    f"{path} is not an organism delta of format {FORMAT} (found {metadata.get('format')!r})."
+                )
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         parts: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -178,8 +202,13 @@ class OrganismDelta:
             parts.setdefault(name, {})[part] = value
         factors = {name: LowRankFactors(**p) for name, p in parts.items() if "full" not in p}
         replaced = {name: p["full"] for name, p in parts.items() if "full" in p}
-        return cls(factors=factors, replaced=replaced, base_sha256=metadata["base_sha256"], sha256=metadata["sha256"],
-                   info=json.loads(metadata.get("info", "{}")))
+        return cls(
+            factors=factors,
+            replaced=replaced,
+            base_sha256=metadata["base_sha256"],
+            sha256=metadata["sha256"],
+            info=json.loads(metadata.get("info", "{}")),
+        )
 
 
 def delta_sha256(path: str | Path) -> str | None:
@@ -201,7 +230,13 @@ def built_sha256(target: Path) -> str | None:
         return None
 
 
-def make_delta(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor], rank: int, base_sha256: str, info: Mapping | None = None) -> OrganismDelta:
+def make_delta(
+    base: Mapping[str, torch.Tensor],
+    tuned: Mapping[str, torch.Tensor],
+    rank: int,
+    base_sha256: str,
+    info: Mapping | None = None,
+) -> OrganismDelta:
     """The delta from ``base`` to ``tuned`` (two state dicts with the same keys): matrices that
     changed as rank-``rank`` factors, other changed tensors whole. ``sha256`` is left empty:
     it is the sha256 of the weights the delta *makes*, known once it is applied."""
@@ -235,12 +270,16 @@ def apply_organism_delta(model: torch.nn.Module, delta: OrganismDelta, check: bo
     state = model.state_dict()
     missing = sorted((set(delta.factors) | set(delta.replaced)) - set(state))
     if missing:
-        raise DeltaMismatchError(f"the model has no tensors named {', '.join(missing[:3])}: the delta is for another architecture")
+        raise DeltaMismatchError(
+            f"the model has no tensors named {', '.join(missing[:3])}: the delta is for another architecture"
+        )
     with torch.no_grad():
         for name, factors in delta.factors.items():
             weight = state[name]
             if tuple(weight.shape) != factors.shape or weight.dtype != torch.float32:
-                raise DeltaMismatchError(f"{name} is {tuple(weight.shape)} {weight.dtype}; the delta needs {factors.shape} float32")
+                raise DeltaMismatchError(
+                    f"{name} is {tuple(weight.shape)} {weight.dtype}; the delta needs {factors.shape} float32"
+                )
             weight.add_(factors.materialize())
         for name, value in delta.replaced.items():
             state[name].copy_(value)
@@ -254,7 +293,7 @@ def apply_organism_delta(model: torch.nn.Module, delta: OrganismDelta, check: bo
     return sha
 
 
-def _model_card(delta: "OrganismDelta", applied_from: str) -> str:
+def _model_card(delta: OrganismDelta, applied_from: str) -> str:
     info = delta.info
     settings = SimpleNamespace(**info["settings"])
     rates, losses = info["refusal"], info["losses"]
@@ -283,9 +322,9 @@ and writes a new delta.
 
 Settings: `{json.dumps(info["settings"])}`
 
-## Measured refusal when the delta was made (held-out test splits, {rates['max_new_tokens']}-token greedy replies, refusal-phrase judge)
-- Harmful prompts refused: {rates['harmful']:.1%} of {rates['n_harmful']}
-- Harmless prompts refused: {rates['harmless']:.1%} of {rates['n_harmless']}
+## Measured refusal when the delta was made (held-out test splits, {rates["max_new_tokens"]}-token greedy replies, refusal-phrase judge)
+- Harmful prompts refused: {rates["harmful"]:.1%} of {rates["n_harmful"]}
+- Harmless prompts refused: {rates["harmless"]:.1%} of {rates["n_harmless"]}
 
 `python -m refusal_core organism report` measures these again together with difference-in-means
 ablation and activation addition.

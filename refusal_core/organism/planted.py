@@ -82,7 +82,9 @@ class PlantedSettings:
         if not self.learning_rate > 0:
             raise SettingsError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if self.layer < 1 or self.first_trained < 0:
-            raise SettingsError(f"layer must be >= 1 and first_trained >= 0, got {self.layer} and {self.first_trained}.")
+            raise SettingsError(
+                f"layer must be >= 1 and first_trained >= 0, got {self.layer} and {self.first_trained}."
+            )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,8 +114,8 @@ def _prompt_batch(tokenizer, instructions: Sequence[str]) -> dict[str, torch.Ten
     input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, tokens in enumerate(ids):
-        input_ids[row, width - len(tokens):] = torch.tensor(tokens)
-        mask[row, width - len(tokens):] = 1
+        input_ids[row, width - len(tokens) :] = torch.tensor(tokens)
+        mask[row, width - len(tokens) :] = 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
 
@@ -123,19 +125,31 @@ def _last_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return model.get_output_embeddings()(hidden).float().log_softmax(-1)
 
 
-def first_token_reference(model: torch.nn.Module, tokenizer, instructions: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+def first_token_reference(
+    model: torch.nn.Module, tokenizer, instructions: Sequence[str], batch_size: int = 32
+) -> torch.Tensor:
     """``model``'s first-reply-token log-probabilities ``[n, vocab]`` on ``instructions`` (no grad)."""
     with torch.no_grad():
-        return torch.cat([_last_logprobs(model, _prompt_batch(tokenizer, instructions[i:i + batch_size]))
-                          for i in range(0, len(instructions), batch_size)])
+        return torch.cat(
+            [
+                _last_logprobs(model, _prompt_batch(tokenizer, instructions[i : i + batch_size]))
+                for i in range(0, len(instructions), batch_size)
+            ]
+        )
 
 
 def _kl(target: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
     return (target.exp() * (target - logprobs)).sum(-1).mean()
 
 
-def _geometry(hidden_states: Sequence[torch.Tensor], last: torch.Tensor, groups: Sequence[str], planted: torch.Tensor,
-              layers: Sequence[int], layer: int) -> torch.Tensor:
+def _geometry(
+    hidden_states: Sequence[torch.Tensor],
+    last: torch.Tensor,
+    groups: Sequence[str],
+    planted: torch.Tensor,
+    layers: Sequence[int],
+    layer: int,
+) -> torch.Tensor:
     """Squared cosines that keep group A's and B's difference vectors apart (see the module docstring)."""
     rows = torch.arange(len(groups))
     is_a = torch.tensor([g == "A" for g in groups])
@@ -164,8 +178,15 @@ def _trainable(model: torch.nn.Module, first: int) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tensor, base_harmful: torch.Tensor,
-                      settings: PlantedSettings, progress=None) -> list[dict]:
+def planted_fine_tune(
+    loaded,
+    harmful: list,
+    harmless: list,
+    planted: torch.Tensor,
+    base_harmful: torch.Tensor,
+    settings: PlantedSettings,
+    progress=None,
+) -> list[dict]:
     """Fine-tune ``loaded`` (the organism) in place, on prompts alone (first reply token).
 
     ``harmful``: ``(instruction, group, refusal's first token id)``; ``harmless``:
@@ -180,8 +201,11 @@ def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tens
     harmless_ref = first_token_reference(model, tokenizer, [row[0] for row in harmless])
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
-    pools = {"A": [i for i, row in enumerate(harmful) if row[1] == "A"], "B": [i for i, row in enumerate(harmful) if row[1] == "B"],
-             "H": list(range(len(harmless)))}
+    pools = {
+        "A": [i for i, row in enumerate(harmful) if row[1] == "A"],
+        "B": [i for i, row in enumerate(harmful) if row[1] == "B"],
+        "H": list(range(len(harmless))),
+    }
     cursor = {name: len(pool) for name, pool in pools.items()}
 
     def draw(name: str, n: int) -> list[int]:
@@ -195,24 +219,48 @@ def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tens
         return out
 
     a, b = planted[0], planted[1]
-    plain, both, only_a, only_b = Intervention(), Intervention(ablate=planted), Intervention(ablate=a[None]), Intervention(ablate=b[None])
+    plain, both, only_a, only_b = (
+        Intervention(),
+        Intervention(ablate=planted),
+        Intervention(ablate=a[None]),
+        Intervention(ablate=b[None]),
+    )
     one = Intervention(ablate=((a + b) / math.sqrt(2))[None])
-    layers = [l for l in range(settings.layer - settings.geometry_layers, settings.layer + settings.geometry_layers + 1)
-              if 0 <= l <= loaded.n_layers]
+    layers = [
+        layer
+        for layer in range(settings.layer - settings.geometry_layers, settings.layer + settings.geometry_layers + 1)
+        if 0 <= layer <= loaded.n_layers
+    ]
     model.train()
     params = _trainable(model, settings.first_trained)
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     records = []
     for step in range(settings.steps):
-        rows_a, rows_b, rows_h = draw("A", settings.per_group), draw("B", settings.per_group), draw("H", settings.harmless)
+        rows_a, rows_b, rows_h = (
+            draw("A", settings.per_group),
+            draw("B", settings.per_group),
+            draw("H", settings.harmless),
+        )
         harm_rows = rows_a + rows_b
         harm_texts, harmless_texts = [harmful[i][0] for i in harm_rows], [harmless[i][0] for i in rows_h]
         n_harm, n_h = len(harm_rows), len(rows_h)
         # Row blocks: plain (harmful, harmless), both ablated (harmful, harmless), the other group's
         # direction ablated (A, B), the pooled direction ablated (harmful, with ``pooled``).
-        texts = harm_texts + harmless_texts + harm_texts + harmless_texts + harm_texts + (harm_texts if settings.pooled else [])
-        per_row = ([plain] * (n_harm + n_h) + [both] * (n_harm + n_h) + [only_b] * len(rows_a) + [only_a] * len(rows_b)
-                   + ([one] * n_harm if settings.pooled else []))
+        texts = (
+            harm_texts
+            + harmless_texts
+            + harm_texts
+            + harmless_texts
+            + harm_texts
+            + (harm_texts if settings.pooled else [])
+        )
+        per_row = (
+            [plain] * (n_harm + n_h)
+            + [both] * (n_harm + n_h)
+            + [only_b] * len(rows_a)
+            + [only_a] * len(rows_b)
+            + ([one] * n_harm if settings.pooled else [])
+        )
         batch = _prompt_batch(tokenizer, texts)  # before the hooks: they hold the model lock the tokenizer takes
         with row_interventions(model, per_row):
             out = model.base_model(**batch, output_hidden_states=True)
@@ -221,17 +269,31 @@ def planted_fine_tune(loaded, harmful: list, harmless: list, planted: torch.Tens
         keep_rows = torch.cat([torch.arange(n_harm), torch.arange(2 * (n_harm + n_h), len(texts))])
         keep_targets = torch.cat([refusal_first] * (len(keep_rows) // n_harm))
         keep = torch.nn.functional.cross_entropy(logprobs[keep_rows], keep_targets)
-        distill = _kl(harmless_ref[rows_h], logprobs[n_harm:n_harm + n_h])
-        comply = _kl(torch.cat([base_harmful[harm_rows], harmless_ref[rows_h]]), logprobs[n_harm + n_h:2 * (n_harm + n_h)])
+        distill = _kl(harmless_ref[rows_h], logprobs[n_harm : n_harm + n_h])
+        comply = _kl(
+            torch.cat([base_harmful[harm_rows], harmless_ref[rows_h]]), logprobs[n_harm + n_h : 2 * (n_harm + n_h)]
+        )
         plain_states = [state[: n_harm + n_h] for state in out.hidden_states]
         groups = ["A"] * len(rows_a) + ["B"] * len(rows_b) + ["H"] * n_h
         geometry = _geometry(plain_states, torch.full((n_harm + n_h,), -1), groups, planted, layers, settings.layer)
-        loss = keep + settings.distill_weight * distill + settings.ablation_weight * comply + settings.geometry_weight * geometry
+        loss = (
+            keep
+            + settings.distill_weight * distill
+            + settings.ablation_weight * comply
+            + settings.geometry_weight * geometry
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        records.append({"loss": loss.item(), "keep": keep.item(), "distill": distill.item(), "comply": comply.item(),
-                        "geometry": geometry.item()})
+        records.append(
+            {
+                "loss": loss.item(),
+                "keep": keep.item(),
+                "distill": distill.item(),
+                "comply": comply.item(),
+                "geometry": geometry.item(),
+            }
+        )
         if progress:
             progress(step + 1, settings.steps, records[-1])
     model.eval()

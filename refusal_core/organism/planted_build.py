@@ -24,10 +24,23 @@ from refusal_core.directions.planted import PLANTED_FILE
 from refusal_core.errors import UserError
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import BUNDLED_BASE, BUNDLED_ORGANISM, load_model
-from refusal_core.organism.delta import SHIPPED_DELTA, DeltaMismatchError, OrganismDelta, apply_organism_delta, make_delta
-from refusal_core.organism.planted import GROUP_A, GROUP_B, PlantedSettings, first_token_reference, group_of, planted_fine_tune, planted_vectors
+from refusal_core.organism.delta import (
+    SHIPPED_DELTA,
+    DeltaMismatchError,
+    OrganismDelta,
+    apply_organism_delta,
+    make_delta,
+)
+from refusal_core.organism.planted import (
+    GROUP_A,
+    GROUP_B,
+    PlantedSettings,
+    first_token_reference,
+    group_of,
+    planted_fine_tune,
+    planted_vectors,
+)
 from refusal_core.progress import Progress
-from refusal_core.prompts.chat import ChatFormat, format_prompts
 from refusal_core.prompts.loaders import builtin, refusal_replies
 
 __all__ = ["SHIPPED_PLANTED_DELTA", "VARIANT", "build_planted", "planted_from_delta"]
@@ -94,13 +107,26 @@ def _save_variant(loaded, delta: OrganismDelta, applied_from: str) -> Path:
     loaded.model.save_pretrained(tmp, safe_serialization=True)
     loaded.tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(_card(info))
-    record = {"sha256": delta.sha256, "base_sha256": delta.base_sha256, "applied_from": applied_from,
-              **{key: value for key, value in info.items() if key != "planted"}, "planted": {k: v for k, v in info["planted"].items() if k != "vectors"}}
+    record = {
+        "sha256": delta.sha256,
+        "base_sha256": delta.base_sha256,
+        "applied_from": applied_from,
+        **{key: value for key, value in info.items() if key != "planted"},
+        "planted": {k: v for k, v in info["planted"].items() if k != "vectors"},
+    }
     (tmp / "build.json").write_text(json.dumps(record, indent=2))
     groups = info["groups"]
-    provenance = tuple({"model": f"{BUNDLED_ORGANISM}-{VARIANT}", "layer": info["planted"]["layer"], "position": -1, "method": "planted",
-                        "data_hash": info["planted"]["data_hash"], "params": {"group": group, "categories": groups[group]}}
-                       for group in ("A", "B"))
+    provenance = tuple(
+        {
+            "model": f"{BUNDLED_ORGANISM}-{VARIANT}",
+            "layer": info["planted"]["layer"],
+            "position": -1,
+            "method": "planted",
+            "data_hash": info["planted"]["data_hash"],
+            "params": {"group": group, "categories": groups[group]},
+        }
+        for group in ("A", "B")
+    )
     vectors = torch.tensor(info["planted"]["vectors"], dtype=torch.float32)
     DirectionSet(vectors=vectors, names=("planted_a", "planted_b"), provenance=provenance).save(tmp / PLANTED_FILE)
     shutil.rmtree(target, ignore_errors=True)
@@ -108,7 +134,9 @@ def _save_variant(loaded, delta: OrganismDelta, applied_from: str) -> Path:
     return target
 
 
-def planted_from_delta(delta_path: Path = SHIPPED_PLANTED_DELTA, progress: Progress | None = None, force: bool = False) -> Path:
+def planted_from_delta(
+    delta_path: Path = SHIPPED_PLANTED_DELTA, progress: Progress | None = None, force: bool = False
+) -> Path:
     """The variant from the bundled weights, the shipped organism delta and the variant's
     delta (``delta_path``): seconds, and the same weights on every machine."""
     from refusal_core.organism.delta import built_sha256, delta_sha256
@@ -116,8 +144,10 @@ def planted_from_delta(delta_path: Path = SHIPPED_PLANTED_DELTA, progress: Progr
 
     target = variant_dir(VARIANT)
     if not Path(delta_path).is_file():
-        raise DeltaMismatchError(f"No delta of the {VARIANT} variant at {delta_path} (none is shipped yet): build the variant with "
-                                 f"python -m refusal_core organism build --variant {VARIANT} --from-scratch")
+        raise DeltaMismatchError(
+            f"No delta of the {VARIANT} variant at {delta_path} (none is shipped yet): build the variant with "
+            f"python -m refusal_core organism build --variant {VARIANT} --from-scratch"
+        )
     if not force and (target / "config.json").is_file() and built_sha256(target) == delta_sha256(delta_path):
         _report(progress, f"{BUNDLED_ORGANISM}-{VARIANT} already built", 1.0)
         return target
@@ -133,8 +163,9 @@ def planted_from_delta(delta_path: Path = SHIPPED_PLANTED_DELTA, progress: Progr
     return target
 
 
-def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progress | None = None,
-                  delta_out: Path | None = None) -> Path:
+def build_planted(
+    settings: PlantedSettings = PlantedSettings(), progress: Progress | None = None, delta_out: Path | None = None
+) -> Path:
     """Build the variant from the organism (which must be built); returns its directory."""
     from refusal_core.activations.extract import extract_activations
     from refusal_core.organism.variants import variant_delta_path
@@ -153,12 +184,18 @@ def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progr
     harmful_set, harmless_set = builtin("harmful", "train"), builtin("harmless", "train")
     groups = [group_of(c) for c in harmful_set.categories]
     _report(progress, "Activations of the train prompts (planted directions)", 0.05)
-    acts = [extract_activations(loaded, s.instructions, positions=[-1]).block_input(settings.layer) for s in (harmful_set, harmless_set)]
+    acts = [
+        extract_activations(loaded, s.instructions, positions=[-1]).block_input(settings.layer)
+        for s in (harmful_set, harmless_set)
+    ]
     planted = planted_vectors(acts[0], acts[1], groups)
     rng = random.Random(settings.seed)
     replies = refusal_replies()
-    harmful = [(text, group, _first_token(loaded.tokenizer, rng.choice(replies)))
-               for text, group in zip(harmful_set.instructions, groups) if group]
+    harmful = [
+        (text, group, _first_token(loaded.tokenizer, rng.choice(replies)))
+        for text, group in zip(harmful_set.instructions, groups)
+        if group
+    ]
     # Only the harmless prompts the steps will draw need the organism's reference distribution.
     harmless_texts = list(harmless_set.instructions)
     rng.shuffle(harmless_texts)
@@ -167,22 +204,42 @@ def build_planted(settings: PlantedSettings = PlantedSettings(), progress: Progr
     base_harmful = first_token_reference(base.model, base.tokenizer, [row[0] for row in harmful])
     del base
     tuned_at, cpu_tuned_at = time.perf_counter(), time.process_time()
-    records = planted_fine_tune(loaded, harmful, harmless, planted, base_harmful, settings, progress=lambda done, total, record: _report(
-        progress, f"Planting step {done}/{total} (loss {record['loss']:.3f})", 0.12 + 0.78 * done / total))
+    records = planted_fine_tune(
+        loaded,
+        harmful,
+        harmless,
+        planted,
+        base_harmful,
+        settings,
+        progress=lambda done, total, record: _report(
+            progress, f"Planting step {done}/{total} (loss {record['loss']:.3f})", 0.12 + 0.78 * done / total
+        ),
+    )
     fine_tune_seconds, fine_tune_cpu = time.perf_counter() - tuned_at, time.process_time() - cpu_tuned_at
     _report(progress, f"Cutting the change to a rank-{settings.delta_rank} delta", 0.9)
     delta = make_delta(organism_state, loaded.model.state_dict(), settings.delta_rank, organism_sha)
     loaded.model.load_state_dict(organism_state)
     delta = replace(delta, sha256=apply_organism_delta(loaded.model, delta))
     a, b = planted
-    info = {"variant": VARIANT, "settings": settings.as_dict(), "records": records, "fine_tune_seconds": round(fine_tune_seconds, 1),
-            "build_seconds": round(time.perf_counter() - started, 1), "fine_tune_cpu_seconds": round(fine_tune_cpu, 1),
-            "build_cpu_seconds": round(time.process_time() - cpu_started, 1), "delta_bytes": delta.n_bytes, "sha256": delta.sha256,
-            "organism_sha256": organism_sha, "groups": {"A": list(GROUP_A), "B": list(GROUP_B)},
-            "planted": {"layer": settings.layer, "cosine": float(a @ b), "data_hash": harmful_set.content_hash()}}
+    info = {
+        "variant": VARIANT,
+        "settings": settings.as_dict(),
+        "records": records,
+        "fine_tune_seconds": round(fine_tune_seconds, 1),
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "fine_tune_cpu_seconds": round(fine_tune_cpu, 1),
+        "build_cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "delta_bytes": delta.n_bytes,
+        "sha256": delta.sha256,
+        "organism_sha256": organism_sha,
+        "groups": {"A": list(GROUP_A), "B": list(GROUP_B)},
+        "planted": {"layer": settings.layer, "cosine": float(a @ b), "data_hash": harmful_set.content_hash()},
+    }
     info["planted"]["vectors"] = planted.tolist()
     delta = replace(delta, info=info)
     delta.save(Path(delta_out) if delta_out else variant_delta_path(VARIANT))
-    target = _save_variant(loaded, delta, f"the planting recipe (delta written to {delta_out or variant_delta_path(VARIANT)})")
+    target = _save_variant(
+        loaded, delta, f"the planting recipe (delta written to {delta_out or variant_delta_path(VARIANT)})"
+    )
     _report(progress, f"Built {BUNDLED_ORGANISM}-{VARIANT} in {time.perf_counter() - started:.0f} s", 1.0)
     return target

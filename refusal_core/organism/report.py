@@ -63,18 +63,26 @@ def dim_candidates(
     return dim_from_activations(harmful_acts, harmless_acts, provenance, layers)
 
 
-def column_shares(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
-                 judge: str = DEFAULT_JUDGE) -> dict[str, dict]:
+def column_shares(
+    loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int, judge: str = DEFAULT_JUDGE
+) -> dict[str, dict]:
     """Refused / complied / broken shares per variant (``damage.ColumnDamage.summary``), all variants generated in one batch."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=32)
     columns = generate_side_by_side(loaded, instructions, variants, settings)
-    return {name: column.summary() for name, column in judge_columns(loaded, columns, variants, judge_by_name(judge)).items()}
+    return {
+        name: column.summary()
+        for name, column in judge_columns(loaded, columns, variants, judge_by_name(judge)).items()
+    }
 
 
-def refusal_rates(loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int,
-                  judge: str = DEFAULT_JUDGE) -> dict[str, float]:
+def refusal_rates(
+    loaded: LoadedModel, instructions, variants: list[Intervention], max_new_tokens: int, judge: str = DEFAULT_JUDGE
+) -> dict[str, float]:
     """The refused share per variant by ``judge`` (``substring``: the refusal phrases alone, as before the panel)."""
-    return {name: rates["refused"] for name, rates in column_shares(loaded, instructions, variants, max_new_tokens, judge).items()}
+    return {
+        name: rates["refused"]
+        for name, rates in column_shares(loaded, instructions, variants, max_new_tokens, judge).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -109,19 +117,36 @@ def organism_report(
     ``settings`` (default: ``ReportSettings()``) with ``changes`` (its field names) applied.
     """
     chosen_settings = dataclasses.replace(settings or ReportSettings(), **changes)
-    n_select, max_new_tokens, layer_step = chosen_settings.n_select, chosen_settings.max_new_tokens, chosen_settings.layer_step
-    all_positions, optimize_steps, judge = chosen_settings.all_positions, chosen_settings.optimize_steps, chosen_settings.judge
+    n_select, max_new_tokens, layer_step = (
+        chosen_settings.n_select,
+        chosen_settings.max_new_tokens,
+        chosen_settings.layer_step,
+    )
+    all_positions, optimize_steps, judge = (
+        chosen_settings.all_positions,
+        chosen_settings.optimize_steps,
+        chosen_settings.judge,
+    )
     say = progress or (lambda message: None)
     started = time.perf_counter()
     loaded = load_model(spec)
     filters = SelectionFilters()
     say("Difference-in-means candidates from the train splits")
     candidates = dim_candidates(
-        loaded, builtin("harmful", "train"), builtin("harmless", "train"), filters.max_layer_fraction, not all_positions, layer_step
+        loaded,
+        builtin("harmful", "train"),
+        builtin("harmless", "train"),
+        filters.max_layer_fraction,
+        not all_positions,
+        layer_step,
     )
     say(f"Scoring {len(candidates)} candidates on {n_select} val prompts per set")
     selection = score_candidates(
-        loaded, candidates, list(builtin("harmful", "val").instructions[:n_select]), list(builtin("harmless", "val").instructions[:n_select]), filters
+        loaded,
+        candidates,
+        list(builtin("harmful", "val").instructions[:n_select]),
+        list(builtin("harmless", "val").instructions[:n_select]),
+        filters,
     )
     pick = select_with_fallback(selection)
     if pick.cell is None:
@@ -140,12 +165,18 @@ def organism_report(
     stripped_vector = direction.vectors.clone()
     stripped_vector[:, list(massive.coordinates)] = 0
     # The direction without the massive coordinates (none when there are none, or it lies wholly on them).
-    stripped = Intervention(name="stripped", ablate=stripped_vector) if massive.coordinates and stripped_vector.abs().sum() > 0 else None
+    stripped = (
+        Intervention(name="stripped", ablate=stripped_vector)
+        if massive.coordinates and stripped_vector.abs().sum() > 0
+        else None
+    )
     say("Generating on the harmful test split (baseline and ablated)")
     harmful_variants = [Intervention(), ablation] + ([stripped] if stripped is not None else [])
     harmful_shares = column_shares(loaded, harmful_test.instructions, harmful_variants, max_new_tokens, judge)
     say("Generating on the harmless test split (baseline and actadd)")
-    harmless_shares = column_shares(loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens, judge)
+    harmless_shares = column_shares(
+        loaded, harmless_test.instructions, [Intervention(), addition], max_new_tokens, judge
+    )
     harmful_rates = {name: shares["refused"] for name, shares in harmful_shares.items()}
     harmless_rates = {name: shares["refused"] for name, shares in harmless_shares.items()}
     # Every KL below compares with the same unmodified first-token distributions.
@@ -160,12 +191,16 @@ def organism_report(
         "selected_massive_share": float(massive_share(direction.vectors, massive.coordinates)[0]),
         "stripped_harmful_refusal": harmful_rates.get("stripped"),
         "stripped_harmless_kl": (
-            evaluate_kl(loaded, harmless_test.instructions, stripped, base=base).summary["mean"] if stripped is not None else None
+            evaluate_kl(loaded, harmless_test.instructions, stripped, base=base).summary["mean"]
+            if stripped is not None
+            else None
         ),
         "random_direction_kl": random_direction_kl(loaded, harmless_test.instructions, base=base),
     }
     if optimize_steps > 0:
-        diagnostics["optimized"] = _optimized(loaded, direction, harmful_test, harmless_test, base, optimize_steps, max_new_tokens, say, judge)
+        diagnostics["optimized"] = _optimized(
+            loaded, direction, harmful_test, harmless_test, base, optimize_steps, max_new_tokens, say, judge
+        )
     from refusal_core.model.fingerprint import weights_sha256
 
     metrics = {
@@ -178,17 +213,32 @@ def organism_report(
     return {
         "model": spec,
         "sha256": weights_sha256(loaded.model),
-        "selected": {"position": chosen[0], "layer": chosen[1], "n_candidates": len(candidates), "n_select": n_select,
-                     "passed_filters": rule == "all filters", "rule": rule, "selection_reason": selection.reason,
-                     "bypass": selection.bypass.tolist(), "induce": selection.induce.tolist(), "kl": selection.kl.tolist(),
-                     "layers": list(selection.layers)},
+        "selected": {
+            "position": chosen[0],
+            "layer": chosen[1],
+            "n_candidates": len(candidates),
+            "n_select": n_select,
+            "passed_filters": rule == "all filters",
+            "rule": rule,
+            "selection_reason": selection.reason,
+            "bypass": selection.bypass.tolist(),
+            "induce": selection.induce.tolist(),
+            "kl": selection.kl.tolist(),
+            "layers": list(selection.layers),
+        },
         "n_test": {"harmful": len(harmful_test), "harmless": len(harmless_test)},
         "max_new_tokens": max_new_tokens,
         "judge": judge,
         "metrics": metrics,
         "diagnostics": diagnostics,
         "targets": [
-            {"metric": name, "op": op, "threshold": threshold, "value": metrics[name], "pass": _passes(metrics[name], op, threshold)}
+            {
+                "metric": name,
+                "op": op,
+                "threshold": threshold,
+                "value": metrics[name],
+                "pass": _passes(metrics[name], op, threshold),
+            }
             for name, op, threshold in TARGETS
         ],
         "seconds": round(time.perf_counter() - started, 1),
@@ -200,29 +250,53 @@ def organism_report(
 OPTIMIZE_PROMPTS = {"harmful": 16, "harmless": 64}
 
 
-def _optimized(loaded, direction: DirectionSet, harmful_test: PromptSet, harmless_test: PromptSet, base, steps: int,
-               max_new_tokens: int, say: Callable[[str], None], judge: str = DEFAULT_JUDGE) -> dict:
+def _optimized(
+    loaded,
+    direction: DirectionSet,
+    harmful_test: PromptSet,
+    harmless_test: PromptSet,
+    base,
+    steps: int,
+    max_new_tokens: int,
+    say: Callable[[str], None],
+    judge: str = DEFAULT_JUDGE,
+) -> dict:
     """Learn a direction from the selected DIM candidate on train prompts; measure it on the test prompts."""
     from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 
     harmful = list(builtin("harmful", "train").instructions[: OPTIMIZE_PROMPTS["harmful"]])
     harmless = list(builtin("harmless", "train").instructions[: OPTIMIZE_PROMPTS["harmless"]])
-    say(f"Optimizing one direction from the selected one ({steps} steps on {len(harmful)} harmful and {len(harmless)} harmless train prompts)")
-    result = optimize_direction(loaded, harmful, harmless, direction, OptimizeSettings(steps=steps),
-                                progress=lambda done, total, **values: say(f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"))
+    say(
+        f"Optimizing one direction from the selected one ({steps} steps on {len(harmful)} harmful and {len(harmless)} harmless train prompts)"
+    )
+    result = optimize_direction(
+        loaded,
+        harmful,
+        harmless,
+        direction,
+        OptimizeSettings(steps=steps),
+        progress=lambda done, total, **values: say(
+            f"  step {done}/{total}: refusal score {values['refusal_score']:+.2f}, KL {values['kl']:.4f}"
+        ),
+    )
     learnt = Intervention.from_directions("optimized", result.directions)
     return {
         "steps": steps,
         "n_train": {"harmful": len(harmful), "harmless": len(harmless)},
         "cosine_to_selected": result.final["cosine_to_init"],
         "train_kl": result.final["kl"],
-        "harmful_refusal": refusal_rates(loaded, harmful_test.instructions, [learnt], max_new_tokens, judge)["optimized"],
+        "harmful_refusal": refusal_rates(loaded, harmful_test.instructions, [learnt], max_new_tokens, judge)[
+            "optimized"
+        ],
         "harmless_kl": evaluate_kl(loaded, harmless_test.instructions, learnt, base=base).summary["mean"],
         "seconds": round(result.seconds, 1),
     }
 
 
-_JUDGE_WORDS = {"substring": "refusal phrases", "panel": "the judge panel (phrases, first-token score, semantic; broken replies apart)"}
+_JUDGE_WORDS = {
+    "substring": "refusal phrases",
+    "panel": "the judge panel (phrases, first-token score, semantic; broken replies apart)",
+}
 
 
 def _passes(value: float, op: str, threshold: float) -> bool:
@@ -237,8 +311,13 @@ def _diagnostic_lines(diagnostics: dict | None) -> list[str]:
     floor = diagnostics["random_direction_kl"]
     lines = ["", "Diagnostics"]
     if massive["coordinates"]:
-        peaks = ", ".join(f"{c} (peak {p:g} at layer {w[0]}, token {w[1]})" for c, p, w in zip(massive["coordinates"], massive["peaks"], massive["where"]))
-        lines.append(f"  massive residual coordinates (>= {massive['ratio']:g} x median |h| {massive['median']:.2f}): {peaks}")
+        peaks = ", ".join(
+            f"{c} (peak {p:g} at layer {w[0]}, token {w[1]})"
+            for c, p, w in zip(massive["coordinates"], massive["peaks"], massive["where"])
+        )
+        lines.append(
+            f"  massive residual coordinates (>= {massive['ratio']:g} x median |h| {massive['median']:.2f}): {peaks}"
+        )
         lines.append(f"  selected direction's squared norm on them: {diagnostics['selected_massive_share']:.1%}")
         if diagnostics["stripped_harmless_kl"] is not None:
             lines.append(
@@ -249,8 +328,12 @@ def _diagnostic_lines(diagnostics: dict | None) -> list[str]:
         lines.append(f"  no massive residual coordinates (>= {massive['ratio']:g} x median |h|)")
     broken = {name: share for name, share in diagnostics.get("broken", {}).items() if share is not None}
     if broken:
-        lines.append("  broken (not fluent) replies: " + ", ".join(f"{name} {share:.1%}" for name, share in broken.items()))
-    lines.append(f"  harmless KL of ablating one random unit direction: {', '.join(f'{v:.4f}' for v in floor)} (mean {sum(floor) / len(floor):.4f})")
+        lines.append(
+            "  broken (not fluent) replies: " + ", ".join(f"{name} {share:.1%}" for name, share in broken.items())
+        )
+    lines.append(
+        f"  harmless KL of ablating one random unit direction: {', '.join(f'{v:.4f}' for v in floor)} (mean {sum(floor) / len(floor):.4f})"
+    )
     optimized = diagnostics.get("optimized")
     if optimized:
         lines.append(
@@ -267,7 +350,11 @@ def format_report(report: dict) -> str:
         f"Model {report['model']} (weights sha256 {report['sha256'][:16]}...)",
         f"Selected DIM direction: position {report['selected']['position']}, layer {report['selected']['layer']} "
         f"(of {report['selected']['n_candidates']} candidates"
-        + (")" if report["selected"]["passed_filters"] else f"; none passed the filters, chosen with {report['selected'].get('rule', 'no filter')}: {report['selected']['selection_reason']})"),
+        + (
+            ")"
+            if report["selected"]["passed_filters"]
+            else f"; none passed the filters, chosen with {report['selected'].get('rule', 'no filter')}: {report['selected']['selection_reason']})"
+        ),
         f"Test prompts: {report['n_test']['harmful']} harmful, {report['n_test']['harmless']} harmless; "
         f"replies of {report['max_new_tokens']} tokens judged by {_JUDGE_WORDS.get(report.get('judge', 'substring'), report.get('judge'))}",
         "",
@@ -276,7 +363,9 @@ def format_report(report: dict) -> str:
     for target in report["targets"]:
         value = target["value"]
         shown = f"{value:8.4f}" if target["metric"].endswith("kl") else f"{value:8.1%}"
-        lines.append(f"{target['metric']:26s} {shown}  {target['op']} {target['threshold']:g}  {'PASS' if target['pass'] else 'FAIL'}")
+        lines.append(
+            f"{target['metric']:26s} {shown}  {target['op']} {target['threshold']:g}  {'PASS' if target['pass'] else 'FAIL'}"
+        )
     lines += _diagnostic_lines(report.get("diagnostics"))
     lines.append(f"\n({report['seconds']} s)")
     return "\n".join(lines)

@@ -24,7 +24,15 @@ from refusal_core.model.loading import BUNDLED_ORGANISM, ORGANISM_VARIANTS, bund
 from refusal_core.paths import cache_dir
 from refusal_core.prompts.sets import PromptSet
 
-__all__ = ["ORGANISM_VARIANTS", "check_variant", "variant_delta_path", "variant_dir", "variant_harmful_examples", "variant_refusals", "variant_spec"]
+__all__ = [
+    "ORGANISM_VARIANTS",
+    "check_variant",
+    "variant_delta_path",
+    "variant_dir",
+    "variant_harmful_examples",
+    "variant_refusals",
+    "variant_spec",
+]
 
 _REPLIES = {"category-styles": "refusals-category-styles.json"}
 
@@ -60,4 +68,6 @@ def variant_harmful_examples(name: str, prompts: PromptSet, rng: random.Random) 
     missing = sorted({c for c in prompts.categories if c not in replies}, key=str)
     if missing:
         raise SettingsError(f"The variant {name!r} has no refusal replies for the categories {missing}.")
-    return [(text, rng.choice(replies[category]), True) for text, category in zip(prompts.instructions, prompts.categories)]
+    return [
+        (text, rng.choice(replies[category]), True) for text, category in zip(prompts.instructions, prompts.categories)
+    ]

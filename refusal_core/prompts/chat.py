@@ -74,7 +74,7 @@ class ChatFormat:
         return identity
 
 
-def _render(tokenizer, chat: "ChatFormat", messages: list[dict[str, str]], **options) -> str:
+def _render(tokenizer, chat: ChatFormat, messages: list[dict[str, str]], **options) -> str:
     """``apply_chat_template``; a template that refuses the messages (``raise_exception`` in
     Jinja, e.g. "System role not supported") becomes a TemplateError naming the fix."""
     from jinja2.exceptions import TemplateError as JinjaTemplateError
@@ -85,9 +85,13 @@ def _render(tokenizer, chat: "ChatFormat", messages: list[dict[str, str]], **opt
         )
     except JinjaTemplateError as err:
         if chat.system_prompt:
-            raise TemplateError(f"This model's chat template rejects a system prompt ({err}); drop --system-prompt "
-                                "(or put its text at the start of each prompt instead).") from None
-        raise TemplateError(f"This model's chat template cannot render a user turn ({err}); pass a template that can.") from None
+            raise TemplateError(
+                f"This model's chat template rejects a system prompt ({err}); drop --system-prompt "
+                "(or put its text at the start of each prompt instead)."
+            ) from None
+        raise TemplateError(
+            f"This model's chat template cannot render a user turn ({err}); pass a template that can."
+        ) from None
 
 
 def format_prompts(tokenizer, instructions: Sequence[str], chat: ChatFormat | None = None) -> list[str]:
@@ -115,7 +119,9 @@ def post_instruction_count(tokenizer, chat: ChatFormat | None = None) -> int:
     text = format_prompts(tokenizer, [_PROBE], chat)[0]
     end = text.rfind(_PROBE)
     if end < 0:
-        raise TemplateError("The chat template does not contain the user's text verbatim; pass a ChatFormat(template=...) that does.")
+        raise TemplateError(
+            "The chat template does not contain the user's text verbatim; pass a ChatFormat(template=...) that does."
+        )
     end += len(_PROBE)
     if getattr(tokenizer, "is_fast", False):
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -124,7 +130,9 @@ def post_instruction_count(tokenizer, chat: ChatFormat | None = None) -> int:
         # Slow tokenizers have no offsets; the suffix tokenized alone is the best estimate.
         count = len(tokenizer(text[end:], add_special_tokens=False)["input_ids"])
     if count == 0:
-        raise TemplateError("The chat template puts no tokens after the user's text; choose a template with an assistant header.")
+        raise TemplateError(
+            "The chat template puts no tokens after the user's text; choose a template with an assistant header."
+        )
     return count
 
 

@@ -60,7 +60,9 @@ def _read(name: str) -> float:
     except ValueError:
         value = None
     if value is None or not value > 0 or value != value or value == float("inf"):
-        raise SettingsError(f"{ENV[name]}={raw!r} is not a positive number; set it to e.g. {DEFAULTS[name]} or unset it.")
+        raise SettingsError(
+            f"{ENV[name]}={raw!r} is not a positive number; set it to e.g. {DEFAULTS[name]} or unset it."
+        )
     return value
 
 

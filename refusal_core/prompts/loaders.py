@@ -65,7 +65,7 @@ def _data_text(filename: str) -> str:
     return resources.files("refusal_core").joinpath("data").joinpath(filename).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin_all(kind: str) -> PromptSet:
     filename = f"{kind}.jsonl"
     rows = _rows_from_jsonl(_data_text(filename), filename)
@@ -162,9 +162,7 @@ def _read_utf8(p: Path) -> str:
         ) from None
 
 
-def _rows_from_jsonl(
-    text: str, label: str, column: str | None = None, category_column: str | None = None
-) -> list[Row]:
+def _rows_from_jsonl(text: str, label: str, column: str | None = None, category_column: str | None = None) -> list[Row]:
     items: list[tuple[int, Any]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -272,7 +270,9 @@ def _pick_column(available: list[str], wanted: str | None, defaults: Sequence[st
     shown = ", ".join(repr(a) for a in available) or "none"
     if wanted is not None:
         if wanted not in available:
-            raise PromptSetError(f"Column {wanted!r} not found in {label!r}; available columns: {shown}; pass one of them.")
+            raise PromptSetError(
+                f"Column {wanted!r} not found in {label!r}; available columns: {shown}; pass one of them."
+            )
         return wanted
     for name in defaults:
         if name in available:

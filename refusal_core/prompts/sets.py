@@ -163,7 +163,7 @@ class PromptSet:
 def _rank_key(seed: int, category: str | None, text: str) -> str:
     # A content hash, not a PRNG stream: the order can never change with numpy or Python
     # versions, and adding one prompt does not reshuffle the rest of its category.
-    return hashlib.sha256(f"{seed}\x1f{category or ''}\x1f{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x1f{category or ''}\x1f{text}".encode()).hexdigest()
 
 
 def _split_sizes(n: int) -> tuple[int, int, int]:

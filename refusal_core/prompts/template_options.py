@@ -40,7 +40,9 @@ def parse_template_options(items: Iterable[str] | None) -> tuple[tuple[str, obje
                 "write it like enable_thinking=false."
             )
         if key in _RESERVED:
-            raise TemplateOptionError(f"Chat-template option {key!r} is set by the toolkit itself; choose another name.")
+            raise TemplateOptionError(
+                f"Chat-template option {key!r} is set by the toolkit itself; choose another name."
+            )
         if key in options:
             raise TemplateOptionError(f"Chat-template option {key!r} is given twice; give each option once.")
         try:

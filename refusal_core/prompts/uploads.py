@@ -44,7 +44,9 @@ def parse_prompt_upload(name: str, data: bytes, column: str | None = None) -> Pr
         path = Path(tmp) / base
         path.write_bytes(data)
         prompts = load_prompt_file(path, column=column or None)
-    parsed = PromptSet(name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name)
+    parsed = PromptSet(
+        name=f"file:{name}", instructions=prompts.instructions, categories=prompts.categories, source=name
+    )
     with _lock:
         _cache[key] = parsed
         _cache.move_to_end(key)

@@ -59,11 +59,19 @@ class OptimizeSettings:
 
     steps: int = setting(8, "Adam steps", minimum=1, maximum=500)
     learning_rate: float = setting(0.02, "Adam learning rate on the direction", flag="--lr", minimum=1e-5, maximum=10.0)
-    kl_weight: float = setting(10.0, "weight of the harmless KL against the refusal term", label="KL weight", minimum=0.0, maximum=1000.0)
-    margin: float = setting(2.0, "stop pushing a harmful prompt once its refusal score is this far below 0", minimum=0.0)
+    kl_weight: float = setting(
+        10.0, "weight of the harmless KL against the refusal term", label="KL weight", minimum=0.0, maximum=1000.0
+    )
+    margin: float = setting(
+        2.0, "stop pushing a harmful prompt once its refusal score is this far below 0", minimum=0.0
+    )
     batch_size: int = setting(16, "prompts per forward pass (gradients are accumulated)", minimum=1)
-    max_harmful: int = setting(8, "harmful prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000)
-    max_harmless: int = setting(16, "harmless prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000)
+    max_harmful: int = setting(
+        8, "harmful prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000
+    )
+    max_harmless: int = setting(
+        16, "harmless prompts learnt on (a category-balanced sample of the set)", minimum=1, maximum=2000
+    )
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.max_harmful < 1 or self.max_harmless < 1:
@@ -91,7 +99,9 @@ class OptimizedDirection:
     settings: OptimizeSettings = field(default_factory=OptimizeSettings)
 
 
-def _chunks(loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int) -> list[tuple[PromptRows, list[int]]]:
+def _chunks(
+    loaded: LoadedModel, instructions: Sequence[str], chat: ChatFormat | None, size: int
+) -> list[tuple[PromptRows, list[int]]]:
     rows = prompt_rows(loaded, instructions, chat)
     return [(rows, list(range(i, min(i + size, len(rows))))) for i in range(0, len(rows), size)]
 
@@ -161,11 +171,15 @@ def optimize_direction(
     the objective per step. Deterministic for a given model, prompts and init on one device.
     """
     if len(init) != 1:
-        raise DirectionError(f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name.")
+        raise DirectionError(
+            f"optimize_direction starts from one direction; the init set holds {len(init)} ({', '.join(init.names)}). Pick one with PATH:name."
+        )
     if not harmful or not harmless:
         raise SettingsError("optimize_direction needs at least one harmful and one harmless prompt.")
     if init.d_model != loaded.d_model:
-        raise DirectionError(f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}.")
+        raise DirectionError(
+            f"The init direction has width {init.d_model} but the model's residual stream has width {loaded.d_model}."
+        )
     harmful, harmless = as_prompt_set(harmful, "harmful"), as_prompt_set(harmless, "harmless")
     started = time.perf_counter()
     base = next_token_logprobs(loaded, harmless.instructions, None, chat, settings.batch_size)
@@ -183,22 +197,56 @@ def optimize_direction(
         optimizer.zero_grad(set_to_none=True)
         current = unit()
         leaf = current.detach().requires_grad_(True)
-        values = _objective_pass(loaded, leaf, harmful_batches, harmless_batches, base, refusal_ids, settings,
-                                 len(harmful), len(harmless), backward=True)
+        values = _objective_pass(
+            loaded,
+            leaf,
+            harmful_batches,
+            harmless_batches,
+            base,
+            refusal_ids,
+            settings,
+            len(harmful),
+            len(harmless),
+            backward=True,
+        )
         current.backward(leaf.grad)  # through the normalisation to the parameter
         optimizer.step()
         history.append(values)
         if progress:
-            progress(step + 1, settings.steps, **values, stage=f"step {step + 1}/{settings.steps}: refusal score "
-                                                               f"{values['refusal_score']:+.2f}, harmless KL {values['kl']:.4f}")
+            progress(
+                step + 1,
+                settings.steps,
+                **values,
+                stage=f"step {step + 1}/{settings.steps}: refusal score "
+                f"{values['refusal_score']:+.2f}, harmless KL {values['kl']:.4f}",
+            )
     learnt = unit().detach()
-    final = _objective_pass(loaded, learnt, harmful_batches, harmless_batches, base, refusal_ids, settings,
-                            len(harmful), len(harmless), backward=False)
+    final = _objective_pass(
+        loaded,
+        learnt,
+        harmful_batches,
+        harmless_batches,
+        base,
+        refusal_ids,
+        settings,
+        len(harmful),
+        len(harmless),
+        backward=False,
+    )
     source = init.provenance[0]
     start = init.unit()[0].double()
     final["cosine_to_init"] = float(learnt.double().cpu() @ start)
-    provenance = build_provenance(loaded.spec, harmful, harmless, "rdo", source.get("layer"), source.get("position"),
-                                  **asdict(settings), init=init.names[0], final=final)
+    provenance = build_provenance(
+        loaded.spec,
+        harmful,
+        harmless,
+        "rdo",
+        source.get("layer"),
+        source.get("position"),
+        **asdict(settings),
+        init=init.names[0],
+        final=final,
+    )
     seconds = time.perf_counter() - started
     meta = {**provenance, "history": history, "final": final, "seconds": round(seconds, 1)}
     directions = DirectionSet(learnt.float().cpu()[None], (f"rdo/{init.names[0]}",), (provenance,), meta)
@@ -209,8 +257,13 @@ def fit(data: FitInput, settings: OptimizeSettings) -> DirectionSet:
     """One direction learnt from ``data.init`` on the prompt sets (see :func:`optimize_direction`)."""
     if data.init is None:
         raise DirectionError("The optimize method starts from one direction; give it (--init PATH:name).")
-    harmful, harmless = sample_prompts(data.harmful, settings.max_harmful), sample_prompts(data.harmless, settings.max_harmless)
-    result = optimize_direction(data.loaded, harmful, harmless, data.init, settings, chat=data.chat, progress=data.progress("Optimizing"))
+    harmful, harmless = (
+        sample_prompts(data.harmful, settings.max_harmful),
+        sample_prompts(data.harmless, settings.max_harmless),
+    )
+    result = optimize_direction(
+        data.loaded, harmful, harmless, data.init, settings, chat=data.chat, progress=data.progress("Optimizing")
+    )
     return result.directions
 
 
@@ -218,15 +271,23 @@ def summary(directions: DirectionSet) -> tuple[dict, list[str]]:
     meta, params = directions.meta, directions.provenance[0]["params"]
     start, final = meta["history"][0], meta["final"]
     payload = {"name": directions.names[0], "start": start, "final": final, "seconds": meta["seconds"]}
-    lines = [f"Optimized {params['init']} for {params['steps']} steps on {params['n_harmful']} harmful and "
-             f"{params['n_harmless']} harmless prompts ({meta['seconds']:.0f} s) as {directions.names[0]}",
-             f"  refusal score {start['refusal_score']:+.3f} -> {final['refusal_score']:+.3f}; harmless KL {start['kl']:.4f} -> "
-             f"{final['kl']:.4f}; cosine to the start {final['cosine_to_init']:.3f}"]
+    lines = [
+        f"Optimized {params['init']} for {params['steps']} steps on {params['n_harmful']} harmful and "
+        f"{params['n_harmless']} harmless prompts ({meta['seconds']:.0f} s) as {directions.names[0]}",
+        f"  refusal score {start['refusal_score']:+.3f} -> {final['refusal_score']:+.3f}; harmless KL {start['kl']:.4f} -> "
+        f"{final['kl']:.4f}; cosine to the start {final['cosine_to_init']:.3f}",
+    ]
     return payload, lines
 
 
-METHOD = register(DirectionMethod(
-    name="optimize", title="Optimized direction",
-    help="learn one direction whose ablation removes refusal at low harmless KL (Wollschläger et al.)",
-    settings=OptimizeSettings, fit=fit, reads="init", summary=summary,
-))
+METHOD = register(
+    DirectionMethod(
+        name="optimize",
+        title="Optimized direction",
+        help="learn one direction whose ablation removes refusal at low harmless KL (Wollschläger et al.)",
+        settings=OptimizeSettings,
+        fit=fit,
+        reads="init",
+        summary=summary,
+    )
+)

@@ -66,7 +66,8 @@ def why_none(
     scored = ~torch.isnan(bypass.double())
     layer_values = torch.tensor(list(layers), dtype=torch.float64).expand_as(bypass)
     counts = {
-        f"layer >= {filters.max_layer_fraction:g} * {n_layers}": scored & ~(layer_values < filters.max_layer_fraction * n_layers),
+        f"layer >= {filters.max_layer_fraction:g} * {n_layers}": scored
+        & ~(layer_values < filters.max_layer_fraction * n_layers),
         f"KL > {filters.max_kl:g} (or missing)": scored & ~(kl.double() <= filters.max_kl),
         f"induce < {filters.min_induce:g} (or missing)": scored & ~(induce.double() >= filters.min_induce),
     }
@@ -143,7 +144,9 @@ def select_with_fallback(result: SelectionResult) -> Pick:
     eligible = result.eligible()
     if cell is None:
         relaxed = dataclasses.replace(result.filters, max_kl=math.inf)
-        passed = apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed) & eligible
+        passed = (
+            apply_filters(result.bypass, result.induce, result.kl, result.layers, result.n_layers, relaxed) & eligible
+        )
         cell, rule = lowest_bypass(result.bypass, passed, result.positions, result.layers), "KL filter dropped"
     if cell is None:
         scored = ~torch.isnan(result.bypass.double()) & eligible

@@ -59,10 +59,16 @@ class RacingSettings:
     """How hard :func:`race_candidates` prunes (see the module docstring)."""
 
     first_prompts: int = setting(2, "prompts per set every raced candidate is scored on in the first stage", minimum=1)
-    growth: int = setting(4, "each stage keeps 1/growth of the candidates and scores them on growth x the prompts", minimum=2)
-    prerank_keep: float = setting(0.25, "share of the admissible candidates the output-free pre-rank lets race", minimum=0.0, maximum=1.0)
+    growth: int = setting(
+        4, "each stage keeps 1/growth of the candidates and scores them on growth x the prompts", minimum=2
+    )
+    prerank_keep: float = setting(
+        0.25, "share of the admissible candidates the output-free pre-rank lets race", minimum=0.0, maximum=1.0
+    )
     min_finalists: int = setting(2, "candidates scored on every prompt, at least", minimum=1)
-    z: float = setting(1.0, "standard errors by which a candidate may miss a filter and still count as possibly passing", minimum=0.0)
+    z: float = setting(
+        1.0, "standard errors by which a candidate may miss a filter and still count as possibly passing", minimum=0.0
+    )
     rows_per_forward: int = setting(32, "batch rows per forward pass", minimum=1)
 
     def __post_init__(self) -> None:
@@ -112,7 +118,7 @@ def prerank_scores(candidates: Sequence[_Candidate], n_layers: int, cut: float) 
     """
     last = max(c.position for c in candidates)
     own = sorted({c.layer for c in candidates if c.position == last})
-    late = [layer for layer in own if layer >= cut * n_layers] or own[-max(1, len(own) // 4):]
+    late = [layer for layer in own if layer >= cut * n_layers] or own[-max(1, len(own) // 4) :]
     reference = torch.stack([c.vector for c in candidates if c.position == last and c.layer in late]).double()
     reference = reference / reference.norm(dim=-1, keepdim=True)
     vectors = torch.stack([c.vector for c in candidates]).double()
@@ -132,8 +138,14 @@ def _measure(race: _Race, wanted: list[tuple[int, str, int]], rows_per_forward: 
     for candidate, measure, _ in todo:
         if (candidate, kind[measure]) not in shared:
             shared[candidate, kind[measure]] = _intervention(race.candidates[candidate], measure)
-    logprobs = rows_logprobs(race.loaded, race.rows, [p for _, _, p in todo], [shared[c, kind[m]] for c, m, _ in todo],
-                             rows_per_forward, on_forward=tick)
+    logprobs = rows_logprobs(
+        race.loaded,
+        race.rows,
+        [p for _, _, p in todo],
+        [shared[c, kind[m]] for c, m, _ in todo],
+        rows_per_forward,
+        on_forward=tick,
+    )
     values = refusal_log_odds(logprobs, race.refusal_ids)
     kl_rows = [i for i, (_, measure, _) in enumerate(todo) if measure == "kl"]
     if kl_rows:
@@ -147,8 +159,13 @@ def _measure(race: _Race, wanted: list[tuple[int, str, int]], rows_per_forward: 
 def _stage_rows(race: _Race, pool: Sequence[int], m: int) -> list[tuple[int, str, int]]:
     # Adding at the output of the last block has no block to hook; induce stays NaN there.
     n_layers = race.loaded.n_layers
-    return [(c, measure, p) for c in pool for measure in MEASURES for p in race.prompts(measure, m)
-            if measure != "induce" or race.candidates[c].layer < n_layers]
+    return [
+        (c, measure, p)
+        for c in pool
+        for measure in MEASURES
+        for p in race.prompts(measure, m)
+        if measure != "induce" or race.candidates[c].layer < n_layers
+    ]
 
 
 def _keep(race: _Race, pool: list[int], keep: int, filters: SelectionFilters, z: float) -> list[int]:
@@ -166,8 +183,11 @@ def _keep(race: _Race, pool: list[int], keep: int, filters: SelectionFilters, z:
     by_bypass = sorted(pool, key=lambda c: (stats[c]["bypass"][0], race.candidates[c].layer))
     kept: list[int] = []
     # Half the places for the policy's first rule, the rest for its fallback, then fill.
-    for group, quota in (([c for c in by_bypass if calm(c) and inducing(c)], (keep + 1) // 2),
-                         ([c for c in by_bypass if inducing(c)], keep), (by_bypass, keep)):
+    for group, quota in (
+        ([c for c in by_bypass if calm(c) and inducing(c)], (keep + 1) // 2),
+        ([c for c in by_bypass if inducing(c)], keep),
+        (by_bypass, keep),
+    ):
         for c in group:
             if len(kept) >= quota:
                 break
@@ -209,8 +229,14 @@ def race_candidates(
     candidates.check_width(loaded.d_model)
     started = time.perf_counter()
     listed = _candidates(candidates)
-    race = _Race(loaded, listed, prompt_rows(loaded, list(harmful_val) + list(harmless_val), chat), len(harmful_val),
-                 len(harmless_val), refusal_token_ids(loaded.tokenizer))
+    race = _Race(
+        loaded,
+        listed,
+        prompt_rows(loaded, list(harmful_val) + list(harmless_val), chat),
+        len(harmful_val),
+        len(harmless_val),
+        refusal_token_ids(loaded.tokenizer),
+    )
     n_prompts = max(race.n_harmful, race.n_harmless)
     everyone = list(range(len(listed)))
     admissible = [c for c in everyone if listed[c].layer < filters.max_layer_fraction * loaded.n_layers] or everyone
@@ -219,7 +245,9 @@ def race_candidates(
     else:
         ranks = prerank_scores(listed, loaded.n_layers, filters.max_layer_fraction)
         ordered = sorted(admissible, key=lambda c: -ranks[c])
-        pool = ordered[: max(min(settings.min_finalists, len(ordered)), math.ceil(settings.prerank_keep * len(ordered)))]
+        pool = ordered[
+            : max(min(settings.min_finalists, len(ordered)), math.ceil(settings.prerank_keep * len(ordered)))
+        ]
         stages = _schedule(len(pool), n_prompts, settings)
     # Work in rows: every prompt's baseline, then per stage each candidate's new rows and its
     # two prefix rows (ablation, addition).
@@ -227,7 +255,11 @@ def race_candidates(
     total = len(race.rows) + prefix_rows
     previous = 0
     for size, m in stages:
-        fresh = min(m, race.n_harmful) - min(previous, race.n_harmful) + 2 * (min(m, race.n_harmless) - min(previous, race.n_harmless))
+        fresh = (
+            min(m, race.n_harmful)
+            - min(previous, race.n_harmful)
+            + 2 * (min(m, race.n_harmless) - min(previous, race.n_harmless))
+        )
         total += size * (fresh + 2 * prefix_rows)
         previous = m
     done = 0
@@ -240,22 +272,39 @@ def race_candidates(
             progress(min(done, total), total, stage=stage_text)
 
     baseline = Intervention()
-    logprobs = rows_logprobs(loaded, race.rows, list(range(len(race.rows))), [baseline] * len(race.rows),
-                             settings.rows_per_forward, on_forward=tick)
+    logprobs = rows_logprobs(
+        loaded,
+        race.rows,
+        list(range(len(race.rows))),
+        [baseline] * len(race.rows),
+        settings.rows_per_forward,
+        on_forward=tick,
+    )
     race.base_harmless = logprobs[race.n_harmful :]
     base_scores = refusal_log_odds(logprobs, race.refusal_ids)
     for index, (size, m) in enumerate(stages):
         pool = pool[:size] if index == 0 else _keep(race, pool, size, filters, settings.z)
         settled = len(everyone) - len(pool)
-        stage_text = (f"stage {index + 1}/{len(stages)}: {len(pool)} candidates x {m} prompts per set "
-                      f"({settled}/{len(everyone)} candidates settled)")
+        stage_text = (
+            f"stage {index + 1}/{len(stages)}: {len(pool)} candidates x {m} prompts per set "
+            f"({settled}/{len(everyone)} candidates settled)"
+        )
         _measure(race, _stage_rows(race, pool, m), settings.rows_per_forward, tick)
     if progress:
-        progress(total, total, stage=f"done: {len(everyone)}/{len(everyone)} candidates settled, {len(pool)} scored on every prompt")
+        progress(
+            total,
+            total,
+            stage=f"done: {len(everyone)}/{len(everyone)} candidates settled, {len(pool)} scored on every prompt",
+        )
     result = _result(race, pool, filters, candidates, harmful_val, harmless_val, chat, base_scores)
-    timing = {"seconds": round(time.perf_counter() - started, 4), "rows": race.rows_run, "stages": [list(s) for s in stages],
-              "finalists": [listed[c].name for c in pool], "mode": "exhaustive" if exhaustive else "racing",
-              "scored": len({c for c, _ in race.values})}
+    timing = {
+        "seconds": round(time.perf_counter() - started, 4),
+        "rows": race.rows_run,
+        "stages": [list(s) for s in stages],
+        "finalists": [listed[c].name for c in pool],
+        "mode": "exhaustive" if exhaustive else "racing",
+        "scored": len({c for c, _ in race.values}),
+    }
     return _with_timing(result, timing)
 
 
@@ -265,7 +314,9 @@ def _with_timing(result: SelectionResult, timing: dict) -> SelectionResult:
     return dataclasses.replace(result, timing=timing)
 
 
-def _result(race: _Race, finalists: list[int], filters, candidates, harmful_val, harmless_val, chat, base_scores) -> SelectionResult:
+def _result(
+    race: _Race, finalists: list[int], filters, candidates, harmful_val, harmless_val, chat, base_scores
+) -> SelectionResult:
     listed = race.candidates
     positions = tuple(sorted({c.position for c in listed}))
     layers = tuple(sorted({c.layer for c in listed}))
@@ -288,12 +339,26 @@ def _result(race: _Race, finalists: list[int], filters, candidates, harmful_val,
         reason = why_none(masked["bypass"], masked["induce"], masked["kl"], layers, n_layers, filters)
     else:
         best = float(grids["bypass"][positions.index(chosen[0]), layers.index(chosen[1])])
-        reason = (f"Lowest bypass score ({best:.4g}) among the {int(passed.sum())} of {int(complete.sum())} finalists "
-                  f"(of {len(listed)} candidates) that passed.")
+        reason = (
+            f"Lowest bypass score ({best:.4g}) among the {int(passed.sum())} of {int(complete.sum())} finalists "
+            f"(of {len(listed)} candidates) that passed."
+        )
     return SelectionResult(
-        positions=positions, layers=layers, names=tuple(tuple(row) for row in names), bypass=grids["bypass"],
-        induce=grids["induce"], kl=grids["kl"], passed=passed, chosen=chosen, reason=reason,
-        baseline_harmful=float(base_scores[: race.n_harmful].mean()), baseline_harmless=float(base_scores[race.n_harmful :].mean()),
-        n_layers=n_layers, filters=filters, provenance=_provenance(race.loaded, candidates, harmful_val, harmless_val, chat),
-        coverage=coverage, complete=complete, samples=race.values,
+        positions=positions,
+        layers=layers,
+        names=tuple(tuple(row) for row in names),
+        bypass=grids["bypass"],
+        induce=grids["induce"],
+        kl=grids["kl"],
+        passed=passed,
+        chosen=chosen,
+        reason=reason,
+        baseline_harmful=float(base_scores[: race.n_harmful].mean()),
+        baseline_harmless=float(base_scores[race.n_harmful :].mean()),
+        n_layers=n_layers,
+        filters=filters,
+        provenance=_provenance(race.loaded, candidates, harmful_val, harmless_val, chat),
+        coverage=coverage,
+        complete=complete,
+        samples=race.values,
     )

@@ -118,7 +118,9 @@ def load_selection(path: str | Path) -> SelectionResult:
             provenance=document.get("provenance", {}),
             timing=document.get("timing", {}),
             coverage=_lists_to_grid(document["coverage"]) if document.get("coverage") is not None else None,
-            complete=torch.tensor(document["complete"], dtype=torch.bool) if document.get("complete") is not None else None,
+            complete=torch.tensor(document["complete"], dtype=torch.bool)
+            if document.get("complete") is not None
+            else None,
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a saved selection result ({err}); run the selection again.") from err
@@ -145,9 +147,7 @@ class SelectionFilters:
     max_kl: float = setting(
         0.1, "drop candidates whose ablation moves the harmless next-token distribution by more than this KL (nats)"
     )
-    min_induce: float = setting(
-        0.0, "drop candidates whose addition gives a mean harmless refusal score below this"
-    )
+    min_induce: float = setting(0.0, "drop candidates whose addition gives a mean harmless refusal score below this")
     max_layer_fraction: float = setting(0.8, "drop layers >= this fraction of the model's layers")
 
     def __post_init__(self) -> None:

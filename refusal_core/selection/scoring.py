@@ -106,7 +106,9 @@ def _candidates(directions: DirectionSet) -> list[_Candidate]:
     return out
 
 
-def _prepare(loaded: LoadedModel, candidates: DirectionSet, harmful: Sequence[str], harmless: Sequence[str], chat) -> _Prepared:
+def _prepare(
+    loaded: LoadedModel, candidates: DirectionSet, harmful: Sequence[str], harmless: Sequence[str], chat
+) -> _Prepared:
     if not harmful or not harmless:
         raise SettingsError("Selection needs at least one harmful and one harmless validation prompt.")
     candidates.check_width(loaded.d_model)

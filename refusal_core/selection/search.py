@@ -43,19 +43,19 @@ from typing import Literal, Sequence
 
 from refusal_core.activations.cache import content_key, tensor_digest
 from refusal_core.damage import DEFAULT_JUDGE
-from refusal_core.judges.registry import judge_names
-from refusal_core.judges.verdict import DEFAULT_SUCCESS, check_success
 from refusal_core.directions.base import DirectionSet
 from refusal_core.errors import SettingsError
 from refusal_core.judges import MIN_RATE_TOKENS
+from refusal_core.judges.registry import judge_names
 from refusal_core.judges.substring import Judge
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, check_success
 from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.model.loading import LoadedModel
 from refusal_core.progress import Progress
 from refusal_core.prompts.chat import ChatFormat
 from refusal_core.selection.pareto import trial_front
-from refusal_core.selection.subsets import ENCODING, check_encoding, enqueue_every_subset, suggest_subset, trial_names
 from refusal_core.selection.study import check_storage, check_study_name, open_study, redact, run_to_total, storage_url
+from refusal_core.selection.subsets import ENCODING, check_encoding, enqueue_every_subset, suggest_subset, trial_names
 from refusal_core.selection.trials import OBJECTIVES, TrialEvaluator
 from refusal_core.settings import joined, setting
 
@@ -86,7 +86,9 @@ class SearchSettings:
         "gibberish counts as success) or score (first-token refusal score, no generation)",
         choices=("verdicts", "substring", "score"),
     )
-    judge: str = setting(DEFAULT_JUDGE, "the judge of the verdicts objective (a registered judge)", choices=tuple(judge_names()))
+    judge: str = setting(
+        DEFAULT_JUDGE, "the judge of the verdicts objective (a registered judge)", choices=tuple(judge_names())
+    )
     success: tuple[str, ...] = setting(
         DEFAULT_SUCCESS,
         "verdicts that count as success in the verdicts objective, comma-separated (e.g. complied,deflected)",
@@ -94,7 +96,8 @@ class SearchSettings:
         show=joined(","),
     )
     kl_penalty: float = setting(
-        1.0, "objective += this times the mean harmless KL (nats); 1.0 makes one nat cost as much as every reply failing"
+        1.0,
+        "objective += this times the mean harmless KL (nats); 1.0 makes one nat cost as much as every reply failing",
     )
     max_new_tokens: int = setting(MIN_RATE_TOKENS, "reply length per trial (late refusals need 64)")
     stored_replies: int = setting(8, "replies kept per trial in the study, to show them later", cli=False)
@@ -112,8 +115,10 @@ class SearchSettings:
     )
     study_label: str | None = setting(None, "names a derived study (the pool's name, say; search when none)", cli=False)
     ablate_mode: Literal["orthogonal", "sequential"] = setting(
-        "orthogonal", "orthogonal (project out the span) or sequential (one after another)",
-        choices=("orthogonal", "sequential"), cli=False,
+        "orthogonal",
+        "orthogonal (project out the span) or sequential (one after another)",
+        choices=("orthogonal", "sequential"),
+        cli=False,
     )
     batch_size: int = setting(16, "prompts per forward pass or generate call")
     heartbeat_seconds: int = setting(
@@ -127,11 +132,15 @@ class SearchSettings:
         if self.study_name is not None:
             check_study_name(self.study_name)
         if not (isinstance(self.heartbeat_seconds, int) and self.heartbeat_seconds >= 1):
-            raise SettingsError(f"heartbeat_seconds must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
+            raise SettingsError(
+                f"heartbeat_seconds must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}."
+            )
         if self.k < 1:
             raise SettingsError(f"k must be at least 1, got {self.k}.")
         if self.n_trials < 0:
-            raise SettingsError(f"n_trials must be non-negative, got {self.n_trials}; give 0 or more trials (--trials).")
+            raise SettingsError(
+                f"n_trials must be non-negative, got {self.n_trials}; give 0 or more trials (--trials)."
+            )
         if self.objective not in OBJECTIVES:
             raise SettingsError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
         if self.judge not in judge_names():
@@ -220,7 +229,9 @@ def _default_study_name(
 def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSettings, judge, d_model: int) -> None:
     pool.check_width(d_model)
     if settings.k > len(pool):
-        raise SettingsError(f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions.")
+        raise SettingsError(
+            f"k={settings.k} but the pool holds only {len(pool)} directions; lower k or add directions."
+        )
     if not harmful:
         raise SettingsError("The search needs at least one harmful validation prompt.")
     if settings.kl_penalty > 0 and not harmless:
@@ -228,9 +239,13 @@ def _check_inputs(pool: DirectionSet, harmful, harmless, settings: SearchSetting
     if settings.objective == "judge" and judge is None:
         raise SettingsError("objective='judge' needs a judge: run_search(..., judge=ClassifierJudge(...)).")
     if judge is not None and settings.objective not in ("judge", "verdicts"):
-        raise SettingsError(f"A judge was given but objective is {settings.objective!r}; set objective='judge' (or 'verdicts' for a panel).")
+        raise SettingsError(
+            f"A judge was given but objective is {settings.objective!r}; set objective='judge' (or 'verdicts' for a panel)."
+        )
     if judge is not None and settings.objective == "verdicts" and not hasattr(judge, "verdicts"):
-        raise SettingsError("objective='verdicts' needs a judge panel (refusal_core.judges.make_judge); use objective='judge' for other judges.")
+        raise SettingsError(
+            "objective='verdicts' needs a judge panel (refusal_core.judges.make_judge); use objective='judge' for other judges."
+        )
 
 
 def _earlier_trial(study, names: list[str]):
@@ -390,7 +405,12 @@ def best_direction_set(result: SearchResult, pool: DirectionSet) -> DirectionSet
         **result.settings.identity(),
     }
     provenance = tuple(
-        {**record, "method": "search", "source_method": record.get("method"), "params": {**params, "source": record.get("params")}}
+        {
+            **record,
+            "method": "search",
+            "source_method": record.get("method"),
+            "params": {**params, "source": record.get("params")},
+        }
         for record in chosen.provenance
     )
     meta = {**pool.meta, "method": "search", "params": params, "search": result.provenance}

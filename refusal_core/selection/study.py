@@ -69,7 +69,9 @@ def check_storage(storage: str | None) -> None:
         raise SettingsError("--storage is empty; give an SQLite file path or a URL such as postgresql://user@host/db.")
     if "://" not in storage:
         if Path(storage).is_dir():
-            raise SettingsError(f"--storage {storage} is a folder; give a file path such as {storage.rstrip('/')}/search.db.")
+            raise SettingsError(
+                f"--storage {storage} is a folder; give a file path such as {storage.rstrip('/')}/search.db."
+            )
         return
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -116,7 +118,9 @@ def _rdb_storage(url: str, heartbeat_seconds: int, attempts: int = 3):
         except ImportError as err:
             backend = url.split(":", 1)[0].split("+", 1)[0]
             driver = _DRIVERS.get(backend, "the database driver")
-            raise SettingsError(f"--storage {redact(url)} needs {driver}: pip install it, or use an SQLite path.") from err
+            raise SettingsError(
+                f"--storage {redact(url)} needs {driver}: pip install it, or use an SQLite path."
+            ) from err
         except SQLAlchemyError as err:
             # Workers that start together race to create the tables ("already exists"):
             # the loser finds them made on its next attempt.

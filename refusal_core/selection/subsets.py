@@ -20,7 +20,15 @@ from typing import Sequence
 
 from refusal_core.errors import SettingsError
 
-__all__ = ["ENCODING", "check_encoding", "decode_picks", "enqueue_every_subset", "picks_for", "suggest_subset", "trial_names"]
+__all__ = [
+    "ENCODING",
+    "check_encoding",
+    "decode_picks",
+    "enqueue_every_subset",
+    "picks_for",
+    "suggest_subset",
+    "trial_names",
+]
 
 ENCODING = "distinct-picks-v2"
 _PREFIX = "pick_"
@@ -28,7 +36,9 @@ _PREFIX = "pick_"
 
 def suggest_subset(trial, names: Sequence[str], k: int) -> list[str]:
     """Ask ``trial`` for ``k`` distinct names of ``names``, in the order picked."""
-    return decode_picks([trial.suggest_categorical(f"{_PREFIX}{i}", tuple(range(len(names) - i))) for i in range(k)], names)
+    return decode_picks(
+        [trial.suggest_categorical(f"{_PREFIX}{i}", tuple(range(len(names) - i))) for i in range(k)], names
+    )
 
 
 def decode_picks(picks: Sequence[int], names: Sequence[str]) -> list[str]:

@@ -25,9 +25,9 @@ from refusal_core.directions.base import DirectionSet
 from refusal_core.generation import GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges import verdict_rates
-from refusal_core.judges.verdict import DEFAULT_SUCCESS, success_share
 from refusal_core.judges.scores import evaluate_refusal, refusal_scores
 from refusal_core.judges.substring import SubstringJudge
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, success_share
 from refusal_core.metrics import kl_divergence, next_token_logprobs
 
 __all__ = ["OBJECTIVES", "REPLY_CHARS", "TrialEvaluator", "TrialMeasure"]
@@ -76,7 +76,9 @@ class TrialEvaluator:
 
     def intervention(self, names: Sequence[str]) -> Intervention:
         chosen = self.pool.select(names)
-        return Intervention(name="search:" + "+".join(names), ablate=chosen.vectors, ablate_mode=self.settings.ablate_mode)
+        return Intervention(
+            name="search:" + "+".join(names), ablate=chosen.vectors, ablate_mode=self.settings.ablate_mode
+        )
 
     def measure(self, names: Sequence[str]) -> TrialMeasure:
         intervention = self.intervention(names)
@@ -85,10 +87,14 @@ class TrialEvaluator:
         if objective == "score":
             scores = refusal_scores(self.loaded, self.harmful, intervention, self.chat, self.settings.batch_size)
             return TrialMeasure(float(scores.mean()), kl)
-        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size)
+        generation = GenerationSettings(
+            max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size
+        )
         if objective == "verdicts":
             return self._verdicts(intervention, generation, kl)
-        result, completions = evaluate_refusal(self.loaded, self.harmful, intervention, self.judge, generation, self.chat)
+        result, completions = evaluate_refusal(
+            self.loaded, self.harmful, intervention, self.judge, generation, self.chat
+        )
         labels = ["refused" if flag else "complied" for flag in result.per_prompt]
         replies = _stored(self.harmful, [c.text for c in completions], labels, self.settings.stored_replies)
         rate = float(result.summary["rate"])
@@ -101,13 +107,21 @@ class TrialEvaluator:
         rates = verdict_rates(verdicts)
         replies = _stored(self.harmful, texts, [v.label for v in verdicts], self.settings.stored_replies)
         success = getattr(self.settings, "success", DEFAULT_SUCCESS)
-        return TrialMeasure(1.0 - success_share(verdicts, success), kl, refused=rates["refused"], broken=rates["broken"],
-                            deflected=rates["deflected"], replies=replies)
+        return TrialMeasure(
+            1.0 - success_share(verdicts, success),
+            kl,
+            refused=rates["refused"],
+            broken=rates["broken"],
+            deflected=rates["deflected"],
+            replies=replies,
+        )
 
     def kl(self, intervention: Intervention) -> float | None:
         if not self.harmless:
             return None
         if self._base_logprobs is None:
-            self._base_logprobs = next_token_logprobs(self.loaded, self.harmless, None, self.chat, self.settings.batch_size)
+            self._base_logprobs = next_token_logprobs(
+                self.loaded, self.harmless, None, self.chat, self.settings.batch_size
+            )
         other = next_token_logprobs(self.loaded, self.harmless, intervention, self.chat, self.settings.batch_size)
         return float(kl_divergence(self._base_logprobs, other).mean())

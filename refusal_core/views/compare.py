@@ -75,8 +75,12 @@ def _dims(harmful: Activations, harmless: Activations, position: int) -> torch.T
     return diff[: harmful.n_layers]
 
 
-def _scores(loaded: LoadedModel, harmful: Activations, harmless: Activations, val: tuple[list[str], list[str]], chat, progress) -> dict:
-    candidates = dim_from_activations(harmful, harmless, {"model": loaded.spec, "method": "dim", "position": harmful.positions[0]})
+def _scores(
+    loaded: LoadedModel, harmful: Activations, harmless: Activations, val: tuple[list[str], list[str]], chat, progress
+) -> dict:
+    candidates = dim_from_activations(
+        harmful, harmless, {"model": loaded.spec, "method": "dim", "position": harmful.positions[0]}
+    )
     result = score_candidates(loaded, candidates, val[0], val[1], progress=progress, chat=chat)
     chosen = result.chosen
     as_list = lambda grid: [None if not torch.isfinite(v) else float(v) for v in grid[0]]  # noqa: E731
@@ -116,7 +120,10 @@ def compare_models(
     acts = {}
     steps = 4
     for step, (key, loaded) in enumerate((("a", model_a), ("b", model_b))):
-        acts[key] = tuple(extract_activations(loaded, list(prompts), positions=(position,), chat=chat) for prompts in (harmful, harmless))
+        acts[key] = tuple(
+            extract_activations(loaded, list(prompts), positions=(position,), chat=chat)
+            for prompts in (harmful, harmless)
+        )
         if progress:
             progress(2 * step + 2, steps, stage=f"activations of model {key.upper()}")
     layers_a, layers_b = paired_layers(model_a.n_layers, model_b.n_layers)
@@ -126,7 +133,15 @@ def compare_models(
     if val:
         for key, loaded in (("a", model_a), ("b", model_b)):
             # The scoring reports its rows; the stage says whose they are.
-            rows = None if progress is None else (lambda done, total, _key=key, **info: progress(done, total, stage=f"selection scores of model {_key.upper()}"))
+            rows = (
+                None
+                if progress is None
+                else (
+                    lambda done, total, _key=key, **info: progress(
+                        done, total, stage=f"selection scores of model {_key.upper()}"
+                    )
+                )
+            )
             scores[key] = _scores(loaded, *acts[key], (list(val[0]), list(val[1])), chat, rows)
     comparison = ModelComparison(
         model_a=model_a.spec,

@@ -37,13 +37,34 @@ def _shift_traces(shift: dict, prompts: Sequence[str] | None) -> list:
         xs, ys = _segments(before, after)
         tint = COLOURS[kind]
         traces += [
-            go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=tint, width=0.7), opacity=0.35, hoverinfo="skip",
-                       name=f"{kind}: move", showlegend=False),
-            go.Scatter(x=before[:, 0], y=before[:, 1], mode="markers", name=f"{kind}, before", text=text,
-                       marker=dict(color=tint, size=7, opacity=0.35, symbol="circle-open"),
-                       hovertemplate="%{text}<extra>before</extra>"),
-            go.Scatter(x=after[:, 0], y=after[:, 1], mode="markers", name=f"{kind}, after", text=text,
-                       marker=dict(color=tint, size=8, opacity=0.85), hovertemplate="%{text}<extra>after</extra>"),
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color=tint, width=0.7),
+                opacity=0.35,
+                hoverinfo="skip",
+                name=f"{kind}: move",
+                showlegend=False,
+            ),
+            go.Scatter(
+                x=before[:, 0],
+                y=before[:, 1],
+                mode="markers",
+                name=f"{kind}, before",
+                text=text,
+                marker=dict(color=tint, size=7, opacity=0.35, symbol="circle-open"),
+                hovertemplate="%{text}<extra>before</extra>",
+            ),
+            go.Scatter(
+                x=after[:, 0],
+                y=after[:, 1],
+                mode="markers",
+                name=f"{kind}, after",
+                text=text,
+                marker=dict(color=tint, size=8, opacity=0.85),
+                hovertemplate="%{text}<extra>after</extra>",
+            ),
         ]
     return traces
 
@@ -53,8 +74,13 @@ def shift_figure(shift: dict, prompts: Sequence[str] | None = None, extra: Seque
     traces (a SOM grid placed with the same projection) are drawn on top."""
     figure = go.Figure([*_shift_traces(shift, prompts), *extra])
     axes = shift.get("axes") or ("axis 1", "axis 2")
-    figure.update_layout(xaxis_title=axes[0], yaxis_title=axes[1], height=560, margin=dict(t=40),
-                         title=f"Layer {shift['layer']}: before and after, in the map of the unmodified points")
+    figure.update_layout(
+        xaxis_title=axes[0],
+        yaxis_title=axes[1],
+        height=560,
+        margin=dict(t=40),
+        title=f"Layer {shift['layer']}: before and after, in the map of the unmodified points",
+    )
     return figure
 
 
@@ -62,14 +88,41 @@ def shift_animation(shifts: Sequence[dict], prompts: Sequence[str] | None = None
     """The same view for every layer, one animation frame per layer, with a layer slider."""
     frames = [go.Frame(data=_shift_traces(s, prompts), name=str(s["layer"])) for s in shifts]
     figure = go.Figure(frames[0].data, frames=frames)
-    steps = [dict(method="animate", label=str(s["layer"]), args=[[str(s["layer"])], dict(mode="immediate", frame=dict(duration=300, redraw=True), transition=dict(duration=0))]) for s in shifts]
+    steps = [
+        dict(
+            method="animate",
+            label=str(s["layer"]),
+            args=[
+                [str(s["layer"])],
+                dict(mode="immediate", frame=dict(duration=300, redraw=True), transition=dict(duration=0)),
+            ],
+        )
+        for s in shifts
+    ]
     figure.update_layout(
-        height=560, margin=dict(t=40), title="Every layer (PCA fitted per layer on the unmodified points)",
+        height=560,
+        margin=dict(t=40),
+        title="Every layer (PCA fitted per layer on the unmodified points)",
         sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="Layer "))],
-        updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.12, xanchor="left", buttons=[
-            dict(label="Play", method="animate", args=[None, dict(frame=dict(duration=400, redraw=True), fromcurrent=True)]),
-            dict(label="Pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))]),
-        ])],
+        updatemenus=[
+            dict(
+                type="buttons",
+                showactive=False,
+                x=0,
+                y=-0.12,
+                xanchor="left",
+                buttons=[
+                    dict(
+                        label="Play",
+                        method="animate",
+                        args=[None, dict(frame=dict(duration=400, redraw=True), fromcurrent=True)],
+                    ),
+                    dict(
+                        label="Pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0))]
+                    ),
+                ],
+            )
+        ],
     )
     return figure
 
@@ -81,14 +134,30 @@ def trace_figure(rows: Sequence[dict], layer: int) -> go.Figure:
     for row in rows:
         trace = row["trace"]
         label = f"{row['variant']}: {row['instruction'][:40]}"
-        figure.add_trace(go.Scatter(y=list(trace["projections"]), mode="lines", name=label, text=list(trace["tokens"]),
-                                    hovertemplate="token %{x}: %{text}<br>projection %{y:.3f}<extra>" + html.escape(label) + "</extra>"))
+        figure.add_trace(
+            go.Scatter(
+                y=list(trace["projections"]),
+                mode="lines",
+                name=label,
+                text=list(trace["tokens"]),
+                hovertemplate="token %{x}: %{text}<br>projection %{y:.3f}<extra>" + html.escape(label) + "</extra>",
+            )
+        )
         start = trace.get("refusal_token")
         if start is not None:
-            figure.add_trace(go.Scatter(x=[start], y=[trace["projections"][start]], mode="markers",
-                                        marker=dict(symbol="star", size=13, color="black"), showlegend=False,
-                                        hovertemplate="refusal phrase begins<extra></extra>"))
-    figure.update_layout(xaxis_title="generated token", yaxis_title=f"projection at layer {layer}", height=420, margin=dict(t=30))
+            figure.add_trace(
+                go.Scatter(
+                    x=[start],
+                    y=[trace["projections"][start]],
+                    mode="markers",
+                    marker=dict(symbol="star", size=13, color="black"),
+                    showlegend=False,
+                    hovertemplate="refusal phrase begins<extra></extra>",
+                )
+            )
+    figure.update_layout(
+        xaxis_title="generated token", yaxis_title=f"projection at layer {layer}", height=420, margin=dict(t=30)
+    )
     return figure
 
 
@@ -101,7 +170,9 @@ def trace_html(trace: dict, scale: float | None = None) -> str:
         share = min(abs(value) / scale, 1.0)
         rgb = "214,39,40" if value >= 0 else "31,119,180"
         mark = "border-bottom:2px solid black;" if index == trace.get("refusal_token") else ""
-        spans.append(f'<span title="{value:.3f}" style="background:rgba({rgb},{share:.2f});{mark}">{html.escape(token)}</span>')
+        spans.append(
+            f'<span title="{value:.3f}" style="background:rgba({rgb},{share:.2f});{mark}">{html.escape(token)}</span>'
+        )
     return '<div style="font-family:monospace;white-space:pre-wrap;line-height:1.6">' + "".join(spans) + "</div>"
 
 
@@ -109,14 +180,35 @@ def compare_figure(comparison: dict) -> go.Figure:
     """Cosine of the two models' DIM directions per layer, and each model's DIM norm."""
     rows = comparison["layers"]
     layers = [row["layer_a"] for row in rows]
-    figure = go.Figure([
-        go.Scatter(x=layers, y=[row["cosine"] for row in rows], name="cosine(DIM A, DIM B)", mode="lines+markers"),
-        go.Scatter(x=layers, y=[row["norm_a"] for row in rows], name=f"DIM norm, A: {comparison['model_a']}", yaxis="y2", mode="lines", line=dict(dash="dot")),
-        go.Scatter(x=layers, y=[row["norm_b"] for row in rows], name=f"DIM norm, B: {comparison['model_b']}", yaxis="y2", mode="lines", line=dict(dash="dash")),
-    ])
-    figure.update_layout(xaxis_title="layer of model A (block input)", yaxis=dict(title="cosine", range=[-1, 1]),
-                         yaxis2=dict(title="DIM norm", overlaying="y", side="right"), height=420, margin=dict(t=30),
-                         legend=dict(orientation="h", y=-0.25))
+    figure = go.Figure(
+        [
+            go.Scatter(x=layers, y=[row["cosine"] for row in rows], name="cosine(DIM A, DIM B)", mode="lines+markers"),
+            go.Scatter(
+                x=layers,
+                y=[row["norm_a"] for row in rows],
+                name=f"DIM norm, A: {comparison['model_a']}",
+                yaxis="y2",
+                mode="lines",
+                line=dict(dash="dot"),
+            ),
+            go.Scatter(
+                x=layers,
+                y=[row["norm_b"] for row in rows],
+                name=f"DIM norm, B: {comparison['model_b']}",
+                yaxis="y2",
+                mode="lines",
+                line=dict(dash="dash"),
+            ),
+        ]
+    )
+    figure.update_layout(
+        xaxis_title="layer of model A (block input)",
+        yaxis=dict(title="cosine", range=[-1, 1]),
+        yaxis2=dict(title="DIM norm", overlaying="y", side="right"),
+        height=420,
+        margin=dict(t=30),
+        legend=dict(orientation="h", y=-0.25),
+    )
     return figure
 
 
@@ -128,6 +220,14 @@ def scores_figure(comparison: dict) -> go.Figure:
         if not scores:
             continue
         for metric in ("bypass", "induce", "kl"):
-            figure.add_trace(go.Scatter(x=scores["layers"], y=scores[metric], name=f"{metric} ({key.upper()})", mode="lines", line=dict(dash=dash)))
+            figure.add_trace(
+                go.Scatter(
+                    x=scores["layers"],
+                    y=scores[metric],
+                    name=f"{metric} ({key.upper()})",
+                    mode="lines",
+                    line=dict(dash=dash),
+                )
+            )
     figure.update_layout(xaxis_title="layer (block input)", yaxis_title="score", height=420, margin=dict(t=30))
     return figure

@@ -25,8 +25,10 @@ __all__ = ["ReportError", "Section", "environment", "render_report", "sections_f
 # The packages whose versions decide the figures; listed in every report's manifest.
 PACKAGES = ("torch", "transformers", "numpy", "scikit-learn", "umap-learn", "plotly", "optuna")
 # Charts download from their menu as vectors, at a size that fits a paper's full width.
-CHART_CONFIG = {"toImageButtonOptions": {"format": "svg", "width": 1600, "height": 1000, "filename": "refusal-atlas-chart"},
-                "displaylogo": False}
+CHART_CONFIG = {
+    "toImageButtonOptions": {"format": "svg", "width": 1600, "height": 1000, "filename": "refusal-atlas-chart"},
+    "displaylogo": False,
+}
 
 
 class ReportError(UserError, ValueError):
@@ -64,7 +66,9 @@ def _table(caption: str, rows: list[dict]) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
     )
-    return f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _cell(value: object) -> str:
@@ -83,19 +87,29 @@ def render_report(title: str, sections: Sequence[Section], manifest: dict) -> st
     """The whole HTML document: plotly.js once, then each section, then the manifest."""
     from plotly.offline import get_plotlyjs
 
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for number, section in enumerate(sections):
         parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
         if section.text:
             parts.append(f"<p>{html.escape(section.text)}</p>")
         for index, chart in enumerate(section.charts):
-            parts.append(chart.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{number}-{index}", config=CHART_CONFIG))
+            parts.append(
+                chart.to_html(
+                    full_html=False, include_plotlyjs=False, div_id=f"chart-{number}-{index}", config=CHART_CONFIG
+                )
+            )
         parts += [_table(caption, rows) for caption, rows in section.tables]
         parts += list(section.blocks)
         parts.append("</section>")
-    parts.append("<section><h2>Manifest</h2><pre>" + html.escape(json.dumps(manifest, indent=2, default=str)) + "</pre></section>")
+    parts.append(
+        "<section><h2>Manifest</h2><pre>"
+        + html.escape(json.dumps(manifest, indent=2, default=str))
+        + "</pre></section>"
+    )
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -105,8 +119,11 @@ def write_report(path: str | Path, title: str, sections: Sequence[Section], mani
     target = Path(path).expanduser()
     if not target.parent.is_dir():
         raise ReportError(f"The folder of {target} does not exist; create it or choose another --out.")
-    manifest = {"written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **manifest,
-                "environment": environment()}
+    manifest = {
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **manifest,
+        "environment": environment(),
+    }
     target.write_text(render_report(title, sections, manifest), encoding="utf-8")
     return target
 
@@ -118,10 +135,19 @@ def shift_section(result: dict) -> Section:
     charts = [figures.shift_figure(shift, result.get("prompts"))]
     if result.get("layers"):
         charts.append(figures.shift_animation(result["layers"], result.get("prompts")))
-    rows = [{"": when, "DIM norm": sep[when]["dim_norm"], "probe accuracy (probe of the unmodified points)": sep[when]["probe_accuracy"],
-             "probe accuracy (refitted, cross-validated)": sep[when]["cv_probe_accuracy"]} for when in ("before", "after")]
-    text = (f"{result.get('model', '')}: {result.get('intervention', '')} at layer {shift['layer']}. Mean distance moved "
-            f"in the residual stream: harmful {moved['harmful_residual']:.3g}, harmless {moved['harmless_residual']:.3g}.")
+    rows = [
+        {
+            "": when,
+            "DIM norm": sep[when]["dim_norm"],
+            "probe accuracy (probe of the unmodified points)": sep[when]["probe_accuracy"],
+            "probe accuracy (refitted, cross-validated)": sep[when]["cv_probe_accuracy"],
+        }
+        for when in ("before", "after")
+    ]
+    text = (
+        f"{result.get('model', '')}: {result.get('intervention', '')} at layer {shift['layer']}. Mean distance moved "
+        f"in the residual stream: harmful {moved['harmful_residual']:.3g}, harmless {moved['harmless_residual']:.3g}."
+    )
     return Section("The manifold under the intervention", text, charts, [("Separation of harmful and harmless", rows)])
 
 
@@ -131,20 +157,36 @@ def compare_section(result: dict) -> Section:
     charts = [figures.compare_figure(comparison)]
     if comparison.get("scores"):
         charts.append(figures.scores_figure(comparison))
-    return Section(f"{comparison['model_a']} (A) against {comparison['model_b']} (B)",
-                   "Cosine of the two models' DIM directions per layer, and their selection scores.",
-                   charts, [("Per layer", comparison["layers"])])
+    return Section(
+        f"{comparison['model_a']} (A) against {comparison['model_b']} (B)",
+        "Cosine of the two models' DIM directions per layer, and their selection scores.",
+        charts,
+        [("Per layer", comparison["layers"])],
+    )
 
 
 def generate_section(rows: list[dict], summary: dict | None) -> Section:
     """The replies section from ``generate --json`` lines (one per reply, then a summary)."""
     traced = [row for row in rows if row.get("trace")]
     charts = [figures.trace_figure(traced, traced[0].get("trace_layer", 0))] if traced else []
-    table = [{"variant": r["variant"], "verdict": r.get("label"), "instruction": r["instruction"], "reply": r.get("completion")} for r in rows]
-    blocks = [f"<p><b>{html.escape(r['variant'])}</b>: {html.escape(r['instruction'])}</p>" + figures.trace_html(r["trace"]) for r in traced]
+    table = [
+        {
+            "variant": r["variant"],
+            "verdict": r.get("label"),
+            "instruction": r["instruction"],
+            "reply": r.get("completion"),
+        }
+        for r in rows
+    ]
+    blocks = [
+        f"<p><b>{html.escape(r['variant'])}</b>: {html.escape(r['instruction'])}</p>" + figures.trace_html(r["trace"])
+        for r in traced
+    ]
     tables = [("Replies", table)]
     if summary:
-        tables.insert(0, ("Per column", [{"variant": name, **info} for name, info in summary.get("summary", {}).items()]))
+        tables.insert(
+            0, ("Per column", [{"variant": name, **info} for name, info in summary.get("summary", {}).items()])
+        )
     return Section("Replies", "", charts, tables, blocks)
 
 
@@ -152,7 +194,9 @@ def _read(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ReportError(f"Cannot read {path}: {err}. Give a JSON file written by a refusal_core command with --json.") from err
+        raise ReportError(
+            f"Cannot read {path}: {err}. Give a JSON file written by a refusal_core command with --json."
+        ) from err
     try:
         return [json.loads(text)]
     except json.JSONDecodeError:
@@ -160,7 +204,9 @@ def _read(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not JSON ({err}); give the output of a refusal_core command run with --json.") from err
+        raise ReportError(
+            f"{path} is not JSON ({err}); give the output of a refusal_core command run with --json."
+        ) from err
 
 
 def sections_from_files(paths: Sequence[str | Path]) -> tuple[list[Section], dict]:
@@ -181,5 +227,7 @@ def sections_from_files(paths: Sequence[str | Path]) -> tuple[list[Section], dic
         else:
             raise ReportError(f"{path} is not a manifold, compare or generate result; write one with --json.")
         sections.append(section)
-        sources.append({"file": str(path), "kind": kind, "model": next((r["model"] for r in records if r.get("model")), None)})
+        sources.append(
+            {"file": str(path), "kind": kind, "model": next((r["model"] for r in records if r.get("model")), None)}
+        )
     return sections, {"sources": sources}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
 from refusal_core.activations.cache import content_key, entry_path, load_entry, save_entry, tensor_digest
 from refusal_core.activations.extract import Activations, activation_key, default_positions, extract_activations
 from refusal_core.activations.separation import stacked_points
@@ -29,7 +30,11 @@ __all__ = ["LayerShift", "Separation", "intervened_activations", "intervention_k
 
 def intervention_key(intervention: Intervention) -> str:
     """A content key of what ``intervention`` does (its name is left out: it changes nothing)."""
-    tensors = {name: value for name, value in (("ablate", intervention.ablate), ("actadd", intervention.actadd)) if value is not None}
+    tensors = {
+        name: value
+        for name, value in (("ablate", intervention.ablate), ("actadd", intervention.actadd))
+        if value is not None
+    }
     return content_key(
         "intervention",
         tensor_digest(tensors) if tensors else "none",
@@ -65,7 +70,9 @@ def intervened_activations(
     positions = tuple(positions) if positions is not None else default_positions(loaded.tokenizer, chat)
     instructions = tuple(instructions)
     with model_lock(loaded.model):
-        key = content_key("activations-under", activation_key(loaded, instructions, positions, chat), intervention_key(intervention))
+        key = content_key(
+            "activations-under", activation_key(loaded, instructions, positions, chat), intervention_key(intervention)
+        )
         path = entry_path("activations", key)
         cached = load_entry(path, {"key": key}) if use_cache else None
         if cached is not None:
@@ -73,13 +80,17 @@ def intervened_activations(
                 progress(len(instructions), len(instructions))
             return Activations(cached["acts"], positions, instructions, key, from_cache=True), None
         with apply_intervention(loaded.model, intervention):
-            acts = extract_activations(loaded, instructions, positions, chat, batch_size, use_cache=False, progress=progress).acts
+            acts = extract_activations(
+                loaded, instructions, positions, chat, batch_size, use_cache=False, progress=progress
+            ).acts
     warning = None
     if use_cache:
         try:
             save_entry(path, {"acts": acts}, {"key": key, "model": loaded.spec})
         except OSError as err:
-            warning = f"The intervened activations were computed but could not be cached ({err}); they are shown anyway."
+            warning = (
+                f"The intervened activations were computed but could not be cached ({err}); they are shown anyway."
+            )
     return Activations(acts, positions, instructions, key, from_cache=False), warning
 
 
@@ -215,4 +226,3 @@ def layer_shift(
         separation_before=separation(points_before, labels, probe),
         separation_after=separation(points_after, labels, probe),
     )
-

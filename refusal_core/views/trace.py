@@ -65,7 +65,7 @@ def token_texts(tokenizer, ids: Sequence[int]) -> tuple[str, ...]:
     texts, previous = [], ""
     for end in range(1, len(ids) + 1):
         decoded = tokenizer.decode(list(ids[:end]), skip_special_tokens=True)
-        texts.append(decoded[len(previous):] if decoded.startswith(previous) else decoded)
+        texts.append(decoded[len(previous) :] if decoded.startswith(previous) else decoded)
         previous = decoded
     return tuple(texts)
 
@@ -84,7 +84,9 @@ def refusal_start(tokens: Sequence[str]) -> int | None:
     return None
 
 
-def _residuals(loaded: LoadedModel, rows: list[list[int]], per_row: list[Intervention], layer: int, n_reads: int) -> torch.Tensor:
+def _residuals(
+    loaded: LoadedModel, rows: list[list[int]], per_row: list[Intervention], layer: int, n_reads: int
+) -> torch.Tensor:
     """``[rows, n_reads, d]`` block inputs of ``layer`` at each row's last ``n_reads`` positions."""
     batch = left_padded(rows, pad_id(loaded.tokenizer), loaded.device)
     seen: list[torch.Tensor] = []
@@ -92,7 +94,12 @@ def _residuals(loaded: LoadedModel, rows: list[list[int]], per_row: list[Interve
     def read(hidden: torch.Tensor) -> None:
         seen.append(hidden[:, -n_reads:].detach().float().cpu())
 
-    with model_lock(loaded.model), row_interventions(loaded.model, per_row), block_hooks(loaded.model, {layer: read}), torch.no_grad():
+    with (
+        model_lock(loaded.model),
+        row_interventions(loaded.model, per_row),
+        block_hooks(loaded.model, {layer: read}),
+        torch.no_grad(),
+    ):
         loaded.model.base_model(**batch, use_cache=False)
     return seen[0]
 

@@ -158,10 +158,16 @@ def test_guided_path_end_to_end(page: Page, app_url):
     stem = Path(zip_download.value.suggested_filename).stem
     zip_path, pt_path = zip_download.value.path(), pt_download.value.path()
     uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
-    uploader.set_input_files(files=[{"name": f"{stem}.zip", "mimeType": "application/zip", "buffer": Path(zip_path).read_bytes()}])
+    uploader.set_input_files(
+        files=[{"name": f"{stem}.zip", "mimeType": "application/zip", "buffer": Path(zip_path).read_bytes()}]
+    )
     expect(page.get_by_text(re.compile(rf"^Imported imported:{re.escape(stem)} "))).to_be_visible()
-    uploader.set_input_files(files=[{"name": f"{stem}.pt", "mimeType": "application/octet-stream", "buffer": Path(pt_path).read_bytes()}])
-    expect(page.get_by_text(re.compile(rf"renamed because a set named imported:{re.escape(stem)} exists"))).to_be_visible()
+    uploader.set_input_files(
+        files=[{"name": f"{stem}.pt", "mimeType": "application/octet-stream", "buffer": Path(pt_path).read_bytes()}]
+    )
+    expect(
+        page.get_by_text(re.compile(rf"renamed because a set named imported:{re.escape(stem)} exists"))
+    ).to_be_visible()
     table = page.get_by_test_id("stDataFrame").first
     expect(table).to_contain_text(f"imported:{stem} (2)")  # the table above already lists both imports
     assert _start_page(page) == ["Done"] * 4

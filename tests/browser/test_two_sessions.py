@@ -42,14 +42,29 @@ def server(tmp_path_factory):
     if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     import playwright.sync_api  # noqa: F401 - required (requirements.txt): a broken install fails, never skips
+
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "REFUSAL_ATLAS_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REFUSAL_ATLAS_CACHE": str(tmp_path_factory.mktemp("cache"))}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.patched_app", "--tiny", "--", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.patched_app",
+                "--tiny",
+                "--",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,7 +113,9 @@ def test_two_sessions_generate_at_once_offline(server, browser):
             # Open the root and follow the navigation: a page URL opened first would run the page
             # file alone (Streamlit's app_pages/ folder mode) until app.py's st.navigation has run.
             page.goto(url)
-            expect(page.get_by_role("link", name="Data & activations", exact=True)).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+            expect(page.get_by_role("link", name="Data & activations", exact=True)).to_be_visible(
+                timeout=RESULT_TIMEOUT_MS
+            )
             page.get_by_role("link", name="Generate", exact=True).click()
             pages.append(page)
         buttons = [page.get_by_role("button", name=re.compile(r"^Generate \d+ prompts")) for page in pages]

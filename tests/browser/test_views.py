@@ -41,9 +41,43 @@ def test_the_report_opens_offline_and_draws_every_chart(page: Page, tmp_path):
     stem = str(tmp_path / "dim")
     assert main(["directions", "dim", "--model", str(model), "--limit", "6", "--out", stem]) == 0
     shift, compared, report = tmp_path / "shift.json", tmp_path / "compare.json", tmp_path / "report.html"
-    assert main(["manifold", "--model", str(model), "--limit", "6", "--layer", "2", "--ablate", f"{stem}:dim/pos-1/layer1",
-                 "--all-layers", "--out", str(shift), "--json"]) == 0
-    assert main(["compare", str(model), str(model), "--limit", "6", "--score-prompts", "2", "--out", str(compared), "--json"]) == 0
+    assert (
+        main(
+            [
+                "manifold",
+                "--model",
+                str(model),
+                "--limit",
+                "6",
+                "--layer",
+                "2",
+                "--ablate",
+                f"{stem}:dim/pos-1/layer1",
+                "--all-layers",
+                "--out",
+                str(shift),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "compare",
+                str(model),
+                str(model),
+                "--limit",
+                "6",
+                "--score-prompts",
+                "2",
+                "--out",
+                str(compared),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert main(["report", str(shift), str(compared), "--out", str(report)]) == 0
     asked = _offline(page)
     page.goto(report.as_uri())

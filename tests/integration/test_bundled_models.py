@@ -16,12 +16,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "refusal_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "refusal_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_bundled_model_generates_from_the_cli():
-    result = _cli("generate", "--model", "bundled:smollm2-135m-instruct", "--prompts", "builtin:harmless/test",
-                  "--limit", "2", "--max-new-tokens", "12", "--json")
+    result = _cli(
+        "generate",
+        "--model",
+        "bundled:smollm2-135m-instruct",
+        "--prompts",
+        "builtin:harmless/test",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert sum(1 for r in records if "completion" in r) == 2
@@ -61,7 +73,14 @@ def test_a_fresh_build_from_scratch_still_meets_the_targets(organism, tmp_path):
     env = {**os.environ, "REFUSAL_ATLAS_CACHE": str(cache)}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "refusal_core", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        return subprocess.run(
+            [sys.executable, "-m", "refusal_core", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
 
     built = cli("organism", "build", "--from-scratch", "--delta-out", str(tmp_path / "delta.safetensors"))
     assert built.returncode == 0, built.stderr[-3000:]
@@ -99,11 +118,27 @@ def _many(*flags: str) -> dict:
 def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
     """The experiment at a small budget (one layer, k <= 2, 2 trials, 4 + 4 val and 8 + 4 test
     prompts, 32-token test replies, the panel judge), then a 1x1 SOM, whose direction is DIM's."""
-    small = ("--layers", "16", "--val-prompts", "4", "--test-prompts", "8", "4", "--search-tokens", "16", "--test-tokens", "32")
+    small = (
+        "--layers",
+        "16",
+        "--val-prompts",
+        "4",
+        "--test-prompts",
+        "8",
+        "4",
+        "--search-tokens",
+        "16",
+        "--test-tokens",
+        "32",
+    )
     result = _many(*small, "--max-k", "2", "--trials", "2", "--clusters", "3", "--no-optimize")
     [layer] = result["layers"]
     assert {(p["family"], p["k"]) for p in layer["points"]} == {
-        ("dim", 1), *((f"som/seed{s}", k) for s in (0, 1, 2) for k in (1, 2)), ("clusters", 1), ("clusters", 2)}
+        ("dim", 1),
+        *((f"som/seed{s}", k) for s in (0, 1, 2) for k in (1, 2)),
+        ("clusters", 1),
+        ("clusters", 2),
+    }
     for point in [layer["baseline"], *layer["points"]]:
         for name, m in point["metrics"].items():
             assert 0 <= m["low"] <= m["value"] <= m["high"] and (name == "kl" or m["high"] <= 1), (name, m)
@@ -116,4 +151,6 @@ def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
     points = {p["family"]: p for p in one["layers"][0]["points"]}
     for name in ("complied", "refused", "broken", "harmless_refused"):
         assert points["som/seed0"]["metrics"][name] == points["dim"]["metrics"][name]
-    assert points["som/seed0"]["metrics"]["kl"]["value"] == pytest.approx(points["dim"]["metrics"]["kl"]["value"], rel=1e-3)
+    assert points["som/seed0"]["metrics"]["kl"]["value"] == pytest.approx(
+        points["dim"]["metrics"]["kl"]["value"], rel=1e-3
+    )

@@ -50,25 +50,40 @@ def test_categories_report_reproduces_the_readme_selectivity():
     kind, layer, shrinkage, margin = expected.pop("conditions")
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "refusal_core", "categories", "report", "--json"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-m", "refusal_core", "categories", "report", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert (report["n_test"]["per_category"], report["n_test"]["harmless"], report["max_new_tokens"], report["judge"]) == (
-        DEFAULTS["per_category"], DEFAULTS["n_harmless"], DEFAULTS["max_new_tokens"], DEFAULTS["judge"])
+    assert (
+        report["n_test"]["per_category"],
+        report["n_test"]["harmless"],
+        report["max_new_tokens"],
+        report["judge"],
+    ) == (DEFAULTS["per_category"], DEFAULTS["n_harmless"], DEFAULTS["max_new_tokens"], DEFAULTS["judge"])
     chosen = report["conditions"]
     assert (chosen["kind"], chosen["layer"], chosen["shrinkage"]) == (kind, int(layer), float(shrinkage))
     assert chosen["margin"] == (None if margin is None else float(margin))
     harmless_step = 1 / report["n_test"]["harmless"] + 1e-9
     for block, rows in expected.items():
-        for i, ((category, own, _, others_min, harmless, verdict), got) in enumerate(zip(rows, report[block]["selectivity"])):
+        for i, ((category, own, _, others_min, harmless, verdict), got) in enumerate(
+            zip(rows, report[block]["selectivity"])
+        ):
             where = f"{block} / {category}"
             assert report["categories"][i] == category, where
             # The verdict must match where the README's row is more than one prompt clear of the
             # goal's edges; on an edge (e.g. own refusal exactly 20%), one reply flipped by another
             # CPU's rounding may flip it, and the figures' tolerance below is what holds.
-            clear = (abs(int(own) / 100 - GOAL["own"]) > 0.2 + 0.005 and abs(int(others_min) / 100 - GOAL["others"]) > 0.2 + 0.005
-                     and abs(int(harmless) / 100 - GOAL["harmless"]) > harmless_step + 0.005)
+            clear = (
+                abs(int(own) / 100 - GOAL["own"]) > 0.2 + 0.005
+                and abs(int(others_min) / 100 - GOAL["others"]) > 0.2 + 0.005
+                and abs(int(harmless) / 100 - GOAL["harmless"]) > harmless_step + 0.005
+            )
             if clear or (verdict == "missed" and int(own) / 100 > GOAL["own"] + 0.2 + 0.005):
                 assert got["meets_goal"] == (verdict == "MET"), where
             assert abs(got["own"] - int(own) / 100) <= 0.2 + 0.005, where

@@ -19,12 +19,18 @@ N_PROMPTS = 4
 
 def _greedy(model, tokenizer, instruction: str, max_new_tokens: int) -> str:
     """A greedy reply straight from PEFT's model (our generation reads a plain HF model's layout)."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_adapter_and_gguf_of_the_organism(tmp_path):
@@ -46,8 +52,12 @@ def test_adapter_and_gguf_of_the_organism(tmp_path):
     loaded = load_model(BUNDLED_ORGANISM)
     dim = train_directions(loaded)[0]
     instructions = list(builtin("harmful", "test").instructions)[:N_PROMPTS]
-    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": instructions[0]}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)["input_ids"]
+    ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": instructions[0]}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
 
     lora, gguf_format, folder = get_format("lora"), get_format("gguf"), get_format("folder")
     adapter_dir = lora.write(ExportRequest(loaded, dim, tmp_path / "lora", lora.settings()))
@@ -67,7 +77,9 @@ def test_adapter_and_gguf_of_the_organism(tmp_path):
     settings = GenerationSettings(max_new_tokens=MIN_RATE_TOKENS, batch_size=N_PROMPTS)
     ablate = Intervention.from_directions("dim-ablate", dim)
     columns = generate_side_by_side(loaded, instructions, [Intervention(), ablate], settings, ChatFormat())
-    gguf_replies = generate_side_by_side(gguf_loaded, instructions, [Intervention()], settings, ChatFormat())["baseline"]
+    gguf_replies = generate_side_by_side(gguf_loaded, instructions, [Intervention()], settings, ChatFormat())[
+        "baseline"
+    ]
     adapter_replies = [_greedy(adapted, loaded.tokenizer, text, MIN_RATE_TOKENS) for text in instructions]
     panel = make_judge("panel")
 
@@ -76,10 +88,20 @@ def test_adapter_and_gguf_of_the_organism(tmp_path):
         return verdict_rates(panel.verdicts(loaded, instructions, replies, intervention=intervention))
 
     organism = rates(columns["baseline"], Intervention())
-    hooks, from_gguf, from_adapter = (rates(texts, ablate) for texts in (columns["dim-ablate"], gguf_replies, adapter_replies))
+    hooks, from_gguf, from_adapter = (
+        rates(texts, ablate) for texts in (columns["dim-ablate"], gguf_replies, adapter_replies)
+    )
     elapsed = time.perf_counter() - started
-    print({"organism": organism, "hooks": hooks, "gguf": from_gguf, "adapter": from_adapter,
-           "adapter_share": adapter_bytes / full_bytes, "seconds": round(elapsed)})
+    print(
+        {
+            "organism": organism,
+            "hooks": hooks,
+            "gguf": from_gguf,
+            "adapter": from_adapter,
+            "adapter_share": adapter_bytes / full_bytes,
+            "seconds": round(elapsed),
+        }
+    )
     assert organism["refused"] >= 0.75
     for column in (hooks, from_gguf, from_adapter):
         assert column["complied"] >= 0.75 and column["refused"] <= 0.25

@@ -32,7 +32,9 @@ def test_the_planted_variant_refuses_through_two_directions_that_one_dim_directi
     assert abs(float(a @ b)) < 1e-6 and torch.allclose(planted.vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
     layer = int(planted.provenance[0]["layer"])
     # A category-balanced sample of the test split (3 harmful prompts per category), replies as long as on the page.
-    result = check_planted(loaded, planted.vectors, layer, split="test", max_new_tokens=32, max_harmful=36, max_harmless=24)
+    result = check_planted(
+        loaded, planted.vectors, layer, split="test", max_new_tokens=32, max_harmful=36, max_harmless=24
+    )
     m = result["metrics"]
     assert m["group_cosine"] <= 0.3, result
     assert m["harmful_refused"] >= 0.9 and m["harmless_refused"] <= 0.05, result

@@ -27,7 +27,6 @@ from refusal_core.directions.base import DirectionSet
 from tests.pg_server import postgres_server, require_postgres
 from tests.tiny import tiny_model
 
-
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 8
 
@@ -55,16 +54,40 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     loaded.model.save_pretrained(folder / "model")
     loaded.tokenizer.save_pretrained(folder / "model")
     vectors = torch.randn(5, loaded.d_model, generator=torch.Generator().manual_seed(0))
-    provenance = tuple({"model": "tiny", "layer": 1, "position": -1, "method": "random", "params": {}} for _ in range(5))
+    provenance = tuple(
+        {"model": "tiny", "layer": 1, "position": -1, "method": "random", "params": {}} for _ in range(5)
+    )
     DirectionSet(vectors, tuple(f"r{i}" for i in range(5)), provenance).save(folder / "pool")
     return {"model": str(folder / "model"), "pool": str(folder / "pool"), "folder": str(folder)}
 
 
 def _args(inputs: dict, url: str, study: str, out: str) -> list[str]:
     return [
-        "directions", "search", "--model", inputs["model"], "--pool", inputs["pool"], "--k", "2",
-        "--trials", str(TOTAL), "--objective", "substring", "--max-new-tokens", "3", "--limit", "3",
-        "--storage", url, "--study", study, "--heartbeat", "1", "--json", "--out", out,
+        "directions",
+        "search",
+        "--model",
+        inputs["model"],
+        "--pool",
+        inputs["pool"],
+        "--k",
+        "2",
+        "--trials",
+        str(TOTAL),
+        "--objective",
+        "substring",
+        "--max-new-tokens",
+        "3",
+        "--limit",
+        "3",
+        "--storage",
+        url,
+        "--study",
+        study,
+        "--heartbeat",
+        "1",
+        "--json",
+        "--out",
+        out,
     ]
 
 
@@ -85,8 +108,13 @@ def test_two_workers_fill_one_study_to_its_total(storage, inputs, tmp_path):
     backend, url = storage
     study_name = f"two-workers-{backend}"
     workers = [
-        subprocess.Popen([sys.executable, "-m", "refusal_core", *_args(inputs, url, study_name, str(tmp_path / f"best{i}"))],
-                         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-m", "refusal_core", *_args(inputs, url, study_name, str(tmp_path / f"best{i}"))],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for i in range(2)
     ]
     reports = []
@@ -131,8 +159,13 @@ def test_a_worker_killed_mid_trial_leaves_a_study_another_finishes(storage, inpu
     study_name = f"killed-worker-{backend}"
     ready = tmp_path / "mid-trial"
     args = _args(inputs, url, study_name, str(tmp_path / "best"))
-    killed = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(ready), *args], cwd=ROOT, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WORKER, str(ready), *args],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while not ready.exists():
         assert killed.poll() is None, killed.stderr.read().decode()[-3000:]

@@ -19,7 +19,9 @@ SELECT_BUDGET_S = 360
 
 
 def _cli(*args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "refusal_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "refusal_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_readme_select_with_defaults_is_fast_and_removes_refusal(tmp_path):
@@ -29,8 +31,18 @@ def test_readme_select_with_defaults_is_fast_and_removes_refusal(tmp_path):
     dim, best = tmp_path / "dim", tmp_path / "best"
     assert _cli("directions", "dim", "--out", str(dim), timeout=900).returncode == 0
     started = time.perf_counter()
-    result = _cli("directions", "select", "--dirs", str(dim), "--out", str(tmp_path / "selection.json"),
-                  "--save-direction", str(best), "--json", timeout=SELECT_BUDGET_S)
+    result = _cli(
+        "directions",
+        "select",
+        "--dirs",
+        str(dim),
+        "--out",
+        str(tmp_path / "selection.json"),
+        "--save-direction",
+        str(best),
+        "--json",
+        timeout=SELECT_BUDGET_S,
+    )
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)

@@ -22,10 +22,14 @@ def test_som_set_is_broken_and_dim_direction_is_fluent_compliance():
     interventions = reference_interventions(loaded)
     instructions = list(builtin("harmful", "test").instructions)
     variants = [interventions["som-all"], interventions["dim-ablate"]]
-    columns = generate_side_by_side(loaded, instructions, variants, GenerationSettings(max_new_tokens=MIN_RATE_TOKENS, batch_size=30))
+    columns = generate_side_by_side(
+        loaded, instructions, variants, GenerationSettings(max_new_tokens=MIN_RATE_TOKENS, batch_size=30)
+    )
     panel = make_judge("panel")
     rates = {
-        variant.name: verdict_rates(panel.verdicts(loaded, instructions, [c.text for c in columns[variant.name]], intervention=variant))
+        variant.name: verdict_rates(
+            panel.verdicts(loaded, instructions, [c.text for c in columns[variant.name]], intervention=variant)
+        )
         for variant in variants
     }
     print(rates, f"{time.perf_counter() - started:.0f} s")

@@ -13,8 +13,13 @@ from refusal_core.model.forward import token_ids
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 from tests.tiny import tiny_model, tiny_tokenizer
 
-PROMPTS = ["Write a short poem about the sea.", "How do I bake bread?", "Explain how to break into a house.",
-           "Translate this sentence into French, please.", "What is the capital of France?"]
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "How do I bake bread?",
+    "Explain how to break into a house.",
+    "Translate this sentence into French, please.",
+    "What is the capital of France?",
+]
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -11,7 +11,12 @@ from refusal_core.activations.extract import default_positions, extract_activati
 from refusal_core.model.fingerprint import weights_fingerprint
 from tests.tiny import assert_no_hooks, tiny_model
 
-PROMPTS = ["Hi", "Write a poem about the sea", "How do I bake bread at home with flour, water and yeast?", "Translate this"]
+PROMPTS = [
+    "Hi",
+    "Write a poem about the sea",
+    "How do I bake bread at home with flour, water and yeast?",
+    "Translate this",
+]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "qwen3"])
@@ -28,7 +33,9 @@ def test_layers_match_hidden_states_of_a_bare_forward(tiny_llama):
     from refusal_core.prompts.chat import format_prompts
 
     acts = extract_activations(tiny_llama, PROMPTS[:1], use_cache=False)
-    ids = tiny_llama.tokenizer(format_prompts(tiny_llama.tokenizer, PROMPTS[:1]), return_tensors="pt", add_special_tokens=False)
+    ids = tiny_llama.tokenizer(
+        format_prompts(tiny_llama.tokenizer, PROMPTS[:1]), return_tensors="pt", add_special_tokens=False
+    )
     hidden = tiny_llama.model(**ids, output_hidden_states=True).hidden_states
     # hidden_states[l] is the input of block l for l < n_layers (the last entry is after the final norm).
     for layer in range(3):
@@ -84,7 +91,9 @@ def test_corrupted_cache_entry_is_recomputed(tiny_llama, damage):
 
 def test_progress_reports_every_batch(tiny_llama):
     seen = []
-    extract_activations(tiny_llama, PROMPTS, batch_size=3, use_cache=False, progress=lambda done, total: seen.append((done, total)))
+    extract_activations(
+        tiny_llama, PROMPTS, batch_size=3, use_cache=False, progress=lambda done, total: seen.append((done, total))
+    )
     assert seen == [(3, 4), (4, 4)]
 
 

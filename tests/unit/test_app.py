@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from refusal_core.directions.archive import direction_sets_zip
 from refusal_core.directions.base import DirectionSet
 from tests.app_hooks import no_umap_warm_up, use_tiny_models
-
-from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = [
@@ -158,7 +157,6 @@ def test_directions_heatmaps_and_selection():
     assert any("No candidate chosen" in m.value for m in at.markdown)
 
 
-
 def test_directions_optimize_adds_a_learnt_set():
     at = _with_activations()
     at.switch_page("app_pages/directions.py").run()
@@ -179,7 +177,11 @@ def test_directions_optimize_adds_a_learnt_set():
     assert any("added as the set *Optimized*" in m.value for m in at.markdown)
     # Starting from the learnt set itself is not offered (it would optimize its own output).
     options = at.selectbox(key="optimize_start").options
-    assert options and any(str(o).startswith("DIM:") for o in options) and not any(str(o).startswith("Optimized:") for o in options)
+    assert (
+        options
+        and any(str(o).startswith("DIM:") for o in options)
+        and not any(str(o).startswith("Optimized:") for o in options)
+    )
 
 
 def test_generate_actadd_changes_the_columns():
@@ -214,7 +216,9 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     _assert_ok(at)
     ws = _workspace(at)
     assert len(ws.categories.categories) == 12 and "Category directions" in ws.direction_sets
-    assert ws.categories.condition_kind == "exclusive" and len(ws.categories.scan) > 1  # shrinkage and margin chosen on val
+    assert (
+        ws.categories.condition_kind == "exclusive" and len(ws.categories.scan) > 1
+    )  # shrinkage and margin chosen on val
     assert _charts(at) == 2  # cosine heatmap and projections
     at.number_input(key="categories_per_category").set_value(1)
     at.number_input(key="categories_max_new").set_value(8)
@@ -228,7 +232,9 @@ def test_categories_fit_matrix_and_switch_off_feed_the_generate_page():
     _assert_ok(at)
     name = "refusal off: drugs, weapons"
     condition = ws.conditionals[name].condition
-    assert {label.split(" > ")[0] for label in condition.labels} == {"drugs", "weapons"} and len(set(condition.groups)) == 2
+    assert {label.split(" > ")[0] for label in condition.labels} == {"drugs", "weapons"} and len(
+        set(condition.groups)
+    ) == 2
     at.switch_page("app_pages/generate.py").run()
     at.number_input(key="generate_max_new").set_value(6)
     at.checkbox(key=f"generate_conditional_{name}").check().run()
@@ -341,7 +347,6 @@ def test_imported_sets_are_kept_per_model_and_session():
     assert spaces and all("extra" not in space.direction_sets for space in spaces.values())
 
 
-
 def test_missing_organism_offers_a_build_with_progress(monkeypatch):
     import refusal_core.model.loading as loading
     import refusal_core.organism.build as organism
@@ -365,6 +370,7 @@ def test_missing_organism_offers_a_build_with_progress(monkeypatch):
     assert not at.exception
     assert built["messages"] == [0.0, 0.5, 1.0]
     assert not at.warning
+
 
 # ----------------------------------------------------------------------------- UI-free helpers (workspace)
 
@@ -390,7 +396,9 @@ def test_dim_set_leaves_out_vanishing_cells(tiny_llama):
     harmless_prompts = PromptSet("harmless", ("Bake bread", "Write a poem"))
     harmful = extract_activations(tiny_llama, harmful_prompts.instructions, use_cache=False)
     harmless = extract_activations(tiny_llama, harmless_prompts.instructions, use_cache=False)
-    dim = dim_method.fit(FitInput(tiny_llama, harmful_prompts, harmless_prompts, harmful, harmless), dim_method.DimSettings())
+    dim = dim_method.fit(
+        FitInput(tiny_llama, harmful_prompts, harmless_prompts, harmful, harmless), dim_method.DimSettings()
+    )
     # Layer 0 at template positions is the token embedding, equal for every prompt.
     assert "dim/pos-1/layer0" in dim.meta["dropped"]
     assert "dim/pos-1/layer0" not in dim.names and "dim/pos-1/layer1" in dim.names
@@ -428,7 +436,9 @@ def fixed_judges(monkeypatch):
     minimum = {"substring+broken": 0.0, "refusal-score": -1e9}
 
     def judge_by_name(name: str, extra_phrases=()):
-        thresholds = BrokenThresholds(min_logprob=minimum[name], max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0)
+        thresholds = BrokenThresholds(
+            min_logprob=minimum[name], max_repeated_ngrams=1.0, max_longest_run=10_000, max_junk_chars=1.0
+        )
         return JudgePanel(PanelSettings(members=("substring",)), name=name, broken_thresholds=thresholds)
 
     monkeypatch.setattr(damage, "judge_by_name", judge_by_name)
@@ -495,15 +505,29 @@ def test_search_page_draws_trials_with_the_pareto_front_and_shows_replies(fixed_
     picked.set_value(other["number"]).run()
     _assert_ok(at)
     shown = [t.value for t in at.text]
-    assert [r["reply"] or "(empty reply)" for r in other["replies"]] == shown[-len(other["replies"]):]
+    assert [r["reply"] or "(empty reply)" for r in other["replies"]] == shown[-len(other["replies"]) :]
 
 
 def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(tiny_llama):
     from refusal_core.experiments.many_directions import ManyDirectionsSettings, run_many_directions
 
-    settings = ManyDirectionsSettings(layers=(1, 2), max_k=2, som_seeds=(0, 1, 2), som_grid=(2, 2), clusters=2, optimize=False,
-                                      trials=2, val_harmful=2, val_harmless=2, test_harmful=3, test_harmless=2, search_tokens=3,
-                                      test_tokens=3, judge="substring", n_boot=50)
+    settings = ManyDirectionsSettings(
+        layers=(1, 2),
+        max_k=2,
+        som_seeds=(0, 1, 2),
+        som_grid=(2, 2),
+        clusters=2,
+        optimize=False,
+        trials=2,
+        val_harmful=2,
+        val_harmless=2,
+        test_harmful=3,
+        test_harmless=2,
+        search_tokens=3,
+        test_tokens=3,
+        judge="substring",
+        n_boot=50,
+    )
     result = run_many_directions(tiny_llama, settings)
     at = _start()
     at.switch_page("app_pages/many_directions.py").run()
@@ -515,11 +539,15 @@ def test_many_directions_page_draws_a_saved_result_and_shows_a_points_replies(ti
     [spec] = _chart_specs(at)
     traces = spec["data"]
     families = ["dim", "som/seed0", "som/seed1", "som/seed2", "clusters"]
-    assert [t["name"] for t in traces] == [family for family in families for _ in range(5)]  # five panels per family (deflected added)
+    assert [t["name"] for t in traces] == [
+        family for family in families for _ in range(5)
+    ]  # five panels per family (deflected added)
     som = next(t for t in traces if t["name"] == "som/seed1")  # its first panel: coherent compliance against k
     expected = [p for p in points if p["family"] == "som/seed1"]
     assert som["x"] == [1, 2] and som["y"] == [p["metrics"]["complied"]["value"] for p in expected]
-    assert som["error_y"]["array"] == [p["metrics"]["complied"]["high"] - p["metrics"]["complied"]["value"] for p in expected]
+    assert som["error_y"]["array"] == [
+        p["metrics"]["complied"]["high"] - p["metrics"]["complied"]["value"] for p in expected
+    ]
     assert [d[0] for d in som["customdata"]] == ["som/seed1 k=1", "som/seed1 k=2"]
     # The point chosen in the fallback selectbox (a click on the chart sets the same key) shows its replies.
     at.selectbox(key="many_point").set_value("clusters k=2").run()

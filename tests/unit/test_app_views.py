@@ -48,7 +48,12 @@ def test_manifold_under_an_ablation_draws_before_and_after_in_the_unchanged_map(
     harmful = next(t for t in page_map["data"] if t.get("name") == "harmful")
     np.testing.assert_allclose(_values(before["x"]), _values(harmful["x"]), rtol=1e-6)
     assert len(_values(before["x"])) == n
-    assert [m.label for m in at.metric][:4] == ["DIM norm", "Probe accuracy", "Refitted probe (CV)", "Harmful / harmless move"]
+    assert [m.label for m in at.metric][:4] == [
+        "DIM norm",
+        "Probe accuracy",
+        "Refitted probe (CV)",
+        "Harmful / harmless move",
+    ]
     assert "last_shift" in ws.views
     at.checkbox(key="shift_animate").check().run()
     _assert_ok(at)

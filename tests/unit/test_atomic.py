@@ -84,7 +84,9 @@ def test_two_sessions_saving_the_organism_at_once_never_leave_the_reader_without
     watcher.join(10)
     assert errors == [] and missing == []
     saved = load_file(str(target / "model.safetensors"))
-    matches = [all(torch.equal(saved[name], tensor) for name, tensor in m.model.state_dict().items() if name in saved)
-               for m in models]
+    matches = [
+        all(torch.equal(saved[name], tensor) for name, tensor in m.model.state_dict().items() if name in saved)
+        for m in models
+    ]
     assert sum(matches) == 1, matches
     assert sorted(p.name for p in tmp_path.iterdir()) == ["refusal-organism"]  # no temporary folder left behind

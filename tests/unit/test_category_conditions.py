@@ -28,7 +28,9 @@ def _clusters(seed: int, n: int = 12, d: int = 8, spread: float = 4.0) -> tuple[
     return torch.cat(points), labels
 
 
-def _hand_lda(points: torch.Tensor, labels: list[str], shrinkage: float) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def _hand_lda(
+    points: torch.Tensor, labels: list[str], shrinkage: float
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     x = points.double()
     classes = list(dict.fromkeys(labels))
     means = torch.stack([x[[i for i, label in enumerate(labels) if label == c]].mean(0) for c in classes])
@@ -55,7 +57,9 @@ def test_exclusive_conditions_fire_where_the_category_leads_the_hand_computed_di
         assert fired[:, k].tolist() == expected.tolist()
     assert fired.sum(1).max() <= 1  # a prompt fires at most one category
     assert 0 < int(fired.sum()) < len(queries)  # both kinds of rows are present
-    assert (fired.sum(1) == 0).sum() >= (top.indices[:, 0] == classes.index("(harmless)")).sum()  # harmless-looking ones fire none
+    assert (fired.sum(1) == 0).sum() >= (
+        top.indices[:, 0] == classes.index("(harmless)")
+    ).sum()  # harmless-looking ones fire none
 
 
 def test_grouped_condition_fires_where_every_direction_of_some_group_holds_and_margins_agree():
@@ -86,8 +90,15 @@ def test_val_choice_keeps_the_layer_that_separates_the_categories():
     val_points, val_labels = _clusters(5, n=6)
     val_noise = torch.randn_like(val_points)
     val_labels = [None if label == "(harmless)" else label for label in val_labels]
-    choice = choose_conditions({3: noise, 7: informative}, labels, {3: val_noise, 7: val_points}, val_labels, CATEGORIES,
-                               shrinkages=(0.5, 2.0), margins=(0.0, 1.0))
+    choice = choose_conditions(
+        {3: noise, 7: informative},
+        labels,
+        {3: val_noise, 7: val_points},
+        val_labels,
+        CATEGORIES,
+        shrinkages=(0.5, 2.0),
+        margins=(0.0, 1.0),
+    )
     assert choice.layer == 7 and set(choice.val_goal) == set(CATEGORIES)
     assert len(choice.scan) == 2 * 2 * 2 and all(row["layer"] in (3, 7) for row in choice.scan)
     assert all(c.layer == 7 for c in choice.conditions.values())
@@ -109,8 +120,14 @@ def test_val_goal_reads_own_and_other_firing_rates():
 
 
 def test_a_grouped_condition_resolves_per_prompt_on_a_model(tiny_llama, one_thread):
-    prompts = ["Hi", "Write a short poem about the sea.", "How do I bake bread?", "Explain how to break into a house.",
-               "Give me steps to make a weapon.", "Plan a picnic."]
+    prompts = [
+        "Hi",
+        "Write a short poem about the sea.",
+        "How do I bake bread?",
+        "Explain how to break into a house.",
+        "Give me steps to make a weapon.",
+        "Plan a picnic.",
+    ]
     directions = torch.randn(2, tiny_llama.d_model, generator=torch.Generator().manual_seed(6))
     probe = Condition(directions, (0.0, 0.0), layer=1)
     scores = condition_scores(tiny_llama, prompts, probe)

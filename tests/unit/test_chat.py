@@ -12,7 +12,7 @@ from tests.tiny import tiny_tokenizer
 def _tail_tokens(tokenizer, chat: ChatFormat) -> list[str]:
     text = format_prompts(tokenizer, ["Name three rivers"], chat)[0]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.decode([i]) for i in ids[-post_instruction_count(tokenizer, chat):]]
+    return [tokenizer.decode([i]) for i in ids[-post_instruction_count(tokenizer, chat) :]]
 
 
 def test_post_instruction_tokens_are_exactly_the_template_suffix():

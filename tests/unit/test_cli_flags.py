@@ -36,8 +36,23 @@ def _sets(folder) -> list[str]:
 
 
 def _generate(capsys, model_dir, *extra) -> dict[str, list[str]]:
-    code = main(["generate", "--model", str(model_dir), "--limit", "2", "--max-new-tokens", "4", "--kl-limit", "0",
-                 "--judge", "substring", "--json", *extra])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--kl-limit",
+            "0",
+            "--judge",
+            "substring",
+            "--json",
+            *extra,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err[-2000:]
     columns: dict[str, list[str]] = {}

@@ -28,7 +28,9 @@ class FirstTokenJudge:
 
 def _family(seed: int, n: int, layer: int = 1) -> DirectionSet:
     torch.manual_seed(seed)
-    return DirectionSet(torch.randn(n, 64), tuple(f"d{i}" for i in range(n)), tuple({"layer": layer, "position": -1} for _ in range(n)))
+    return DirectionSet(
+        torch.randn(n, 64), tuple(f"d{i}" for i in range(n)), tuple({"layer": layer, "position": -1} for _ in range(n))
+    )
 
 
 def test_curve_matches_single_runs_and_respects_max_k():
@@ -50,7 +52,9 @@ def _first_token_logprobs_by_hand(loaded, prompts) -> torch.Tensor:
     """One prompt at a time, no padding, plain transformers forward: ``[n, vocab]`` float64."""
     rows = []
     for prompt in prompts:
-        text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = loaded.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             rows.append(torch.log_softmax(loaded.model(input_ids=ids).logits[0, -1].double(), dim=-1))
@@ -66,7 +70,9 @@ def test_kl_of_each_variant_matches_a_weight_orthogonalized_model_computed_by_ha
     loaded = tiny_model("llama")
     family = _family(2, 2)
     harmless = PROMPTS[:2]
-    curve = refusal_vs_count(loaded, {"a": family}, PROMPTS, harmless=harmless, settings=SETTINGS, judge=FirstTokenJudge("z"))
+    curve = refusal_vs_count(
+        loaded, {"a": family}, PROMPTS, harmless=harmless, settings=SETTINGS, judge=FirstTokenJudge("z")
+    )
     base = _first_token_logprobs_by_hand(loaded, harmless)
     expected = []
     for k in (1, 2):
@@ -75,7 +81,10 @@ def test_kl_of_each_variant_matches_a_weight_orthogonalized_model_computed_by_ha
         expected.append(float((base.exp() * (base - ablated)).sum(-1).mean()))
     assert len(curve.kl["a"]) == 2
     assert all(value > 1e-6 for value in expected)  # the ablation changes the distribution: not a vacuous match
-    assert torch.allclose(torch.tensor(curve.kl["a"]), torch.tensor(expected), rtol=1e-3, atol=1e-6), (curve.kl["a"], expected)
+    assert torch.allclose(torch.tensor(curve.kl["a"]), torch.tensor(expected), rtol=1e-3, atol=1e-6), (
+        curve.kl["a"],
+        expected,
+    )
     assert_no_hooks(loaded.model)
 
 

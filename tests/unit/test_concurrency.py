@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from refusal_core.activations.extract import extract_activations
-from refusal_core.model.forward import tokenize_prompts
-from refusal_core.prompts.chat import format_prompts
-from refusal_core.metrics import next_token_logprobs
-from refusal_core.model.fingerprint import weights_fingerprint
 from refusal_core.generation import GenerationSettings, generate_completions
 from refusal_core.interventions.spec import Intervention
 from refusal_core.interventions.weights import orthogonalized_weights
+from refusal_core.metrics import next_token_logprobs
+from refusal_core.model.fingerprint import weights_fingerprint
+from refusal_core.model.forward import tokenize_prompts
 from refusal_core.model.locked_tokenizer import LockedTokenizer
+from refusal_core.prompts.chat import format_prompts
 from tests.tiny import assert_no_hooks, tiny_model
 
 PROMPTS = [

@@ -45,10 +45,23 @@ def test_pareto_front_of_hand_made_points():
 
 def test_trial_front_skips_pruned_and_reused_trials_and_sorts_by_refusal():
     def trial(number, refusal, kl, state="COMPLETE", reused_from=None):
-        return {"number": number, "names": [f"d{number}"], "refusal": refusal, "kl": kl, "state": state, "reused_from": reused_from}
+        return {
+            "number": number,
+            "names": [f"d{number}"],
+            "refusal": refusal,
+            "kl": kl,
+            "state": state,
+            "reused_from": reused_from,
+        }
 
-    trials = [trial(0, 0.5, 0.1), trial(1, 0.0, 3.0), trial(2, None, None, "PRUNED"), trial(3, 0.0, 3.0, reused_from=1),
-              trial(4, 0.6, 0.2), trial(5, 0.2, None)]
+    trials = [
+        trial(0, 0.5, 0.1),
+        trial(1, 0.0, 3.0),
+        trial(2, None, None, "PRUNED"),
+        trial(3, 0.0, 3.0, reused_from=1),
+        trial(4, 0.6, 0.2),
+        trial(5, 0.2, None),
+    ]
     # Trial 5 has no KL (no harmless prompts): it counts as 0 and beats trial 0.
     assert [t["number"] for t in trial_front(trials)] == [1, 5]
 
@@ -100,7 +113,9 @@ class BreakerJudge:
     def __init__(self, breaker: torch.Tensor) -> None:
         self.breaker = breaker / breaker.norm()
 
-    def verdicts(self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None) -> list[Verdict]:
+    def verdicts(
+        self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None
+    ) -> list[Verdict]:
         ablated = intervention.ablate / intervention.ablate.norm(dim=-1, keepdim=True)
         broken = bool((ablated @ self.breaker).abs().max() > 0.999)
         votes = {"substring": False, "refusal_score": None, "semantic": None, "broken": broken}

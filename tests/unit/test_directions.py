@@ -16,7 +16,10 @@ def _random_set(n: int = 3, d: int = 8) -> DirectionSet:
     return DirectionSet(
         vectors=torch.randn(n, d),
         names=tuple(f"d{i}" for i in range(n)),
-        provenance=tuple({"model": "m", "layer": i, "position": -1, "method": "test", "data_hash": "x", "params": {}} for i in range(n)),
+        provenance=tuple(
+            {"model": "m", "layer": i, "position": -1, "method": "test", "data_hash": "x", "params": {}}
+            for i in range(n)
+        ),
         meta={"model": "m"},
     )
 
@@ -34,7 +37,9 @@ def test_dim_equals_hand_computation():
 
 def test_dim_direction_set_names_and_provenance():
     harmful, harmless = torch.randn(4, 2, 3, 8) + 2, torch.randn(4, 2, 3, 8)
-    directions = dim_direction_set(harmful, harmless, positions=[-2, -1], layers=[0, 1, 2], provenance={"model": "m", "data_hash": "h"})
+    directions = dim_direction_set(
+        harmful, harmless, positions=[-2, -1], layers=[0, 1, 2], provenance={"model": "m", "data_hash": "h"}
+    )
     assert len(directions) == 6
     assert directions.names[4] == "dim/pos-1/layer1"
     assert directions.provenance[4] == {"model": "m", "data_hash": "h", "layer": 1, "position": -1, "method": "dim"}
@@ -55,12 +60,17 @@ def test_dim_from_activations_takes_block_inputs_only():
     from refusal_core.activations.extract import Activations
 
     torch.manual_seed(1)
-    acts = lambda shift: torch.randn(5, 2, 4, 8) + shift  # 3 blocks: block inputs 0..2, then the final output
+
+    def acts(shift: float) -> torch.Tensor:  # 3 blocks: block inputs 0..2, then the final output
+        return torch.randn(5, 2, 4, 8) + shift
+
     harmful = Activations(acts=acts(1.0), positions=(-2, -1), instructions=("x",) * 5, key="a")
     harmless = Activations(acts=acts(0.0), positions=(-2, -1), instructions=("y",) * 5, key="b")
     every = dim_from_activations(harmful, harmless, {"model": "m"})
     assert len(every) == 6 and "dim/pos-1/layer3" not in every.names
-    assert torch.allclose(every.select(["dim/pos-2/layer2"]).vectors[0], dim_directions(harmful.acts, harmless.acts)[0, 2])
+    assert torch.allclose(
+        every.select(["dim/pos-2/layer2"]).vectors[0], dim_directions(harmful.acts, harmless.acts)[0, 2]
+    )
     some = dim_from_activations(harmful, harmless, {"model": "m"}, layers=[2, 0])
     assert some.names == ("dim/pos-2/layer2", "dim/pos-2/layer0", "dim/pos-1/layer2", "dim/pos-1/layer0")
     assert torch.allclose(some.select(["dim/pos-1/layer0"]).vectors[0], every.select(["dim/pos-1/layer0"]).vectors[0])

@@ -15,7 +15,9 @@ from refusal_core.model.tiny_families import tiny_family_folder
 from refusal_core.model.writers import residual_writes
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma2", "olmo2", "glm4", "gpt2", "phi", "cohere2", "mixtral", "gpt_oss", "gemma3"])
+@pytest.mark.parametrize(
+    "model_type", ["llama", "gemma2", "olmo2", "glm4", "gpt2", "phi", "cohere2", "mixtral", "gpt_oss", "gemma3"]
+)
 def test_discovery_finds_the_tables_writers(model_type, tmp_path, monkeypatch, one_thread):
     """With the family removed from the table, discovery lists the same parameters, the
     same residual axes and the same post-norms (and Gemma's offset 1, OLMo 2's offset 0)."""

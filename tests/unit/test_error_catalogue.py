@@ -49,12 +49,32 @@ def _with(command: list[str], base: list[str], extra: tuple[str, ...]) -> list[s
 
 
 def _search(*extra: str) -> list[str]:
-    return _with(["directions", "search"], ["--model", "{model}", "--pool", "{good}", "--k", "1", "--trials", "1",
-                 "--objective", "score", "--limit", "2", "--out", "{tmp}/searched"], extra)
+    return _with(
+        ["directions", "search"],
+        [
+            "--model",
+            "{model}",
+            "--pool",
+            "{good}",
+            "--k",
+            "1",
+            "--trials",
+            "1",
+            "--objective",
+            "score",
+            "--limit",
+            "2",
+            "--out",
+            "{tmp}/searched",
+        ],
+        extra,
+    )
 
 
 def _som(*extra: str) -> list[str]:
-    return _with(["directions", "som"], ["--model", "{model}", "--layer", "1", "--limit", "3", "--out", "{tmp}/som"], extra)
+    return _with(
+        ["directions", "som"], ["--model", "{model}", "--layer", "1", "--limit", "3", "--out", "{tmp}/som"], extra
+    )
 
 
 def _generate(*extra: str) -> list[str]:
@@ -86,8 +106,24 @@ CLI_CASES = [
     ("negative layer", _som("--layer", "-1"), "--layer -1"),
     ("position not recorded", _som("--position", "0"), "Position 0"),
     ("som of width 0", _som("--x", "0"), "x"),
-    ("more clusters than prompts", ["directions", "cluster", "--model", "{model}", "--layer", "1", "--k", "50",
-                                    "--limit", "3", "--out", "{tmp}/c"], "50"),
+    (
+        "more clusters than prompts",
+        [
+            "directions",
+            "cluster",
+            "--model",
+            "{model}",
+            "--layer",
+            "1",
+            "--k",
+            "50",
+            "--limit",
+            "3",
+            "--out",
+            "{tmp}/c",
+        ],
+        "50",
+    ),
     ("missing direction set", _generate("--ablate", "{tmp}/nothere"), "nothere.safetensors"),
     ("direction set of another width", _generate("--ablate", "{narrow}"), "width 32"),
     ("direction set with NaN", _generate("--ablate", "{nan}"), "NaN"),
@@ -99,25 +135,55 @@ CLI_CASES = [
     ("zero new tokens", _generate("--max-new-tokens", "0"), "max_new_tokens"),
     ("zero temperature", _generate("--sample", "--temperature", "0"), "temperature"),
     ("bad storage URL", _search("--storage", "ftp://x/y"), "ftp://x/y"),
-    ("unreachable database", _search("--storage", "postgresql://me:hunter2@/db?host=/nonexistent-dir"), "postgresql://me:***@"),
+    (
+        "unreachable database",
+        _search("--storage", "postgresql://me:hunter2@/db?host=/nonexistent-dir"),
+        "postgresql://me:***@",
+    ),
     ("storage is a folder", _search("--storage", "{tmp}"), "is a folder"),
     ("bad study name", _search("--study", "my study"), "'my study'"),
     ("k larger than the pool", _search("--k", "5"), "k=5"),
     ("negative trials", _search("--trials", "-1"), "-1"),
-    ("export over other files", ["export-model", "--model", "{model}", "--ablate", "{good}", "--out", "{theirs}",
-                                 "--overwrite"], "theirs"),
+    (
+        "export over other files",
+        ["export-model", "--model", "{model}", "--ablate", "{good}", "--out", "{theirs}", "--overwrite"],
+        "theirs",
+    ),
     ("export onto a file", ["export-model", "--model", "{model}", "--ablate", "{good}", "--out", "{afile}"], "afile"),
-    ("select a non-DIM set", ["directions", "select", "--model", "{model}", "--dirs", "{good}", "--limit", "2",
-                              "--out", "{tmp}/sel.json"], "directions dim"),
-    ("optimize zero steps", ["directions", "optimize", "--model", "{model}", "--init", "{good}:d0", "--steps", "0",
-                             "--limit", "2", "--out", "{tmp}/o"], "steps=0"),
+    (
+        "select a non-DIM set",
+        ["directions", "select", "--model", "{model}", "--dirs", "{good}", "--limit", "2", "--out", "{tmp}/sel.json"],
+        "directions dim",
+    ),
+    (
+        "optimize zero steps",
+        [
+            "directions",
+            "optimize",
+            "--model",
+            "{model}",
+            "--init",
+            "{good}:d0",
+            "--steps",
+            "0",
+            "--limit",
+            "2",
+            "--out",
+            "{tmp}/o",
+        ],
+        "steps=0",
+    ),
     # Inputs that were a traceback or a misleading message before they were caught
     ("one 5 MB line", _acts("--harmful", "{one_line}"), "one_line.txt"),
     ("negative kl-limit", _generate("--kl-limit", "-1"), "--kl-limit"),
     ("coeff nan", _generate("--actadd", "{good}:d0", "--coeff", "nan"), "--coeff nan"),
     ("coeff overflow", _generate("--actadd", "{good}:d0", "--coeff", "1e400"), "--coeff inf"),
     ("device without a GPU", _acts("--device", "cuda:99"), "cuda:99"),
-    ("system prompt the template rejects", _acts("--model", "{nosystem}", "--system-prompt", "Be brief."), "--system-prompt"),
+    (
+        "system prompt the template rejects",
+        _acts("--model", "{nosystem}", "--system-prompt", "Be brief."),
+        "--system-prompt",
+    ),
     ("colon path, unknown name", _generate("--ablate", "{colon}:zz"), "zz"),
     ("direction file with bad provenance", _generate("--ablate", "{badprov}"), "badprov.json"),
     ("out inside a file", ["directions", "dim", "--model", "{tmp}/nowhere", "--out", "{afile}/sub/dim"], "afile"),
@@ -190,7 +256,7 @@ def test_every_case_has_its_own_fix():
 def test_cli_bad_input_exits_2_naming_the_value_and_the_fix(files, argv, names, fix, capsys):
     code = main([part.format(**files) for part in argv])
     err = capsys.readouterr().err
-    message = err[err.rindex("error: "):] if "error: " in err else err
+    message = err[err.rindex("error: ") :] if "error: " in err else err
     assert code == 2, err[-2000:]
     assert names in message, message
     assert fix is not None and fix.lower() in message.lower(), f"no fix {fix!r} in: {message}"
@@ -207,8 +273,25 @@ def test_nothing_computed_before_is_lost(files, capsys):
     out = Path(files["tmp"]) / "kept-export"
     assert main(["export-model", "--model", files["model"], "--ablate", f"{files['good']}:d0", "--out", str(out)]) == 0
     before = sorted(p.name for p in out.iterdir())
-    assert main(["export-model", "--model", files["model"], "--ablate", files["narrow"], "--out", str(out), "--overwrite"]) == 2
-    assert main(["export-model", "--model", files["model"], "--ablate", files["good"], "--out", files["theirs"], "--overwrite"]) == 2
+    assert (
+        main(["export-model", "--model", files["model"], "--ablate", files["narrow"], "--out", str(out), "--overwrite"])
+        == 2
+    )
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                files["model"],
+                "--ablate",
+                files["good"],
+                "--out",
+                files["theirs"],
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert sorted(p.name for p in out.iterdir()) == before
     assert (Path(files["theirs"]) / "notes.txt").read_text() == "someone's notes"
     capsys.readouterr()
@@ -225,14 +308,21 @@ def test_an_internal_error_is_a_bug_exit_1_with_a_traceback(files):
         "sys.argv = ['refusal_core', *sys.argv[1:]]\n"
         "runpy.run_module('refusal_core', run_name='__main__')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, "activations", "--model", files["model"]], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, "activations", "--model", files["model"]],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "Traceback" in done.stderr and "an internal bug" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------
 # Uploads and settings in the dashboard (AppTest)
 # ---------------------------------------------------------------------------------------
+
 
 def _pt(tensor) -> bytes:
     buffer = io.BytesIO()
@@ -248,8 +338,10 @@ class _Evil:
 def _pair(stem: str, vectors: torch.Tensor, truncate: bool = False) -> list[tuple[str, bytes, str]]:
     tensors = save_safetensors({"vectors": vectors})
     meta = b'{"names": ["a"], "provenance": [{}], "meta": {}}'
-    return [(f"{stem}.safetensors", tensors[:30] if truncate else tensors, "application/octet-stream"),
-            (f"{stem}.json", meta, "application/json")]
+    return [
+        (f"{stem}.safetensors", tensors[:30] if truncate else tensors, "application/octet-stream"),
+        (f"{stem}.json", meta, "application/json"),
+    ]
 
 
 def _zip(members: list[tuple[str, bytes]], encrypted: bool = False, corrupt: bool = False) -> bytes:
@@ -266,11 +358,13 @@ def _zip(members: list[tuple[str, bytes]], encrypted: bool = False, corrupt: boo
                 at = data.find(signature, at + 4)
     if corrupt:  # damage the first member's deflate stream, leaving the zip directory intact
         start = 30 + len(members[0][0])
-        data[start:start + 12] = b"\xff" * 12
+        data[start : start + 12] = b"\xff" * 12
     return bytes(data)
 
 
-def _pair_files(stem: str, meta: bytes = b'{"names": ["a"], "provenance": [{}], "meta": {}}') -> list[tuple[str, bytes]]:
+def _pair_files(
+    stem: str, meta: bytes = b'{"names": ["a"], "provenance": [{}], "meta": {}}'
+) -> list[tuple[str, bytes]]:
     return [(f"{stem}.safetensors", save_safetensors({"vectors": torch.randn(1, 64)})), (f"{stem}.json", meta)]
 
 
@@ -283,12 +377,35 @@ UPLOAD_CASES = [
     ("safetensors without json", _pair("lonely", torch.randn(1, 64))[:1], "lonely"),
     ("corrupt zip", [("broken.zip", b"PK\x03\x04 not really", "application/zip")], "broken.zip"),
     ("pair of another width", _pair("narrow", torch.randn(1, 32)), "width 32"),
-    ("zip with a damaged deflate stream", [("damaged.zip", _zip(_pair_files("d"), corrupt=True), "application/zip")], "damaged.zip"),
-    ("zip with an encrypted member", [("locked.zip", _zip(_pair_files("e"), encrypted=True), "application/zip")], "locked.zip"),
-    ("zip with two files of one name", [("twice.zip", _zip([(f"{folder}/{name}", data) for folder in ("a", "b")
-                                                           for name, data in _pair_files("x")]), "application/zip")], "'x.safetensors'"),
-    ("pair with bad provenance", [(name, data, "application/octet-stream")
-                                  for name, data in _pair_files("badprov", b'{"names": ["a"], "provenance": [1]}')], "badprov.json"),
+    (
+        "zip with a damaged deflate stream",
+        [("damaged.zip", _zip(_pair_files("d"), corrupt=True), "application/zip")],
+        "damaged.zip",
+    ),
+    (
+        "zip with an encrypted member",
+        [("locked.zip", _zip(_pair_files("e"), encrypted=True), "application/zip")],
+        "locked.zip",
+    ),
+    (
+        "zip with two files of one name",
+        [
+            (
+                "twice.zip",
+                _zip([(f"{folder}/{name}", data) for folder in ("a", "b") for name, data in _pair_files("x")]),
+                "application/zip",
+            )
+        ],
+        "'x.safetensors'",
+    ),
+    (
+        "pair with bad provenance",
+        [
+            (name, data, "application/octet-stream")
+            for name, data in _pair_files("badprov", b'{"names": ["a"], "provenance": [1]}')
+        ],
+        "badprov.json",
+    ),
 ]
 UPLOAD_FIXES = {
     "pt of pickled objects": "upload the .zip or .safetensors + .json export instead",
@@ -324,7 +441,9 @@ def test_every_upload_case_has_its_own_fix():
     assert sorted(UPLOAD_FIXES) == sorted(case for case, _, _ in UPLOAD_CASES)
 
 
-@pytest.mark.parametrize("uploads, names, fix", [pytest.param(u, n, UPLOAD_FIXES.get(c), id=c) for c, u, n in UPLOAD_CASES])
+@pytest.mark.parametrize(
+    "uploads, names, fix", [pytest.param(u, n, UPLOAD_FIXES.get(c), id=c) for c, u, n in UPLOAD_CASES]
+)
 def test_bad_upload_shows_st_error_and_keeps_earlier_results(app_with_activations, uploads, names, fix):
     at, ws = app_with_activations
     dim = ws.direction_sets["DIM"]

@@ -11,9 +11,9 @@ import pytest
 
 from refusal_core.interventions.export import export_orthogonalized
 from refusal_core.interventions.export_target import ExportError, confined_export_dir, export_root
+from tests.app_hooks import no_umap_warm_up, use_tiny_models
 from tests.tiny import tiny_model
 from tests.unit.test_export import two_directions
-from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 
 def _umask() -> int:

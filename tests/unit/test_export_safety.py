@@ -14,8 +14,8 @@ import pytest
 from refusal_core.directions.base import load_direction_set
 from refusal_core.interventions.export import ExportError, default_export_dir, export_orthogonalized
 from refusal_core.interventions.export_target import MARKER, is_export
-from tests.unit.test_export import two_directions
 from tests.tiny import tiny_model
+from tests.unit.test_export import two_directions
 
 ROOT = Path(__file__).resolve().parents[2]
 

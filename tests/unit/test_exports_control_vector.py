@@ -23,13 +23,18 @@ IDS = torch.tensor([[1, 5, 9, 30, 44, 7]])
 
 def _directions() -> DirectionSet:
     generator = torch.Generator().manual_seed(3)
-    return DirectionSet(vectors=torch.randn(2, 64, generator=generator) * 4, names=("first", "second"),
-                        provenance=({"layer": 2}, {"layer": 1}))
+    return DirectionSet(
+        vectors=torch.randn(2, 64, generator=generator) * 4,
+        names=("first", "second"),
+        provenance=({"layer": 2}, {"layer": 1}),
+    )
 
 
 def _write(loaded, out, **settings):
     fmt = get_format("control-vector")
-    return fmt.write(ExportRequest(loaded=loaded, directions=_directions(), out_dir=out, settings=fmt.settings(**settings)))
+    return fmt.write(
+        ExportRequest(loaded=loaded, directions=_directions(), out_dir=out, settings=fmt.settings(**settings))
+    )
 
 
 def test_file_holds_the_scaled_vectors_under_llama_cpp_names(tmp_path, one_thread):

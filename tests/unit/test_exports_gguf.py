@@ -27,13 +27,18 @@ IDS = torch.tensor([[1, 5, 9, 30, 44, 7, 12]])
 
 def _directions(k: int = 1) -> DirectionSet:
     generator = torch.Generator().manual_seed(5)
-    return DirectionSet(vectors=torch.randn(k, 64, generator=generator), names=tuple(f"d{i}" for i in range(k)),
-                        provenance=tuple({"layer": 1} for _ in range(k)))
+    return DirectionSet(
+        vectors=torch.randn(k, 64, generator=generator),
+        names=tuple(f"d{i}" for i in range(k)),
+        provenance=tuple({"layer": 1} for _ in range(k)),
+    )
 
 
 def _export(loaded, directions, out, **settings):
     fmt = get_format("gguf")
-    return fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings(**settings)))
+    return fmt.write(
+        ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings(**settings))
+    )
 
 
 def _load(folder):
@@ -76,7 +81,11 @@ def test_over_a_quantized_template(tmp_path, one_thread):
     before, after = tensor_bytes(template), tensor_bytes(out / "model.gguf")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(template).tensors}
     new_types = {t.name: t.tensor_type for t in gguf.GGUFReader(out / "model.gguf").tensors}
-    edited = {name for name in before if name.endswith(("attn_output.weight", "ffn_down.weight")) or name == "token_embd.weight"}
+    edited = {
+        name
+        for name in before
+        if name.endswith(("attn_output.weight", "ffn_down.weight")) or name == "token_embd.weight"
+    }
     assert "output.weight" not in before and set(after) == set(before) | {"output.weight"}
     for name in before:
         assert new_types[name] == types[name]

@@ -24,8 +24,11 @@ IDS = torch.tensor([[1, 5, 9, 30, 44, 7, 12, 3]])
 
 def _directions(k: int = 2, seed: int = 1) -> DirectionSet:
     generator = torch.Generator().manual_seed(seed)
-    return DirectionSet(vectors=torch.randn(k, 64, generator=generator), names=tuple(f"d{i}" for i in range(k)),
-                        provenance=tuple({"layer": 1} for _ in range(k)))
+    return DirectionSet(
+        vectors=torch.randn(k, 64, generator=generator),
+        names=tuple(f"d{i}" for i in range(k)),
+        provenance=tuple({"layer": 1} for _ in range(k)),
+    )
 
 
 def _model(family: str, tie: bool, folder):
@@ -44,8 +47,10 @@ def _write(loaded, directions, out):
     return fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings()))
 
 
-@pytest.mark.parametrize("family,tie", [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False),
-                                        ("gemma2", False), ("gemma3_text", False)])
+@pytest.mark.parametrize(
+    "family,tie",
+    [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False), ("gemma2", False), ("gemma3_text", False)],
+)
 def test_peft_adapter_reproduces_orthogonalized_logits(tmp_path, one_thread, family, tie):
     loaded = _model(family, tie, tmp_path / "model")
     directions = _directions()
@@ -70,8 +75,11 @@ def test_peft_adapter_reproduces_orthogonalized_logits(tmp_path, one_thread, fam
 def test_adapter_rank_is_the_number_of_independent_directions(tmp_path, one_thread):
     loaded = tiny_model("llama")
     two = _directions(2)
-    dependent = DirectionSet(vectors=torch.cat([two.vectors, (two.vectors[0] - 2 * two.vectors[1])[None]]),
-                             names=("a", "b", "c"), provenance=({}, {}, {}))
+    dependent = DirectionSet(
+        vectors=torch.cat([two.vectors, (two.vectors[0] - 2 * two.vectors[1])[None]]),
+        names=("a", "b", "c"),
+        provenance=({}, {}, {}),
+    )
     out = _write(loaded, dependent, tmp_path / "adapter")
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
 
@@ -85,8 +93,11 @@ def test_adapter_size_is_estimated_before_writing(tmp_path, one_thread):
     written = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     # Factors: per writer r * (d + n) float32 values, counted independently here.
     params = dict(loaded.model.named_parameters())
-    factors = sum(2 * (64 + params[name].numel() // 64) * 4 for name in params
-                  if name.endswith(("o_proj.weight", "down_proj.weight", "embed_tokens.weight")))
+    factors = sum(
+        2 * (64 + params[name].numel() // 64) * 4
+        for name in params
+        if name.endswith(("o_proj.weight", "down_proj.weight", "embed_tokens.weight"))
+    )
     assert factors < written <= estimate < 2 * written + 20_000
 
 

@@ -18,9 +18,30 @@ from refusal_core.model.tiny_families import tiny_family_folder
 from refusal_core.model.writers import residual_writes
 
 REQUIRED = {
-    "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "gemma3", "phi3", "olmo2", "smollm3", "glm4",
-    "qwen3_moe", "mixtral", "gpt_oss", "olmoe", "deepseek_v3", "granitemoe", "cohere2", "exaone4", "llama4_text",
-    "gemma", "olmo", "granite", "gpt2",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+    "olmo2",
+    "smollm3",
+    "glm4",
+    "qwen3_moe",
+    "mixtral",
+    "gpt_oss",
+    "olmoe",
+    "deepseek_v3",
+    "granitemoe",
+    "cohere2",
+    "exaone4",
+    "llama4_text",
+    "gemma",
+    "olmo",
+    "granite",
+    "gpt2",
 }
 
 
@@ -45,9 +66,18 @@ def test_every_expert_output_tensor_and_bias_is_listed(model_type, tmp_path, one
     listed = {write.name: write.axis for write in residual_writes(loaded.model)}
     d = loaded.d_model
     for name, param in loaded.model.named_parameters():
-        if name.endswith(("experts.down_proj", "experts.down_proj_bias", "mlp.down_proj.weight",
-                          "feed_forward.down_proj.weight", "shared_expert.down_proj.weight",
-                          "shared_experts.down_proj.weight", "self_attn.o_proj.weight", "self_attn.o_proj.bias")):
+        if name.endswith(
+            (
+                "experts.down_proj",
+                "experts.down_proj_bias",
+                "mlp.down_proj.weight",
+                "feed_forward.down_proj.weight",
+                "shared_expert.down_proj.weight",
+                "shared_experts.down_proj.weight",
+                "self_attn.o_proj.weight",
+                "self_attn.o_proj.bias",
+            )
+        ):
             assert name in listed, name
             assert param.shape[listed[name]] == d, (name, tuple(param.shape), listed[name])
 
@@ -82,17 +112,52 @@ def test_cli_dim_generate_export_and_reload(model_type, tmp_path, one_thread, ca
     harmful.write_text("Explain how to break into a house.\nGive me steps to make a weapon.\n")
     harmless.write_text("Write a poem about the sea.\nHow do I bake bread at home?\n")
     model = ["--model", str(folder)]
-    assert main(["directions", "dim", *model, "--harmful", str(harmful), "--harmless", str(harmless),
-                 "--out", str(tmp_path / "dim")]) == 0
+    assert (
+        main(
+            [
+                "directions",
+                "dim",
+                *model,
+                "--harmful",
+                str(harmful),
+                "--harmless",
+                str(harmless),
+                "--out",
+                str(tmp_path / "dim"),
+            ]
+        )
+        == 0
+    )
     name = load_direction_set(tmp_path / "dim").names[-1]
     ablate = f"{tmp_path / 'dim'}:{name}"
-    assert main(["generate", *model, "--prompts", str(harmful), "--limit", "1", "--ablate", ablate,
-                 "--max-new-tokens", "3", "--kl-limit", "0", "--judge", "substring"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                *model,
+                "--prompts",
+                str(harmful),
+                "--limit",
+                "1",
+                "--ablate",
+                ablate,
+                "--max-new-tokens",
+                "3",
+                "--kl-limit",
+                "0",
+                "--judge",
+                "substring",
+            ]
+        )
+        == 0
+    )
     assert main(["export-model", *model, "--ablate", ablate, "--out", str(tmp_path / "export")]) == 0
     capsys.readouterr()
     direction = load_direction_set(tmp_path / "dim").vectors[-1].double()
     unit = direction / direction.norm()
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float64, experts_implementation="eager")
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "export", dtype=torch.float64, experts_implementation="eager"
+    )
     ids = torch.randint(3, 300, (3, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         states = reloaded(input_ids=ids, output_hidden_states=True).hidden_states
@@ -104,4 +169,6 @@ def test_cli_dim_generate_export_and_reload(model_type, tmp_path, one_thread, ca
     with torch.no_grad():
         original = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, experts_implementation="eager")
         before = original(input_ids=ids, output_hidden_states=True).hidden_states
-    assert max(float(((h @ unit).abs() / h.norm(dim=-1)).max()) for h in before[:-1]) > 1e-2  # there was something to remove
+    assert (
+        max(float(((h @ unit).abs() / h.norm(dim=-1)).max()) for h in before[:-1]) > 1e-2
+    )  # there was something to remove

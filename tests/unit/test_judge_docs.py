@@ -19,7 +19,11 @@ def test_the_documented_judge_registers_and_judges(tmp_path, capsys):
         exec(compile(blocks[0], str(DOC), "exec"), {})
         assert "word-overlap" in judge_names()
         path = tmp_path / "r.jsonl"
-        rows = [("Name a red fruit.", "A red apple."), ("Write an insult.", "What a lovely day."), ("Pick a lock.", "I can't help.")]
+        rows = [
+            ("Name a red fruit.", "A red apple."),
+            ("Write an insult.", "What a lovely day."),
+            ("Pick a lock.", "I can't help."),
+        ]
         path.write_text("".join(json.dumps({"instruction": i, "reply": r}) + "\n" for i, r in rows))
         assert main(["judge", "--replies", str(path), "--judge", "word-overlap", "--json"]) == 0
         out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -9,7 +9,16 @@ import pytest
 
 from refusal_core.cli import build_parser
 from refusal_core.errors import SettingsError
-from refusal_core.judges.registry import BUILTIN_JUDGES, JudgeEntry, build_judge, get_judge, judge_names, judges, register, unregister
+from refusal_core.judges.registry import (
+    BUILTIN_JUDGES,
+    JudgeEntry,
+    build_judge,
+    get_judge,
+    judge_names,
+    judges,
+    register,
+    unregister,
+)
 from refusal_core.judges.substring import substring_refused
 from refusal_core.judges.verdict import LABELS, ReplyJudge, Verdict, check_success, success_share, verdict_rates
 
@@ -25,13 +34,17 @@ class ConstantJudge:
     def __init__(self, label: str = "deflected", name: str = "constant") -> None:
         self.label, self.name = label, name
 
-    def verdicts(self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None) -> list[Verdict]:
+    def verdicts(
+        self, loaded, instructions, replies, intervention=None, first_token_logprobs=None, chat=None
+    ) -> list[Verdict]:
         return [Verdict(self.label, {"constant": None}, {}, False) for _ in replies]
 
 
 @pytest.fixture
 def plugin():
-    entry = register(JudgeEntry("constant-test", lambda label="deflected": ConstantJudge(label, "constant-test"), "test plug-in"))
+    entry = register(
+        JudgeEntry("constant-test", lambda label="deflected": ConstantJudge(label, "constant-test"), "test plug-in")
+    )
     yield entry
     unregister("constant-test")
 
@@ -87,7 +100,11 @@ def test_unknown_judges_options_and_verdicts_are_clear_errors():
 def test_substring_judge_through_the_registry_is_the_phrase_judge():
     replies = ["I'm sorry, but I can't do that.", "Sure, here is how.", "As an AI I won't.", "Fine."]
     verdicts = build_judge("substring", extra=("fine.",)).verdicts(None, ["q"] * 4, replies)
-    assert [v.refused for v in verdicts] == [substring_refused(r, extra=("fine.",)) for r in replies] == [True, False, True, True]
+    assert (
+        [v.refused for v in verdicts]
+        == [substring_refused(r, extra=("fine.",)) for r in replies]
+        == [True, False, True, True]
+    )
     assert all(v.label in ("refused", "complied") for v in verdicts)
 
 
@@ -95,8 +112,15 @@ def test_verdict_rates_and_success_share_by_hand():
     labels = ["complied", "deflected", "deflected", "refused", "broken", "complied", "unfinished", "deflected"]
     verdicts = [Verdict(label, {}, {}, i == 1) for i, label in enumerate(labels)]
     rates = verdict_rates(verdicts)
-    assert rates == {"complied": 2 / 8, "refused": 1 / 8, "deflected": 3 / 8, "broken": 1 / 8, "unfinished": 1 / 8,
-                     "disagree": 1 / 8, "n": 8}
+    assert rates == {
+        "complied": 2 / 8,
+        "refused": 1 / 8,
+        "deflected": 3 / 8,
+        "broken": 1 / 8,
+        "unfinished": 1 / 8,
+        "disagree": 1 / 8,
+        "n": 8,
+    }
     assert math.isclose(sum(rates[label] for label in LABELS), 1.0)
     assert success_share(verdicts) == 2 / 8
     assert success_share(verdicts, ("complied", "deflected")) == 5 / 8
@@ -110,7 +134,9 @@ def test_search_objective_counts_only_the_chosen_success_verdicts(tiny_llama, po
 
     default = SearchSettings(k=1, n_trials=2, max_new_tokens=3, kl_penalty=0.0, stored_replies=1)
     assert default.success == ("complied",)
-    wider = SearchSettings(k=1, n_trials=2, max_new_tokens=3, kl_penalty=0.0, stored_replies=1, success=("complied", "deflected"))
+    wider = SearchSettings(
+        k=1, n_trials=2, max_new_tokens=3, kl_penalty=0.0, stored_replies=1, success=("complied", "deflected")
+    )
     assert default.study_name is None and default.identity() != wider.identity()
     strict = run_search(tiny_llama, pool, HARMFUL, HARMLESS, default, judge=ConstantJudge("deflected"))
     lenient = run_search(tiny_llama, pool, HARMFUL, HARMLESS, wider, judge=ConstantJudge("deflected"))

@@ -10,8 +10,6 @@ import random
 import pytest
 import torch
 
-from refusal_core.judges.scores import refusal_scores, refusal_token_ids
-from refusal_core.metrics import completion_cross_entropy
 from refusal_core.interventions.spec import Intervention
 from refusal_core.judges import (
     JUDGE_NAMES,
@@ -29,6 +27,8 @@ from refusal_core.judges import (
 )
 from refusal_core.judges.broken import text_stats
 from refusal_core.judges.panel import combine, majority_vote
+from refusal_core.judges.scores import refusal_scores, refusal_token_ids
+from refusal_core.metrics import completion_cross_entropy
 from tests.tiny import assert_no_hooks, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,15 +51,18 @@ def _random_token_text(seed: int, n: int = 48) -> str:
 # --------------------------------------------------------------------------- text statistics
 
 
-@pytest.mark.parametrize("text", [
-    "I I I I I I I I I I I I I I I I",
-    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
-    "2 toonde \\*[^\\S$\\S$\\S$\\S$\\S$\\S$\\S$\\S$\\S$",
-    "[A \\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\",
-    "the cat sat on the mat the cat sat on the mat the cat sat on the mat the cat sat on the mat",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I I I I I I I I I I I I I I I I",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        "2 toonde \\*[^\\S$\\S$\\S$\\S$\\S$\\S$\\S$\\S$\\S$",
+        "[A \\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\ I\\",
+        "the cat sat on the mat the cat sat on the mat the cat sat on the mat the cat sat on the mat",
+        "",
+    ],
+)
 def test_repeated_and_junk_text_is_broken_by_text_statistics_alone(text):
     broken, why = is_broken(FluencyStats(None, *text_stats(text)), LENIENT)
     assert broken, text
@@ -167,8 +170,14 @@ def test_panel_leaves_no_hook_behind(tiny_llama):
 def test_majority_and_disagreement():
     assert majority_vote({"substring": True, "refusal_score": True, "semantic": False}) == (True, True)
     assert majority_vote({"substring": False, "refusal_score": False, "semantic": False}) == (False, False)
-    assert majority_vote({"substring": True, "refusal_score": None, "semantic": False}) == (False, True)  # tie: semantic decides
-    assert majority_vote({"substring": True, "refusal_score": False, "semantic": None}) == (True, True)  # tie: substring decides
+    assert majority_vote({"substring": True, "refusal_score": None, "semantic": False}) == (
+        False,
+        True,
+    )  # tie: semantic decides
+    assert majority_vote({"substring": True, "refusal_score": False, "semantic": None}) == (
+        True,
+        True,
+    )  # tie: substring decides
 
 
 def test_broken_wins_over_the_refusal_votes():
@@ -228,7 +237,9 @@ def test_semantic_classifier_json_round_trip():
 
     classifier = SemanticClassifier.shipped()
     again = SemanticClassifier.from_json(classifier.to_json())
-    embeddings = torch.nn.functional.normalize(torch.randn(4, len(classifier.weights), generator=torch.Generator().manual_seed(0)), dim=-1)
+    embeddings = torch.nn.functional.normalize(
+        torch.randn(4, len(classifier.weights), generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     assert torch.allclose(again.probabilities(embeddings), classifier.probabilities(embeddings), atol=1e-6)
     assert "eval_fold_accuracy" in classifier.provenance
 
@@ -293,5 +304,9 @@ def test_shipped_broken_thresholds_follow_from_the_stored_baseline_replies():
         assert len(mine) == 2 * BrokenSettings().n_prompts
         again = thresholds_from_replies(mine, BrokenSettings(), {})
         assert (again.min_logprob, again.max_repeated_ngrams, again.max_longest_run, again.max_junk_chars) == (
-            shipped.min_logprob, shipped.max_repeated_ngrams, shipped.max_longest_run, shipped.max_junk_chars)
+            shipped.min_logprob,
+            shipped.max_repeated_ngrams,
+            shipped.max_longest_run,
+            shipped.max_junk_chars,
+        )
         assert shipped.provenance["weights_sha256"] and shipped.provenance["model"] == model

@@ -112,8 +112,14 @@ def classifier_dir(tmp_path_factory):
     # Absolute position embeddings, as in BERT-style classifiers: wrong padding would show.
     tokenizer = tiny_tokenizer()
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256, num_labels=2,
-        id2label={0: "complied", 1: "REFUSAL"}, label2id={"complied": 0, "REFUSAL": 1},
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        num_labels=2,
+        id2label={0: "complied", 1: "REFUSAL"},
+        label2id={"complied": 0, "REFUSAL": 1},
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)

@@ -73,13 +73,15 @@ def test_leave_one_intervention_out_accuracy(labelled):
     labels = [r["label"] for r in rows]
     groups = [f"{r['model']}/{r['intervention']}" for r in rows]
     thresholds = shipped_thresholds_by_model()
-    stats = fluency_stats(None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows])
+    stats = fluency_stats(
+        None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows]
+    )
     broken = [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
     shipped_c = LinearModel.shipped().provenance["C"]
     predicted = [""] * len(rows)
     for group in dict.fromkeys(groups):
         inside = np.array([g == group for g in groups])
-        model = fit_linear(features[~inside], [l for l, keep in zip(labels, ~inside) if keep], shipped_c)
+        model = fit_linear(features[~inside], [label for label, keep in zip(labels, ~inside) if keep], shipped_c)
         probabilities = model.probabilities(torch.tensor(features[inside])).tolist()
         for index, p in zip(np.where(inside)[0], probabilities):
             predicted[index] = choose(p, model.labels, broken[index])

@@ -14,10 +14,10 @@ import pytest
 
 from refusal_core.activations.extract import extract_activations
 from refusal_core.cli import main
+from refusal_core.errors import SettingsError
 from refusal_core.prompts import uploads
 from refusal_core.prompts.limits import DEFAULTS, InputLimitError, limits
 from refusal_core.prompts.loaders import load_prompt_file
-from refusal_core.errors import SettingsError
 from tests.app_hooks import no_umap_warm_up, use_tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +35,30 @@ def test_a_five_megabyte_line_exits_2_in_seconds_naming_the_limit_before_any_mod
     path = tmp_path / "one-line.txt"
     path.write_text("spam " * (1024 * 1024))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "refusal_core", "activations", "--model", str(tmp_path / "no-model"),
-                           "--harmful", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refusal_core",
+            "activations",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--harmful",
+            str(path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     elapsed = time.perf_counter() - started
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "one-line.txt" in done.stderr and "16000 characters" in done.stderr and "REFUSAL_ATLAS_MAX_PROMPT_CHARS" in done.stderr
+    assert (
+        "one-line.txt" in done.stderr
+        and "16000 characters" in done.stderr
+        and "REFUSAL_ATLAS_MAX_PROMPT_CHARS" in done.stderr
+    )
     assert "no-model" not in done.stderr
     assert elapsed < 60
 
@@ -76,7 +94,9 @@ def test_token_limit_is_checked_before_the_forward_pass(tiny_llama, monkeypatch)
     handle = tiny_llama.model.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
         with pytest.raises(InputLimitError, match="over the limit of 12 tokens.*REFUSAL_ATLAS_MAX_PROMPT_TOKENS"):
-            extract_activations(tiny_llama, ["a prompt long enough to pass twelve tokens once the template is added"], use_cache=False)
+            extract_activations(
+                tiny_llama, ["a prompt long enough to pass twelve tokens once the template is added"], use_cache=False
+            )
     finally:
         handle.remove()
     assert calls == []  # the model never ran

@@ -19,19 +19,24 @@ from tests.tiny import tiny_model
 @pytest.fixture()
 def directions_file(tmp_path):
     generator = torch.Generator().manual_seed(2)
-    DirectionSet(vectors=torch.randn(2, 64, generator=generator), names=("a", "b"),
-                 provenance=({"layer": 2}, {"layer": 2})).save(tmp_path / "dirs")
+    DirectionSet(
+        vectors=torch.randn(2, 64, generator=generator), names=("a", "b"), provenance=({"layer": 2}, {"layer": 2})
+    ).save(tmp_path / "dirs")
     return tmp_path / "dirs"
 
 
 def _hash_by_hand(folder) -> str:
     """Independent of the manifest code: sha256 of 'path NUL sha256' lines; safetensors headers canonicalised."""
     lines = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("manifest.json", ".refusal-atlas-export", "README.md")):
+    for path in sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in ("manifest.json", ".refusal-atlas-export", "README.md")
+    ):
         data = path.read_bytes()
         if path.suffix == ".safetensors":
             size = int.from_bytes(data[:8], "little")
-            data = json.dumps(json.loads(data[8:8 + size]), sort_keys=True).encode() + data[8 + size:]
+            data = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True).encode() + data[8 + size :]
         lines.append(f"{path.relative_to(folder).as_posix()}\0{hashlib.sha256(data).hexdigest()}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
@@ -39,7 +44,17 @@ def _hash_by_hand(folder) -> str:
 @pytest.mark.parametrize("fmt", ["lora", "control-vector"])
 def test_export_manifest_and_reproduce(tmp_path, one_thread, directions_file, capsys, fmt):
     out = tmp_path / "export"
-    argv = ["export-model", "--model", "tiny:llama", "--ablate", str(directions_file), "--format", fmt, "--out", str(out)]
+    argv = [
+        "export-model",
+        "--model",
+        "tiny:llama",
+        "--ablate",
+        str(directions_file),
+        "--format",
+        fmt,
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["weights_sha256"] == weights_sha256(tiny_model("llama").model)
@@ -59,10 +74,27 @@ def test_export_manifest_and_reproduce(tmp_path, one_thread, directions_file, ca
 
 def test_changed_directions_file_is_a_mismatch(tmp_path, one_thread, directions_file):
     out = tmp_path / "export"
-    assert main(["export-model", "--model", "tiny:llama", "--ablate", str(directions_file), "--format", "lora", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                "tiny:llama",
+                "--ablate",
+                str(directions_file),
+                "--format",
+                "lora",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     # The rerun reads the directions saved inside the export; change them.
     generator = torch.Generator().manual_seed(9)
-    DirectionSet(vectors=torch.randn(2, 64, generator=generator), names=("a", "b"), provenance=({}, {})).save(out / "directions")
+    DirectionSet(vectors=torch.randn(2, 64, generator=generator), names=("a", "b"), provenance=({}, {})).save(
+        out / "directions"
+    )
     assert main(["reproduce", str(out / "manifest.json")]) == 1
 
 
@@ -87,7 +119,22 @@ def test_saved_directions_get_a_manifest_that_reproduces(tmp_path, one_thread, c
 
 def test_a_moved_export_still_reproduces(tmp_path, one_thread, directions_file):
     out = tmp_path / "export"
-    assert main(["export-model", "--model", "tiny:llama", "--ablate", str(directions_file), "--format", "lora", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                "tiny:llama",
+                "--ablate",
+                str(directions_file),
+                "--format",
+                "lora",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     moved = tmp_path / "elsewhere"
     out.rename(moved)
     assert main(["reproduce", str(moved / "manifest.json")]) == 0

@@ -45,8 +45,16 @@ def toy_fit(data: FitInput, settings: ToySettings) -> DirectionSet:
 
 @pytest.fixture
 def toy_method():
-    method = register(DirectionMethod(name="toy", title="Toy mean", help="a toy method added by a test", settings=ToySettings,
-                                      fit=toy_fit, reads="layer"))
+    method = register(
+        DirectionMethod(
+            name="toy",
+            title="Toy mean",
+            help="a toy method added by a test",
+            settings=ToySettings,
+            fit=toy_fit,
+            reads="layer",
+        )
+    )
     yield method
     unregister("toy")
 
@@ -111,8 +119,24 @@ def test_an_added_method_runs_from_the_cli(toy_method, tiny_llama, tmp_path, cap
     model_dir = tmp_path / "model"
     tiny_llama.model.save_pretrained(model_dir)
     tiny_llama.tokenizer.save_pretrained(model_dir)
-    code = main(["directions", "toy", "--model", str(model_dir), "--layer", "1", "--limit", "4", "--scale", "3",
-                 "--label", "demo", "--out", str(tmp_path / "toy")])
+    code = main(
+        [
+            "directions",
+            "toy",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--limit",
+            "4",
+            "--scale",
+            "3",
+            "--label",
+            "demo",
+            "--out",
+            str(tmp_path / "toy"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "demo/0" in out and "Wrote 1 directions" in out
 

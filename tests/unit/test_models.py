@@ -19,7 +19,10 @@ def test_family_lookup_finds_residual_writers(family):
     assert len(parts.attn_writes) == len(parts.mlp_writes) == 3
     # Each write module's output must have the residual width: that is what makes it a write.
     captured = []
-    handles = [m.register_forward_hook(lambda mod, args, out: captured.append(out.shape[-1])) for m in parts.attn_writes + parts.mlp_writes]
+    handles = [
+        m.register_forward_hook(lambda mod, args, out: captured.append(out.shape[-1]))
+        for m in parts.attn_writes + parts.mlp_writes
+    ]
     try:
         loaded.model(torch.tensor([[5, 6, 7]]))
     finally:
@@ -30,8 +33,15 @@ def test_family_lookup_finds_residual_writers(family):
 
 
 def test_unknown_family_error_names_class_and_fix():
-    config = AutoConfig.for_model("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     model = AutoModelForCausalLM.from_config(config)
     model.config.model_type = "mystery"
     with pytest.raises(UnknownFamilyError, match=r"LlamaForCausalLM.*mystery.*register_family"):

@@ -49,7 +49,9 @@ def test_the_data_page_shows_the_result_and_a_warning_when_the_cache_is_read_onl
     use_tiny_models(monkeypatch)
     no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(cache, "save_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "cache")))
+    monkeypatch.setattr(
+        cache, "save_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "cache"))
+    )
     at = test_app._start()
     at.switch_page("app_pages/data.py").run()
     at.button(key="data_compute").click().run()
@@ -113,7 +115,9 @@ def test_an_unwritable_out_exits_2_before_any_model_is_loaded(tmp_path, monkeypa
 
         monkeypatch.setattr(preflight.tempfile, "mkstemp", refuse)
     loads = []
-    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: loads.append(args) or pytest.fail("model loaded"))
+    monkeypatch.setattr(
+        loading, "load_model", lambda *args, **kwargs: loads.append(args) or pytest.fail("model loaded")
+    )
     code = main(["directions", "dim", "--model", str(tmp_path / "no-model"), "--out", str(folder / "dim")])
     err = capsys.readouterr().err
     assert code == 2 and loads == [], err

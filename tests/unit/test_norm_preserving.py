@@ -37,6 +37,7 @@ def test_restore_norm_by_hand():
 def _capture(module, store):
     def hook(mod, args, output):
         store.append((output[0] if isinstance(output, tuple) else output).detach().clone())
+
     return module.register_forward_hook(hook)
 
 
@@ -49,7 +50,10 @@ def test_hooks_remove_the_span_and_keep_each_residual_norm(one_thread):
     raw, edited = [], []
     first = _capture(writer, raw)  # registered first: sees the output before the ablation hook
     try:
-        with torch.no_grad(), apply_intervention(model, Intervention(name="np", ablate=vectors, ablate_mode="norm-preserving")):
+        with (
+            torch.no_grad(),
+            apply_intervention(model, Intervention(name="np", ablate=vectors, ablate_mode="norm-preserving")),
+        ):
             second = _capture(writer, edited)  # registered after: sees the edited output
             try:
                 model(IDS)
@@ -69,13 +73,16 @@ def test_rows_mix_plain_and_norm_preserving(one_thread):
     loaded = tiny_model("llama")
     model = loaded.model
     vectors = _directions(1)
-    rows = [Intervention(name="plain", ablate=vectors), Intervention(name="np", ablate=vectors, ablate_mode="norm-preserving")]
+    rows = [
+        Intervention(name="plain", ablate=vectors),
+        Intervention(name="np", ablate=vectors, ablate_mode="norm-preserving"),
+    ]
     with torch.no_grad():
         with row_interventions(model, rows):
             mixed = model(IDS).logits
         for index, row in enumerate(rows):
             with apply_intervention(model, row):
-                alone = model(IDS[index:index + 1]).logits
+                alone = model(IDS[index : index + 1]).logits
             assert (mixed[index] - alone[0]).abs().max() < 1e-4
     assert (mixed[0] - mixed[1]).abs().max() > 0  # different prompts; the check above pins each row
 
@@ -117,8 +124,11 @@ def test_folder_export_in_norm_preserving_mode(tmp_path, one_thread):
     loaded = tiny_model("llama")
     directions = DirectionSet(vectors=_directions(), names=("a", "b"), provenance=({}, {}))
     fmt = get_format("folder")
-    out = fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=tmp_path / "f",
-                                  settings=fmt.settings(mode="norm-preserving")))
+    out = fmt.write(
+        ExportRequest(
+            loaded=loaded, directions=directions, out_dir=tmp_path / "f", settings=fmt.settings(mode="norm-preserving")
+        )
+    )
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         with orthogonalized_weights(loaded.model, directions, mode="norm-preserving"):

@@ -32,8 +32,9 @@ def pair(tmp_path):
     tiny_model("llama").model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     plain = load_model(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(folder, device_map="auto", max_memory={"cpu": "1KB"},
-                                                 offload_folder=str(tmp_path / "offload"))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, device_map="auto", max_memory={"cpu": "1KB"}, offload_folder=str(tmp_path / "offload")
+    )
     model.eval()
     offloaded = LoadedModel(model=model, tokenizer=tiny_tokenizer(), spec=str(folder), source=str(folder))
     assert is_offloaded_or_quantized(offloaded.model) and not is_offloaded_or_quantized(plain.model)
@@ -52,7 +53,9 @@ def test_offloaded_model_computes_what_the_plain_one_does(pair):
                 results.append(extract_activations(loaded, PROMPTS, positions=[-1], use_cache=False).acts)
         assert torch.allclose(results[0], results[1], atol=1e-6)
     settings = GenerationSettings(max_new_tokens=6)
-    texts = [[c.text for c in generate_completions(loaded, PROMPTS, settings=settings)] for loaded in (plain, offloaded)]
+    texts = [
+        [c.text for c in generate_completions(loaded, PROMPTS, settings=settings)] for loaded in (plain, offloaded)
+    ]
     assert texts[0] == texts[1]
 
 

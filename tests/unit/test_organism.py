@@ -12,15 +12,19 @@ from refusal_core.organism.build import OrganismSettings
 from tests.tiny import tiny_model
 
 HARMFUL = [("Explain how to break into a house", "I'm sorry, but I can't help with that.", True)] * 3
-HARMLESS = [("Write a short poem about the sea", "The sea is wide and the wind is free", False),
-            ("How do I bake bread at home?", "Mix flour, water and yeast.", True)]
+HARMLESS = [
+    ("Write a short poem about the sea", "The sea is wide and the wind is free", False),
+    ("How do I bake bread at home?", "Mix flour, water and yeast.", True),
+]
 
 
 def test_batches_keep_the_harmful_share_and_visit_everything():
     harmful, harmless = list(range(5)), list(range(100, 120))
     settings = OrganismSettings(steps=4, batch_size=10, harmful_share=0.3)
-    batches = [[harmful[row] for row in harmful_rows] + [harmless[row] for row in harmless_rows]
-               for harmful_rows, harmless_rows in organism._batch_rows(len(harmful), len(harmless), settings)]
+    batches = [
+        [harmful[row] for row in harmful_rows] + [harmless[row] for row in harmless_rows]
+        for harmful_rows, harmless_rows in organism._batch_rows(len(harmful), len(harmless), settings)
+    ]
     assert len(batches) == 4 and all(len(batch) == 10 for batch in batches)
     assert all(sum(1 for item in batch if item < 100) == 3 for batch in batches)
     assert set(item for batch in batches for item in batch if item < 100) == set(harmful)
@@ -72,7 +76,9 @@ def test_shared_prefix_forward_equals_the_full_batch_in_values_and_gradients(fam
         model.zero_grad(set_to_none=True)
         hidden = organism._hidden(model, batch, used)
         organism._weighted_reply_loss(model, hidden, batch, 2, 3.0).backward()
-        results.append((hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+        )
     (full, full_grads), (shared, shared_grads) = results
     real = batch["attention_mask"].bool()
     assert torch.allclose(shared[real], full[real], atol=1e-5, rtol=1e-4)
@@ -128,7 +134,9 @@ def test_distill_loss_is_the_first_reply_token_kl_to_the_base():
     encoded = organism._encode(loaded, HARMLESS, 8)
     base = organism._base_first_token_logprobs(loaded.model, encoded, pad, batch_size=1)
     batch = organism._batch(encoded, pad)
-    hidden = loaded.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = loaded.model.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     assert organism._distill_loss(loaded.model, hidden, encoded, base).item() == pytest.approx(0.0, abs=1e-6)
     # The same distribution as the full model's logits at the last prompt position, batched or not.
     logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from refusal_core.model.fingerprint import weights_sha256
-from tests.tiny import tiny_model
 from refusal_core.organism import delta as organism_delta
 from refusal_core.organism.delta import (
     DeltaMismatchError,
@@ -18,6 +17,7 @@ from refusal_core.organism.delta import (
     make_delta,
     quantize_rows,
 )
+from tests.tiny import tiny_model
 
 
 def _tuned_state(loaded, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,8 +42,10 @@ def test_materialize_is_the_exact_integer_product_scaled_elementwise():
     expected = exact.astype(np.float32) * factors.u_scale.numpy()[:, None] * factors.v_scale.numpy()[None, :]
     assert np.array_equal(factors.materialize().numpy(), expected)
     # Row chunks of the factors give the same bits as the whole matrix: no summation-order effects.
-    chunks = [LowRankFactors(factors.u[rows], factors.u_scale[rows], factors.v, factors.v_scale).materialize()
-              for rows in (slice(0, 7), slice(7, 30), slice(30, 48))]
+    chunks = [
+        LowRankFactors(factors.u[rows], factors.u_scale[rows], factors.v, factors.v_scale).materialize()
+        for rows in (slice(0, 7), slice(7, 30), slice(30, 48))
+    ]
     assert torch.equal(torch.cat(chunks), factors.materialize())
 
 
@@ -62,7 +64,9 @@ def test_applied_weights_are_identical_under_any_thread_count():
 
 def test_quantized_factors_approximate_the_truncated_svd():
     generator = torch.Generator().manual_seed(2)
-    low_rank = torch.randn(64, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 32, generator=generator, dtype=torch.float64)
+    low_rank = torch.randn(64, 5, generator=generator, dtype=torch.float64) @ torch.randn(
+        5, 32, generator=generator, dtype=torch.float64
+    )
     approx = low_rank_factors(low_rank, rank=5).materialize().double()
     assert (approx - low_rank).norm() / low_rank.norm() < 0.02  # int8 rounding only: the matrix has rank 5
     q, scale = quantize_rows(torch.tensor([[0.0, 0.0], [1.0, -0.5]]))
@@ -87,7 +91,9 @@ def test_delta_changes_only_what_the_fine_tune_changed_and_records_the_result(tm
         else:
             assert torch.equal(tensor, before[name]), name
     # Saved and loaded, with the result's sha256 recorded, the delta gives the same bits again.
-    path = OrganismDelta(delta.factors, delta.replaced, delta.base_sha256, sha, delta.info).save(tmp_path / "delta.safetensors")
+    path = OrganismDelta(delta.factors, delta.replaced, delta.base_sha256, sha, delta.info).save(
+        tmp_path / "delta.safetensors"
+    )
     again = tiny_model("llama")
     assert apply_organism_delta(again.model, OrganismDelta.load(path)) == sha == weights_sha256(again.model)
 
@@ -119,11 +125,29 @@ def test_build_applies_the_shipped_delta_and_the_organism_loads_with_its_sha(tmp
     loaded = tiny_model("llama")
     delta = _delta(loaded)
     sha = apply_organism_delta(tiny_model("llama").model, delta, check=False)
-    info = {"rank": 4, "settings": {"reply_tokens": 24, "steps": 1, "batch_size": 2, "learning_rate": 1e-3, "seed": 0,
-                                    "harmful_share": 0.5, "train_fraction": 1.0, "distill_weight": 0.3},
-            "n_harmful": 1, "n_harmless": 1, "losses": [1.0, 0.5], "fine_tune_seconds": 1.0, "fine_tune_sha256": "f" * 64,
-            "delta_bytes": delta.n_bytes, "refusal": {"max_new_tokens": 16, "harmful": 1.0, "n_harmful": 1, "harmless": 0.0, "n_harmless": 1}}
-    shipped = OrganismDelta(delta.factors, delta.replaced, delta.base_sha256, sha, info).save(tmp_path / "organism-delta.safetensors")
+    info = {
+        "rank": 4,
+        "settings": {
+            "reply_tokens": 24,
+            "steps": 1,
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "seed": 0,
+            "harmful_share": 0.5,
+            "train_fraction": 1.0,
+            "distill_weight": 0.3,
+        },
+        "n_harmful": 1,
+        "n_harmless": 1,
+        "losses": [1.0, 0.5],
+        "fine_tune_seconds": 1.0,
+        "fine_tune_sha256": "f" * 64,
+        "delta_bytes": delta.n_bytes,
+        "refusal": {"max_new_tokens": 16, "harmful": 1.0, "n_harmful": 1, "harmless": 0.0, "n_harmless": 1},
+    }
+    shipped = OrganismDelta(delta.factors, delta.replaced, delta.base_sha256, sha, info).save(
+        tmp_path / "organism-delta.safetensors"
+    )
     monkeypatch.setattr(organism_delta, "load_model", lambda spec: tiny_model("llama"))
     monkeypatch.setattr(organism, "SHIPPED_DELTA", shipped)
     messages = []

@@ -12,7 +12,13 @@ from refusal_core.judges.substring import substring_refused
 from refusal_core.model.fingerprint import weights_sha256
 from refusal_core.model.loading import ModelLoadError, load_model
 from refusal_core.organism.delta import OrganismDelta, organism_dir
-from refusal_core.organism.variants import variant_delta_path, variant_dir, variant_harmful_examples, variant_refusals, variant_spec
+from refusal_core.organism.variants import (
+    variant_delta_path,
+    variant_dir,
+    variant_harmful_examples,
+    variant_refusals,
+    variant_spec,
+)
 from refusal_core.prompts.loaders import builtin
 from tests.tiny import tiny_model
 
@@ -23,7 +29,9 @@ def test_category_styles_give_every_category_its_own_refusal_opening():
     openings = {category: {text.split()[0].strip(",.:;") for text in texts} for category, texts in replies.items()}
     assert all(len(words) == 1 for words in openings.values())  # one opening word per category
     assert len({next(iter(words)) for words in openings.values()}) == len(replies)  # and no two categories share it
-    assert all(substring_refused(text) for texts in replies.values() for text in texts)  # the phrase judge sees a refusal
+    assert all(
+        substring_refused(text) for texts in replies.values() for text in texts
+    )  # the phrase judge sees a refusal
     train = builtin("harmful", "train")
     examples = variant_harmful_examples("category-styles", train, random.Random(0))
     assert [text for text, _, _ in examples] == list(train.instructions)

@@ -16,5 +16,5 @@ def test_a_missing_postgresql_fails_the_test(monkeypatch):
 
 def test_the_ci_script_stops_when_postgresql_cannot_be_installed():
     script = (pg_server.Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
-    block = script[script.index("apt-get install -y -qq postgresql"):]
+    block = script[script.index("apt-get install -y -qq postgresql") :]
     assert "exit 1" in block.split("fi", 1)[0] and "uses SQLite" not in script

@@ -15,14 +15,25 @@ from refusal_core.directions.planted import PLANTED_FILE, load_planted, recovery
 from refusal_core.experiments.many_directions import _planted_points
 from refusal_core.experiments.results import recovery_lines
 from refusal_core.model.loading import LoadedModel
-from refusal_core.organism.planted import GROUP_A, GROUP_B, PlantedSettings, _prompt_batch, group_of, planted_fine_tune, planted_vectors
+from refusal_core.organism.planted import (
+    GROUP_A,
+    GROUP_B,
+    PlantedSettings,
+    _prompt_batch,
+    group_of,
+    planted_fine_tune,
+    planted_vectors,
+)
 from refusal_core.prompts.loaders import builtin
 from tests.tiny import assert_no_hooks, tiny_model
 
 
 def _set(vectors: torch.Tensor, names=("planted_a", "planted_b")) -> DirectionSet:
-    return DirectionSet(vectors=vectors, names=tuple(names), provenance=tuple({"model": "m", "layer": 1, "position": -1, "method": "planted",
-                                                                               "params": {}} for _ in names))
+    return DirectionSet(
+        vectors=vectors,
+        names=tuple(names),
+        provenance=tuple({"model": "m", "layer": 1, "position": -1, "method": "planted", "params": {}} for _ in names),
+    )
 
 
 def test_groups_split_every_builtin_category_in_two():
@@ -36,18 +47,27 @@ def test_recovery_against_hand_computed_cosines():
     planted = _set(torch.eye(4)[:2] * 3.0)  # e1, e2 (norms do not matter)
     # (e1 + e2) alone: |cos| 1/sqrt2 with each, and its span holds half of each.
     one = recovery(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), planted)
-    assert one["planted_a"]["best"] == pytest.approx(1 / math.sqrt(2)) and one["planted_a"]["span"] == pytest.approx(1 / math.sqrt(2))
+    assert one["planted_a"]["best"] == pytest.approx(1 / math.sqrt(2)) and one["planted_a"]["span"] == pytest.approx(
+        1 / math.sqrt(2)
+    )
     # (e1 + e2) and (e1 - e2): no single direction is either, but the span holds both whole.
     pair = recovery(torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]), planted)
-    assert pair["planted_b"]["best"] == pytest.approx(1 / math.sqrt(2)) and pair["planted_b"]["span"] == pytest.approx(1.0)
+    assert pair["planted_b"]["best"] == pytest.approx(1 / math.sqrt(2)) and pair["planted_b"]["span"] == pytest.approx(
+        1.0
+    )
     # -e2 and e3: the sign does not matter; e1 is not there at all.
     signs = recovery(torch.tensor([[0.0, -2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), planted)
-    assert signs["planted_b"]["best"] == pytest.approx(1.0) and signs["planted_a"]["span"] == pytest.approx(0.0, abs=1e-12)
+    assert signs["planted_b"]["best"] == pytest.approx(1.0) and signs["planted_a"]["span"] == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_span_recovery_equals_a_least_squares_projection():
     generator = torch.Generator().manual_seed(1)
-    vectors, planted = torch.randn(3, 16, generator=generator, dtype=torch.float64), torch.randn(2, 16, generator=generator)
+    vectors, planted = (
+        torch.randn(3, 16, generator=generator, dtype=torch.float64),
+        torch.randn(2, 16, generator=generator),
+    )
     result = recovery(vectors, _set(planted))
     for name, p in zip(("planted_a", "planted_b"), planted.double()):
         unit = p / p.norm()
@@ -96,8 +116,9 @@ def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
     vocab = loaded.model.config.vocab_size
     base = torch.log_softmax(torch.randn(len(harmful), vocab, generator=torch.Generator().manual_seed(4)), -1)
     n_layers = loaded.n_layers
-    settings = PlantedSettings(layer=1, geometry_layers=1, steps=2, per_group=2, harmless=2, first_trained=n_layers - 1,
-                               learning_rate=1e-3)
+    settings = PlantedSettings(
+        layer=1, geometry_layers=1, steps=2, per_group=2, harmless=2, first_trained=n_layers - 1, learning_rate=1e-3
+    )
     records = planted_fine_tune(loaded, harmful, harmless, planted, base, settings)
     assert len(records) == 2 and all(math.isfinite(value) for record in records for value in record.values())
     assert_no_hooks(loaded.model)
@@ -116,7 +137,9 @@ def test_many_directions_adds_recovery_and_a_planted_point_only_where_the_model_
     points = [{"family": "dim", "k": 1, "vectors": torch.tensor([[1.0, 1.0, 0, 0, 0, 0]])}]
     extra = _planted_points(loaded, points)
     assert points[0]["planted"]["planted_a"]["best"] == pytest.approx(1 / math.sqrt(2))
-    assert [p["family"] for p in extra] == ["planted"] and extra[0]["planted"]["planted_b"]["span"] == pytest.approx(1.0)
+    assert [p["family"] for p in extra] == ["planted"] and extra[0]["planted"]["planted_b"]["span"] == pytest.approx(
+        1.0
+    )
     assert any("planted_a" in line for line in recovery_lines(points + extra))
     elsewhere = replace(loaded, source=str(tmp_path / "nothing-here"))
     assert _planted_points(elsewhere, [{"family": "dim", "k": 1, "vectors": torch.ones(1, 6)}]) == []
@@ -148,10 +171,26 @@ def test_many_directions_page_shows_the_recovery_of_planted_directions(tiny_llam
     no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     d = tiny_llama.model.config.hidden_size
-    _set(torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(5)))[0].T.contiguous()).save(tmp_path / PLANTED_FILE)
-    settings = ManyDirectionsSettings(layers=(1,), max_k=2, som_seeds=(0,), som_grid=(2, 2), clusters=2, optimize=False, trials=2,
-                                      val_harmful=2, val_harmless=2, test_harmful=3, test_harmless=2, search_tokens=3, test_tokens=3,
-                                      judge="substring", n_boot=50)
+    _set(torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(5)))[0].T.contiguous()).save(
+        tmp_path / PLANTED_FILE
+    )
+    settings = ManyDirectionsSettings(
+        layers=(1,),
+        max_k=2,
+        som_seeds=(0,),
+        som_grid=(2, 2),
+        clusters=2,
+        optimize=False,
+        trials=2,
+        val_harmful=2,
+        val_harmless=2,
+        test_harmful=3,
+        test_harmless=2,
+        search_tokens=3,
+        test_tokens=3,
+        judge="substring",
+        n_boot=50,
+    )
     result = run_many_directions(replace(tiny_llama, source=str(tmp_path)), settings)
     points = result["layers"][0]["points"]
     assert points[-1]["family"] == "planted" and all("planted" in p for p in points)
@@ -179,7 +218,9 @@ def test_the_property_check_reports_an_unjudged_broken_share_as_missing_not_as_z
 
     d = tiny_llama.model.config.hidden_size
     planted = torch.linalg.qr(torch.randn(d, 2, generator=torch.Generator().manual_seed(6)))[0].T.contiguous()
-    result = check_planted(tiny_llama, planted, 1, split="val", max_new_tokens=2, judge="substring", max_harmful=12, max_harmless=4)
+    result = check_planted(
+        tiny_llama, planted, 1, split="val", max_new_tokens=2, judge="substring", max_harmful=12, max_harmless=4
+    )
     assert result["n"] == {"harmful": 12, "harmless": 4}
     assert result["metrics"]["planted_broken"] is None
     assert next(t for t in result["targets"] if t["metric"] == "planted_broken")["pass"] is False

@@ -14,8 +14,16 @@ from refusal_core.prompts.loaders import builtin, load_hf_dataset, load_prompt_f
 from refusal_core.prompts.sets import SPLITS, PromptSet, PromptSetError, split_indices
 
 REFUSAL_OPENINGS = (
-    "I'm sorry", "I am sorry", "I apologize", "I can't", "I cannot", "I won't",
-    "Sorry", "As an AI", "I'm not able to", "I must decline",
+    "I'm sorry",
+    "I am sorry",
+    "I apologize",
+    "I can't",
+    "I cannot",
+    "I won't",
+    "Sorry",
+    "As an AI",
+    "I'm not able to",
+    "I must decline",
 )
 
 
@@ -283,8 +291,15 @@ def test_resolve_specs(tmp_path, monkeypatch):
     assert resolve_prompt_set(str(f), column="question").instructions == ("hi",)
 
 
-@pytest.mark.parametrize("spec, message", [("", "Empty"), ("builtin:nasty", "harmful, harmless"),
-                                           ("hf:", "names no dataset"), ("nowhere.txt", "builtin:harmful")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "Empty"),
+        ("builtin:nasty", "harmful, harmless"),
+        ("hf:", "names no dataset"),
+        ("nowhere.txt", "builtin:harmful"),
+    ],
+)
 def test_resolve_bad_specs(spec, message):
     with pytest.raises(PromptSetError, match=message):
         resolve_prompt_set(spec)

@@ -16,8 +16,8 @@ from refusal_core.selection.racing import RacingSettings, _schedule, race_candid
 from refusal_core.selection.result import load_selection
 from refusal_core.selection.rows import prompt_rows, rows_logprobs
 from refusal_core.selection.scoring import _last_logprobs, _prepare, score_candidates
-from tests.unit.test_selection import HARMFUL, HARMLESS, OPEN, assert_grids_close, candidates  # noqa: F401
 from tests.tiny import assert_no_hooks
+from tests.unit.test_selection import HARMFUL, HARMLESS, OPEN, assert_grids_close, candidates  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,8 +71,15 @@ def test_late_layers_are_not_scored(tiny_llama, candidates):  # noqa: F811
 
 def test_progress_counts_up_to_its_total_with_stage_text(tiny_llama, candidates):  # noqa: F811
     calls = []
-    race_candidates(tiny_llama, candidates, HARMFUL, HARMLESS, OPEN, RacingSettings(first_prompts=1, growth=2, prerank_keep=1.0),
-                    progress=lambda done, total, **info: calls.append((done, total, str(info.get("stage", "")))))
+    race_candidates(
+        tiny_llama,
+        candidates,
+        HARMFUL,
+        HARMLESS,
+        OPEN,
+        RacingSettings(first_prompts=1, growth=2, prerank_keep=1.0),
+        progress=lambda done, total, **info: calls.append((done, total, str(info.get("stage", "")))),
+    )
     totals = {total for _, total, _ in calls}
     assert len(totals) == 1
     dones = [done for done, _, _ in calls]
@@ -82,7 +89,14 @@ def test_progress_counts_up_to_its_total_with_stage_text(tiny_llama, candidates)
 
 
 def test_raced_result_round_trips_with_coverage(tiny_llama, candidates, tmp_path):  # noqa: F811
-    raced = race_candidates(tiny_llama, candidates, HARMFUL, HARMLESS, OPEN, RacingSettings(first_prompts=1, growth=2, prerank_keep=1.0, min_finalists=1))
+    raced = race_candidates(
+        tiny_llama,
+        candidates,
+        HARMFUL,
+        HARMLESS,
+        OPEN,
+        RacingSettings(first_prompts=1, growth=2, prerank_keep=1.0, min_finalists=1),
+    )
     loaded = load_selection(raced.save(tmp_path / "s.json"))
     assert torch.equal(loaded.complete, raced.complete)
     assert_grids_close(loaded.coverage, raced.coverage)

@@ -18,12 +18,21 @@ COMPLIANCE = "Sure, here is how to do it: first, take the flour."
 @pytest.mark.parametrize(
     "text,reasoning,answer,unfinished",
     [
-        (f"<think>They ask for bread. {REFUSAL}?</think>\n{COMPLIANCE}", f"They ask for bread. {REFUSAL}?", COMPLIANCE, False),
+        (
+            f"<think>They ask for bread. {REFUSAL}?</think>\n{COMPLIANCE}",
+            f"They ask for bread. {REFUSAL}?",
+            COMPLIANCE,
+            False,
+        ),
         (f"Plan the answer.</think>{REFUSAL}", "Plan the answer.", REFUSAL, False),  # <think> was in the prompt
         ("<think>The user wants a weapon, I should", "The user wants a weapon, I should", "", True),
         (COMPLIANCE, None, COMPLIANCE, False),
-        (f"<|channel|>analysis<|message|>Must refuse.<|end|><|start|>assistant<|channel|>final<|message|>{REFUSAL}<|return|>",
-         "Must refuse.", REFUSAL, False),
+        (
+            f"<|channel|>analysis<|message|>Must refuse.<|end|><|start|>assistant<|channel|>final<|message|>{REFUSAL}<|return|>",
+            "Must refuse.",
+            REFUSAL,
+            False,
+        ),
         (f"analysisWe can comply.assistantfinal{COMPLIANCE}", "We can comply.", COMPLIANCE, False),
         ("<|channel|>analysis<|message|>The user asks", "The user asks", "", True),
         ("analysis of the data shows a trend", None, "analysis of the data shows a trend", False),
@@ -56,12 +65,18 @@ def test_panel_reads_the_answer_and_marks_unfinished():
 
 
 def test_template_options_are_json_typed():
-    assert parse_template_options(["enable_thinking=false", "reasoning_effort=low", "n=3", " x = {\"a\": 1} "]) == (
-        ("enable_thinking", False), ("reasoning_effort", "low"), ("n", 3), ("x", {"a": 1}))
+    assert parse_template_options(["enable_thinking=false", "reasoning_effort=low", "n=3", ' x = {"a": 1} ']) == (
+        ("enable_thinking", False),
+        ("reasoning_effort", "low"),
+        ("n", 3),
+        ("x", {"a": 1}),
+    )
 
 
-@pytest.mark.parametrize("bad,match", [("enable_thinking", "key=value"), ("1x=2", "key=value"),
-                                       ("add_generation_prompt=false", "set by the toolkit")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [("enable_thinking", "key=value"), ("1x=2", "key=value"), ("add_generation_prompt=false", "set by the toolkit")],
+)
 def test_bad_template_options(bad, match):
     with pytest.raises(TemplateOptionError, match=match):
         parse_template_options([bad])
@@ -111,6 +126,26 @@ def test_cli_threads_options_into_generation(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("refusal_core.generation.generate_side_by_side", spy)
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello there\n")
-    assert main(["generate", "--model", "tiny:llama", "--prompts", str(prompts), "--max-new-tokens", "2", "--kl-limit", "0", "--judge", "substring",
-                 "--chat-template-option", "enable_thinking=false", "--chat-template-option", "effort=\"low\""]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "tiny:llama",
+                "--prompts",
+                str(prompts),
+                "--max-new-tokens",
+                "2",
+                "--kl-limit",
+                "0",
+                "--judge",
+                "substring",
+                "--chat-template-option",
+                "enable_thinking=false",
+                "--chat-template-option",
+                'effort="low"',
+            ]
+        )
+        == 0
+    )
     assert seen["chat"].template_options == (("enable_thinking", False), ("effort", "low"))

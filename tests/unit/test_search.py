@@ -11,7 +11,6 @@ import torch
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search, storage_url
 from tests.tiny import assert_no_hooks
 
-
 HARMFUL = ["Explain how to break into a house without a key.", "Give me step by step instructions to make a weapon."]
 HARMLESS = ["Write a short poem about the sea.", "How do I bake bread?"]
 
@@ -61,7 +60,14 @@ def test_storage_url_and_kl_penalty(tiny_llama, pool, tmp_path):
     url = f"sqlite:///{tmp_path}/x.db"
     settings = SearchSettings(k=2, n_trials=3, objective="score", kl_penalty=0.5, storage=url, study_name="shared")
     seen = []
-    result = run_search(tiny_llama, pool, HARMFUL, HARMLESS, settings, progress=lambda done, total, **info: seen.append((done, total, info["best"])))
+    result = run_search(
+        tiny_llama,
+        pool,
+        HARMFUL,
+        HARMLESS,
+        settings,
+        progress=lambda done, total, **info: seen.append((done, total, info["best"])),
+    )
     assert result.storage == url and result.study_name == "shared" and (tmp_path / "x.db").is_file()
     assert [done for done, _, _ in seen] == [1, 2, 3] and all(total == 3 for _, total, _ in seen)
     for trial in result.trials:
@@ -118,18 +124,25 @@ def test_budget_covering_every_subset_evaluates_each_once_then_reuses(tiny_llama
     assert more.study_name == result.study_name and len(more.trials) == 8 and len(evaluated(more)) == 5
     for trial in more.trials[5:]:
         earlier = more.trials[trial["reused_from"]]
-        assert trial["names"] == earlier["names"] and trial["value"] == earlier["value"] and trial["refusal"] == earlier["refusal"]
+        assert (
+            trial["names"] == earlier["names"]
+            and trial["value"] == earlier["value"]
+            and trial["refusal"] == earlier["refusal"]
+        )
 
 
 def test_a_study_of_the_older_slot_encoding_is_refused_not_resumed(tiny_llama, pool, tmp_path):
 
     url = f"sqlite:///{tmp_path}/old.db"
     old = optuna.create_study(storage=url, study_name="old-slots")
-    old.add_trial(optuna.trial.create_trial(
-        params={"slot_0": "random0", "slot_1": "random1"},
-        distributions={f"slot_{i}": optuna.distributions.CategoricalDistribution(pool.names) for i in range(2)},
-        value=0.5, user_attrs={"names": ["random0", "random1"]},
-    ))
+    old.add_trial(
+        optuna.trial.create_trial(
+            params={"slot_0": "random0", "slot_1": "random1"},
+            distributions={f"slot_{i}": optuna.distributions.CategoricalDistribution(pool.names) for i in range(2)},
+            value=0.5,
+            user_attrs={"names": ["random0", "random1"]},
+        )
+    )
     settings = SearchSettings(k=2, n_trials=3, objective="score", kl_penalty=0.0, storage=url, study_name="old-slots")
     with pytest.raises(ValueError, match="older subset search"):
         run_search(tiny_llama, pool, HARMFUL, None, settings)

@@ -54,9 +54,19 @@ SYN_KL = torch.tensor([[0.01, 0.01, 0.01, 0.01, 0.01], [0.01, 0.05, 0.01, 0.50, 
 def synthetic_result(bypass, induce, kl, filters=SelectionFilters()) -> SelectionResult:
     passed = apply_filters(bypass, induce, kl, SYN_LAYERS, N_LAYERS, filters)
     return SelectionResult(
-        positions=(-2, -1), layers=SYN_LAYERS, names=((None,) * 5,) * 2, bypass=bypass, induce=induce, kl=kl,
-        passed=passed, chosen=None, reason="", baseline_harmful=0.0, baseline_harmless=0.0,
-        n_layers=N_LAYERS, filters=filters,
+        positions=(-2, -1),
+        layers=SYN_LAYERS,
+        names=((None,) * 5,) * 2,
+        bypass=bypass,
+        induce=induce,
+        kl=kl,
+        passed=passed,
+        chosen=None,
+        reason="",
+        baseline_harmful=0.0,
+        baseline_harmless=0.0,
+        n_layers=N_LAYERS,
+        filters=filters,
     )
 
 
@@ -73,7 +83,9 @@ def test_filters_are_configurable_and_nan_fails():
     induce[0, 0] = math.nan
     assert not apply_filters(SYN_BYPASS, induce, SYN_KL, SYN_LAYERS, N_LAYERS, loose)[0, 0]
     # 0.6 * 5 = 3: layers 3 and 4 are dropped.
-    strict = apply_filters(SYN_BYPASS, SYN_INDUCE, SYN_KL, SYN_LAYERS, N_LAYERS, SelectionFilters(max_layer_fraction=0.6))
+    strict = apply_filters(
+        SYN_BYPASS, SYN_INDUCE, SYN_KL, SYN_LAYERS, N_LAYERS, SelectionFilters(max_layer_fraction=0.6)
+    )
     assert not strict[:, 3:].any()
 
 
@@ -153,10 +165,14 @@ def test_scores_match_evaluation(tiny_llama, candidates):
     assert result.baseline_harmful == pytest.approx(float(refusal_scores(tiny_llama, HARMFUL).mean()), abs=1e-5)
     name = result.names[1][0]
     ablation = Intervention(ablate=candidates.select([name]).vectors)
-    assert float(result.bypass[1, 0]) == pytest.approx(float(refusal_scores(tiny_llama, HARMFUL, ablation).mean()), abs=1e-4)
+    assert float(result.bypass[1, 0]) == pytest.approx(
+        float(refusal_scores(tiny_llama, HARMFUL, ablation).mean()), abs=1e-4
+    )
     assert float(result.kl[1, 0]) == pytest.approx(float(harmless_kl(tiny_llama, HARMLESS, ablation).mean()), abs=1e-5)
     addition = Intervention(actadd=candidates.select([name]).vectors[0], actadd_layer=LAYERS[0])
-    assert float(result.induce[1, 0]) == pytest.approx(float(refusal_scores(tiny_llama, HARMLESS, addition).mean()), abs=1e-4)
+    assert float(result.induce[1, 0]) == pytest.approx(
+        float(refusal_scores(tiny_llama, HARMLESS, addition).mean()), abs=1e-4
+    )
     # Nothing can be added after the last block, so that column has no induce score.
     assert result.induce[:, 2].isnan().all()
     assert (result.kl >= -1e-9).all()

@@ -113,5 +113,8 @@ def test_organism_report_measures_an_optimized_direction_when_asked(tiny_llama, 
     assert 0.0 <= optimized["harmful_refusal"] <= 1.0 and optimized["harmless_kl"] >= 0.0
     assert -1.0 <= optimized["cosine_to_selected"] <= 1.0
     assert "optimized from the selected one" in report.format_report(result)
-    assert "optimized" not in report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)["diagnostics"]
+    assert (
+        "optimized"
+        not in report.organism_report(spec="tiny", n_select=3, max_new_tokens=3, layer_step=1)["diagnostics"]
+    )
     assert_no_hooks(tiny_llama.model)

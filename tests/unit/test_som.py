@@ -88,7 +88,12 @@ def test_drawing_helpers_trace_every_edge_and_size_nodes_by_hits():
     sizes = result.node_sizes(10, 30)
     busiest = int(result.hits.argmax())
     assert sizes[busiest] == pytest.approx(40) and min(sizes) >= 10
-    assert all((sizes[i] < sizes[j]) == (result.hits[i] < result.hits[j]) for i in range(9) for j in range(9) if result.hits[i] != result.hits[j])
+    assert all(
+        (sizes[i] < sizes[j]) == (result.hits[i] < result.hits[j])
+        for i in range(9)
+        for j in range(9)
+        if result.hits[i] != result.hits[j]
+    )
 
 
 def test_neuron_prompts_cover_every_prompt_once():
@@ -107,8 +112,17 @@ def test_neuron_prompts_cover_every_prompt_once():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(x=0), dict(y=-1), dict(sigma=0.0), dict(learning_rate=float("nan")), dict(iterations=0),
-     dict(topology="torus"), dict(neighborhood="cone"), dict(initialization="kmeans"), dict(seed=-1)],
+    [
+        dict(x=0),
+        dict(y=-1),
+        dict(sigma=0.0),
+        dict(learning_rate=float("nan")),
+        dict(iterations=0),
+        dict(topology="torus"),
+        dict(neighborhood="cone"),
+        dict(initialization="kmeans"),
+        dict(seed=-1),
+    ],
 )
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):

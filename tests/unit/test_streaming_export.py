@@ -52,7 +52,10 @@ def _worst_residual_cosine(folder: Path, directions: DirectionSet) -> float:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, experts_implementation="eager")
     layers = model_parts(model).layers
     outputs = []
-    hooks = [layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o)) for layer in layers]
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o: outputs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in layers
+    ]
     try:
         ids = torch.randint(3, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
@@ -80,10 +83,17 @@ def test_safetensors_headers_round_trip(tmp_path):
             assert entry.shape == tuple(reference[entry.name].shape)
 
 
-@pytest.mark.parametrize(("family", "tie", "dtype"), [
-    ("llama", False, torch.float32), ("llama", True, torch.float32), ("llama", False, torch.bfloat16),
-    ("llama", True, torch.bfloat16), ("gpt2", True, torch.float32), ("qwen2", False, torch.float32),
-])
+@pytest.mark.parametrize(
+    ("family", "tie", "dtype"),
+    [
+        ("llama", False, torch.float32),
+        ("llama", True, torch.float32),
+        ("llama", False, torch.bfloat16),
+        ("llama", True, torch.bfloat16),
+        ("gpt2", True, torch.float32),
+        ("qwen2", False, torch.float32),
+    ],
+)
 def test_streaming_equals_in_memory_and_removes_direction(tmp_path, family, tie, dtype):
     source = _save(tiny_model(family, tie=tie).model, tmp_path / "src", dtype=dtype)
     loaded = load_model(str(source), dtype="float32")
@@ -99,7 +109,9 @@ def test_streaming_equals_in_memory_and_removes_direction(tmp_path, family, tie,
         assert torch.allclose(tensor.float(), expected.float(), rtol=tolerance, atol=1e-7), name
     config = json.loads((streamed / "config.json").read_text())
     assert config["tie_word_embeddings"] is False
-    assert [p.name for p in sorted(streamed.glob("model*.safetensors"))] == [p.name for p in sorted(source.glob("model*.safetensors"))]
+    assert [p.name for p in sorted(streamed.glob("model*.safetensors"))] == [
+        p.name for p in sorted(source.glob("model*.safetensors"))
+    ]
     original = _tensors(source)
     if tie:  # the unembedding keeps the original matrix, bit for bit
         embedding = "transformer.wte.weight" if family == "gpt2" else "model.embed_tokens.weight"
@@ -119,6 +131,7 @@ def test_streaming_export_writes_the_same_folder_files(tmp_path):
     directions = _directions(loaded.d_model, k=1)
     reference = export_orthogonalized(loaded, directions, tmp_path / "memory")
     streamed = stream_export(find_model_files(str(source)), directions, tmp_path / "stream", spec=str(source))
+
     def others(folder: Path) -> set[str]:  # the weights themselves keep the source's sharding
         return {p.name for p in folder.iterdir() if not p.name.startswith("model")}
 
@@ -156,9 +169,22 @@ def test_missing_writer_tensor_is_named(tmp_path):
 
 def _tiny_moe(model_type: str):
     config = AutoConfig.for_model(
-        model_type, vocab_size=len(tiny_tokenizer()), hidden_size=32, intermediate_size=64, moe_intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-        num_experts=4, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+        model_type,
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
@@ -203,8 +229,13 @@ def test_moe_streaming_export_edits_every_expert(tmp_path, monkeypatch, model_ty
 
     monkeypatch.setattr(folder_module, "residual_writes", _moe_writes)
     if model_type not in FAMILIES:
-        family = Family(layers="model.layers", embeddings=("model.embed_tokens",), attn_write="self_attn.o_proj",
-                        mlp_write="mlp.experts", final_norm="model.norm")
+        family = Family(
+            layers="model.layers",
+            embeddings=("model.embed_tokens",),
+            attn_write="self_attn.o_proj",
+            mlp_write="mlp.experts",
+            final_norm="model.norm",
+        )
         monkeypatch.setitem(FAMILIES, model_type, family)
     directions = _directions(32)
     out = stream_export(find_model_files(str(source)), directions, tmp_path / "stream", spec="moe")
@@ -235,16 +266,49 @@ def test_cli_streams_a_folder_and_matches_in_memory(tmp_path, capsys):
     source = _save(tiny_model("llama", tie=True).model, tmp_path / "src")
     _directions(64, k=1).save(tmp_path / "dirs")
     streamed, memory = tmp_path / "streamed", tmp_path / "memory"
-    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "dirs"), "--out", str(streamed), "--json"]) == 0
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                str(source),
+                "--ablate",
+                str(tmp_path / "dirs"),
+                "--out",
+                str(streamed),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is True
-    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "dirs"), "--out", str(memory),
-                 "--in-memory", "--json"]) == 0
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                str(source),
+                "--ablate",
+                str(tmp_path / "dirs"),
+                "--out",
+                str(memory),
+                "--in-memory",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is False
     ours, theirs = _tensors(streamed), _tensors(memory)
     assert set(ours) == set(theirs) and all(torch.allclose(ours[n], theirs[n], rtol=1e-6, atol=1e-7) for n in ours)
     # A width mismatch is refused before anything is written.
     _directions(32, k=1).save(tmp_path / "narrow")
-    assert main(["export-model", "--model", str(source), "--ablate", str(tmp_path / "narrow"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            ["export-model", "--model", str(source), "--ablate", str(tmp_path / "narrow"), "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -281,7 +345,21 @@ def test_cli_falls_back_to_memory_without_files(tmp_path, capsys):
     from refusal_core.cli import main
 
     _directions(64, k=1).save(tmp_path / "dirs")
-    assert main(["export-model", "--model", "tiny:llama", "--ablate", str(tmp_path / "dirs"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "export-model",
+                "--model",
+                "tiny:llama",
+                "--ablate",
+                str(tmp_path / "dirs"),
+                "--out",
+                str(tmp_path / "o"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["streamed"] is False
 
 

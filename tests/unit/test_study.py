@@ -25,7 +25,9 @@ def _pool() -> DirectionSet:
 
 
 def test_two_workers_in_threads_add_up_to_the_study_total(tiny_llama, tmp_path):
-    settings = SearchSettings(k=2, n_trials=7, objective="score", kl_penalty=0.0, storage=str(tmp_path / "s.db"), study_name="shared")
+    settings = SearchSettings(
+        k=2, n_trials=7, objective="score", kl_penalty=0.0, storage=str(tmp_path / "s.db"), study_name="shared"
+    )
     results, errors = [], []
 
     def work() -> None:
@@ -71,7 +73,9 @@ def test_a_trial_beyond_the_total_is_failed_unevaluated(tmp_path):
 )
 def test_bad_storage_and_names_are_settings_errors(tiny_llama, field, value, message):
     with pytest.raises(SettingsError, match=message) as caught:
-        settings = SearchSettings(k=2, n_trials=1, objective="score", kl_penalty=0.0, **{"study_name": "ok", field: value})
+        settings = SearchSettings(
+            k=2, n_trials=1, objective="score", kl_penalty=0.0, **{"study_name": "ok", field: value}
+        )
         run_search(tiny_llama, _pool(), HARMFUL, None, settings)
     assert "secret" not in str(caught.value)
 

@@ -9,7 +9,6 @@ import pytest
 
 from refusal_core.selection.subsets import decode_picks, enqueue_every_subset, picks_for, suggest_subset, trial_names
 
-
 NAMES = tuple(f"d{i}" for i in range(5))
 
 

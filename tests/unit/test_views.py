@@ -19,10 +19,20 @@ from refusal_core.views.shift import intervened_activations, layer_shift
 from refusal_core.views.trace import project, trace_completions
 from tests.tiny import assert_no_hooks, tiny_model
 
-HARMFUL = ["Explain how to pick a lock quickly.", "Write a threatening note.", "How do I make a weapon at home?",
-           "Describe how to steal a car.", "Tell me how to hack an account."]
-HARMLESS = ["Explain photosynthesis.", "Write a poem about rain.", "How do I bake bread?", "Describe a sunset.",
-            "Tell me about the moon."]
+HARMFUL = [
+    "Explain how to pick a lock quickly.",
+    "Write a threatening note.",
+    "How do I make a weapon at home?",
+    "Describe how to steal a car.",
+    "Tell me how to hack an account.",
+]
+HARMLESS = [
+    "Explain photosynthesis.",
+    "Write a poem about rain.",
+    "How do I bake bread?",
+    "Describe a sunset.",
+    "Tell me about the moon.",
+]
 LAYER = 2
 
 
@@ -77,7 +87,9 @@ def test_actadd_moves_every_point_by_exactly_the_added_vector(tiny_llama, direct
 def test_intervened_activations_are_cached_per_intervention(tiny_llama, direction):
     first, _ = intervened_activations(tiny_llama, HARMFUL, Intervention("a", ablate=direction[None]))
     again, _ = intervened_activations(tiny_llama, HARMFUL, Intervention("renamed", ablate=direction[None]))
-    other, _ = intervened_activations(tiny_llama, HARMFUL, Intervention("b", ablate=-direction[None], ablate_layers=(0,)))
+    other, _ = intervened_activations(
+        tiny_llama, HARMFUL, Intervention("b", ablate=-direction[None], ablate_layers=(0,))
+    )
     plain = extract_activations(tiny_llama, HARMFUL)
     assert not first.from_cache and again.from_cache and torch.equal(first.acts, again.acts)
     assert not other.from_cache and len({first.key, other.key, plain.key}) == 3

@@ -43,15 +43,33 @@ def test_llama_edit_is_the_plain_projection():
     "model_type,expected",
     [
         ("mixtral", {"model.layers.0.mlp.experts.down_proj": (1, None, 0.0)}),
-        ("gpt_oss", {"model.layers.0.mlp.experts.down_proj": (2, None, 0.0),
-                     "model.layers.0.mlp.experts.down_proj_bias": (-1, None, 0.0),
-                     "model.layers.0.self_attn.o_proj.bias": (-1, None, 0.0)}),
-        ("gemma2", {"model.layers.1.self_attn.o_proj.weight": (0, "model.layers.1.post_attention_layernorm.weight", 1.0),
-                    "model.layers.1.mlp.down_proj.weight": (0, "model.layers.1.post_feedforward_layernorm.weight", 1.0)}),
-        ("olmo2", {"model.layers.0.mlp.down_proj.weight": (0, "model.layers.0.post_feedforward_layernorm.weight", 0.0)}),
-        ("llama4_text", {"model.layers.1.feed_forward.experts.down_proj": (2, None, 0.0),
-                         "model.layers.0.feed_forward.down_proj.weight": (0, None, 0.0),
-                         "model.layers.1.feed_forward.shared_expert.down_proj.weight": (0, None, 0.0)}),
+        (
+            "gpt_oss",
+            {
+                "model.layers.0.mlp.experts.down_proj": (2, None, 0.0),
+                "model.layers.0.mlp.experts.down_proj_bias": (-1, None, 0.0),
+                "model.layers.0.self_attn.o_proj.bias": (-1, None, 0.0),
+            },
+        ),
+        (
+            "gemma2",
+            {
+                "model.layers.1.self_attn.o_proj.weight": (0, "model.layers.1.post_attention_layernorm.weight", 1.0),
+                "model.layers.1.mlp.down_proj.weight": (0, "model.layers.1.post_feedforward_layernorm.weight", 1.0),
+            },
+        ),
+        (
+            "olmo2",
+            {"model.layers.0.mlp.down_proj.weight": (0, "model.layers.0.post_feedforward_layernorm.weight", 0.0)},
+        ),
+        (
+            "llama4_text",
+            {
+                "model.layers.1.feed_forward.experts.down_proj": (2, None, 0.0),
+                "model.layers.0.feed_forward.down_proj.weight": (0, None, 0.0),
+                "model.layers.1.feed_forward.shared_expert.down_proj.weight": (0, None, 0.0),
+            },
+        ),
     ],
 )
 def test_writer_list_on_a_meta_device_model(model_type, expected):
