@@ -50,6 +50,7 @@ __all__ = [
 # and the Export page follow it). ``folder.py`` is the streaming writer the ``folder`` format
 # may call; it and the other helpers below register nothing.
 BUILTIN_FORMATS = ("folder_format", "lora", "gguf", "control_vector")
+_BUILTIN_NAMES = ("folder", "lora", "gguf", "control_vector", "control-vector")
 _NOT_FORMATS = {"registry", "manifest", "folder", "gguf_tensors", "gguf_scratch"}
 
 
@@ -95,7 +96,9 @@ def formats() -> dict[str, ExportFormat]:
     ordered = [name for name in BUILTIN_FORMATS if name in found]
     for module in [*ordered, *(name for name in found if name not in BUILTIN_FORMATS and name not in _NOT_FORMATS)]:
         importlib.import_module(f"{package}.{module}")
-    return dict(_FORMATS)
+    # The built-in formats first, in their fixed order, whatever imported them first; then the rest.
+    first = [name for name in _BUILTIN_NAMES if name in _FORMATS]
+    return {name: _FORMATS[name] for name in [*first, *(name for name in _FORMATS if name not in first)]}
 
 
 def get_format(name: str) -> ExportFormat:
