@@ -93,11 +93,14 @@ def imports() -> None:
     )
     if not uploads:
         return
-    ids = tuple(sorted(upload.file_id for upload in uploads))
-    if st.session_state.get(SEEN_UPLOADS) == ids:
+    # The uploader keeps earlier files; only the ones not imported yet are read (two new files
+    # that would become one set are refused, an earlier import of the same name is kept).
+    seen = st.session_state.get(SEEN_UPLOADS, frozenset())
+    fresh = [upload for upload in uploads if upload.file_id not in seen]
+    if not fresh:
         return
     try:
-        found = read_direction_uploads([(upload.name, upload.getvalue()) for upload in uploads], loaded.d_model)
+        found = read_direction_uploads([(upload.name, upload.getvalue()) for upload in fresh], loaded.d_model)
     except DirectionError as err:
         st.error(f"Import failed: {err}")
         return
@@ -108,7 +111,7 @@ def imports() -> None:
         ws.add_set(name, directions)
         note = "" if name == wanted else f", renamed because a set named {wanted} exists already"
         added.append(f"{name} ({len(directions)} directions{note})")
-    st.session_state[SEEN_UPLOADS] = ids
+    st.session_state[SEEN_UPLOADS] = seen | {upload.file_id for upload in fresh}
     st.success("Imported " + "; ".join(added) + ".")
 
 
