@@ -212,7 +212,7 @@ def test_som_map_quality_and_search_counts(page: Page, app_url):
     ui.set_number(page, "Validation prompts per set", 2)
     ui.press(page, "Run search")
     study = page.get_by_role("heading", name=re.compile(r"^Study ")).inner_text()
-    assert re.fullmatch(rf"Study {re.escape(som_set.replace(' ', '_'))}-k2-[0-9a-f]{{8}}", study), study
+    assert re.fullmatch(rf"Study {re.escape(som_set.replace(' ', '_'))}-k2-[0-9a-f]{{32}}", study), study
     caption = page.get_by_text(re.compile(r"^\d+ scored trials")).inner_text()
     scored = int(re.match(r"(\d+) scored", caption).group(1))
     skipped = int(m.group(1)) if (m := re.search(r"(\d+) skipped", caption)) else 0
