@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,33 +90,10 @@ def build(folder: Path, device: str):
 
 
 def export_once(folder: Path, dirs: Path) -> tuple[float, int]:
-    out = folder.parent / (folder.name + "-export")
-    record = folder.parent / (folder.name + ".maxrss")
-    argv = [
-        "/usr/bin/time",
-        "-f",
-        "%M",
-        "-o",
-        str(record),
-        sys.executable,
-        "-m",
-        "refusal_core",
-        "export-model",
-        "--model",
-        str(folder),
-        "--ablate",
-        str(dirs),
-        "--out",
-        str(out),
-        "--overwrite",
-        "--json",
-    ]
-    started = time.perf_counter()
-    child = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"export failed:\n{child.stderr[-2000:]}")
-    return seconds, int(record.read_text().split()[-1]) * 1024
+    """(seconds, peak RSS bytes) of one streaming export, measured as the CPU benchmark measures it."""
+    from benchmarks.bench_streaming_export import run_export
+
+    return run_export(folder, dirs, folder.parent / (folder.name + "-export"), in_memory=False)
 
 
 def main() -> None:
