@@ -139,7 +139,7 @@ def projections(fitted) -> None:
     for prompts, label in ((harmful, None), (harmless, "(harmless)")):
         acts = extract_activations(loaded, prompts.instructions)
         scores = condition.margins(
-            projection_scores(acts.acts[:, :, fitted.condition_layer], condition.directions)
+            projection_scores(acts.residual(fitted.condition_layer), condition.directions)
         ).tolist()
         groups = prompts.categories if label is None else [label] * len(prompts)
         figure.add_trace(

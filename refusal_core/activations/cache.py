@@ -19,6 +19,7 @@ from refusal_core.paths import cache_dir
 
 __all__ = [
     "CODE_VERSION",
+    "atomic_target",
     "atomic_write_text",
     "cache_usage",
     "clear_activation_cache",
@@ -64,7 +65,8 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 # mkstemp makes private (0600) files; written files get the mode an ordinary open() gives.
 
 
-def _atomic_target(path: Path) -> str:
+def atomic_target(path: Path) -> str:
+    """A new private temporary file beside ``path`` (hidden, ``.NAME.*.tmp``), given the ordinary mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -74,7 +76,7 @@ def _atomic_target(path: Path) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so readers see the old file or the new one, never half of it."""
-    tmp = _atomic_target(path)
+    tmp = atomic_target(path)
     try:
         Path(tmp).write_text(text)
         os.replace(tmp, path)
@@ -91,7 +93,7 @@ def save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str,
     """Save tensors with a digest in the header, through a temporary file and ``os.replace``."""
     tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     header = {**metadata, "digest": tensor_digest(tensors)}
-    tmp = _atomic_target(path)
+    tmp = atomic_target(path)
     try:
         save_file(tensors, tmp, metadata=header)
         os.chmod(tmp, FILE_MODE)  # safetensors writes its file 0600 whatever the umask

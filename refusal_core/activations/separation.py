@@ -74,21 +74,21 @@ def layer_separation(
     """
     from sklearn.metrics import silhouette_score
 
-    n_layers = harmful.n_layers
+    layers = harmful.block_inputs  # the recorded block inputs (all unless --layers chose fewer)
     labels = np.array([1] * harmful.acts.shape[0] + [0] * harmless.acts.shape[0])
     folds = int(min(5, harmful.acts.shape[0], harmless.acts.shape[0])) if probe else 0
     norms, accuracies, silhouettes = [], [], []
-    for layer in range(n_layers):
+    for done, layer in enumerate(layers, start=1):
         bad, good = layer_points(harmful, harmless, layer, position)
         points = torch.cat([bad, good]).double().numpy()
         norms.append(float((bad.double().mean(0) - good.double().mean(0)).norm()))
         accuracies.append(_probe_accuracy(points, labels, folds, seed))
         silhouettes.append(float(silhouette_score(points, labels)) if len(points) > 2 else float("nan"))
         if progress:
-            progress(layer + 1, n_layers)
+            progress(done, len(layers))
     return LayerSeparation(
         position=position,
-        layers=tuple(range(n_layers)),
+        layers=tuple(layers),
         dim_norm=np.array(norms),
         probe_accuracy=np.array(accuracies),
         silhouette=np.array(silhouettes),

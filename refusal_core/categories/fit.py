@@ -139,7 +139,7 @@ def fit_categories(
     layers = default_grid(loaded.n_layers) if condition_layer is None else (condition_layer,)
 
     def means(acts_pair, at: int) -> torch.Tensor:
-        return torch.cat([acts.acts[:, :, at].mean(1) for acts in acts_pair])
+        return torch.cat([acts.residual(at).mean(1) for acts in acts_pair])
 
     choice = choose_conditions(
         {at: means((harmful_acts, harmless_acts), at) for at in layers},

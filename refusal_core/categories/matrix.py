@@ -257,7 +257,7 @@ def _labels(
 def _fired(loaded: LoadedModel, fitted: CategoryFit, harmful: PromptSet, harmless: PromptSet) -> dict[str, list[bool]]:
     """Per category, whether each test prompt (harmful, then harmless) fires its condition."""
     points = torch.cat(
-        [extract_activations(loaded, s.instructions).acts[:, :, fitted.condition_layer] for s in (harmful, harmless)]
+        [extract_activations(loaded, s.instructions).residual(fitted.condition_layer) for s in (harmful, harmless)]
     )
     fired = fired_matrix(fitted.conditions, points)
     return {category: fired[:, k].tolist() for k, category in enumerate(fitted.conditions)}

@@ -92,6 +92,59 @@ def add_set_args(parser: argparse.ArgumentParser, split: str = "train") -> None:
     parser.add_argument("--batch-size", type=int, default=16)
 
 
+def add_layers_arg(parser: argparse.ArgumentParser) -> None:
+    """``--layers``: record only these layers of the residual stream (default: all)."""
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="record only these layers, e.g. 10,12,14-18 (block inputs 0..N-1, N = the last block's output; "
+        "default: all). Hooks sit on those blocks only and the result holds only them",
+    )
+
+
+def layers_from_args(args) -> tuple[int, ...] | None:
+    from refusal_core.activations.layers import parse_layer_spec
+
+    spec = getattr(args, "layers", None)
+    return None if spec is None else parse_layer_spec(spec)
+
+
+def check_memory_before_load(args, sets: tuple[str, ...] = ("harmful", "harmless")) -> None:
+    """Print each set's extraction estimate from the model's files and refuse (exit 2) one
+    over ``--max-memory``, before the model is loaded. Skipped where the files give no
+    estimate (then the check after loading applies) and with ``--device-map``/``--quantize``,
+    where the weights held in memory are not the weights on disk."""
+    layers = layers_from_args(args)  # a malformed --layers fails here, before anything loads
+    if getattr(args, "device_map", None) or getattr(args, "quantize", None):
+        return
+    from refusal_core.activations.memory import check_budget
+    from refusal_core.activations.preload import estimate_before_load
+    from refusal_core.model.loading import resolve_dtype
+    from refusal_core.model.placement import parse_bytes
+
+    budget = parse_bytes(args.max_memory) if getattr(args, "max_memory", None) else None
+    for which in sets:
+        prompts = prompt_set(getattr(args, which), args.column, args.limit)
+        estimate = estimate_before_load(
+            args.model,
+            resolve_dtype(args.dtype),
+            prompts.instructions,
+            chat=chat_format(args),
+            layers=layers,
+            batch_size=args.batch_size,
+            trust_remote_code=args.trust_remote_code,
+        )
+        if estimate is None:
+            return
+        args.memory_estimated = True
+        if not args.json:  # stderr: stdout stays clean
+            print(
+                f"{which} activations, {len(prompts.instructions)} prompts (before loading): {estimate.line()}",
+                file=sys.stderr,
+            )
+        check_budget(estimate, budget)
+
+
 def load_model_from_args(args):
     from refusal_core.model.loading import load_model
     from refusal_core.prompts.template_options import parse_template_options
@@ -175,8 +228,11 @@ def activations_for(args, loaded, which: str):
 
     prompts = prompt_set(getattr(args, which), args.column, args.limit)
     budget = parse_bytes(args.max_memory) if getattr(args, "max_memory", None) else None
-    if not args.json:  # what it will need, before it starts (stderr: stdout stays clean)
-        estimate = extraction_memory(loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size)
+    layers = layers_from_args(args)
+    if not args.json and not getattr(args, "memory_estimated", False):  # not printed before loading
+        estimate = extraction_memory(
+            loaded, prompts.instructions, chat=chat_format(args), batch_size=args.batch_size, layers=layers
+        )
         print(f"{which} activations, {len(prompts.instructions)} prompts: {estimate.line()}", file=sys.stderr)
     acts = extract_activations(
         loaded,
@@ -185,6 +241,7 @@ def activations_for(args, loaded, which: str):
         batch_size=args.batch_size,
         progress=progress_bar(f"{which} activations", args.json),
         max_memory=budget,
+        layers=layers,
     )
     if acts.cache_warning:
         print(f"warning: {which} activations: {acts.cache_warning}", file=sys.stderr)

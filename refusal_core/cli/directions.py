@@ -9,11 +9,14 @@ from pathlib import Path
 from refusal_core.cli import selection
 from refusal_core.cli.common import (
     CliError,
+    add_layers_arg,
     add_model_args,
     add_set_args,
     chat_format,
     check_layer,
+    check_memory_before_load,
     emit,
+    layers_from_args,
     load_directions,
     load_model_from_args,
     progress_bar,
@@ -50,7 +53,7 @@ def add_parsers(sub) -> None:
 def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentParser:
     """The subcommand of one method: model and prompt-set options, where it reads, its settings, ``--out``."""
     parser = directions.add_parser(method.name, help=method.help, description=method.help)
-    add_model_args(parser), add_set_args(parser)
+    add_model_args(parser), add_set_args(parser), add_layers_arg(parser)
     if method.reads == "layer":
         parser.add_argument("--layer", type=int, required=True, help="the block whose input the method reads")
         parser.add_argument(
@@ -72,6 +75,7 @@ def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentP
 
 def run_method(method: DirectionMethod, args) -> None:
     """Load, fit, save and describe one method's directions."""
+    check_memory_before_load(args)  # estimate (and --max-memory) from the files, before the load
     loaded = load_model_from_args(args)
     init = None
     if method.reads == "layer":
@@ -99,6 +103,7 @@ def run_method(method: DirectionMethod, args) -> None:
         chat=chat_format(args),
         batch_size=args.batch_size,
         progress=lambda label: progress_bar(label, args.json),
+        layers=layers_from_args(args),
     )
     settings = settings_from_args(method.settings, args)
     directions = method.fit(data, settings)

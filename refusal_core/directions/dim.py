@@ -97,15 +97,16 @@ def dim_from_activations(harmful, harmless, provenance: dict, layers: Sequence[i
     if tuple(harmful.positions) != tuple(harmless.positions):
         raise DirectionError("Harmful and harmless activations were taken at different positions; recompute both.")
     n_layers = harmful.n_layers
-    chosen = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    chosen = list(harmful.block_inputs) if layers is None else [int(layer) for layer in layers]
     bad = [layer for layer in chosen if not 0 <= layer < n_layers]
     if bad or not chosen:
         raise DirectionError(
             f"Layers {bad or chosen} are not block inputs of this model; use layers in 0..{n_layers - 1}."
         )
-    return dim_direction_set(
-        harmful.acts[:, :, chosen], harmless.acts[:, :, chosen], harmful.positions, chosen, provenance
-    )
+    # By layer number: the activations may hold a subset of the layers (``--layers``).
+    harmful_at = torch.stack([harmful.residual(layer) for layer in chosen], dim=2)
+    harmless_at = torch.stack([harmless.residual(layer) for layer in chosen], dim=2)
+    return dim_direction_set(harmful_at, harmless_at, harmful.positions, chosen, provenance)
 
 
 @dataclass(frozen=True)

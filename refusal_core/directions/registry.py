@@ -74,6 +74,8 @@ class FitInput:
     chat: ChatFormat | None = None
     batch_size: int = 16
     progress: Callable[[str], Progress | None] = lambda label: None
+    # Layer numbers to extract (``--layers``; default all): methods read layers by number.
+    layers: tuple[int, ...] | None = None
 
     def activations(self) -> tuple[Activations, Activations]:
         """Harmful and harmless activations (extracted once, through the on-disk cache)."""
@@ -85,6 +87,7 @@ class FitInput:
                     chat=self.chat,
                     batch_size=self.batch_size,
                     progress=self.progress(f"{which} activations"),
+                    layers=self.layers,
                 )
                 for which, prompts in (("harmful", self.harmful), ("harmless", self.harmless))
             )

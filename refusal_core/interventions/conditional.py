@@ -131,7 +131,7 @@ def condition_scores(
         loaded, instructions, positions=default_positions(loaded.tokenizer, chat), chat=chat, batch_size=batch_size
     )
     index = [acts.position_index(p) for p in condition.positions] if condition.positions is not None else slice(None)
-    return projection_scores(acts.acts[:, index, condition.layer], condition.directions)
+    return projection_scores(acts.residual(condition.layer)[:, index], condition.directions)
 
 
 def fires(scores: torch.Tensor, thresholds: Sequence[float], groups: Sequence[int] | None = None) -> list[bool]:

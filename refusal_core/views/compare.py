@@ -71,8 +71,12 @@ def paired_layers(n_a: int, n_b: int) -> tuple[tuple[int, ...], tuple[int, ...]]
 def _dims(harmful: Activations, harmless: Activations, position: int) -> torch.Tensor:
     """``[n_layers, d]`` float64 DIM at ``position`` for every block input."""
     index = harmful.position_index(position)
-    diff = harmful.acts[:, index].double().mean(0) - harmless.acts[:, index].double().mean(0)
-    return diff[: harmful.n_layers]
+    layers = range(harmful.n_layers)
+    means = [
+        torch.stack([acts.residual(layer)[:, index].double().mean(0) for layer in layers])
+        for acts in (harmful, harmless)
+    ]
+    return means[0] - means[1]
 
 
 def _scores(

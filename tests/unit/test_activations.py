@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -82,7 +84,11 @@ def test_corrupted_cache_entry_is_recomputed(tiny_llama, damage):
         data = data[: len(data) // 2]
     else:
         data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    # Damaged as a crash or a bad copy leaves it: a new file under the entry's name. The
+    # cache never rewrites a file in place, and the first result is mapped from the old one.
+    damaged = path.with_name("damaged.tmp")
+    damaged.write_bytes(bytes(data))
+    os.replace(damaged, path)
     again = extract_activations(tiny_llama, PROMPTS)
     assert not again.from_cache
     assert torch.equal(first.acts, again.acts)
