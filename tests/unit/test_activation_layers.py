@@ -103,7 +103,9 @@ def test_dim_candidates_from_a_subset_equal_those_from_all_layers(tiny_llama):
 
     harmful, harmless = PROMPTS[:3], PROMPTS[3:]
     full = [extract_activations(tiny_llama, p, positions=[-1], use_cache=False) for p in (harmful, harmless)]
-    part = [extract_activations(tiny_llama, p, positions=[-1], use_cache=False, layers=[2]) for p in (harmful, harmless)]
+    part = [
+        extract_activations(tiny_llama, p, positions=[-1], use_cache=False, layers=[2]) for p in (harmful, harmless)
+    ]
     from_full = dim_from_activations(*full, {}, layers=[2])
     from_part = dim_from_activations(*part, {})
     assert from_part.names == from_full.names == ("dim/pos-1/layer2",)
