@@ -240,7 +240,7 @@ def extract_activations(
         key = activation_key(loaded, instructions, positions, chat, layers)
         path = entry_path("activations", key)
         cached = load_streamed_entry(path, {"key": key}) if use_cache else None
-        if cached is not None and tuple(cached.shape[1:3]) == (len(positions), len(layers)):
+        if cached is not None and tuple(cached.shape) == (len(texts), len(positions), len(layers), loaded.d_model):
             if progress:
                 progress(len(instructions), len(instructions))
             return Activations(cached, positions, instructions, key, from_cache=True, **made)

@@ -111,11 +111,14 @@ def estimate_before_load(
     sizes = None if folder is None else weight_bytes_on_disk(folder, dtype)
     if sizes is None:
         return None
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = int(getattr(text, "num_hidden_layers", None) or text.n_layer)
-    d_model = int(getattr(text, "hidden_size", None) or text.n_embd)
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        n_layers = int(getattr(text, "num_hidden_layers", None) or text.n_layer)
+        d_model = int(getattr(text, "hidden_size", None) or text.n_embd)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # the load reports what is wrong with the folder; the check after it applies
     chat = chat or ChatFormat()
     positions = tuple(positions) if positions is not None else default_positions(tokenizer, chat)
     texts = format_prompts(tokenizer, tuple(instructions), chat)

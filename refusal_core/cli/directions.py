@@ -75,6 +75,9 @@ def add_method_parser(directions, method: DirectionMethod) -> argparse.ArgumentP
 
 def run_method(method: DirectionMethod, args) -> None:
     """Load, fit, save and describe one method's directions."""
+    layers = layers_from_args(args)
+    if method.reads == "layer" and layers is not None and args.layer not in layers:
+        raise CliError(f"--layer {args.layer} is not among --layers {args.layers}; add it, or leave --layers out.")
     check_memory_before_load(args)  # estimate (and --max-memory) from the files, before the load
     loaded = load_model_from_args(args)
     init = None
@@ -103,7 +106,7 @@ def run_method(method: DirectionMethod, args) -> None:
         chat=chat_format(args),
         batch_size=args.batch_size,
         progress=lambda label: progress_bar(label, args.json),
-        layers=layers_from_args(args),
+        layers=layers,
     )
     settings = settings_from_args(method.settings, args)
     directions = method.fit(data, settings)

@@ -123,3 +123,15 @@ def test_cli_layers_flag_records_only_those_layers(tiny_model_dir, capsys):
     assert out["harmful"]["layers"] == [0, 2, 3] and out["harmful"]["shape"][2] == 3
     assert main([*args, "--layers", "3-1"]) == 2
     assert "not a layer number or a range" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_layer_outside_layers_before_loading(tiny_model_dir, monkeypatch, capsys):
+    import refusal_core.model.loading as loading
+    from refusal_core.cli import main
+    from refusal_core.directions.registry import methods
+
+    method = next(m for m in methods().values() if m.reads == "layer")
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    args = ["directions", method.name, "--model", tiny_model_dir, "--layer", "2", "--layers", "0,1"]
+    assert main([*args, "--out", "/tmp/never"]) == 2
+    assert "--layer 2 is not among --layers 0,1" in capsys.readouterr().err
