@@ -109,7 +109,7 @@ class StreamSink:
             self._tmp = atomic_target(self.path)
             self._handle = open(self._tmp, "wb", buffering=0)  # unbuffered: a failed write fails here
             self._header = _header(self.shape, self.metadata)
-            self._handle.write(self._header)
+            _write_all(self._handle, memoryview(self._header))
         except OSError as err:
             self._fall_back(err)
 

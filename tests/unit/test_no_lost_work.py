@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_core.activations import cache
+from refusal_core.activations import cache, stream
 from refusal_core.activations.extract import extract_activations
 from refusal_core.cli import main
 from refusal_core.paths import cache_dir
@@ -26,7 +26,7 @@ def _disk_full(*args, **kwargs):
 
 def test_a_failed_cache_write_returns_the_activations_with_a_warning(tiny_llama, monkeypatch):
     reference = extract_activations(tiny_llama, PROMPTS, use_cache=False)
-    monkeypatch.setattr(cache, "save_file", _disk_full)
+    monkeypatch.setattr(stream, "_write_all", _disk_full)  # activations stream into the cache file
     acts = extract_activations(tiny_llama, PROMPTS)
     assert torch.equal(acts.acts, reference.acts) and not acts.from_cache
     assert "No space left on device" in acts.cache_warning and "kept for this session" in acts.cache_warning
@@ -36,7 +36,7 @@ def test_a_failed_cache_write_returns_the_activations_with_a_warning(tiny_llama,
 def test_the_cli_prints_the_warning_and_exits_0(tiny_llama, tmp_path, monkeypatch, capsys):
     tiny_llama.model.save_pretrained(tmp_path / "model")
     tiny_llama.tokenizer.save_pretrained(tmp_path / "model")
-    monkeypatch.setattr(cache, "save_file", _disk_full)
+    monkeypatch.setattr(stream, "_write_all", _disk_full)  # activations stream into the cache file
     assert main(["activations", "--model", str(tmp_path / "model"), "--limit", "2", "--json"]) == 0
     captured = capsys.readouterr()
     assert "warning: harmful activations" in captured.err and "No space left on device" in captured.err
@@ -49,8 +49,8 @@ def test_the_data_page_shows_the_result_and_a_warning_when_the_cache_is_read_onl
     use_tiny_models(monkeypatch)
     no_umap_warm_up(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(
-        cache, "save_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "cache"))
+    monkeypatch.setattr(  # activations stream into the cache file
+        stream, "_write_all", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "cache"))
     )
     at = test_app._start()
     at.switch_page("app_pages/data.py").run()
