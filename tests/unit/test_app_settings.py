@@ -5,7 +5,6 @@ settings dataclasses: each control starts at its field's default (read here stra
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -15,32 +14,10 @@ from refusal_core.selection import racing
 from refusal_core.selection.racing import ScoringMode
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.search_settings import SearchSettings
-from tests.app_hooks import no_umap_warm_up, use_tiny_models
+from tests.unit.test_app import _assert_ok, _with_activations, _workspace, tiny_app  # noqa: F401 (fixture)
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 # What a user sets on the Search page; the judge comes from the sidebar.
 SEARCH_CONTROLS = ("k", "n_trials", "objective", "success", "kl_penalty", "max_new_tokens", "seed", "ablate_mode")
-
-
-@pytest.fixture(autouse=True)
-def tiny_app(monkeypatch):
-    use_tiny_models(monkeypatch)
-    no_umap_warm_up(monkeypatch)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _with_activations() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.number_input(key="atlas_max_prompts").set_value(8).run()
-    at.switch_page("app_pages/data.py").run()
-    at.button(key="data_compute").click().run()
-    _ok(at)
-    return at
 
 
 def _controls(at: AppTest) -> dict:
@@ -53,15 +30,10 @@ def _defaults(settings: type) -> dict[str, object]:
     return {spec.name: spec.default for spec in dataclasses.fields(settings)}
 
 
-def _workspace(at: AppTest):
-    (space,) = at.session_state["atlas_workspaces"].values()
-    return space
-
-
 def test_search_controls_start_at_the_dataclass_defaults_and_reach_the_search():
     at = _with_activations()
     at.switch_page("app_pages/search.py").run()
-    _ok(at)
+    _assert_ok(at)
     controls = _controls(at)
     defaults = _defaults(SearchSettings)
     pool_size = int(next(c.value for c in at.caption if c.value.startswith("Pool of")).split()[2])
@@ -78,7 +50,7 @@ def test_search_controls_start_at_the_dataclass_defaults_and_reach_the_search():
     for name, value in changed.items():
         controls[f"search_{name}"].set_value(value)
     at.button(key="search_run").click().run()
-    _ok(at)
+    _assert_ok(at)
     used = _workspace(at).search.result.settings
     assert {name: getattr(used, name) for name in changed} == changed
     assert used.objective == "score" and used.max_new_tokens == defaults["max_new_tokens"]
@@ -95,7 +67,7 @@ def test_selection_controls_start_at_the_dataclass_defaults_and_reach_the_race(m
     monkeypatch.setattr(racing, "race_candidates", recording)
     at = _with_activations()
     at.switch_page("app_pages/directions.py").run()
-    _ok(at)
+    _assert_ok(at)
     controls = _controls(at)
     for settings in (SelectionFilters, ScoringMode, ValidationSettings):
         for name, default in _defaults(settings).items():
@@ -106,7 +78,7 @@ def test_selection_controls_start_at_the_dataclass_defaults_and_reach_the_race(m
     controls["selection_n_val"].set_value(2)
     controls["selection_exhaustive"].check()
     at.button(key="selection_run").click().run()
-    _ok(at)
+    _assert_ok(at)
     (call,) = calls
     assert call["filters"] == SelectionFilters(**changed) == _workspace(at).selection.filters
     assert call["exhaustive"] is True and _workspace(at).selection.timing["mode"] == "exhaustive"
