@@ -12,7 +12,7 @@ last the Start page with every step of the guided path done.
 
 The Many directions page draws a saved ``experiments many-directions`` result; when the cache
 holds none, the script first runs a small one (``SMALL_MANY_DIRECTIONS``: one layer, a 2x2 SOM,
-k up to 2, a few prompts; about ten minutes on two CPU cores).
+k up to 2, a few prompts; 149 s on two busy CPU cores).
 """
 
 from __future__ import annotations
