@@ -26,10 +26,10 @@ def _directions(ws):
     cols = st.columns([2, 3, 1])
     set_name = cols[0].selectbox("Project on the set", sets, key="trace_set")
     directions = ws.direction_sets[set_name]
-    _state.keep_valid("trace_dirs", directions.names)
-    default = directions.names[:1]
+    # Another set starts at its first direction (not at an empty choice); a choice within the set is kept.
+    _state.follow_default("trace_dirs", list(directions.names[:1]), directions.names)
     picked = cols[1].multiselect(
-        "Directions (several: the length in their span)", list(directions.names), default=default, key="trace_dirs"
+        "Directions (several: the length in their span)", list(directions.names), key="trace_dirs"
     )
     if not picked:
         st.caption("Pick at least one direction to trace.")

@@ -14,9 +14,10 @@ from app_pages._methods import other_methods_section, settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet, cosine_matrix
 from refusal_core.prompts.loaders import builtin
 from refusal_core.prompts.sets import PromptSetError, sample_prompts
+from refusal_core.prompts.validation import ValidationSettings, validation_prompts
 from refusal_core.selection.optimize import OptimizeSettings, optimize_direction
 from refusal_core.selection.policy import CLOSEST_DIM, DIM_SET, OPTIMIZED_SET, SELECTED_DIM, select_with_fallback
-from refusal_core.selection.racing import race_candidates
+from refusal_core.selection.racing import ScoringMode, race_candidates
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.sinks import massive_activations, massive_share
 
@@ -133,13 +134,6 @@ def massive_section(chosen: DirectionSet, labels: list[str]) -> None:
         _charts.chart(figure, width="stretch")
 
 
-def validation_prompts(n: int) -> tuple[list[str], list[str]]:
-    """Built-in validation splits (held out from training), at most ``n`` prompts each."""
-    harmful = sample_prompts(builtin("harmful", "val"), n)
-    harmless = sample_prompts(builtin("harmless", "val"), n)
-    return list(harmful.instructions), list(harmless.instructions)
-
-
 def grid_figure(result, values, title: str, colorscale: str) -> go.Figure:
     grid = values.tolist()
     text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in grid]
@@ -220,14 +214,8 @@ def selection_section() -> None:
         st.info("Compute the DIM candidates on the Data page first.")
         return
     cols = st.columns(4)
-    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="selection_n_val"))
-    max_kl = float(cols[1].number_input("Max KL", 0.0, 100.0, 0.1, step=0.05, key="selection_max_kl"))
-    min_induce = float(
-        cols[2].number_input("Min induce score", -100.0, 100.0, 0.0, step=0.5, key="selection_min_induce")
-    )
-    fraction = float(
-        cols[3].number_input("Max layer fraction", 0.05, 1.0, 0.8, step=0.05, key="selection_layer_fraction")
-    )
+    n_val = settings_widgets(ValidationSettings, "selection", columns=cols[:1])["n_val"]
+    filter_values = settings_widgets(SelectionFilters, "selection", columns=cols[1:])
     all_positions = sorted({record["position"] for record in candidates.provenance})
     all_layers = sorted({record["layer"] for record in candidates.provenance})
     cols = st.columns([2, 1, 1])
@@ -244,18 +232,13 @@ def selection_section() -> None:
         for n, r in zip(candidates.names, candidates.provenance)
         if r["position"] in chosen_positions and low <= r["layer"] <= high
     ]
-    exhaustive = st.checkbox(
-        "Score every candidate on every prompt (exhaustive; about 40x slower)",
-        value=False,
-        key="selection_exhaustive",
-        help="By default candidates are raced: all on a few prompts, the promising ones on more, the finalists on all.",
-    )
+    exhaustive = settings_widgets(ScoringMode, "selection", n_columns=1)["exhaustive"]
     st.caption(f"{len(names)} candidates to score, on up to {n_val} harmful and {n_val} harmless validation prompts.")
     if st.button("Score candidates", type="primary", key="selection_run", disabled=not names):
         subset = candidates.select(names)
         try:
             harmful_val, harmless_val = validation_prompts(n_val)
-            filters = SelectionFilters(max_kl=max_kl, min_induce=min_induce, max_layer_fraction=fraction)
+            filters = SelectionFilters(**filter_values)
             update = _state.progress_callback(f"Scoring {len(subset)} candidates")
             ws.selection = race_candidates(
                 loaded, subset, harmful_val, harmless_val, filters, exhaustive=exhaustive, progress=update

@@ -13,12 +13,11 @@ import streamlit as st
 
 from app_pages import _charts, _state
 from app_pages._search_front import show_front
+from app_pages._settings import settings_widgets
 from refusal_core.directions.base import DirectionError, DirectionSet
-from refusal_core.judges import MIN_RATE_TOKENS
-from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS
 from refusal_core.model.families import ModelLoadError
-from refusal_core.prompts.loaders import builtin
-from refusal_core.prompts.sets import PromptSetError, sample_prompts
+from refusal_core.prompts.sets import PromptSetError
+from refusal_core.prompts.validation import ValidationSettings, validation_prompts
 from refusal_core.selection.search import SearchSettings, best_direction_set, run_search
 
 MAX_DEFAULT = 32
@@ -56,64 +55,34 @@ def pick_pool():
     return DirectionSet.concat(parts, prefixes=prefixes), " + ".join(p.rstrip(":") for p in prefixes)
 
 
+# The search's fields the page does not offer: the judge is the sidebar's, the study's name,
+# storage and bookkeeping keep their defaults.
+NOT_ON_PAGE = ("judge", "stored_replies", "storage", "study_name", "study_label", "batch_size", "heartbeat_seconds")
+
+
 def settings_form(pool_size: int, pool_label: str):
+    """The search's settings from controls generated from ``SearchSettings`` (and the validation
+    prompts' count); None while no verdict counts as success."""
     cols = st.columns(4)
-    k = int(cols[0].number_input("k (directions per trial)", 1, max(1, pool_size), min(3, pool_size), key="search_k"))
-    n_trials = int(cols[1].number_input("Trials", 1, 10000, 20, key="search_trials"))
-    objective = cols[2].selectbox(
-        "Objective",
-        ["verdicts", "score", "substring"],
-        key="search_objective",
-        help="verdicts: share of greedy replies whose verdict (sidebar's judge) is not a success (below), so breaking or "
-        "deflecting the model does not win; score: mean first-token refusal score (no generation, fast); substring: refusal phrases "
-        "alone (gibberish counts as success).",
+    values = settings_widgets(
+        SearchSettings,
+        "search",
+        skip=NOT_ON_PAGE,
+        defaults={"k": min(SearchSettings.k, pool_size)},
+        columns=cols,
+        bounds={"k": (1, max(1, pool_size))},
+        disabled={
+            "max_new_tokens": lambda chosen: chosen["objective"] == "score",
+            "success": lambda chosen: chosen["objective"] != "verdicts",
+        },
     )
-    kl_penalty = float(
-        cols[3].number_input(
-            "KL penalty",
-            0.0,
-            100.0,
-            1.0,
-            step=0.1,
-            key="search_kl",
-            help="Adds this times the harmless first-token KL (nats) to each trial's value.",
-        )
-    )
-    n_val = int(cols[0].number_input("Validation prompts per set", 1, 200, 8, key="search_n_val"))
-    max_new = int(
-        cols[1].number_input(
-            "Max new tokens", 1, 512, MIN_RATE_TOKENS, key="search_max_new", disabled=objective == "score"
-        )
-    )
-    mode = cols[2].selectbox("Ablation mode", ["orthogonal", "sequential"], key="search_mode")
-    seed = int(cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="search_seed"))
-    success = st.multiselect(
-        "Verdicts that count as success",
-        list(LABELS),
-        default=list(DEFAULT_SUCCESS),
-        key="search_success",
-        disabled=objective != "verdicts",
-        help="The verdicts objective minimises the share of replies NOT in this list. Default: only complied (coherent "
-        "compliance); add deflected to count fluent replies that neither refuse nor do the task.",
-    )
-    if not success:
+    n_val = settings_widgets(ValidationSettings, "search", columns=cols[len(values) % len(cols) :])["n_val"]
+    if not values["success"]:
         st.error(
             "Choose at least one verdict that counts as success (complied is the usual choice); the search is off until then."
         )
         return None, n_val
-    settings = SearchSettings(
-        k=k,
-        n_trials=n_trials,
-        objective=objective,
-        judge=_state.judge_name(),
-        success=tuple(success),
-        kl_penalty=kl_penalty,
-        max_new_tokens=max_new,
-        seed=seed,
-        ablate_mode=mode,
-        study_label=pool_label,
-    )
-    return settings, n_val
+    return SearchSettings(**values, judge=_state.judge_name(), study_label=pool_label), n_val
 
 
 def trial_figure(trials) -> go.Figure:
@@ -156,8 +125,7 @@ def live_figure(best: list[float]) -> go.Figure:
 
 def run(pool, settings, n_val: int) -> None:
     try:
-        harmful_val = list(sample_prompts(builtin("harmful", "val"), n_val).instructions)
-        harmless_val = list(sample_prompts(builtin("harmless", "val"), n_val).instructions)
+        harmful_val, harmless_val = validation_prompts(n_val)
     except PromptSetError as err:
         st.error(str(err))
         return

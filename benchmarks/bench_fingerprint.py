@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.shapes import TINYLLAMA  # noqa: E402
 from refusal_core.model import fingerprint  # noqa: E402
-from tests.test_fingerprint import whole_tensor_fingerprint  # noqa: E402  (the previous formula, the test's oracle)
+from tests.unit.test_fingerprint import whole_tensor_fingerprint  # noqa: E402  (the previous formula, the test's oracle)
 
 GOAL = 0.10
 
@@ -58,15 +59,7 @@ def peak_extra_bytes(call) -> tuple[int, float, object]:
 def build_model(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        tie_word_embeddings=False,
-    )
+    config = LlamaConfig(**dict(TINYLLAMA, num_hidden_layers=layers))
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)

@@ -37,19 +37,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-SHAPE = dict(
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_hidden_layers=10,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    vocab_size=35000,
-    max_position_embeddings=2048,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+from benchmarks.shapes import TINYLLAMA  # noqa: E402
+
+SHAPE = dict(TINYLLAMA, num_hidden_layers=10, num_key_value_heads=32, vocab_size=35000)
 
 
 def build(folder: Path) -> None:

@@ -9,12 +9,17 @@ direction ablated, fit the category directions, generate the baseline next to th
 direction ablated and added and trace it, run a short subset search over the SOM, compare
 the organism with the base model, download the direction, build the session report, and
 last the Start page with every step of the guided path done.
+
+The Many directions page draws a saved ``experiments many-directions`` result; when the cache
+holds none, the script first runs a small one (``SMALL_MANY_DIRECTIONS``: one layer, a 2x2 SOM,
+k up to 2, a few prompts; 149 s on two busy CPU cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,13 +30,22 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
+from refusal_core.experiments.results import saved_results  # noqa: E402
 from tests import ui  # noqa: E402 - needs the repository root on sys.path
 from tests.app_server import chromium_launch_options, streamlit_server  # noqa: E402
 
+# A many-directions run small enough to precede the screenshots (the page draws a saved one).
+SMALL_MANY_DIRECTIONS = (
+    "--layers 18 --max-k 2 --som-seeds 0 --som-grid 2x2 --clusters 2 --no-optimize --trials 2 "
+    "--search-tokens 8 --test-tokens 16 --val-prompts 2 2 --test-prompts 6 4 --n-boot 200"
+).split()
 VIEWPORT = {"width": 1400, "height": 2000}  # computed pages are long; show the results below the controls
-# Plotly draws a chart a moment after Streamlit's run ends; the screenshot waits until all are drawn.
+# Plotly draws a chart a moment after Streamlit's run ends, and the first chart of a session
+# waits for plotly.js to load, shown meanwhile as a skeleton (not yet an stPlotlyChart): the
+# screenshot waits until no skeleton is left and every chart is drawn.
 CHARTS_DRAWN = (
-    "() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+    "() => document.querySelectorAll('[data-testid^=stSkeleton]').length === 0 && "
+    "[...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
 )
 
 
@@ -113,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if not saved_results():
+        print("No saved many-directions result: running a small one first", flush=True)
+        command = [sys.executable, "-m", "refusal_core", "experiments", "many-directions", *SMALL_MANY_DIRECTIONS]
+        subprocess.run(command, check=True, cwd=ROOT)
     with tempfile.TemporaryDirectory(prefix="atlas-shots-") as tmp:
         log = Path(tmp) / "server.log"
         with streamlit_server(log_path=log) as url, sync_playwright() as playwright:

@@ -35,6 +35,7 @@ def setting(
     flag: str | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    step: float | None = None,
     aliases: tuple[str, ...] = (),
     cli: bool = True,
     parse: Callable[[str], object] | None = None,
@@ -45,7 +46,8 @@ def setting(
     ``label`` is the widget's label (default: the name in words), ``choices`` the allowed
     values, ``flag`` the CLI option when it is not ``--name-with-dashes``, ``aliases`` older
     option names that keep working, ``minimum``/``maximum`` bound the widgets (the dataclass
-    checks its values itself, with messages naming the fix), and ``cli=False`` keeps the field
+    checks its values itself, with messages naming the fix) and ``step`` is their increment
+    (the widget's own when None), and ``cli=False`` keeps the field
     off the command line. A field whose value is not one number or word (a tuple, say) gives
     ``parse`` (flag text to value, raising ``SettingsError`` naming the flag) and ``show``
     (value to flag text).
@@ -57,6 +59,7 @@ def setting(
         "flag": flag,
         "minimum": minimum,
         "maximum": maximum,
+        "step": step,
         "aliases": tuple(aliases),
         "cli": cli,
         "parse": parse,
@@ -83,6 +86,7 @@ class Setting:
     cli: bool = True
     parse: Callable[[str], object] | None = None
     show: Callable[[object], str] | None = None
+    step: float | None = None
 
 
 def settings_fields(settings: type) -> list[Setting]:
@@ -116,6 +120,7 @@ def settings_fields(settings: type) -> list[Setting]:
                 cli=meta.get("cli", True),
                 parse=meta.get("parse"),
                 show=meta.get("show"),
+                step=meta.get("step"),
             )
         )
     return out

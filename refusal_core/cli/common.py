@@ -277,3 +277,17 @@ def load_directions(spec: str, d_model: int):
     path, names = split_direction_spec(spec)
     directions = load_direction_set(path, d_model=d_model)
     return directions.select(names.split(",")) if names else directions
+
+
+def added_direction(spec: str, loaded, layer: int | None, layer_flag: str):
+    """The one direction ``--actadd PATH:name`` adds, and its layer: ``layer`` (the value of
+    ``layer_flag``) when given, else the layer its provenance records; both checked before any work."""
+    directions = load_directions(spec, loaded.d_model)
+    if len(directions) != 1:
+        raise CliError(f"--actadd takes one direction (PATH:name); {spec} holds {len(directions)}.")
+    if layer is None:
+        layer = directions.provenance[0].get("layer")
+    if layer is None:
+        raise CliError(f"--actadd needs {layer_flag}: the direction's provenance records no layer.")
+    check_layer(int(layer), loaded.n_layers)
+    return directions, int(layer)

@@ -11,6 +11,7 @@ from refusal_core.cli.common import (
     CliError,
     add_judge_arg,
     add_model_args,
+    added_direction,
     chat_format,
     check_layer,
     load_directions,
@@ -35,17 +36,11 @@ def _interventions(args, loaded) -> list:
         label = f"ablate({len(directions)})" if len(args.ablate) == 1 else f"ablate({_short(spec)})"
         variants.append(Intervention.from_directions(label, directions, mode=args.ablate_mode))
     for spec in args.actadd or ():
-        directions = load_directions(spec, loaded.d_model)
-        if len(directions) != 1:
-            raise CliError(f"--actadd takes one direction (PATH:name); {spec} holds {len(directions)}.")
-        layer = args.layer if args.layer is not None else directions.provenance[0].get("layer")
-        if layer is None:
-            raise CliError("--actadd needs --layer: the direction's provenance records no layer.")
-        check_layer(int(layer), loaded.n_layers)
+        directions, layer = added_direction(spec, loaded, args.layer, "--layer")
         extra = "" if len(args.actadd) == 1 else f"{_short(spec)},"
         variants.append(
             Intervention.from_direction_addition(
-                f"actadd({extra}L{layer},{args.coeff:+g})", directions, directions.names[0], args.coeff, int(layer)
+                f"actadd({extra}L{layer},{args.coeff:+g})", directions, directions.names[0], args.coeff, layer
             )
         )
     names = [variant.name for variant in variants]

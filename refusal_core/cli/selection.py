@@ -16,6 +16,7 @@ from refusal_core.cli.common import (
     prompt_set,
 )
 from refusal_core.exports.manifest import direction_files, seeds_of, write_result_manifest
+from refusal_core.selection.racing import ScoringMode
 from refusal_core.selection.result import SelectionFilters
 from refusal_core.selection.search import SearchSettings
 from refusal_core.settings import add_setting_flags, settings_from_args
@@ -189,11 +190,7 @@ def add_select_parser(directions) -> None:
     select.add_argument("--dirs", required=True, help="DIM direction set from `directions dim`")
     add_setting_flags(select, SelectionFilters)
     select.add_argument("--out", required=True, help="JSON score table")
-    select.add_argument(
-        "--exhaustive",
-        action="store_true",
-        help="score every candidate on every prompt (slow: hours on a CPU) instead of racing them",
-    )
+    add_setting_flags(select, ScoringMode)
     select.add_argument(
         "--save-direction",
         default=None,

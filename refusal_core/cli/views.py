@@ -13,6 +13,7 @@ from refusal_core.cli.common import (
     CliError,
     add_model_args,
     add_set_args,
+    added_direction,
     chat_format,
     check_layer,
     load_directions,
@@ -54,14 +55,8 @@ def intervention_from_args(args, loaded):
         kwargs.update(ablate=directions.vectors, ablate_mode=args.ablate_mode)
         parts.append(f"ablate {', '.join(directions.names)}")
     if args.actadd:
-        directions = load_directions(args.actadd, loaded.d_model)
-        if len(directions) != 1:
-            raise CliError(f"--actadd takes one direction (PATH:name); {args.actadd} holds {len(directions)}.")
-        layer = args.actadd_layer if args.actadd_layer is not None else directions.provenance[0].get("layer")
-        if layer is None:
-            raise CliError("--actadd needs --actadd-layer: the direction's provenance records no layer.")
-        check_layer(int(layer), loaded.n_layers)
-        kwargs.update(actadd=directions.vectors[0], actadd_layer=int(layer), actadd_coeff=args.coeff)
+        directions, layer = added_direction(args.actadd, loaded, args.actadd_layer, "--actadd-layer")
+        kwargs.update(actadd=directions.vectors[0], actadd_layer=layer, actadd_coeff=args.coeff)
         parts.append(f"add {directions.names[0]} x {args.coeff:g} at layer {layer}")
     return Intervention(name="; ".join(parts), **kwargs), "; ".join(parts)
 

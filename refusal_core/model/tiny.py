@@ -13,7 +13,7 @@ import torch
 
 from refusal_core.model.loaded import LoadedModel
 
-__all__ = ["FAMILY_CONFIGS", "TINY_PREFIX", "tiny_model", "tiny_tokenizer"]
+__all__ = ["FAMILY_CONFIGS", "SPECIAL_TOKEN_IDS", "TINY_PREFIX", "tiny_model", "tiny_tokenizer"]
 
 # The spec prefix that loads one: ``tiny:llama``.
 TINY_PREFIX = "tiny:"
@@ -23,6 +23,9 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+# The tokenizer gives the special tokens the first ids, in this order; every config built
+# for it (here, in tiny_families.py and in the benchmarks) names them so.
+SPECIAL_TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _CORPUS = [
     "Write a short poem about the sea and the wind.",
     "How do I bake bread at home with flour, water and yeast?",
@@ -81,9 +84,7 @@ def _config(family: str, vocab: int):
             n_layer=3,
             n_head=4,
             n_positions=256,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
+            **SPECIAL_TOKEN_IDS,
         )
     return AutoConfig.for_model(
         model_type,
@@ -94,10 +95,8 @@ def _config(family: str, vocab: int):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
         tie_word_embeddings=False,
+        **SPECIAL_TOKEN_IDS,
         **extra,
     )
 

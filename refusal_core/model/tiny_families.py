@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from refusal_core.model.tiny import SPECIAL_TOKEN_IDS
+
 __all__ = ["COVERED", "DISCOVERED", "tiny_config", "tiny_family_folder"]
 
 _COMMON = dict(
@@ -22,10 +24,8 @@ _COMMON = dict(
     num_key_value_heads=2,
     head_dim=16,
     max_position_embeddings=128,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
     tie_word_embeddings=False,
+    **SPECIAL_TOKEN_IDS,
 )
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 
@@ -100,9 +100,7 @@ def tiny_config(model_type: str, vocab: int):
             n_layer=2,
             n_head=4,
             n_positions=128,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
+            **SPECIAL_TOKEN_IDS,
         )
     if model_type == "gemma3":
         text = dict(_COMMON, vocab_size=vocab, model_type="gemma3_text")

@@ -49,7 +49,7 @@ from refusal_core.selection.rows import PromptRows, prompt_rows, rows_logprobs
 from refusal_core.selection.scoring import _Candidate, _candidates, _intervention, _provenance
 from refusal_core.settings import setting
 
-__all__ = ["RacingSettings", "prerank_scores", "race_candidates"]
+__all__ = ["RacingSettings", "ScoringMode", "prerank_scores", "race_candidates"]
 
 MEASURES = ("bypass", "kl", "induce")
 
@@ -76,6 +76,18 @@ class RacingSettings:
             raise SettingsError("first_prompts, min_finalists and rows_per_forward must be >= 1 and growth >= 2.")
         if not 0 < self.prerank_keep <= 1:
             raise SettingsError(f"prerank_keep must be in (0, 1], got {self.prerank_keep}.")
+
+
+@dataclass(frozen=True)
+class ScoringMode:
+    """Whether candidates are raced or each scored on every prompt (``race_candidates``'s ``exhaustive``)."""
+
+    exhaustive: bool = setting(
+        False,
+        "score every candidate on every prompt (about 40x slower; hours on a CPU) instead of racing them: all on a "
+        "few prompts, the promising ones on more, the finalists on all",
+        label="Score every candidate on every prompt (exhaustive)",
+    )
 
 
 @dataclass

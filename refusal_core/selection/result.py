@@ -145,10 +145,24 @@ class SelectionFilters:
     """
 
     max_kl: float = setting(
-        0.1, "drop candidates whose ablation moves the harmless next-token distribution by more than this KL (nats)"
+        0.1,
+        "drop candidates whose ablation moves the harmless next-token distribution by more than this KL (nats)",
+        label="Max KL",
+        minimum=0.0,
+        maximum=100.0,
+        step=0.05,
     )
-    min_induce: float = setting(0.0, "drop candidates whose addition gives a mean harmless refusal score below this")
-    max_layer_fraction: float = setting(0.8, "drop layers >= this fraction of the model's layers")
+    min_induce: float = setting(
+        0.0,
+        "drop candidates whose addition gives a mean harmless refusal score below this",
+        label="Min induce score",
+        minimum=-100.0,
+        maximum=100.0,
+        step=0.5,
+    )
+    max_layer_fraction: float = setting(
+        0.8, "drop layers >= this fraction of the model's layers", minimum=0.05, maximum=1.0, step=0.05
+    )
 
     def __post_init__(self) -> None:
         if not self.max_kl >= 0:

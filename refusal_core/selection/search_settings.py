@@ -12,7 +12,7 @@ from refusal_core.damage import DEFAULT_JUDGE
 from refusal_core.errors import SettingsError
 from refusal_core.judges import MIN_RATE_TOKENS
 from refusal_core.judges.registry import judge_names
-from refusal_core.judges.verdict import DEFAULT_SUCCESS, check_success
+from refusal_core.judges.verdict import DEFAULT_SUCCESS, LABELS, check_success
 from refusal_core.selection.study import check_storage, check_study_name
 from refusal_core.selection.trials import OBJECTIVES
 from refusal_core.settings import joined, setting
@@ -32,16 +32,20 @@ class SearchSettings:
     starts afresh: ``<label>-k<k>-<hash>`` with ``study_label`` made file-name safe.
     """
 
-    k: int = setting(3, "directions ablated together per trial")
+    k: int = setting(3, "directions ablated together per trial", label="k (directions per trial)", minimum=1)
     n_trials: int = setting(
         20,
         "trials the study holds in all, over every worker sharing it (a second worker or a resumed run adds only the rest)",
+        label="Trials",
         flag="--trials",
+        minimum=1,
+        maximum=10000,
     )
     objective: Objective = setting(
         "verdicts",
-        "verdicts (share of replies the --judge finds not a success, see --success), substring (refusal phrases alone: "
-        "gibberish counts as success) or score (first-token refusal score, no generation)",
+        "verdicts (share of greedy replies the judge, --judge or the sidebar's, finds not a success, so breaking or "
+        "deflecting the model does not win), substring (refusal phrases alone: gibberish counts as success) or score "
+        "(mean first-token refusal score, no generation, fast)",
         choices=("verdicts", "substring", "score"),
     )
     judge: str = setting(
@@ -49,17 +53,30 @@ class SearchSettings:
     )
     success: tuple[str, ...] = setting(
         DEFAULT_SUCCESS,
-        "verdicts that count as success in the verdicts objective, comma-separated (e.g. complied,deflected)",
+        "verdicts that count as success in the verdicts objective, comma-separated (e.g. complied,deflected): "
+        "complied alone by default; add deflected to count fluent replies that neither refuse nor do the task",
+        label="Verdicts that count as success",
+        choices=LABELS,
         parse=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
         show=joined(","),
     )
     kl_penalty: float = setting(
         1.0,
         "objective += this times the mean harmless KL (nats); 1.0 makes one nat cost as much as every reply failing",
+        label="KL penalty",
+        minimum=0.0,
+        maximum=100.0,
+        step=0.1,
     )
-    max_new_tokens: int = setting(MIN_RATE_TOKENS, "reply length per trial (late refusals need 64)")
+    max_new_tokens: int = setting(
+        MIN_RATE_TOKENS,
+        "reply length per trial (late refusals need 64)",
+        label="Max new tokens",
+        minimum=1,
+        maximum=512,
+    )
     stored_replies: int = setting(8, "replies kept per trial in the study, to show them later", cli=False)
-    seed: int = setting(0, "seed of the TPE sampler")
+    seed: int = setting(0, "seed of the TPE sampler", minimum=0, maximum=2**31 - 1)
     storage: str | None = setting(
         None,
         "Optuna storage: an SQLite file path or a URL (sqlite:///f.db, postgresql://user:pw@host/db); "
@@ -75,6 +92,7 @@ class SearchSettings:
     ablate_mode: Literal["orthogonal", "sequential"] = setting(
         "orthogonal",
         "orthogonal (project out the span) or sequential (one after another)",
+        label="Ablation mode",
         choices=("orthogonal", "sequential"),
         cli=False,
     )

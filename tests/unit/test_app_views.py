@@ -83,6 +83,14 @@ def test_generate_traces_every_reply_token_by_token():
     for row in rows:
         completion = next(c for c in generation[row["variant"]] if c.instruction == row["instruction"])
         assert len(row["trace"]["projections"]) == completion.n_tokens
+    # Another set to project on starts at its first direction, so the trace is still drawn.
+    other = ws.direction_sets["DIM"].select(list(ws.direction_sets["DIM"].names[:2]))
+    ws.add_set("Two of DIM", other)
+    at.run()
+    at.selectbox(key="trace_set").set_value("Two of DIM").run()
+    _assert_ok(at)
+    assert at.multiselect(key="trace_dirs").value == [other.names[0]]
+    assert _charts(at) == charts + 1
 
 
 def test_compare_page_and_session_report():
