@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refusal_core.judges.broken import fluency_stats, is_broken  # noqa: E402
+from refusal_core.judges.broken import fluency_stats  # noqa: E402
 from refusal_core.judges.features import pair_features  # noqa: E402
+from refusal_core.judges.learned import broken_call  # noqa: E402
 from refusal_core.judges.reference import reference_verdicts, shipped_thresholds_by_model  # noqa: E402
 from refusal_core.judges.training import (  # noqa: E402
     DEFAULT_C,
@@ -41,12 +42,16 @@ def group_of(row: dict) -> str:
     return f"{row['model'].split(':')[-1]}/{row.get('intervention') or row.get('variant')}"
 
 
-def broken_flags(rows: list[dict]) -> list[bool]:
+def broken_flags(rows: list[dict], with_model: bool = True) -> list[bool | None]:
+    """The judge's broken calls (learned.broken_call): with the model's fluency check from the
+    stored likelihoods and the model's shipped thresholds, or text only."""
+    if not with_model:
+        return [broken_call(r["reply"])[0] for r in rows]
     thresholds = shipped_thresholds_by_model()
     stats = fluency_stats(
         None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r.get("logprob") for r in rows]
     )
-    return [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
+    return [broken_call(r["reply"], s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
 
 
 def main() -> None:
@@ -104,7 +109,7 @@ def main() -> None:
         print(f"Wrote {args.out}")
         return
     with_model = broken_flags(rows)
-    text_only = [None] * len(rows)
+    text_only = broken_flags(rows, with_model=False)
     for c in args.c:
         inside, loio = evaluate(features, labels, groups, instructions, with_model, c)
         print(f"\n## C={c}: with the fluency check deciding broken (judge --model)\n")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from refusal_core.judges.broken import fluency_stats, is_broken
+from refusal_core.judges.broken import fluency_stats
 from refusal_core.judges.features import pair_features
-from refusal_core.judges.learned import LinearModel, choose
+from refusal_core.judges.learned import LinearModel, broken_call, choose
 from refusal_core.judges.reference import shipped_thresholds_by_model
 from refusal_core.judges.training import EMBEDDINGS_FILE, StoredEmbeddings, fit_linear
 from refusal_core.judges.verdict import LABELS
@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Measured with `OMP_NUM_THREADS=1 .venv/bin/python scripts/train_learned_judge.py` (docs/judges.md),
 # each rounded down by about one point.
-LOIO_VERDICT = 0.90  # measured 91.7% (409/446)
-LOIO_COMPLIED_OR_NOT = 0.95  # measured 96.2%
+LOIO_VERDICT = 0.92  # measured 93.9% (419/446)
+LOIO_COMPLIED_OR_NOT = 0.945  # measured 95.7%
 PRECEDENCE = ("broken", "refused", "deflected", "complied")
 
 
@@ -76,7 +76,7 @@ def test_leave_one_intervention_out_accuracy(labelled):
     stats = fluency_stats(
         None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows]
     )
-    broken = [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
+    broken = [broken_call(r["reply"], s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
     shipped_c = LinearModel.shipped().provenance["C"]
     predicted = [""] * len(rows)
     for group in dict.fromkeys(groups):
