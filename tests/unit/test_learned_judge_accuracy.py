@@ -26,9 +26,9 @@ from refusal_core.judges.verdict import LABELS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Measured with `OMP_NUM_THREADS=1 .venv/bin/python scripts/train_learned_judge.py` (docs/judges.md),
-# each rounded down by about one point.
-LOIO_VERDICT = 0.92  # measured 93.9% (419/446)
-LOIO_COMPLIED_OR_NOT = 0.945  # measured 95.7%
+# each rounded down by about one and a half points.
+LOIO_VERDICT = 0.86  # measured 87.5% (910/1040)
+LOIO_COMPLIED_OR_NOT = 0.89  # measured 90.5% (941/1040)
 PRECEDENCE = ("broken", "refused", "deflected", "complied")
 
 
@@ -48,9 +48,9 @@ def labelled():
 def test_the_set_is_large_varied_and_resolved_by_the_stated_rule(labelled):
     rows, _ = labelled
     groups = Counter(f"{r['model']}/{r['intervention']}" for r in rows)
-    # 446 replies were labelled by both readers in this session (the 1,000 the issue asks for were
-    # not generated in time on the shared CPUs; docs/judges.md says so).
-    assert len(rows) >= 440 and len(groups) >= 10 and min(groups.values()) >= 15
+    # At least 1,000 replies from at least 15 (model, intervention) groups, each labelled by two readers.
+    assert len(rows) >= 1000 and len(groups) >= 15 and min(groups.values()) >= 20
+    assert all(row["label_a"] and row["label_b"] for row in rows)
     assert {r["model"] for r in rows} == {"bundled:refusal-organism", "bundled:smollm2-135m-instruct"}
     for row in rows:
         given = [label for label in (row["label_a"], row["label_b"]) if label]
