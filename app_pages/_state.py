@@ -260,7 +260,7 @@ def chosen_prompts() -> dict[str, PromptSet]:
 
 
 def judge_name() -> str:
-    """The judge chosen in the sidebar (the default panel until the sidebar has run)."""
+    """The judge chosen in the sidebar (the default judge until the sidebar has run)."""
     return st.session_state.get(JUDGE, damage.DEFAULT_JUDGE)
 
 

@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refusal_core.judges.broken import fluency_stats, is_broken  # noqa: E402
+from refusal_core.judges.broken import fluency_stats  # noqa: E402
 from refusal_core.judges.features import pair_features  # noqa: E402
+from refusal_core.judges.learned import broken_call  # noqa: E402
 from refusal_core.judges.reference import reference_verdicts, shipped_thresholds_by_model  # noqa: E402
 from refusal_core.judges.training import (  # noqa: E402
     DEFAULT_C,
@@ -41,12 +42,33 @@ def group_of(row: dict) -> str:
     return f"{row['model'].split(':')[-1]}/{row.get('intervention') or row.get('variant')}"
 
 
-def broken_flags(rows: list[dict]) -> list[bool]:
+def broken_flags(rows: list[dict], with_model: bool = True) -> list[bool | None]:
+    """The judge's broken calls (learned.broken_call): with the model's fluency check from the
+    stored likelihoods and the model's shipped thresholds, or text only."""
+    if not with_model:
+        return [broken_call(r["reply"])[0] for r in rows]
     thresholds = shipped_thresholds_by_model()
     stats = fluency_stats(
         None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r.get("logprob") for r in rows]
     )
-    return [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
+    return [broken_call(r["reply"], s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
+
+
+def _scores(truth: list[str], said: list[str], index: list[int]) -> list[str]:
+    """All verdicts, complied or not, broken recall and broken false alarms over ``index``, as cells."""
+    right = sum(said[i] == truth[i] for i in index)
+    complied = sum((said[i] == "complied") == (truth[i] == "complied") for i in index)
+    broken = [i for i in index if truth[i] == "broken"]
+    fluent = [i for i in index if truth[i] != "broken"]
+    caught = sum(said[i] == "broken" for i in broken)
+    alarms = sum(said[i] == "broken" for i in fluent)
+    share = lambda k, n: f"{k / n:.1%} ({k}/{n})" if n else "n/a"  # noqa: E731
+    return [
+        share(right, len(index)),
+        share(complied, len(index)),
+        share(caught, len(broken)),
+        share(alarms, len(fluent)),
+    ]
 
 
 def main() -> None:
@@ -104,15 +126,18 @@ def main() -> None:
         print(f"Wrote {args.out}")
         return
     with_model = broken_flags(rows)
-    text_only = [None] * len(rows)
+    text_only = broken_flags(rows, with_model=False)
+    shipped = None  # the evaluations of the shipped C (the first), for the tables below
     for c in args.c:
         inside, loio = evaluate(features, labels, groups, instructions, with_model, c)
+        shipped = shipped or (inside, loio)
         print(f"\n## C={c}: with the fluency check deciding broken (judge --model)\n")
         print(per_verdict_table([inside, loio]))
         inside_t, loio_t = evaluate(features, labels, groups, instructions, text_only, c)
         print(f"\n## C={c}: text only (judge without --model)\n")
         print(per_verdict_table([inside_t, loio_t]))
-    print("\n## LOIO per intervention (with the fluency check)\n")
+    inside, loio = shipped
+    print(f"\n## LOIO per intervention (with the fluency check, C={args.c[0]})\n")
     print("| intervention | replies | verdicts (readers) | LOIO accuracy | complied or not |")
     print("|---|---|---|---|---|")
     for group in dict.fromkeys(groups):
@@ -121,13 +146,18 @@ def main() -> None:
         acc = np.mean([loio.predicted[i] == labels[i] for i in index])
         con = np.mean([(loio.predicted[i] == "complied") == (labels[i] == "complied") for i in index])
         print(f"| {group} | {len(index)} | {mix} | {acc:.1%} | {con:.1%} |")
-    panel = reference_verdicts([{**r, "refusal_score": r.get("refusal_score")} for r in rows])
-    print("\n## The old panel (three verdicts) on the same rows\n")
-    old_correct = sum(v.label == t for v, t in zip(panel, labels))
-    old_complied = sum((v.label == "complied") == (t == "complied") for v, t in zip(panel, labels))
+    panel = [v.label for v in reference_verdicts([{**r, "refusal_score": r.get("refusal_score")} for r in rows])]
+    print("\n## The panel (three verdicts) against the learned judge's LOIO, on the same rows\n")
     print(
-        f"verdict {old_correct / len(rows):.1%} ({old_correct}/{len(rows)}); complied or not {old_complied / len(rows):.1%}"
+        "The panel is not fitted to this set, but its semantic member was trained on the earlier reference "
+        "replies (rows with source judge_reference.jsonl), so its figure on those rows is in-sample.\n"
     )
+    print("| rows | judge | all verdicts | complied or not | broken recall | broken false alarms |")
+    print("|---|---|---|---|---|---|")
+    fresh = [i for i, r in enumerate(rows) if not r.get("source")]
+    for name, index in (("all", list(range(len(rows)))), ("not in the reference set", fresh)):
+        for judge, said in (("panel", panel), ("learned, LOIO", list(loio.predicted))):
+            print(f"| {name} ({len(index)}) | {judge} | " + " | ".join(_scores(labels, said, index)) + " |")
     print("\n## Examples of LOIO mistakes\n")
     mistakes = Counter((t, p) for t, p in zip(labels, loio.predicted) if t != p)
     for (truth, said), count in mistakes.most_common(6):

@@ -32,7 +32,10 @@ __all__ = [
 
 # Listed first, in this order (the CLI's choices and the sidebar follow it); plug-ins after.
 BUILTIN_JUDGES = ("learned", "panel", "substring", "substring+broken", "refusal-score", "semantic")
-DEFAULT_JUDGE = "panel"
+# The judge every readout uses unless the user picks another: the learned judge, which matched the
+# readers' labels more often than the panel on replies of interventions it was not fitted to
+# ("complied or not" and broken recall, leave one intervention out; docs/judges.md).
+DEFAULT_JUDGE = "learned"
 
 
 @dataclass(frozen=True)

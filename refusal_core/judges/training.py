@@ -197,6 +197,13 @@ def per_verdict_table(evaluations: Sequence[Evaluation]) -> str:
                 for s in said
             ]
             lines.append(f"| {label} (precision) | | " + " | ".join(cells) + " |")
+    fluent = [i for i, t in enumerate(truth) if t != "broken"]
+    if fluent:
+        cells = [
+            f"{sum(e.predicted[i] == 'broken' for i in fluent) / len(fluent):.1%} ({sum(e.predicted[i] == 'broken' for i in fluent)}/{len(fluent)})"
+            for e in evaluations
+        ]
+        lines.append(f"| broken false alarms (of fluent) | {len(fluent)} | " + " | ".join(cells) + " |")
     lines.append(f"| all verdicts | {len(truth)} | " + " | ".join(f"{e.accuracy():.1%}" for e in evaluations) + " |")
     lines.append(
         f"| complied or not | {len(truth)} | " + " | ".join(f"{e.complied_or_not():.1%}" for e in evaluations) + " |"

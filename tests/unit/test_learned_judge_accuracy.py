@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from refusal_core.judges.broken import fluency_stats, is_broken
+from refusal_core.judges.broken import fluency_stats
 from refusal_core.judges.features import pair_features
-from refusal_core.judges.learned import LinearModel, choose
+from refusal_core.judges.learned import LinearModel, broken_call, choose
 from refusal_core.judges.reference import shipped_thresholds_by_model
 from refusal_core.judges.training import EMBEDDINGS_FILE, StoredEmbeddings, fit_linear
 from refusal_core.judges.verdict import LABELS
@@ -26,9 +26,9 @@ from refusal_core.judges.verdict import LABELS
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Measured with `OMP_NUM_THREADS=1 .venv/bin/python scripts/train_learned_judge.py` (docs/judges.md),
-# each rounded down by about one point.
-LOIO_VERDICT = 0.90  # measured 91.7% (409/446)
-LOIO_COMPLIED_OR_NOT = 0.95  # measured 96.2%
+# each rounded down by about one and a half points.
+LOIO_VERDICT = 0.87  # measured 88.8% (923/1040)
+LOIO_COMPLIED_OR_NOT = 0.895  # measured 90.9% (945/1040)
 PRECEDENCE = ("broken", "refused", "deflected", "complied")
 
 
@@ -48,9 +48,9 @@ def labelled():
 def test_the_set_is_large_varied_and_resolved_by_the_stated_rule(labelled):
     rows, _ = labelled
     groups = Counter(f"{r['model']}/{r['intervention']}" for r in rows)
-    # 446 replies were labelled by both readers in this session (the 1,000 the issue asks for were
-    # not generated in time on the shared CPUs; docs/judges.md says so).
-    assert len(rows) >= 440 and len(groups) >= 10 and min(groups.values()) >= 15
+    # At least 1,000 replies from at least 15 (model, intervention) groups, each labelled by two readers.
+    assert len(rows) >= 1000 and len(groups) >= 15 and min(groups.values()) >= 20
+    assert all(row["label_a"] and row["label_b"] for row in rows)
     assert {r["model"] for r in rows} == {"bundled:refusal-organism", "bundled:smollm2-135m-instruct"}
     for row in rows:
         given = [label for label in (row["label_a"], row["label_b"]) if label]
@@ -76,7 +76,7 @@ def test_leave_one_intervention_out_accuracy(labelled):
     stats = fluency_stats(
         None, [r["instruction"] for r in rows], [r["reply"] for r in rows], logprobs=[r["logprob"] for r in rows]
     )
-    broken = [is_broken(s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
+    broken = [broken_call(r["reply"], s, thresholds[r["model"]])[0] for s, r in zip(stats, rows)]
     shipped_c = LinearModel.shipped().provenance["C"]
     predicted = [""] * len(rows)
     for group in dict.fromkeys(groups):
