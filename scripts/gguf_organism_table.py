@@ -9,9 +9,11 @@ Columns:
   reloaded with ``load_model``;
 - ``gguf-unedited``: the organism itself written over the shipped GGUF (Q4_1 blocks, Q8_0
   embedding) with no direction removed: what 4-bit requantization alone does;
+  ``gguf-unedited-q8``: the same with every changed tensor in Q8_0;
 - ``gguf-nearest``: the GGUF export with gguf-py's nearest rounding; ``gguf-balanced``: with
   the balanced rounding of the residual writers (the default); ``gguf-q8``: the edited
-  tensors written as Q8_0 instead (``--edited-type Q8_0``).
+  tensors written as Q8_0 instead (``--edited-type Q8_0``), balanced; ``gguf-q8-nearest``:
+  Q8_0 with nearest rounding.
 
 Each column also gets the residual stream's leftover along the direction, ``|h.u| / |h|``
 at every position of the prompts, after the embedding and after each block but the last
@@ -61,6 +63,10 @@ def leak(loaded: LoadedModel, instructions: list[str], unit: torch.Tensor, inter
     return float(every.mean()), float(every.max())
 
 
+def rate(row: dict, key: str) -> str:
+    return "-" if "leak_mean" in row and len(row) == 2 else f"{row.get(key, 0):.2f}"
+
+
 def gguf_model(folder: Path, tokenizer) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
@@ -72,7 +78,9 @@ def gguf_model(folder: Path, tokenizer) -> LoadedModel:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
-    parser.add_argument("--columns", default="organism,hooks,folder,gguf-unedited,gguf-nearest,gguf-balanced,gguf-q8")
+    parser.add_argument(
+        "--columns", default="organism,hooks,folder,gguf-unedited,gguf-nearest,gguf-balanced,gguf-unedited-q8,gguf-q8"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -87,6 +95,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gguf-table-"))
 
     def column(model: LoadedModel, intervention: Intervention) -> dict:
+        if args.leak_only:
+            mean, worst = leak(model, instructions, unit, intervention)
+            return {"leak_mean": mean, "leak_worst": worst}
         replies = generate_side_by_side(model, instructions, [intervention], settings, ChatFormat())
         texts = [c if isinstance(c, str) else c.text for c in next(iter(replies.values()))]
         rates = verdict_rates(panel.verdicts(model, instructions, texts, intervention=intervention))
@@ -97,7 +108,7 @@ def main() -> None:
         if name == "folder":
             out = folder_fmt.write(ExportRequest(loaded, dim, work / name, folder_fmt.settings()))
             return load_model(str(out))
-        if name == "gguf-unedited":
+        if name.startswith("gguf-unedited"):
             from refusal_core.exports.gguf import _over_template
             from refusal_core.model.loading import bundled_gguf_path
 
@@ -106,9 +117,15 @@ def main() -> None:
                 for key, p in loaded.model.named_parameters(remove_duplicate=False)
             }
             (work / name).mkdir()
-            _over_template(loaded, arrays, bundled_gguf_path(), work / name / "model.gguf")
+            edited_type = "Q8_0" if name.endswith("-q8") else "same"
+            _over_template(loaded, arrays, bundled_gguf_path(), work / name / "model.gguf", edited_type)
             return gguf_model(work / name, loaded.tokenizer)
-        options = {"gguf-nearest": {"rounding": "nearest"}, "gguf-balanced": {}, "gguf-q8": {"edited_type": "Q8_0"}}
+        options = {
+            "gguf-nearest": {"rounding": "nearest"},
+            "gguf-balanced": {},
+            "gguf-q8": {"edited_type": "Q8_0"},
+            "gguf-q8-nearest": {"edited_type": "Q8_0", "rounding": "nearest"},
+        }
         out = gguf_fmt.write(ExportRequest(loaded, dim, work / name, gguf_fmt.settings(**options[name])))
         return gguf_model(out, loaded.tokenizer)
 
@@ -127,7 +144,7 @@ def main() -> None:
             gc.collect()
         print(f"# {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         print(
-            f"| {name} | {row.get('refused', 0):.2f} | {row.get('complied', 0):.2f} | {row.get('broken', 0):.2f} "
+            f"| {name} | {rate(row, 'refused')} | {rate(row, 'complied')} | {rate(row, 'broken')} "
             f"| {row['leak_mean']:.2e} | {row['leak_worst']:.2e} |",
             flush=True,
         )
