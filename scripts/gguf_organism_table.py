@@ -78,6 +78,7 @@ def gguf_model(folder: Path, tokenizer) -> LoadedModel:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--leak-only", action="store_true", help="skip replies and judge (rates shown as -)")
     parser.add_argument(
         "--columns", default="organism,hooks,folder,gguf-unedited,gguf-nearest,gguf-balanced,gguf-unedited-q8,gguf-q8"
     )
