@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 
 N_PROMPTS = 4
 GGUF_EDITED_TYPE = "Q8_0"
-# The GGUF keeps under 1% of the organism's share along the direction (worst position); nearest Q8_0
-# rounding leaves several times more, balanced rounding far less (docs/exports.md).
-LEAK_SHARE = 0.01
+# The GGUF keeps under 0.1% of the organism's share along the direction (worst position). On 20
+# test prompts (docs/exports.md) Q8_0 with nearest rounding left 0.9% of it, balanced rounding 0.004%.
+LEAK_SHARE = 0.001
 
 
 def _worst_share(model, tokenizer, instructions, unit: torch.Tensor) -> float:
