@@ -24,9 +24,9 @@ out as PEFT reads it (see :func:`_parameter_factors`).
 
 Every residual writer of ``model/writers.py`` is covered or the export refuses, naming the
 one it cannot express (a 1-D parameter of a module PEFT does not adapt, a bias of an
-embedding, an unknown module kind): a writer is never silently left out. A tied lm_head is not touched: PEFT's adapter on
-the embedding changes the lookup only, so the head keeps the original matrix, exactly as
-the folder export unties it.
+embedding, an unknown module kind): a writer is never silently left out. A tied lm_head is
+not touched: PEFT's adapter on the embedding changes the lookup only, so the head keeps the
+original matrix, exactly as the folder export unties it.
 """
 
 from __future__ import annotations
