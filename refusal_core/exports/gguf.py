@@ -6,7 +6,9 @@ tensor order and tensor types. Each tensor is taken from the loaded model with t
 directions edited out of its weights (``interventions.weights``), in float32 and in GGUF
 layout (``gguf_tensors``): where it equals the template's dequantized values it is copied
 byte for byte, otherwise it is quantized to the template's type (a k-quant, which gguf-py
-cannot make, falls back to Q8_0; ``--edited-type`` picks a finer type for them). A template without ``output.weight`` ties the head to
+cannot make, falls back to Q8_0; ``--edited-type`` picks a finer type for them). The residual
+writers are requantized with balanced rounding (``gguf_rounding``) by default, so that
+rounding does not put the removed direction back. A template without ``output.weight`` ties the head to
 ``token_embd``; since the embedding is edited and the head must not be, an ``output.weight``
 holding the original matrix (the template's own bytes where they match) is added, as the
 folder export unties it. A template whose architecture, layer count or width differ from the
@@ -59,6 +61,13 @@ class GgufSettings:
         "type of the tensors that change over a template: same (the template's type) or "
         "a finer one (less requantization error, a larger file)",
         choices=("same", "Q8_0", "F16", "F32"),
+    )
+    rounding: str = setting(
+        "balanced",
+        "how the edited residual writers are requantized over a template: balanced (each element "
+        "takes the neighbouring level that keeps the quantized weight free of the direction; one "
+        "direction, Q8_0/Q4_1) or nearest (gguf-py's plain rounding)",
+        choices=("balanced", "nearest"),
     )
 
 
@@ -115,10 +124,41 @@ def _check_template(reader, loaded: LoadedModel) -> str:
     return arch
 
 
+def _balance_targets(loaded: LoadedModel, directions: DirectionSet | None, mapping: dict[str, str]) -> dict:
+    """GGUF name -> (unit direction, axis in GGUF NumPy layout) of each residual-writer matrix
+    whose requantization is balanced; empty unless there is exactly one direction."""
+    from refusal_core.interventions.linalg import orthonormal_basis
+    from refusal_core.model.writers import residual_writes
+
+    if directions is None:
+        return {}
+    basis = orthonormal_basis(directions.vectors.detach().to(torch.float64))
+    if basis.shape[1] != 1:
+        return {}
+    unit = basis[:, 0].numpy()
+    params = dict(loaded.model.named_parameters(remove_duplicate=False))
+    targets = {}
+    for write in residual_writes(loaded.model):
+        param = params[write.name]
+        if param.dim() != 2 or write.norm is not None:
+            continue
+        # a tied embedding is listed under the head's name: match by identity; output.weight keeps the original
+        for gguf_name, hf_name in mapping.items():
+            if params.get(hf_name) is param and gguf_name != "output.weight":
+                targets[gguf_name] = (unit, write.axis % 2)
+    return targets
+
+
 def _over_template(
-    loaded: LoadedModel, arrays: dict[str, np.ndarray], source: Path, target: Path, edited_type: str = "same"
+    loaded: LoadedModel,
+    arrays: dict[str, np.ndarray],
+    source: Path,
+    target: Path,
+    edited_type: str = "same",
+    directions: DirectionSet | None = None,
 ) -> dict:
-    """Write ``target`` from the template at ``source``; returns what was copied, requantized, added."""
+    """Write ``target`` from the template at ``source``; returns what was copied, requantized
+    (and of those, balanced along the one direction of ``directions``), added."""
     import gguf
 
     reader = gguf.GGUFReader(source)
@@ -127,7 +167,8 @@ def _over_template(
     mapping = hf_to_gguf_names(arch, loaded.n_layers, list(arrays))
     writer = gguf.GGUFWriter(str(target), arch)
     copy_metadata(reader, writer)
-    report = {"copied": [], "requantized": {}, "added": [], "edited_type": edited_type}
+    report = {"copied": [], "requantized": {}, "added": [], "edited_type": edited_type, "balanced": []}
+    report["balance"] = _balance_targets(loaded, directions, mapping)
     names = {tensor.name for tensor in reader.tensors}
     for tensor in reader.tensors:
         hf_name = mapping.get(tensor.name)
@@ -145,6 +186,7 @@ def _over_template(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    report.pop("balance")
     return report
 
 
@@ -168,6 +210,14 @@ def _add(writer, tensor, value: np.ndarray | None, name: str, report: dict) -> N
         return
     wanted = raw_type.name if report.get("edited_type", "same") == "same" else report["edited_type"]
     data, written = quantized(value, wanted)
+    if name in report.get("balance", {}):
+        from refusal_core.exports.gguf_rounding import balanced_quantize
+
+        unit, axis = report["balance"][name]
+        better = balanced_quantize(value, written, unit, axis)
+        if better is not None:
+            data = better
+            report["balanced"].append(name)
     quant = written not in ("F32", "F16")
     writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[written] if quant else None)
     report["requantized"][name] = written
@@ -209,7 +259,8 @@ def write_gguf(request: registry.ExportRequest) -> Path:
         arrays = edited_arrays(request.loaded, request.directions, settings.mode)
         target = tmp / FILE_NAME
         if template is not None:
-            _over_template(request.loaded, arrays, template, target, settings.edited_type)
+            balanced = request.directions if settings.rounding == "balanced" else None
+            _over_template(request.loaded, arrays, template, target, settings.edited_type, balanced)
         else:
             write_from_scratch(request.loaded, arrays, target, settings.tensor_type)
         del arrays

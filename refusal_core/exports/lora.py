@@ -16,11 +16,17 @@ PEFT's scaling is exactly 1. Where a post-norm sits between the write and the re
 ``d ⊙ (norm_offset + w)``, as the weight edit uses. The factors are computed in float64 and
 saved in float32.
 
+Fused Mixture-of-Experts tensors (``experts.down_proj`` ``[E, d, n]``, or ``[E, n, d]``
+where the module says ``is_transposed``, and gpt-oss's expert biases ``[E, d]``) are not
+modules: PEFT adapts them through ``target_parameters`` (its ``ParamWrapper``), in the same
+config as the ``target_modules``. Each expert gets the same kind of rank-``r`` update, laid
+out as PEFT reads it (see :func:`_parameter_factors`).
+
 Every residual writer of ``model/writers.py`` is covered or the export refuses, naming the
-one it cannot express (a 3-D expert tensor, a bias of an embedding, an unknown module
-kind): a writer is never silently left out. A tied lm_head is not touched: PEFT's adapter on
-the embedding changes the lookup only, so the head keeps the original matrix, exactly as
-the folder export unties it.
+one it cannot express (a 1-D parameter of a module PEFT does not adapt, a bias of an
+embedding, an unknown module kind): a writer is never silently left out. A tied lm_head is
+not touched: PEFT's adapter on the embedding changes the lookup only, so the head keeps the
+original matrix, exactly as the folder export unties it.
 """
 
 from __future__ import annotations
@@ -90,24 +96,84 @@ def _writer_name(model: nn.Module, params: dict[str, torch.Tensor], name: str) -
     return name
 
 
-def _grouped(model: nn.Module) -> dict[str, dict[str, ResidualWrite]]:
-    """Module name -> {"weight"/"bias": write}, refusing anything PEFT's LoRA cannot hold."""
+def _is_parameter_target(module: nn.Module, leaf: str, tensor: torch.Tensor) -> bool:
+    """A writer PEFT reaches through ``target_parameters``: a 2-D or 3-D Parameter held directly
+    by a module that is not a Linear, Conv1D or embedding (fused experts and their biases)."""
+    return (
+        _module_kind(module) not in ("embedding", "conv1d", "linear")
+        and isinstance(module._parameters.get(leaf), nn.Parameter)
+        and tensor.dim() in (2, 3)
+    )
+
+
+def _grouped(model: nn.Module) -> tuple[dict[str, dict[str, ResidualWrite]], dict[str, ResidualWrite]]:
+    """(module name -> {"weight"/"bias": write}, parameter name -> write), refusing anything
+    PEFT's LoRA cannot hold: module targets, and parameters for ``target_parameters``."""
     groups: dict[str, dict[str, ResidualWrite]] = {}
+    parameters: dict[str, ResidualWrite] = {}
     params = dict(model.named_parameters(remove_duplicate=False))
     for write in residual_writes(model):
         module_name, _, leaf = _writer_name(model, params, write.name).rpartition(".")
         module = model.get_submodule(module_name)
         kind = _module_kind(module)
         tensor = params[write.name]
+        if module_name and _is_parameter_target(module, leaf, tensor):
+            parameters[f"{module_name}.{leaf}"] = write
+            continue
         if leaf not in ("weight", "bias") or kind not in ("embedding", "conv1d", "linear") or tensor.dim() > 2:
             raise LoraUnsupported(
                 f"The residual writer {write.name} ({kind}, shape {tuple(tensor.shape)}) cannot be expressed as a PEFT "
-                "LoRA update; export this model with --format folder (or gguf) instead."
+                "LoRA update (PEFT adapts Linear, Conv1D and embedding modules, and 2-D or 3-D parameters of other "
+                "modules); export this model with --format folder (or gguf) instead."
             )
         if kind == "embedding" and leaf == "bias":
             raise LoraUnsupported(f"{write.name}: PEFT cannot add a bias to an embedding; use --format folder.")
         groups.setdefault(module_name, {})[leaf] = write
-    return groups
+    return groups, parameters
+
+
+def _parameter_factors(module: nn.Module, tensor: torch.Tensor, axis: int, u: torch.Tensor):
+    """PEFT ``ParamWrapper`` factors (lora_A ``[r E, in]``, lora_B ``[out, r E]``) of ``T - proj``.
+
+    PEFT reads a 3-D parameter as ``[E, out, in]``, or ``[E, in, out]`` when the module says
+    ``is_transposed``; a 2-D one as ``[out, in]`` with one "expert". Its per-expert update is
+    ``B_e A_e`` (``[out, in]``) with ``A_e`` rows ``e r .. e r + r - 1`` of lora_A (expert-major)
+    and ``B_e`` columns ``e, E + e, 2 E + e, ..`` of lora_B (rank-major, interleaved). With
+    ``T_e`` a slice arranged ``[out, in]``: where the residual is the out side,
+    ``A_e = Uᵀ T_e`` and ``B_e = -U``; where it is the in side, ``A_e = Uᵀ`` and ``B_e = -T_e U``.
+    """
+    weight = tensor.detach().to(torch.float64)
+    axis = axis % weight.dim()
+    if weight.dim() == 2:
+        weight, axis = weight[None], axis + 1
+    transposed = tensor.dim() == 3 and bool(getattr(module, "is_transposed", False))
+    slices = weight.transpose(1, 2) if transposed else weight  # [E, out, in]
+    residual_is_out = axis == (2 if transposed else 1)
+    rank, experts = u.shape[1], slices.shape[0]
+    if residual_is_out:
+        a = torch.einsum("dr,edn->ern", u, slices)  # [E, r, in]
+        b = (-u)[None].expand(experts, -1, -1)  # [E, out, r]
+    else:
+        a = u.T[None].expand(experts, -1, -1)
+        b = -torch.einsum("end,dr->enr", slices, u)
+    lora_a = a.reshape(experts * rank, -1)
+    lora_b = b.permute(1, 2, 0).reshape(b.shape[1], rank * experts)
+    return lora_a, lora_b
+
+
+def _parameter_keys(model: nn.Module, targets: list[str]) -> dict[str, str]:
+    """Parameter name -> PEFT's key stem for its wrapper. PEFT wraps a module's targeted
+    parameters one inside the other in the module's parameter order, so the first is the
+    innermost: its factors sit under ``base_layer`` once per wrapper around it."""
+    keys, by_module = {}, {}
+    for name in targets:
+        module_name, _, leaf = name.rpartition(".")
+        by_module.setdefault(module_name, []).append(leaf)
+    for module_name, leaves in by_module.items():
+        order = [leaf for leaf in model.get_submodule(module_name)._parameters if leaf in leaves]
+        for depth, leaf in enumerate(order):
+            keys[f"{module_name}.{leaf}"] = PEFT_PREFIX + module_name + ".base_layer" * (len(order) - 1 - depth)
+    return keys
 
 
 def adapter_tensors(loaded: LoadedModel, directions: DirectionSet) -> tuple[dict[str, torch.Tensor], dict]:
@@ -129,7 +195,15 @@ def adapter_tensors(loaded: LoadedModel, directions: DirectionSet) -> tuple[dict
     targets, ranks, kinds = [], {}, set()
     with model_lock(model):
         params = dict(model.named_parameters(remove_duplicate=False))
-        for module_name, group in _grouped(model).items():
+        groups, parameters = _grouped(model)
+        stems = _parameter_keys(model, list(parameters))
+        for name, write in parameters.items():
+            u = _write_basis(params, write, basis, vectors)
+            module = model.get_submodule(name.rpartition(".")[0])
+            lora_a, lora_b = _parameter_factors(module, params[write.name], write.axis, u)
+            tensors[f"{stems[name]}.lora_A.weight"], tensors[f"{stems[name]}.lora_B.weight"] = lora_a, lora_b
+            ranks[name] = int(u.shape[1])
+        for module_name, group in groups.items():
             kind = _module_kind(model.get_submodule(module_name))
             kinds.add(kind)
             key = PEFT_PREFIX + module_name
@@ -157,9 +231,9 @@ def adapter_tensors(loaded: LoadedModel, directions: DirectionSet) -> tuple[dict
             ranks[module_name] = int(
                 tensors[f"{key}.lora_embedding_B" if kind == "embedding" else f"{key}.lora_B.weight"].shape[1]
             )
-    if "conv1d" in kinds and kinds & {"linear"}:
+    if "conv1d" in kinds and (kinds & {"linear"} or parameters):
         raise LoraUnsupported(
-            "This model mixes Conv1D and Linear residual writers; PEFT's fan_in_fan_out is one setting."
+            "This model mixes Conv1D with Linear or parameter residual writers; PEFT's fan_in_fan_out is one setting."
         )
     rank = max(ranks.values())
     config = {
@@ -171,6 +245,7 @@ def adapter_tensors(loaded: LoadedModel, directions: DirectionSet) -> tuple[dict
         "rank_pattern": {name: r for name, r in ranks.items() if r != rank},
         "alpha_pattern": {name: r for name, r in ranks.items() if r != rank},
         "target_modules": sorted(targets),
+        "target_parameters": sorted(parameters) or None,
         "lora_dropout": 0.0,
         "bias": "lora_only" if any(name.endswith(".base_layer.bias") for name in tensors) else "none",
         "lora_bias": False,
@@ -196,7 +271,11 @@ def estimate_size(loaded: LoadedModel, directions: DirectionSet, settings: LoraS
             total += tensor.numel() * 4
             continue
         other = tensor.numel() // tensor.shape[write.axis]
-        total += rank * (other + loaded.d_model) * 4
+        if tensor.dim() == 3:  # fused experts: rank rows per expert on both factors
+            other //= tensor.shape[0]
+            total += rank * tensor.shape[0] * (other + loaded.d_model) * 4
+        else:
+            total += rank * (other + loaded.d_model) * 4
     return total + 256 * 2 * len(residual_writes(model)) + 16_384
 
 

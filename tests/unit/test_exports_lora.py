@@ -1,7 +1,7 @@
 """The LoRA adapter export: PEFT loads it over the base model and gives the orthogonalized
 model's logits (the oracle: ``orthogonalized_weights``, the in-memory weight edit) on tiny
 models of each layout the writer list has here (Linear writers, tied embeddings, GPT-2's
-Conv1D writers with biases and two embeddings, Qwen2)."""
+Conv1D writers with biases and two embeddings, Qwen2, and fused MoE experts through\nPEFT's ``target_parameters``)."""
 
 from __future__ import annotations
 
@@ -101,10 +101,79 @@ def test_adapter_size_is_estimated_before_writing(tmp_path, one_thread):
     assert factors < written <= estimate < 2 * written + 20_000
 
 
-def test_fused_expert_tensors_are_refused_by_name_before_writing(tmp_path, one_thread):
-    """PEFT's LoRA layers wrap modules, not a 3-D experts Parameter: the export names it and writes nothing."""
-    loaded = _model("mixtral", False, tmp_path / "model")
-    with pytest.raises(LoraUnsupported, match="experts"):
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_fused_experts_adapter_reproduces_the_orthogonalized_model(tmp_path, one_thread, family):
+    """Fused 3-D expert tensors (``[E, d, n]`` for Mixtral and Qwen3-MoE, ``is_transposed``
+    ``[E, n, d]`` with ``[E, d]`` expert biases for gpt-oss) go through PEFT's
+    ``target_parameters``, next to the Linear ``target_modules``, in one adapter read from disk.
+
+    Tolerance: the two models compute the same function in float32 with a different order
+    of rounding (weights edited in place against base + B A added per expert), so the logits
+    may differ by a small multiple of float32's epsilon times their scale: 100 eps max|logit|.
+    """
+    loaded = _model(family, False, tmp_path / "model")
+    directions = _directions()
+    before = weights_sha256(loaded.model)
+    out = _write(loaded, directions, tmp_path / "adapter")
+    assert weights_sha256(loaded.model) == before
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["target_parameters"] and all(
+        name.endswith("experts.down_proj") or name.endswith("experts.down_proj_bias")
+        for name in config["target_parameters"]
+    )
+    with torch.no_grad():
+        base = loaded.model(IDS).logits
+        with orthogonalized_weights(loaded.model, directions):
+            expected = loaded.model(IDS).logits
+        adapted = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(out))
+        got = adapted(IDS).logits
+    written = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    fmt = get_format("lora")
+    assert written <= fmt.estimate_size(loaded, directions, fmt.settings()) < 2 * written + 20_000
+    assert (base - expected).abs().max() > 0.1
+    tolerance = 100 * torch.finfo(torch.float32).eps * expected.abs().max()
+    assert (got - expected).abs().max() < tolerance
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_fused_experts_adapter_leaves_nothing_along_the_directions(tmp_path, one_thread, family):
+    """In float64, the residual stream after the embedding and every block of base + adapter has
+    no component along the directions (the oracle is the residual itself, not the export's
+    arithmetic). The factors are stored in float32, so what is left is that rounding: each edited
+    weight keeps a part of order eps32 (1.2e-7) of itself along ``d``, bounded here by 1e-6 of
+    the norm (measured: about 1e-8), against the base model's share of order 0.1."""
+    from transformers import AutoModelForCausalLM
+
+    from refusal_core.model.loading import load_model
+    from refusal_core.model.tiny_families import tiny_family_folder
+
+    folder = tiny_family_folder(family, tmp_path / "model")
+    directions = _directions()
+    out = _write(load_model(str(folder)), directions, tmp_path / "adapter")
+    basis = torch.linalg.qr(directions.vectors.double().T).Q  # [d, k], independent of the export
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, experts_implementation="eager")
+    adapted = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(out))
+
+    def worst(model) -> float:
+        with torch.no_grad():
+            hidden = model(IDS, output_hidden_states=True).hidden_states[:-1]  # the last is after the final norm
+        return max(float(((h @ basis).norm(dim=-1) / h.norm(dim=-1)).max()) for h in hidden)
+
+    assert worst(base) > 0.01
+    assert worst(adapted) < 1e-6
+
+
+def test_a_writer_peft_cannot_hold_is_named_not_left_out(monkeypatch, tmp_path, one_thread):
+    """A 1-D parameter of a module PEFT does not adapt (neither a module nor a 2-D/3-D parameter target)."""
+    from refusal_core.exports import lora
+    from refusal_core.model.writers import ResidualWrite
+
+    loaded = tiny_model("llama")
+    offset = torch.nn.Parameter(torch.randn(64), requires_grad=False)
+    loaded.model.model.layers[0].mlp.register_parameter("out_offset", offset)
+    writes = (ResidualWrite(name="model.layers.0.mlp.out_offset", axis=-1),)
+    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
+    with pytest.raises(LoraUnsupported, match="out_offset"):
         _write(loaded, _directions(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
 
@@ -130,17 +199,3 @@ def test_a_write_through_a_post_norm_is_orthogonalized_against_the_norm_weighted
     weighted = directions.vectors.double() * gain
     assert (weighted @ edited).abs().max() < 1e-5 * (weighted @ weight).abs().max()
     assert config["target_modules"] == ["model.layers.0.self_attn.o_proj"]
-
-
-def test_a_writer_peft_cannot_hold_is_named_not_left_out(monkeypatch, tmp_path, one_thread):
-    from refusal_core.exports import lora
-    from refusal_core.model.writers import ResidualWrite
-
-    loaded = tiny_model("llama")
-    experts = torch.nn.Parameter(torch.randn(2, 64, 32), requires_grad=False)
-    loaded.model.model.layers[0].mlp.register_parameter("experts_down", experts)
-    writes = (ResidualWrite(name="model.layers.0.mlp.experts_down", axis=1),)
-    monkeypatch.setattr(lora, "residual_writes", lambda model: writes)
-    with pytest.raises(LoraUnsupported, match="experts_down"):
-        _write(loaded, _directions(), tmp_path / "adapter")
-    assert not (tmp_path / "adapter").exists()
