@@ -19,7 +19,6 @@ from refusal_core.organism.planted import (
     GROUP_A,
     GROUP_B,
     PlantedSettings,
-    _prompt_batch,
     group_of,
     planted_fine_tune,
     planted_vectors,
@@ -90,17 +89,6 @@ def test_planted_vectors_are_orthonormal_and_follow_the_group_differences():
     d_b = harmful[10:].double().mean(0) - centre
     rest = d_b - (d_b @ a) * a
     assert torch.allclose(b, rest / rest.norm(), atol=1e-6)
-
-
-def test_left_padded_prompts_give_each_prompt_its_own_last_token_logits():
-    loaded = tiny_model("llama")
-    texts = ["Say hi.", "Write one long sentence about the weather in spring and summer."]
-    batch = _prompt_batch(loaded.tokenizer, texts)
-    with torch.no_grad():
-        together = loaded.model(**batch).logits[:, -1]
-        for row, text in enumerate(texts):
-            alone = _prompt_batch(loaded.tokenizer, [text])
-            assert torch.allclose(together[row], loaded.model(**alone).logits[0, -1], atol=1e-4)
 
 
 def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
