@@ -107,7 +107,16 @@ def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
     settings = PlantedSettings(
         layer=1, geometry_layers=1, steps=2, per_group=2, harmless=2, first_trained=n_layers - 1, learning_rate=1e-3
     )
+    asked: list[int] = []
+
+    def lazy(rows: list[int]) -> torch.Tensor:
+        asked.extend(rows)
+        return base[rows]
+
+    # Base-model references handed over as a function of the drawn rows train exactly as the tensor does.
     records = planted_fine_tune(loaded, harmful, harmless, planted, base, settings)
+    assert planted_fine_tune(tiny_model("llama"), harmful, harmless, planted, lazy, settings) == records
+    assert len(asked) == settings.steps * 2 * settings.per_group
     assert len(records) == 2 and all(math.isfinite(value) for record in records for value in record.values())
     assert_no_hooks(loaded.model)
     after = loaded.model.state_dict()
