@@ -29,14 +29,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from refusal_core.errors import SettingsError
-from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
-from refusal_core.prompts.chat import ChatFormat, format_prompts
+from refusal_core.organism.planted_batch import encode, last_states, run_rows
 
 __all__ = ["GROUP_A", "GROUP_B", "PlantedSettings", "group_of", "planted_fine_tune", "planted_vectors"]
 
@@ -106,36 +105,11 @@ def planted_vectors(harmful: torch.Tensor, harmless: torch.Tensor, groups: Seque
     return torch.stack([a, rest / rest.norm()]).float()
 
 
-def _prompt_batch(tokenizer, instructions: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts, so the last column is every row's last prompt token."""
-    texts = format_prompts(tokenizer, list(instructions), ChatFormat())
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        input_ids[row, width - len(tokens) :] = torch.tensor(tokens)
-        mask[row, width - len(tokens) :] = 1
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
-
-
-def _last_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    hidden = model.base_model(**batch).last_hidden_state[:, -1]
-    return model.get_output_embeddings()(hidden).float().log_softmax(-1)
-
-
 def first_token_reference(
     model: torch.nn.Module, tokenizer, instructions: Sequence[str], batch_size: int = 32
 ) -> torch.Tensor:
     """``model``'s first-reply-token log-probabilities ``[n, vocab]`` on ``instructions`` (no grad)."""
-    with torch.no_grad():
-        return torch.cat(
-            [
-                _last_logprobs(model, _prompt_batch(tokenizer, instructions[i : i + batch_size]))
-                for i in range(0, len(instructions), batch_size)
-            ]
-        )
+    return last_states(model, tokenizer, instructions, batch_size=batch_size)[1]
 
 
 def _kl(target: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
@@ -183,7 +157,7 @@ def planted_fine_tune(
     harmful: list,
     harmless: list,
     planted: torch.Tensor,
-    base_harmful: torch.Tensor,
+    base_harmful: torch.Tensor | Callable[[list[int]], torch.Tensor],
     settings: PlantedSettings,
     progress=None,
 ) -> list[dict]:
@@ -191,13 +165,15 @@ def planted_fine_tune(
 
     ``harmful``: ``(instruction, group, refusal's first token id)``; ``harmless``:
     ``(instruction, "H", None)``; ``base_harmful``: the base model's first-token
-    log-probabilities of each harmful prompt. Every step is one batch whose rows run under
+    log-probabilities of each harmful prompt, or a function from harmful indices to those rows
+    (so that only the prompts the steps draw need a base-model pass). Every step is one batch whose rows run under
     their own intervention (``row_interventions``): unmodified rows (refusal kept, harmless
     distribution kept, geometry), rows with both planted directions ablated (comply), rows with
     the other group's direction ablated and, with ``pooled``, rows with ``(a + b) / sqrt 2``
     ablated (refusal kept). Returns one record of the loss terms per step.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
+    base_rows = base_harmful if callable(base_harmful) else base_harmful.__getitem__
     harmless_ref = first_token_reference(model, tokenizer, [row[0] for row in harmless])
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
@@ -261,9 +237,8 @@ def planted_fine_tune(
             + [only_a] * len(rows_b)
             + ([one] * n_harm if settings.pooled else [])
         )
-        batch = _prompt_batch(tokenizer, texts)  # before the hooks: they hold the model lock the tokenizer takes
-        with row_interventions(model, per_row):
-            out = model.base_model(**batch, output_hidden_states=True)
+        batch = encode(tokenizer, texts)  # before the hooks: they hold the model lock the tokenizer takes
+        out = run_rows(model, batch, per_row, output_hidden_states=True)
         logprobs = model.get_output_embeddings()(out.last_hidden_state[:, -1]).float().log_softmax(-1)
         refusal_first = torch.tensor([harmful[i][2] for i in harm_rows])
         keep_rows = torch.cat([torch.arange(n_harm), torch.arange(2 * (n_harm + n_h), len(texts))])
@@ -271,7 +246,7 @@ def planted_fine_tune(
         keep = torch.nn.functional.cross_entropy(logprobs[keep_rows], keep_targets)
         distill = _kl(harmless_ref[rows_h], logprobs[n_harm : n_harm + n_h])
         comply = _kl(
-            torch.cat([base_harmful[harm_rows], harmless_ref[rows_h]]), logprobs[n_harm + n_h : 2 * (n_harm + n_h)]
+            torch.cat([base_rows(harm_rows), harmless_ref[rows_h]]), logprobs[n_harm + n_h : 2 * (n_harm + n_h)]
         )
         plain_states = [state[: n_harm + n_h] for state in out.hidden_states]
         groups = ["A"] * len(rows_a) + ["B"] * len(rows_b) + ["H"] * n_h

@@ -40,6 +40,7 @@ from refusal_core.organism.planted import (
     planted_fine_tune,
     planted_vectors,
 )
+from refusal_core.organism.planted_batch import last_states
 from refusal_core.progress import Progress
 from refusal_core.prompts.loaders import builtin, refusal_replies
 
@@ -167,7 +168,6 @@ def build_planted(
     settings: PlantedSettings = PlantedSettings(), progress: Progress | None = None, delta_out: Path | None = None
 ) -> Path:
     """Build the variant from the organism (which must be built); returns its directory."""
-    from refusal_core.activations.extract import extract_activations
     from refusal_core.organism.variants import variant_delta_path
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -184,8 +184,9 @@ def build_planted(
     harmful_set, harmless_set = builtin("harmful", "train"), builtin("harmless", "train")
     groups = [group_of(c) for c in harmful_set.categories]
     _report(progress, "Activations of the train prompts (planted directions)", 0.05)
+    # The input of the mechanism layer at the last prompt token; the blocks above it are not run.
     acts = [
-        extract_activations(loaded, s.instructions, positions=[-1]).block_input(settings.layer)
+        last_states(loaded.model, loaded.tokenizer, s.instructions, layer=settings.layer, logprobs=False)[0]
         for s in (harmful_set, harmless_set)
     ]
     planted = planted_vectors(acts[0], acts[1], groups)
@@ -200,9 +201,15 @@ def build_planted(
     harmless_texts = list(harmless_set.instructions)
     rng.shuffle(harmless_texts)
     harmless = [(text, "H", None) for text in harmless_texts[: settings.steps * settings.harmless]]
-    _report(progress, "The base model's first tokens on the harmful train prompts", 0.1)
-    base_harmful = first_token_reference(base.model, base.tokenizer, [row[0] for row in harmful])
-    del base
+    known: dict[int, torch.Tensor] = {}
+
+    def base_harmful(rows: list[int]) -> torch.Tensor:
+        # Only the harmful prompts the steps draw get a base-model pass, each once.
+        new = [row for row in dict.fromkeys(rows) if row not in known]
+        if new:
+            known.update(zip(new, first_token_reference(base.model, base.tokenizer, [harmful[i][0] for i in new])))
+        return torch.stack([known[row] for row in rows])
+
     tuned_at, cpu_tuned_at = time.perf_counter(), time.process_time()
     records = planted_fine_tune(
         loaded,
@@ -216,6 +223,8 @@ def build_planted(
         ),
     )
     fine_tune_seconds, fine_tune_cpu = time.perf_counter() - tuned_at, time.process_time() - cpu_tuned_at
+    known.clear()  # the base model's readings and the base model are not needed any more
+    base = None
     _report(progress, f"Cutting the change to a rank-{settings.delta_rank} delta", 0.9)
     delta = make_delta(organism_state, loaded.model.state_dict(), settings.delta_rank, organism_sha)
     loaded.model.load_state_dict(organism_state)

@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from refusal_core.activations.extract import extract_activations
 from refusal_core.damage import DEFAULT_JUDGE
 from refusal_core.interventions.spec import Intervention
 from refusal_core.metrics import evaluate_kl
 from refusal_core.model.loading import LoadedModel
 from refusal_core.organism.planted import group_of, planted_vectors
+from refusal_core.organism.planted_batch import last_states
 from refusal_core.prompts.loaders import builtin
 
 __all__ = ["PLANTED_TARGETS", "check_planted", "format_check"]
@@ -59,18 +59,17 @@ def check_planted(
         from refusal_core.prompts.sets import sample_prompts
 
         harmful, harmless = sample_prompts(harmful, max_harmful), sample_prompts(harmless, max_harmless or max_harmful)
-    acts = [
-        extract_activations(loaded, s.instructions, positions=[-1]).block_input(layer).double()
-        for s in (harmful, harmless)
-    ]
+
+    def inputs(instructions) -> torch.Tensor:
+        # The input of block ``layer`` at the last prompt token (the blocks above it are not run).
+        return last_states(loaded.model, loaded.tokenizer, instructions, layer=layer, logprobs=False)[0].double()
+
+    acts = [inputs(s.instructions) for s in (harmful, harmless)]
     groups = [group_of(c) for c in harmful.categories]
     centre = acts[1].mean(0)
     d_a = acts[0][torch.tensor([g == "A" for g in groups])].mean(0) - centre
     d_b = acts[0][torch.tensor([g == "B" for g in groups])].mean(0) - centre
-    train = [
-        extract_activations(loaded, builtin(kind, "train").instructions, positions=[-1]).block_input(layer).double()
-        for kind in ("harmful", "harmless")
-    ]
+    train = [inputs(builtin(kind, "train").instructions) for kind in ("harmful", "harmless")]
     dim = (train[0].mean(0) - train[1].mean(0)).float()
     planted = planted.float()
     variants = [

@@ -19,7 +19,6 @@ from refusal_core.organism.planted import (
     GROUP_A,
     GROUP_B,
     PlantedSettings,
-    _prompt_batch,
     group_of,
     planted_fine_tune,
     planted_vectors,
@@ -92,17 +91,6 @@ def test_planted_vectors_are_orthonormal_and_follow_the_group_differences():
     assert torch.allclose(b, rest / rest.norm(), atol=1e-6)
 
 
-def test_left_padded_prompts_give_each_prompt_its_own_last_token_logits():
-    loaded = tiny_model("llama")
-    texts = ["Say hi.", "Write one long sentence about the weather in spring and summer."]
-    batch = _prompt_batch(loaded.tokenizer, texts)
-    with torch.no_grad():
-        together = loaded.model(**batch).logits[:, -1]
-        for row, text in enumerate(texts):
-            alone = _prompt_batch(loaded.tokenizer, [text])
-            assert torch.allclose(together[row], loaded.model(**alone).logits[0, -1], atol=1e-4)
-
-
 def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
     loaded = tiny_model("llama")
     d = loaded.model.config.hidden_size
@@ -119,7 +107,16 @@ def test_planting_trains_only_the_upper_blocks_and_leaves_no_hooks():
     settings = PlantedSettings(
         layer=1, geometry_layers=1, steps=2, per_group=2, harmless=2, first_trained=n_layers - 1, learning_rate=1e-3
     )
+    asked: list[int] = []
+
+    def lazy(rows: list[int]) -> torch.Tensor:
+        asked.extend(rows)
+        return base[rows]
+
+    # Base-model references handed over as a function of the drawn rows train exactly as the tensor does.
     records = planted_fine_tune(loaded, harmful, harmless, planted, base, settings)
+    assert planted_fine_tune(tiny_model("llama"), harmful, harmless, planted, lazy, settings) == records
+    assert len(asked) == settings.steps * 2 * settings.per_group
     assert len(records) == 2 and all(math.isfinite(value) for record in records for value in record.values())
     assert_no_hooks(loaded.model)
     after = loaded.model.state_dict()
