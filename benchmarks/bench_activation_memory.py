@@ -32,17 +32,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.shapes import TINYLLAMA  # noqa: E402
+
+# A small copy of the benchmarks' shape: the same tokens and layout, 24 narrow blocks.
 SHAPE = dict(
+    TINYLLAMA,
     hidden_size=256,
     intermediate_size=512,
     num_hidden_layers=24,
     num_attention_heads=4,
     num_key_value_heads=4,
     max_position_embeddings=512,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
 )
 CASES = {"all, held": (None, False), "2 layers, held": ([8, 16], False), "all, streamed": (None, True)}
 
@@ -56,7 +56,7 @@ def build(folder: Path) -> None:
     if (folder / "config.json").is_file():
         return
     tokenizer = tiny_tokenizer()
-    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), **SHAPE)
+    config = AutoConfig.for_model("llama", **{**SHAPE, "vocab_size": len(tokenizer)})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
