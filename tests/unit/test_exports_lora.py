@@ -47,6 +47,19 @@ def _write(loaded, directions, out):
     return fmt.write(ExportRequest(loaded=loaded, directions=directions, out_dir=out, settings=fmt.settings()))
 
 
+def _three_logits(loaded, directions, adapter):
+    """The base model's logits, the orthogonalized model's (the oracle: weights edited in
+    memory) and those of base + adapter loaded from disk by PEFT, on one fixed input; and that
+    PEFT model."""
+    with torch.no_grad():
+        base = loaded.model(IDS).logits
+        with orthogonalized_weights(loaded.model, directions):
+            expected = loaded.model(IDS).logits
+        adapted = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(adapter))
+        got = adapted(IDS).logits
+    return base, expected, got, adapted
+
+
 @pytest.mark.parametrize(
     "family,tie",
     [("llama", False), ("llama", True), ("gpt2", False), ("qwen2", False), ("gemma2", False), ("gemma3_text", False)],
@@ -57,12 +70,7 @@ def test_peft_adapter_reproduces_orthogonalized_logits(tmp_path, one_thread, fam
     before = weights_sha256(loaded.model)
     out = _write(loaded, directions, tmp_path / "adapter")
     assert weights_sha256(loaded.model) == before  # the shared model is never edited
-    with torch.no_grad():
-        base = loaded.model(IDS).logits
-        with orthogonalized_weights(loaded.model, directions):
-            expected = loaded.model(IDS).logits
-        adapted = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(out))
-        got = adapted(IDS).logits
+    base, expected, got, adapted = _three_logits(loaded, directions, out)
     assert (base - expected).abs().max() > 0.1  # the edit matters, so equality below means something
     assert (got - expected).abs().max() < 2e-5
     config = json.loads((out / "adapter_config.json").read_text())
@@ -121,12 +129,7 @@ def test_fused_experts_adapter_reproduces_the_orthogonalized_model(tmp_path, one
         name.endswith("experts.down_proj") or name.endswith("experts.down_proj_bias")
         for name in config["target_parameters"]
     )
-    with torch.no_grad():
-        base = loaded.model(IDS).logits
-        with orthogonalized_weights(loaded.model, directions):
-            expected = loaded.model(IDS).logits
-        adapted = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(out))
-        got = adapted(IDS).logits
+    base, expected, got, _ = _three_logits(loaded, directions, out)
     written = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     fmt = get_format("lora")
     assert written <= fmt.estimate_size(loaded, directions, fmt.settings()) < 2 * written + 20_000
