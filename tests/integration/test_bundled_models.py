@@ -117,7 +117,7 @@ def _many(*flags: str) -> dict:
 
 def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
     """The experiment at a small budget (one layer, k <= 2, 2 trials, 4 + 4 val and 8 + 4 test
-    prompts, 32-token test replies, the panel judge), then a 1x1 SOM, whose direction is DIM's."""
+    prompts, 32-token test replies, the default judge), then a 1x1 SOM, whose direction is DIM's."""
     small = (
         "--layers",
         "16",
@@ -142,7 +142,8 @@ def test_many_directions_command_on_the_organism_keeps_its_invariants(organism):
     for point in [layer["baseline"], *layer["points"]]:
         for name, m in point["metrics"].items():
             assert 0 <= m["low"] <= m["value"] <= m["high"] and (name == "kl" or m["high"] <= 1), (name, m)
-        shares = [point["metrics"][name]["value"] for name in ("complied", "refused", "broken")]
+        # Every reply has exactly one verdict (the organism does not reason, so none is unfinished).
+        shares = [point["metrics"][name]["value"] for name in ("complied", "refused", "deflected", "broken")]
         assert sum(shares) == pytest.approx(1.0) and len(point["replies"]) == 8
     assert layer["baseline"]["metrics"]["refused"]["value"] >= 0.8  # the organism refuses its harmful test prompts
     searched = [p for p in layer["points"] if p["family"] != "dim"]
