@@ -17,7 +17,7 @@ import torch
 
 from refusal_core.interventions.hooks import row_interventions
 from refusal_core.interventions.spec import Intervention
-from refusal_core.model.forward import block_hooks
+from refusal_core.model.forward import block_hooks, left_padded, pad_id
 from refusal_core.prompts.chat import ChatFormat, format_prompts
 
 __all__ = ["PromptBatch", "encode", "last_states", "run_rows"]
@@ -26,19 +26,14 @@ __all__ = ["PromptBatch", "encode", "last_states", "run_rows"]
 class PromptBatch:
     """Token ids of chat-formatted prompts split into their shared prefix and their own tails."""
 
-    def __init__(self, rows: Sequence[Sequence[int]], pad_id: int) -> None:
+    def __init__(self, rows: Sequence[Sequence[int]], pad: int) -> None:
         shortest = min(len(row) for row in rows)
         length = 0
         while length < shortest - 1 and all(row[length] == rows[0][length] for row in rows):
             length += 1
         self.prefix = torch.tensor(list(rows[0][:length]), dtype=torch.long)
-        tails = [row[length:] for row in rows]
-        width = max(len(tail) for tail in tails)
-        self.tails = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        self.mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, tail in enumerate(tails):
-            self.tails[index, width - len(tail) :] = torch.tensor(list(tail))
-            self.mask[index, width - len(tail) :] = 1
+        padded = left_padded([row[length:] for row in rows], pad)
+        self.tails, self.mask = padded["input_ids"], padded["attention_mask"]
 
     def __len__(self) -> int:
         return len(self.tails)
@@ -48,7 +43,7 @@ def encode(tokenizer, instructions: Sequence[str]) -> PromptBatch:
     """``instructions`` in the default chat format, split at their shared prefix."""
     texts = format_prompts(tokenizer, list(instructions), ChatFormat())
     rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    return PromptBatch(rows, tokenizer.pad_token_id)
+    return PromptBatch(rows, pad_id(tokenizer))
 
 
 def run_rows(
